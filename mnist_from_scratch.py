@@ -1,0 +1,1086 @@
+"""A neural network that reads handwritten digits, written from scratch in NumPy.
+
+This one file is the whole program. It
+
+  1. loads MNIST (70,000 labelled 28x28 images of handwritten digits) from the original
+     IDX files, or from CSV, downloading the IDX files if they are not there yet;
+  2. builds a fully connected network: 784 pixels -> hidden layers -> 10 digit scores;
+  3. trains it with mini-batch stochastic gradient descent, the gradients written out by hand
+     (backpropagation) and checked against finite differences;
+  4. evaluates it on the 10,000 test images it never saw while training;
+  5. recognises a digit in your own photo, scan or drawing.
+
+Three ways to use it:
+
+    python mnist_from_scratch.py train                 # about 30 s on a laptop, ~98.3 % correct
+    python mnist_from_scratch.py predict my_digit.png  # what digit is this?
+    python mnist_from_scratch.py --help                # every command and option
+
+and the third: read it top to bottom, or copy one function into a slide or notebook. The
+functions that do the mathematics (`forward`, `backward`, `softmax`, `cross_entropy`,
+`sgd_step`, ...) take arrays and return arrays, so each one works on its own with only
+`import numpy as np` above it. The `# %% [n]` lines split the file into cells that VS Code,
+Spyder, PyCharm and Jupytext run one at a time, like a notebook.
+
+What it deliberately leaves out: convolutions (the network sees the image as a flat list of
+784 numbers), automatic differentiation (every gradient is derived and written by hand), GPUs,
+and any library beyond NumPy (matplotlib only for pictures). That keeps every step visible.
+
+Notation, the same as in the README:
+    X   (m, 784)     a mini-batch of m images, one per row, pixels in [0, 1]
+    W, b             a layer's weights (n_in, n_out) and biases (n_out,)
+    Z = A_prev W + b a layer's pre-activations;  A = f(Z) its activations (f = ReLU by default)
+    P = softmax(Z)   the output layer's probabilities for the ten digits
+    Y   (m, 10)      the labels one-hot: Y[i, k] = 1 if image i shows digit k
+    L = -(1/m) sum Y log P            the cross-entropy loss
+    dZ, dW, db, dA   the gradients of L with respect to Z, W, b, A
+
+Sections:
+    [0]  imports and default settings      [7]  data augmentation
+    [1]  loading the data                  [8]  training loop
+    [2]  initialization                    [9]  evaluation
+    [3]  forward pass                      [10] saving and loading a model
+    [4]  loss                              [11] predicting one image
+    [5]  backward pass                     [12] pictures
+    [6]  gradient check                    [13] drawing a digit live
+                                           [14] command line
+"""
+
+# %% [0] Imports and default settings
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+
+# The defaults of `train`. Each can be changed on the command line (`train --help`).
+HIDDEN = (512, 256)     # hidden layer sizes: 784 -> 512 -> 256 -> 10
+ACTIVATION = "relu"     # relu | sigmoid | tanh
+EPOCHS = 10             # passes over the training images
+BATCH_SIZE = 128        # images per gradient step
+LEARNING_RATE = 0.1     # step size at the start (the cosine schedule lowers it to 0)
+MOMENTUM = 0.9          # how much of the previous step is kept
+WEIGHT_DECAY = 5e-5     # L2 penalty on the weights
+SCHEDULE = "cosine"     # cosine | constant
+VAL_SIZE = 5000         # training images held out to choose the best epoch
+SEED = 0                # same seed, same machine -> the same model, bit for bit
+DATA_DIR = "data"
+MODEL_PATH = "model.npz"
+
+
+class UserError(Exception):
+    """A problem the user can fix (a missing file, a bad option): printed as one line, exit 2."""
+
+
+# %% [1] Loading the data
+#
+# MNIST comes as four files in the IDX format: training images and labels (60,000), test
+# images and labels (10,000). An IDX file is a tiny header and then the raw numbers:
+#
+#   bytes 0-1  zero
+#   byte  2    the type of every number: 0x08 unsigned byte, 0x09 signed byte, 0x0B 16-bit,
+#              0x0C 32-bit integer, 0x0D 32-bit float, 0x0E 64-bit float
+#   byte  3    the number of dimensions, d
+#   then d     4-byte big-endian integers: the size of each dimension
+#   then       the numbers themselves, big-endian, last dimension fastest (C order)
+#
+# So the training images start with 0x00000803 (unsigned bytes, 3 dimensions), then
+# 60000, 28, 28, and then 60000 * 28 * 28 bytes of pixels, 0 = white paper, 255 = black ink.
+
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+MNIST_FILES = {  # name -> SHA-256 of the decompressed IDX bytes (the same for every mirror)
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MNIST_GZ_SHA256 = {  # SHA-256 of the .gz files exactly as the mirrors serve them
+    "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+MNIST_MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+
+
+def parse_idx(raw, name="IDX data"):
+    """Turn the bytes of an IDX file into a NumPy array of the shape its header gives."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{name}: not an IDX file (the first two bytes must be zero)")
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in IDX_TYPES:
+        raise ValueError(f"{name}: unknown IDX type code 0x{type_code:02X}")
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{name}: IDX header is cut short ({ndim} dimensions, {len(raw)} bytes)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(IDX_TYPES[type_code])
+    expected = 4 + 4 * ndim + math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise ValueError(f"{name}: file is {what}: {len(raw)} bytes, header {shape} "
+                         f"needs {expected}; delete it and download it again")
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))  # big-endian -> this machine's byte order
+
+
+def read_bytes(path):
+    """The bytes of a file, decompressed when its name ends in .gz."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError) as e:  # gzip raises these for a cut-off or non-gzip file
+        raise ValueError(f"{path}: cannot read ({e}); delete it and download it again") from None
+
+
+def load_idx(path):
+    """Read an IDX file (.gz or raw) of any type and any number of dimensions."""
+    return parse_idx(read_bytes(path), path)
+
+
+def load_csv(path):
+    """Read digits from a CSV file; returns (X uint8 (m, 784), labels uint8 (m,) or None).
+
+    Two layouts are common:
+      * Kaggle "Digit Recognizer": a header `label,pixel0,...,pixel783`; its test.csv has
+        no label column (784 columns), so the labels come back as None;
+      * no header, each row `label,p1,...,p784` (the popular "MNIST in CSV" files).
+    """
+    try:
+        with open(path, "r") as f:
+            first = f.readline()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    has_header = any(c.isalpha() for c in first)
+    try:
+        rows = np.loadtxt(path, delimiter=",", skiprows=int(has_header), dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a CSV of whole numbers ({e})") from None
+    if rows.shape[1] == 785:
+        labels, pixels = rows[:, 0], rows[:, 1:]
+    elif rows.shape[1] == 784:
+        labels, pixels = None, rows
+    else:
+        raise ValueError(f"{path}: {rows.shape[1]} columns; expected 785 (label + 784 pixels) "
+                         f"or 784 (pixels only)")
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+        raise ValueError(f"{path}: pixel values must lie in 0..255")
+    if labels is not None and labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: labels must be digits 0..9")
+    return pixels.astype(np.uint8), None if labels is None else labels.astype(np.uint8)
+
+
+def download_mnist(data_dir, mirrors=MNIST_MIRRORS, timeout=10, deadline_seconds=30):
+    """Fetch the four IDX .gz files into data_dir, trying each mirror in turn.
+
+    Every file is checked against its SHA-256 and written atomically (to a temporary file,
+    renamed when complete), so an interrupted download never leaves half a file behind.
+    """
+    import urllib.request
+    os.makedirs(data_dir, exist_ok=True)
+    start = time.monotonic()
+    for name, sha in MNIST_GZ_SHA256.items():
+        target = os.path.join(data_dir, name + ".gz")
+        if os.path.exists(target):
+            continue
+        errors = []
+        for mirror in mirrors:
+            if time.monotonic() - start > deadline_seconds:
+                break
+            url = mirror + name + ".gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    size = int(response.headers.get("Content-Length") or 0)
+                    chunks, got = [], 0
+                    while True:
+                        chunk = response.read(1 << 16)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        got += len(chunk)
+                        if size:
+                            print(f"\rdownloading {name}.gz  {100 * got // size:3d} %",
+                                  end="", file=sys.stderr, flush=True)
+                print(file=sys.stderr)
+                data = b"".join(chunks)
+            except Exception as e:  # no network, DNS failure, HTTP error, time-out ...
+                errors.append(f"{url}: {e}")
+                continue
+            if hashlib.sha256(data).hexdigest() != sha:
+                errors.append(f"{url}: checksum does not match")
+                continue
+            write_atomically(target, lambda f: f.write(data))
+            break
+        else:
+            errors.append("")
+        if not os.path.exists(target):
+            raise UserError(
+                f"could not download {name}.gz from {', '.join(mirrors)} "
+                f"({'; '.join(e for e in errors if e) or 'time limit reached'}). Download the four "
+                f"files {', '.join(n + '.gz' for n in MNIST_FILES)} by hand into {data_dir}/, "
+                f"or point --data-dir at a folder that has them")
+
+
+def find_file(data_dir, names):
+    """The first of `names` that exists in data_dir, or None."""
+    for name in names:
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def to_unit_float(pixels):
+    """uint8 pixels 0..255 -> float32 in [0, 1], the scale the network is trained on.
+
+    float32 rather than NumPy's default float64: half the memory, twice the speed of every
+    matrix product, and far more precision than 8-bit pixels carry.
+    """
+    return np.multiply(pixels, np.float32(1 / 255), dtype=np.float32)
+
+
+def load_mnist(data_dir=DATA_DIR, download=True):
+    """Return X_train (60000, 784), y_train, X_test (10000, 784), y_test; X float32 in [0, 1].
+
+    Looks in data_dir, in this order, for
+      1. the IDX files train-images-idx3-ubyte, ... (with or without .gz);
+      2. CSV files: mnist_train.csv + mnist_test.csv (label first, no header) or Kaggle's
+         train.csv + test.csv (a header; test.csv has no labels, so y_test is None);
+      3. nothing: it downloads the IDX files (unless download=False).
+    IDX files are checked against the SHA-256 of the real MNIST, so a damaged copy is caught.
+    """
+    stems = list(MNIST_FILES)
+    paths = [find_file(data_dir, [s + ".gz", s, s.replace("-idx", ".idx")]) for s in stems]
+    if not all(paths):
+        csv = (find_file(data_dir, ["mnist_train.csv"]), find_file(data_dir, ["mnist_test.csv"]))
+        if not all(csv):
+            csv = (find_file(data_dir, ["train.csv"]), find_file(data_dir, ["test.csv"]))
+        if all(csv):
+            X_train, y_train = load_csv(csv[0])
+            X_test, y_test = load_csv(csv[1])
+            if y_train is None:
+                raise ValueError(f"{csv[0]}: the training file has no label column")
+            return (to_unit_float(X_train), y_train.astype(np.int64), to_unit_float(X_test),
+                    None if y_test is None else y_test.astype(np.int64))
+        if not download:
+            raise UserError(f"MNIST not found in {data_dir}/: run `download`, or use --data-dir")
+        download_mnist(data_dir)
+        paths = [os.path.join(data_dir, s + ".gz") for s in stems]
+    arrays = []
+    for stem, path in zip(stems, paths):
+        raw = read_bytes(path)
+        if hashlib.sha256(raw).hexdigest() != MNIST_FILES[stem]:
+            raise ValueError(f"{path}: not the real MNIST {stem} (checksum differs); "
+                             f"delete it and run `download` again")
+        arrays.append(parse_idx(raw, path))
+    X_train, y_train = images_and_labels(arrays[0], arrays[1], paths[0])
+    X_test, y_test = images_and_labels(arrays[2], arrays[3], paths[2])
+    return X_train, y_train, X_test, y_test
+
+
+def images_and_labels(images, labels, name):
+    """Check that images (n, 28, 28) and labels (n,) belong together; return X (n, 784), y.
+
+    Each 28x28 image becomes one row of 784 numbers (row after row of pixels), and the pixels
+    go from bytes 0..255 to float32 in [0, 1].
+    """
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"{name}: images must be 28x28, got shape {images.shape}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"{name}: {len(images)} images but {labels.size} labels; "
+                         f"the image and label files do not belong together")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{name}: labels must be digits 0..9")
+    return to_unit_float(images.reshape(len(images), 784)), labels.astype(np.int64)
+
+
+# %% [2] Initialization
+#
+# If every weight started equal, every hidden unit would compute the same thing and receive
+# the same gradient forever, so the weights start random. Their scale matters: too small and
+# the signal fades layer after layer, too large and it explodes. The rule is to keep the
+# variance of the activations about the same from one layer to the next.
+#
+# He initialization (He et al., 2015), for ReLU:  W ~ Normal(0, std = sqrt(2 / n_in)).
+#   A layer sums n_in inputs, so Var(Z) = n_in * Var(W) * E[A_prev^2]. ReLU zeroes half of its
+#   inputs, which halves E[A^2]; the 2 in the numerator puts that half back.
+# Xavier/Glorot initialization (2010), for sigmoid and tanh: std = sqrt(2 / (n_in + n_out)).
+#   These are symmetric around 0 and nearly linear there, so there is no half to make up; the
+#   average of fan-in and fan-out keeps the variance steady going forward and backward.
+# Biases start at zero: the random weights already make the units differ.
+
+
+def he_init(n_in, n_out, rng):
+    """Weights for a layer followed by ReLU: Normal(0, sqrt(2 / n_in)), shape (n_in, n_out)."""
+    return rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
+
+
+def xavier_init(n_in, n_out, rng):
+    """Weights for a layer followed by sigmoid or tanh: Normal(0, sqrt(2 / (n_in + n_out)))."""
+    return rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / (n_in + n_out))
+
+
+def init_params(sizes, activation="relu", seed=0, dtype=np.float32):
+    """Random weights and zero biases for layer sizes like [784, 512, 256, 10].
+
+    Returns Ws, bs: lists with one (n_in, n_out) weight matrix and one (n_out,) bias vector per
+    layer. The initializer is matched to the activation that reads the layer's input.
+    """
+    rng = np.random.default_rng(seed)
+    init = he_init if activation == "relu" else xavier_init
+    Ws = [init(n_in, n_out, rng).astype(dtype) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    bs = [np.zeros(n_out, dtype=dtype) for n_out in sizes[1:]]
+    return Ws, bs
+
+
+# %% [3] Forward pass
+#
+# Each layer is an affine map followed by a nonlinearity:
+#     Z = A_prev W + b        (m, n_in) @ (n_in, n_out) + (n_out,) -> (m, n_out)
+#     A = f(Z)
+# with A_0 = X. The last layer has no f: its Z are the logits, which softmax turns into
+# probabilities. Each activation's derivative sits right below it, written in terms of its
+# output A, because A is what the forward pass keeps for the backward pass.
+
+
+def relu(Z):
+    """A = max(0, Z). Computed in place: Z is not needed again, so no new array is made."""
+    return np.maximum(Z, 0, out=Z)
+
+
+def relu_derivative(A):
+    """dA/dZ = 1 where Z > 0 (equivalently A > 0), else 0."""
+    return A > 0
+
+
+def sigmoid(Z):
+    """A = 1 / (1 + e^-Z), squashes to (0, 1). In place, like relu."""
+    np.negative(Z, out=Z)
+    np.exp(Z, out=Z)
+    Z += 1
+    return np.reciprocal(Z, out=Z)
+
+
+def sigmoid_derivative(A):
+    """dA/dZ = A (1 - A)."""
+    return A * (1 - A)
+
+
+def tanh(Z):
+    """A = tanh(Z), squashes to (-1, 1). In place, like relu."""
+    return np.tanh(Z, out=Z)
+
+
+def tanh_derivative(A):
+    """dA/dZ = 1 - A^2."""
+    return 1 - A * A
+
+
+ACTIVATIONS = {"relu": (relu, relu_derivative),
+               "sigmoid": (sigmoid, sigmoid_derivative),
+               "tanh": (tanh, tanh_derivative)}
+
+
+def softmax(Z):
+    """P = e^Z / sum_k e^Z_k along each row: ten scores -> ten probabilities that sum to 1.
+
+    Subtracting each row's maximum first changes nothing mathematically (it cancels between
+    numerator and denominator) but keeps e^Z from overflowing for large scores.
+    """
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
+    """Random masks for inverted dropout, one (m, n) array per hidden layer.
+
+    Each hidden unit is kept with probability keep = 1 - rate. A kept unit's value is divided
+    by keep ("inverted" dropout), so the expected activation is unchanged and the network
+    needs no rescaling at test time, when nothing is dropped.
+    """
+    keep = 1.0 - rate
+    return [(rng.random((m, n), dtype=dtype) < keep) * dtype(1 / keep) for n in sizes[1:-1]]
+
+
+def forward(X, Ws, bs, activation="relu", masks=None):
+    """Run a batch through the network; return As = [X, A_1, ..., A_{L-1}, Z_L].
+
+    As[l] are the activations of layer l (kept for the backward pass); the last entry is the
+    output layer's logits Z_L (m, 10), before softmax. `masks` (from dropout_masks) switches
+    dropout on while training.
+    """
+    f = ACTIVATIONS[activation][0]
+    As = [X]
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        Z = As[-1] @ W  # (m, n_in) @ (n_in, n_out) -> (m, n_out)
+        Z += b          # + (n_out,) added to every row; in place, no new (m, n_out) array
+        if l < len(Ws) - 1:
+            Z = f(Z)    # A = f(Z), overwriting Z
+            if masks is not None:
+                Z *= masks[l]  # A = A * mask (dropout)
+        As.append(Z)
+    return As
+
+
+def predict_proba(X, Ws, bs, activation="relu", batch=10000):
+    """Probabilities (m, 10) for the images X, in batches of 10,000 to bound memory."""
+    return np.concatenate([softmax(forward(X[i:i + batch], Ws, bs, activation)[-1])
+                           for i in range(0, len(X), batch)]) if len(X) else np.zeros((0, 10))
+
+
+# %% [4] Loss
+#
+# Cross-entropy: L = -(1/m) sum_i log P[i, y_i], the average surprise at the true digit.
+# With P = softmax(Z), log P[i, k] = Z[i, k] - log sum_j e^Z[i, j], and that last term is
+# computed as max + log sum e^(Z - max) ("log-sum-exp"), which never overflows and never takes
+# log(0), even when the network is very sure and very wrong.
+
+
+def log_softmax(Z):
+    """log P = Z - logsumexp(Z), row by row, computed stably."""
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(Z, y):
+    """Mean cross-entropy loss of logits Z (m, 10) against integer labels y (m,)."""
+    return -log_softmax(Z)[np.arange(len(y)), y].mean()
+
+
+def accuracy(Z, y):
+    """Fraction of rows whose largest score is at the true label."""
+    return float((Z.argmax(axis=1) == y).mean())
+
+
+# %% [5] Backward pass
+#
+# Backpropagation is the chain rule applied layer by layer, from the loss back to the input.
+# For softmax followed by cross-entropy the two derivatives combine into something simple:
+#     dZ_L = (P - Y) / m              (m, 10)   where Y is one-hot
+# (the 1/m of the mean is put into dZ once, so that the products below need no extra factor;
+# the seeds' dW = (1/m) A^T dZ is the same thing). Then, for each layer l from the last down:
+#     dW = A_prev^T dZ                (n_in, m) @ (m, n_out) -> (n_in, n_out)
+#     db = sum of dZ over the batch   (n_out,)
+#     dA_prev = dZ W^T                (m, n_out) @ (n_out, n_in) -> (m, n_in)
+#     dZ_prev = dA_prev * f'(A_prev)  elementwise; for ReLU: zero where the unit was off
+# Every line works on the whole mini-batch at once: no Python loop over images.
+
+
+def backward(As, y, Ws, activation="relu", masks=None, dropout=0.0):
+    """Gradients of the mean cross-entropy: returns dWs, dbs shaped like Ws, bs.
+
+    As: the list forward() returned; y: integer labels (m,); masks/dropout: as in forward.
+    """
+    derivative = ACTIVATIONS[activation][1]
+    m = len(y)
+    dZ = softmax(As[-1])                # P (m, 10)
+    dZ[np.arange(m), y] -= 1            # P - Y, without building the one-hot Y
+    dZ /= m                             # (P - Y) / m
+    dWs, dbs = [None] * len(Ws), [None] * len(Ws)
+    for l in range(len(Ws) - 1, -1, -1):
+        A_prev = As[l]
+        dWs[l] = A_prev.T @ dZ          # (n_in, m) @ (m, n_out) -> (n_in, n_out)
+        dbs[l] = dZ.sum(axis=0)         # (n_out,)
+        if l == 0:
+            break                       # the pixels need no gradient: skip the biggest product
+        dA = dZ @ Ws[l].T               # (m, n_out) @ (n_out, n_in) -> (m, n_in)
+        if masks is not None:
+            dA *= masks[l - 1]          # dropped units pass no gradient; kept ones are scaled
+            A_prev = A_prev * (1 - dropout)  # undo the 1/keep scaling to recover f(Z)
+        dA *= derivative(A_prev)        # dZ_prev = dA_prev * f'(Z_prev), in place
+        dZ = dA
+    return dWs, dbs
+
+
+# %% [6] Gradient check
+#
+# A bug in backward() rarely crashes: the network just learns worse. So the gradients are
+# compared with the definition of a derivative, numerically, one parameter at a time:
+#     dL/dθ ≈ (L(θ + ε) - L(θ - ε)) / (2 ε)      (central differences, error ~ ε²)
+# in float64 on a small network. The relative error |analytic - numeric| / (|analytic| +
+# |numeric|), over all entries of a parameter, should be around 1e-9; above 1e-6 means a bug.
+
+
+def numerical_gradient(loss_of, theta, eps=1e-6):
+    """Central-difference gradient of the scalar function loss_of() with respect to the array
+    theta, which is perturbed in place entry by entry and restored."""
+    grad = np.zeros_like(theta)
+    flat, gflat = theta.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        plus = loss_of()
+        flat[i] = old - eps
+        minus = loss_of()
+        flat[i] = old
+        gflat[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def relative_error(a, b):
+    """|a - b| / (|a| + |b|) with norms over all entries; 0 when both are 0."""
+    denom = np.linalg.norm(a) + np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / denom) if denom > 0 else 0.0
+
+
+def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", dropout=0.0, seed=0):
+    """Relative error of every parameter's analytic gradient; returns [(name, error), ...]."""
+    rng = np.random.default_rng(seed)
+    Ws, bs = init_params(list(sizes), activation, seed, dtype=np.float64)
+    for b in bs:
+        b[:] = rng.normal(0, 0.1, b.shape)  # non-zero biases, so their gradients are tested too
+    X = rng.random((m, sizes[0]))
+    y = rng.integers(0, sizes[-1], m)
+    masks = dropout_masks(sizes, m, dropout, rng, np.float64) if dropout else None
+
+    def loss_of():
+        return cross_entropy(forward(X, Ws, bs, activation, masks)[-1], y)
+
+    dWs, dbs = backward(forward(X, Ws, bs, activation, masks), y, Ws, activation, masks, dropout)
+    errors = []
+    for l in range(len(Ws)):
+        errors.append((f"W{l + 1}", relative_error(dWs[l], numerical_gradient(loss_of, Ws[l]))))
+        errors.append((f"b{l + 1}", relative_error(dbs[l], numerical_gradient(loss_of, bs[l]))))
+    return errors
+
+
+# %% [7] Data augmentation
+#
+# (placeholder: filled in below)
+
+
+def augment_batch(images, rng, strength=0.0):
+    """Identity for now."""
+    return images
+
+
+# %% [8] Training loop
+#
+# One epoch = one pass over the training images in a random order, in mini-batches:
+#     for each batch:  forward -> backward -> step
+# The step is stochastic gradient descent with momentum, the same rule as PyTorch's SGD:
+#     g = dW + λ W              L2 weight decay λ, added to the gradient (weights only)
+#     v = μ v + g               the velocity: a running sum of recent gradients
+#     W = W - η v               η: the learning rate
+# Momentum lets consistent gradient directions build up speed and noisy ones cancel out.
+# The learning rate follows a schedule: constant, or cosine, which glides from η to 0 over
+# the whole run: big steps early to make progress, small steps late to settle into a minimum.
+
+
+def sgd_step(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
+    """Update each array in params in place from its gradient; velocities are updated too."""
+    for theta, grad, v in zip(params, grads, velocities):
+        if weight_decay:
+            grad += weight_decay * theta  # g = dθ + λ θ
+        v *= momentum
+        v += grad                         # v = μ v + g
+        np.multiply(v, lr, out=grad)      # η v, into the gradient's memory: no new array
+        theta -= grad                     # θ = θ - η v
+
+
+def learning_rate(schedule, lr, step, total_steps):
+    """η at a given step: constant, or cosine from lr down to 0."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return lr
+
+
+def train(X, y, X_val=None, y_val=None, hidden=HIDDEN, activation=ACTIVATION, epochs=EPOCHS,
+          batch_size=BATCH_SIZE, lr=LEARNING_RATE, momentum=MOMENTUM,
+          weight_decay=WEIGHT_DECAY, schedule=SCHEDULE, dropout=0.0, augment=0.0, seed=SEED,
+          on_epoch=None, on_progress=None):
+    """Train a network on X (n, 784), y (n,); return Ws, bs, history, interrupted.
+
+    After each epoch the network is measured on the validation images (if given) and the
+    weights of the best epoch so far are kept; those are returned. history has one dict per
+    epoch. on_epoch(entry) and on_progress(epoch, fraction) let the caller print. Ctrl-C stops
+    cleanly (interrupted=True) with the best weights so far. A loss that becomes NaN or
+    infinite raises FloatingPointError.
+    """
+    sizes = [X.shape[1], *hidden, 10]
+    Ws, bs = init_params(sizes, activation, seed)
+    vWs = [np.zeros_like(W) for W in Ws]
+    vbs = [np.zeros_like(b) for b in bs]
+    rng = np.random.default_rng(seed + 1)
+    n = len(X)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = epochs * steps_per_epoch
+    shuffled = np.empty_like(X)  # reused every epoch: one buffer, not a new 170 MB array
+    best, history, step = None, [], 0
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            order = rng.permutation(n)
+            # Shuffle once per epoch into one contiguous array, so each mini-batch below is a
+            # slice (a view, no copy) instead of a gather of scattered rows.
+            np.take(X, order, axis=0, out=shuffled, mode="clip")  # "clip": no hidden temp copy
+            y_shuffled = y[order]
+            if augment:
+                shuffled = augment_batch(shuffled, rng, augment)
+            loss_sum, correct = 0.0, 0
+            for i in range(0, n, batch_size):
+                X_batch, y_batch = shuffled[i:i + batch_size], y_shuffled[i:i + batch_size]
+                masks = dropout_masks(sizes, len(X_batch), dropout, rng) if dropout else None
+                As = forward(X_batch, Ws, bs, activation, masks)
+                loss = float(cross_entropy(As[-1], y_batch))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the loss became {loss} in epoch {epoch}: the learning rate {lr} is "
+                        f"too high for this network; try --lr {lr / 10:g}")
+                loss_sum += loss * len(y_batch)
+                correct += int((As[-1].argmax(axis=1) == y_batch).sum())
+                dWs, dbs = backward(As, y_batch, Ws, activation, masks, dropout)
+                eta = learning_rate(schedule, lr, step, total_steps)
+                sgd_step(Ws, dWs, vWs, eta, momentum, weight_decay)
+                sgd_step(bs, dbs, vbs, eta, momentum)  # no weight decay on biases
+                step += 1
+                if on_progress is not None:
+                    on_progress(epoch, (i + batch_size) / n)
+            seconds = time.perf_counter() - start
+            entry = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
+                     "val_loss": None, "val_acc": None, "seconds": seconds}
+            if X_val is not None and len(X_val):
+                Z_val = np.concatenate([forward(X_val[i:i + 10000], Ws, bs, activation)[-1]
+                                        for i in range(0, len(X_val), 10000)])
+                entry["val_loss"] = float(cross_entropy(Z_val, y_val))
+                entry["val_acc"] = accuracy(Z_val, y_val)
+            history.append(entry)
+            if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
+                best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in bs])
+            if on_epoch is not None:
+                on_epoch(entry)
+    except KeyboardInterrupt:
+        if best is None:
+            raise
+        return best[1], best[2], history, True
+    return best[1], best[2], history, False
+
+
+# %% [9] Evaluation
+
+
+def confusion_matrix(y_true, y_pred, classes=10):
+    """C[i, j] = how many images of digit i the network called j. The diagonal is correct."""
+    return np.bincount(classes * y_true.astype(np.int64) + y_pred, minlength=classes * classes
+                       ).reshape(classes, classes)
+
+
+def evaluate(X, y, Ws, bs, activation="relu"):
+    """Loss, accuracy and confusion matrix of the network on the labelled images X, y."""
+    Z = np.concatenate([forward(X[i:i + 10000], Ws, bs, activation)[-1]
+                        for i in range(0, len(X), 10000)])
+    return {"loss": float(cross_entropy(Z, y)), "accuracy": accuracy(Z, y),
+            "n": int(len(y)), "confusion": confusion_matrix(y, Z.argmax(axis=1))}
+
+
+def format_confusion(confusion):
+    """The confusion matrix and per-digit accuracy as a text table."""
+    lines = ["true \\ predicted " + "".join(f"{k:>6}" for k in range(10)) + "   correct"]
+    for k, row in enumerate(confusion):
+        total = row.sum()
+        acc = f"{100 * row[k] / total:8.2f} %" if total else "       -"
+        lines.append(f"{k:>16} " + "".join(f"{c:>6}" for c in row) + acc)
+    return "\n".join(lines)
+
+
+# %% [10] Saving and loading a model
+#
+# A model is one .npz file (NumPy's zip of arrays): W1, b1, W2, b2, ... and "meta", a JSON
+# string with the layer sizes, the activation, the training settings and results. It is loaded
+# with allow_pickle=False, so opening a model file can never run code hidden in it.
+
+MODEL_FORMAT = 1
+
+
+def write_atomically(path, write):
+    """Write a file via a temporary file in the same folder, renamed over the target when
+    complete: an interrupted run leaves the old file or the new one, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_model(path, Ws, bs, meta):
+    """Save weights, biases and meta (a dict) to path as .npz, atomically."""
+    arrays = {}
+    for l, (W, b) in enumerate(zip(Ws, bs), start=1):
+        arrays[f"W{l}"], arrays[f"b{l}"] = W, b
+    meta = dict(meta, format=MODEL_FORMAT, sizes=[Ws[0].shape[0]] + [W.shape[1] for W in Ws])
+    arrays["meta"] = np.array(json.dumps(meta))
+    try:
+        write_atomically(path, lambda f: np.savez(f, **arrays))
+    except OSError as e:
+        raise UserError(f"cannot write the model to {path}: {e.strerror}; "
+                        f"choose another path with --model") from None
+
+
+def load_model(path):
+    """Load a model saved by save_model; returns Ws, bs, meta. Refuses anything else."""
+    if not os.path.exists(path):
+        raise UserError(f"no model at {path}: run `train` first, or give --model")
+    if not zipfile.is_zipfile(path):  # an .npz is a zip archive of .npy files
+        raise UserError(f"{path}: not a model file of this program (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError:
+        raise UserError(f"{path}: refused: it holds pickled Python objects, which could run "
+                        f"code when loaded; a model file holds plain arrays only") from None
+    except Exception as e:  # a damaged archive
+        raise UserError(f"{path}: not a model file of this program ({e})") from None
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+        sizes = meta["sizes"]
+        L = len(sizes) - 1
+        Ws = [arrays.pop(f"W{l}") for l in range(1, L + 1)]
+        bs = [arrays.pop(f"b{l}") for l in range(1, L + 1)]
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a model file of this program (missing {e})") from None
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        if W.shape != (sizes[l], sizes[l + 1]) or b.shape != (sizes[l + 1],) \
+                or W.dtype.kind != "f" or b.dtype.kind != "f":
+            raise UserError(f"{path}: layer {l + 1} has shape {W.shape}/{b.shape}, but the "
+                            f"file says the sizes are {sizes}; the file is damaged")
+    if sizes[0] != 784 or sizes[-1] != 10 or meta.get("activation", "relu") not in ACTIVATIONS:
+        raise UserError(f"{path}: not an MNIST model of this program (sizes {sizes})")
+    return Ws, bs, meta
+
+
+# %% [11] Predicting one image
+#
+# (placeholder: filled in below)
+
+
+def read_image(path):
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255, None
+
+
+def image_to_mnist(gray, alpha=None):
+    if gray.shape != (28, 28):
+        return None, {}
+    return gray.astype(np.float32), {}
+
+
+# %% [14] Command line
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and less than 1, got {text}")
+    return value
+
+
+def layer_sizes(text):
+    """'512,256' -> (512, 256); '' or 'none' -> () (no hidden layer: softmax regression)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected sizes separated by commas like 512,256, got {text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"every layer needs at least 1 unit, got {text!r}")
+    return sizes
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to look) and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def progress_printer(epochs):
+    """A function that shows how far the current epoch is, on a terminal only."""
+    if not sys.stderr.isatty():
+        return None
+    last = [0.0]
+
+    def show(epoch, fraction_done):
+        now = time.monotonic()
+        if now - last[0] > 0.2 or fraction_done >= 1:
+            last[0] = now
+            print(f"\repoch {epoch}/{epochs} {min(fraction_done, 1):6.1%}", end="",
+                  file=sys.stderr, flush=True)
+    return show
+
+
+def print_epoch(entry, epochs):
+    val = (f"val loss {entry['val_loss']:.4f} acc {100 * entry['val_acc']:6.2f} %"
+           if entry["val_acc"] is not None else "no validation")
+    if sys.stderr.isatty():
+        print("\r" + " " * 30 + "\r", end="", file=sys.stderr, flush=True)
+    print(f"epoch {entry['epoch']:>3}/{epochs}  train loss {entry['train_loss']:.4f} "
+          f"acc {100 * entry['train_acc']:6.2f} %  {val}  {entry['seconds']:5.1f} s", flush=True)
+
+
+def command_train(args):
+    wall = time.perf_counter()
+    X_train, y_train, X_test, y_test = load_mnist(args.data_dir)
+    if args.val_size >= len(X_train):
+        raise UserError(f"--val-size {args.val_size} leaves no training images "
+                        f"(there are {len(X_train)}); use a smaller value")
+    n = len(X_train) - args.val_size
+    # The validation images are the last val_size of the training set: held out from
+    # training, used to pick the best epoch. The test set is only looked at once, at the end.
+    X_fit, y_fit = X_train[:n], y_train[:n]
+    X_val, y_val = X_train[n:], y_train[n:]
+    sizes = [784, *args.hidden, 10]
+    print(f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} images, "
+          f"validating on {len(X_val)}, {args.epochs} epochs of batches of {args.batch_size}, "
+          f"lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, "
+          f"weight decay {args.weight_decay:g}", flush=True)
+    # A loss that explodes is reported as one clear error by train(); NumPy's overflow
+    # warnings on the way there would only be noise.
+    with np.errstate(over="ignore", invalid="ignore"):
+        Ws, bs, history, interrupted = train(
+                X_fit, y_fit, X_val, y_val, hidden=args.hidden, activation=args.activation,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+            weight_decay=args.weight_decay, schedule=args.schedule, dropout=args.dropout,
+            augment=args.augment, seed=args.seed, on_epoch=lambda e: print_epoch(e, args.epochs),
+            on_progress=progress_printer(args.epochs))
+    if interrupted:
+        print("interrupted: saving the best model so far", file=sys.stderr)
+    result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
+    best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
+    settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
+                                              "weight_decay", "schedule", "val_size", "seed",
+                                              "dropout", "augment")}
+    meta = {"activation": args.activation, "settings": settings, "history": history,
+            "val_accuracy": best_val, "interrupted": interrupted,
+            "test_accuracy": result["accuracy"] if result else None,
+            "test_loss": result["loss"] if result else None}
+    save_model(args.model, Ws, bs, meta)
+    if result:
+        print(f"test accuracy {100 * result['accuracy']:.2f} % (loss {result['loss']:.4f}) "
+              f"on {result['n']} images")
+    print(f"saved {args.model}  ({time.perf_counter() - wall:.1f} s in all)")
+    return 0
+
+
+def command_evaluate(args):
+    Ws, bs, meta = load_model(args.model)
+    _, _, X_test, y_test = load_mnist(args.data_dir)
+    if y_test is None:
+        raise UserError(f"the test images in {args.data_dir}/ have no labels, so there is "
+                        f"nothing to score against; use the IDX files")
+    result = evaluate(X_test, y_test, Ws, bs, meta.get("activation", "relu"))
+    if args.json:
+        print(json.dumps(dict(result, confusion=result["confusion"].tolist())))
+    else:
+        print(f"test accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}, "
+              f"on {result['n']} images\n")
+        print(format_confusion(result["confusion"]))
+    return 0
+
+
+def list_images(paths):
+    """Expand folders into the image files they hold (sorted); keep files as given."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, f) for f in os.listdir(path)
+                            if f.lower().endswith((".png", ".jpg", ".jpeg")))
+        else:
+            files.append(path)
+    return files
+
+
+def command_predict(args):
+    Ws, bs, meta = load_model(args.model)
+    files = list_images(args.images)
+    if not files:
+        raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
+    for path in files:
+        gray, alpha = read_image(path)
+        x, steps = image_to_mnist(gray, alpha)
+        if x is None:
+            if args.json:
+                print(json.dumps({"path": path, "digit": None, "probabilities": None}))
+            else:
+                print(f"{path}: no digit found")
+            continue
+        p = predict_proba(x.reshape(1, 784), Ws, bs, meta.get("activation", "relu"))[0]
+        digit = int(p.argmax())
+        if args.json:
+            print(json.dumps({"path": path, "digit": digit,
+                              "probabilities": [round(float(v), 6) for v in p]}))
+        else:
+            print(f"{path}: {digit}  ({100 * p[digit]:.1f} %)   "
+                  + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
+    return 0
+
+
+def command_gradcheck(args):
+    worst = 0.0
+    for activation in ("relu", "sigmoid", "tanh"):
+        for dropout in (0.0, 0.5):
+            errors = gradient_check(activation=activation, dropout=dropout, seed=args.seed)
+            print(f"{activation:>7}, dropout {dropout:.1f}:  "
+                  + "  ".join(f"{name} {err:.1e}" for name, err in errors))
+            worst = max(worst, max(err for _, err in errors))
+    ok = worst < 1e-6
+    print(f"largest relative error {worst:.1e}: {'OK' if ok else 'FAILED'} (limit 1e-6)")
+    return 0 if ok else 1
+
+
+def command_download(args):
+    download_mnist(args.data_dir)
+    load_mnist(args.data_dir, download=False)  # checks every file
+    print(f"MNIST is ready in {args.data_dir}/")
+    return 0
+
+
+def build_parser():
+    parser = OneLineParser(
+        prog="mnist_from_scratch.py",
+        description="A neural network for handwritten digits, from scratch in NumPy.",
+        epilog="Start with `train`, then `predict your_digit.png`. "
+               "`COMMAND --help` explains each command.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+
+    def add(name, help_text, **kw):
+        p = commands.add_parser(name, help=help_text, description=help_text, **kw)
+        return p
+
+    def data_flag(p):
+        p.add_argument("--data-dir", default=DATA_DIR, metavar="DIR",
+                       help=f"folder with the MNIST files (default: {DATA_DIR}; downloaded "
+                            f"there when missing)")
+
+    def model_flag(p):
+        p.add_argument("--model", default=MODEL_PATH, metavar="FILE",
+                       help=f"model file (default: {MODEL_PATH})")
+
+    p = add("train", "train a network on MNIST, report test accuracy and save it")
+    data_flag(p)
+    model_flag(p)
+    p.add_argument("--epochs", type=positive_int, default=EPOCHS,
+                   help=f"passes over the training images (default: {EPOCHS})")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help=f"images per gradient step (default: {BATCH_SIZE})")
+    p.add_argument("--lr", type=positive_float, default=LEARNING_RATE,
+                   help=f"learning rate at the start (default: {LEARNING_RATE})")
+    p.add_argument("--momentum", type=fraction, default=MOMENTUM,
+                   help=f"momentum, 0 for plain SGD (default: {MOMENTUM})")
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, metavar="L2",
+                   help=f"L2 weight decay (default: {WEIGHT_DECAY:g})")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default=SCHEDULE,
+                   help=f"learning-rate schedule (default: {SCHEDULE})")
+    p.add_argument("--hidden", type=layer_sizes, default=HIDDEN, metavar="SIZES",
+                   help=f"hidden layer sizes, e.g. 128 or 128,64 "
+                        f"(default: {','.join(map(str, HIDDEN))})")
+    p.add_argument("--activation", choices=list(ACTIVATIONS), default=ACTIVATION,
+                   help=f"hidden-layer nonlinearity (default: {ACTIVATION})")
+    p.add_argument("--dropout", type=fraction, default=0.0, metavar="RATE",
+                   help="fraction of hidden units dropped while training (default: 0)")
+    p.add_argument("--augment", type=float, default=0.0, metavar="STRENGTH",
+                   help="random distortions of the training images, 0 = off (default: 0)")
+    p.add_argument("--val-size", type=non_negative_int, default=VAL_SIZE, metavar="N",
+                   help=f"training images held out to pick the best epoch (default: {VAL_SIZE})")
+    p.add_argument("--seed", type=non_negative_int, default=SEED,
+                   help=f"random seed; the same seed gives the same model (default: {SEED})")
+    p.set_defaults(run=command_train)
+
+    p = add("evaluate", "measure a saved model on the 10,000 test images")
+    data_flag(p)
+    model_flag(p)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(run=command_evaluate)
+
+    p = add("predict", "recognise the digit in images (PNG or JPEG, or folders of them)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    model_flag(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.set_defaults(run=command_predict)
+
+    p = add("gradcheck", "compare the hand-written gradients with finite differences")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
+    p.set_defaults(run=command_gradcheck)
+
+    p = add("download", "download MNIST without training")
+    data_flag(p)
+    p.set_defaults(run=command_download)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (UserError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}; the saved model was not changed", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
