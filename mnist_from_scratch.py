@@ -73,6 +73,14 @@ SEED = 0                # same seed, same machine -> the same model, bit for bit
 DATA_DIR = "data"
 MODEL_PATH = "model.npz"
 
+# `train --recipe best`: a bigger network, dropout and distorted training images. Slower
+# (minutes, not seconds) and more accurate; see the README's results table. Any flag given
+# on the command line as well overrides the recipe's value.
+RECIPES = {
+    "best": dict(hidden=(1024, 1024), dropout=0.2, augment="light", epochs=30, lr=0.05,
+                 batch_size=128),
+}
+
 
 class UserError(Exception):
     """A problem the user can fix (a missing file, a bad option): printed as one line, exit 2."""
@@ -1421,6 +1429,322 @@ def save_sample_digits(images, labels, folder):
     return paths
 
 
+# %% [13] Draw a digit and watch the network guess, live
+#
+# `python mnist_from_scratch.py draw` opens a window with three panels:
+#
+#   a large black canvas  -> the 28x28 image the network sees -> ten bars, P(digit = 0..9)
+#
+# Draw with the left mouse button; the bars follow your pen while you draw. Right button or `c`
+# clears, `s` saves the drawing as drawing-N.png (which `predict` reads back the same way), `q` quits.
+#
+# Two ideas carry this section:
+#
+# 1. The pen. MNIST strokes are about 2 px wide inside the digit's 20x20 box (2 * ink area /
+#    ink outline, median over MNIST training images), i.e. ~1/10 of the digit's height. A digit
+#    drawn across ~3/4 of a 280x280 canvas is ~200 px tall, so the pen must be ~20-28 px wide:
+#    radius 14 px (canvas/20) gives 2.1-2.6 px after shrinking to 20 px. A thinner pen would hand
+#    the network faint, broken strokes it never saw in training. The pen is round and
+#    anti-aliased: a pixel's ink is how far inside the pen's edge it lies, over a 1-px soft rim,
+#    the same grey edges that MNIST got from its own anti-aliasing.
+#
+# 2. One code path. The canvas goes through exactly the preprocessing `predict` uses for a photo
+#    (crop to the ink, fit into 20x20, centre by mass in 28x28), so what you see in the middle
+#    panel is what the network is given, and a saved drawing is recognised the same way later.
+#
+# The window is the only place in this file that keeps state (the canvas, the stroke in progress):
+# a GUI has to remember what happened between mouse events. All the drawing itself is done by the
+# pure function `render_stroke`, and `DrawingPad`'s handlers take plain objects with matplotlib's
+# event attributes (button, xdata, ydata, key, inaxes), so they run without any window at all.
+
+
+CANVAS_SIZE = 280           # 10x the 28x28 MNIST image, large enough to draw comfortably
+PEN_RADIUS = 14             # canvas/20: ~2-2.6 px strokes once the digit is shrunk to 20 px, like MNIST
+SECONDS_BETWEEN_UPDATES = 0.05   # show + predict at most 20x a second: an update takes ~5-20 ms,
+                                 # so mouse events keep most of the time and the pen never lags
+
+
+def render_stroke(canvas, points, radius):
+    """Draw a polyline with a round, anti-aliased pen; return a new canvas (input left untouched).
+
+    canvas: (H, W) float32 in [0, 1], white ink (1.0) on black (0.0).
+    points: sequence of (x, y) in pixel coordinates, x = column, y = row, pixel centres at integers
+            (matplotlib's imshow uses the same convention, so mouse positions need no conversion).
+    radius: pen radius in pixels.
+
+    The ink of a pixel with centre p is its coverage by the pen swept along each segment AB:
+        t = clip((p - A)·(B - A) / |B - A|², 0, 1)      # closest point on the segment is A + t (B - A)
+        d = |p - (A + t (B - A))|                        # distance from p to the segment
+        coverage = clip(radius + 0.5 - d, 0, 1)          # 1 inside, 0 outside, linear over a 1-px rim
+    Ink never adds up where segments overlap: a pixel keeps the darkest ink it got (np.maximum),
+    like a real pen passing twice over the same spot.
+    """
+    canvas = np.array(canvas, dtype=np.float32)       # a copy: the caller's array is not changed
+    height, width = canvas.shape
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    segments = zip(points, points[1:]) if len(points) > 1 else [(points[0], points[0])]
+    reach = radius + 0.5                              # farthest distance that still gets some ink
+    for A, B in segments:
+        # Only the segment's bounding box (grown by the pen) can get ink: for a short mouse move this
+        # is a few hundred pixels instead of the whole canvas, which keeps drawing fast.
+        left = max(int(np.floor(min(A[0], B[0]) - reach)), 0)
+        right = min(int(np.ceil(max(A[0], B[0]) + reach)) + 1, width)
+        top = max(int(np.floor(min(A[1], B[1]) - reach)), 0)
+        bottom = min(int(np.ceil(max(A[1], B[1]) + reach)) + 1, height)
+        if left >= right or top >= bottom:
+            continue                                  # segment entirely off the canvas
+        y, x = np.mgrid[top:bottom, left:right].astype(np.float32)   # (h, w) pixel centres
+        AB = B - A
+        length_squared = float(AB @ AB)
+        if length_squared == 0.0:
+            t = np.zeros_like(x)                      # a single point: the pen is a round dot
+        else:
+            t = np.clip(((x - A[0]) * AB[0] + (y - A[1]) * AB[1]) / length_squared, 0.0, 1.0)
+        d = np.hypot(x - (A[0] + t * AB[0]), y - (A[1] + t * AB[1]))  # (h, w) distance to segment
+        coverage = np.clip(radius + 0.5 - d, 0.0, 1.0)
+        # out= writes into this function's own copy, rewriting only the box
+        np.maximum(canvas[top:bottom, left:right], coverage, out=canvas[top:bottom, left:right])
+    return canvas
+
+
+def next_free_path(folder, stem="drawing", suffix=".png"):
+    """First of folder/drawing-1.png, drawing-2.png, ... that does not exist yet (never overwrite)."""
+    number = 1
+    while os.path.exists(os.path.join(folder, f"{stem}-{number}{suffix}")):
+        number += 1
+    return os.path.join(folder, f"{stem}-{number}{suffix}")
+
+
+def save_canvas_png(canvas, path):
+    """Write the canvas as an 8-bit greyscale PNG, white ink on black, one pixel per canvas pixel."""
+    from PIL import Image
+    pixels = np.round(np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)   # [0, 1] -> 0..255
+    write_atomically(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+    return path
+
+
+class DrawingPad:
+    """The drawing window's state: the canvas, the stroke in progress, and the latest prediction.
+
+    to_mnist(canvas) -> (x28 or None, steps): the same preprocessing `predict` uses; None = no ink.
+    probabilities(X) -> (m, 10): the trained network, X of shape (m, 784).
+    clock: a function returning seconds, used to space out the updates (tests pass a fake one).
+    close_window: called on `q` (the app passes a function that closes the figure).
+
+    The handlers accept any objects with matplotlib's event attributes (button, xdata, ydata,
+    key, inaxes). Events that are not over the canvas axes (`inaxes is not self.canvas_axes`) are
+    ignored for drawing, so clicks on the bars do nothing.
+    """
+
+    def __init__(self, probabilities, to_mnist, canvas_size=CANVAS_SIZE, pen_radius=PEN_RADIUS,
+                 seconds_between_updates=SECONDS_BETWEEN_UPDATES, clock=None, close_window=None,
+                 save_folder="."):
+        self.probabilities = probabilities
+        self.to_mnist = to_mnist
+        self.pen_radius = pen_radius
+        self.seconds_between_updates = seconds_between_updates
+        self.clock = clock or time.monotonic
+        self.close_window = close_window or (lambda: None)
+        self.save_folder = save_folder
+        self.canvas = np.zeros((canvas_size, canvas_size), dtype=np.float32)
+        self.last_point = None          # (x, y) of the pen while the left button is held, else None
+        self.pen_down = False
+        self.needs_update = False       # ink changed since the panels were last redrawn
+        self.last_update_time = -np.inf
+        self.x28 = None                 # what the network saw last, (28, 28) or None
+        self.probs = np.zeros(10, dtype=np.float32)
+        self.figure = None              # these are set by build_figure; without them the pad
+        self.canvas_axes = None         # still draws and predicts, it just has nothing to show
+        self.canvas_image = self.seen_image = self.bars = self.guess_title = None
+        self.background = None          # saved picture of the static parts, when blitting
+
+    # ------------------------------------------------------------------ drawing
+    def is_over_canvas(self, event):
+        return event.inaxes is self.canvas_axes and event.xdata is not None and event.ydata is not None
+
+    def add_ink(self, point):
+        """Extend the current stroke to point (x, y): a dot if the stroke just started."""
+        stroke = [point] if self.last_point is None else [self.last_point, point]
+        self.canvas = render_stroke(self.canvas, stroke, self.pen_radius)
+        self.last_point = point
+        self.needs_update = True
+
+    def on_press(self, event):
+        if event.button == 3:                       # right button: start over
+            self.clear()
+        elif event.button == 1 and self.is_over_canvas(event):
+            self.pen_down = True
+            self.last_point = None
+            self.add_ink((event.xdata, event.ydata))
+            self.update()
+
+    def on_motion(self, event):
+        if not self.pen_down:
+            return
+        if not self.is_over_canvas(event):
+            self.last_point = None                  # left the canvas: lift the pen until it comes back
+            return
+        self.add_ink((event.xdata, event.ydata))
+        self.update()                               # throttled: at most every seconds_between_updates
+
+    def on_release(self, event):
+        if event.button == 1 and self.pen_down:
+            if self.is_over_canvas(event):
+                self.add_ink((event.xdata, event.ydata))   # the stroke ends where the button comes up
+            self.pen_down = False
+            self.last_point = None
+            self.update(force=True)                 # the final stroke is always shown at once
+
+    def on_key(self, event):
+        if event.key == "c":
+            self.clear()
+        elif event.key == "s":
+            path = save_canvas_png(self.canvas, next_free_path(self.save_folder))
+            print(f"saved {path}  (try: python mnist_from_scratch.py predict {path})", flush=True)
+        elif event.key == "q":
+            self.close_window()
+
+    def clear(self):
+        self.canvas = np.zeros_like(self.canvas)
+        self.last_point = None
+        self.needs_update = True
+        self.update(force=True)
+
+    # ------------------------------------------------------------------ predicting and showing
+    def update(self, force=False):
+        """Recompute the 28x28 image and the probabilities and redraw, unless nothing changed or
+        (when not forced) the last update was less than seconds_between_updates ago.
+        Returns True if it updated. A GUI timer calls this too, so a pause mid-stroke still shows."""
+        now = self.clock()
+        if not self.needs_update or (not force and now - self.last_update_time < self.seconds_between_updates):
+            return False
+        self.needs_update = False
+        self.last_update_time = now
+        self.x28, _steps = self.to_mnist(self.canvas)
+        if self.x28 is None:                        # empty canvas: nothing to guess
+            self.probs = np.zeros(10, dtype=np.float32)
+        else:
+            X = self.x28.reshape(1, 784).astype(np.float32)          # (28, 28) -> (1, 784)
+            self.probs = np.asarray(self.probabilities(X), dtype=np.float32).reshape(10)
+        self.show()
+        return True
+
+    def build_figure(self, figure):
+        """Lay out the three panels on an empty matplotlib Figure and remember their artists."""
+        grid = figure.add_gridspec(1, 3, width_ratios=[2.0, 1.0, 1.6], left=0.03, right=0.97,
+                                   bottom=0.13, top=0.88, wspace=0.3)
+        self.figure = figure
+        self.canvas_axes = figure.add_subplot(grid[0])
+        self.canvas_image = self.canvas_axes.imshow(self.canvas, cmap="gray", vmin=0.0, vmax=1.0)
+        self.canvas_axes.set_title("draw here (left button)", fontsize=11)
+        self.canvas_axes.set_xticks([])
+        self.canvas_axes.set_yticks([])
+        self.canvas_axes.set_xlabel("right click or c: clear    s: save PNG    q: quit", fontsize=9)
+
+        seen_axes = figure.add_subplot(grid[1])
+        self.seen_image = seen_axes.imshow(np.zeros((28, 28), np.float32), cmap="gray",
+                                           vmin=0.0, vmax=1.0, interpolation="nearest")
+        seen_axes.set_title("what the network sees\n(28x28)", fontsize=10)
+        seen_axes.set_xticks([])
+        seen_axes.set_yticks([])
+
+        bar_axes = figure.add_subplot(grid[2])
+        self.bars = bar_axes.bar(np.arange(10), np.zeros(10), color="tab:gray")
+        bar_axes.set_xticks(np.arange(10))
+        bar_axes.set_ylim(0.0, 1.0)
+        bar_axes.set_xlabel("digit")
+        bar_axes.set_ylabel("probability")
+        self.guess_title = bar_axes.set_title("draw a digit", fontsize=11)
+        self.show()
+        return figure
+
+    def show(self):
+        """Copy the canvas, the 28x28 image and the probabilities into the figure's artists."""
+        if self.figure is None:
+            return
+        self.canvas_image.set_data(self.canvas)
+        self.seen_image.set_data(np.zeros((28, 28), np.float32) if self.x28 is None else self.x28)
+        guess = int(np.argmax(self.probs))
+        for digit, (bar, p) in enumerate(zip(self.bars, self.probs)):
+            bar.set_height(float(p))
+            bar.set_color("tab:orange" if digit == guess and self.x28 is not None else "tab:gray")
+        self.guess_title.set_text("draw a digit" if self.x28 is None
+                                  else f"guess: {guess}  ({100 * self.probs[guess]:.0f}%)")
+        if self.background is None:
+            self.figure.canvas.draw_idle()          # full redraw, once the GUI is idle
+        else:                                       # blitting: repaint only what changed
+            self.figure.canvas.restore_region(self.background)
+            for artist in self.live_artists():
+                self.figure.draw_artist(artist)
+            self.figure.canvas.blit(self.figure.bbox)
+
+    def live_artists(self):
+        return [self.canvas_image, self.seen_image, *self.bars, self.guess_title]
+
+    def enable_blitting(self):
+        """Make updates cheap in a GUI window: a full redraw of the figure (axes, ticks, labels)
+        takes tens of milliseconds, repainting the canvas, the 28x28 image and the bars on a saved
+        picture of everything else takes a few. Marked `animated`, the live artists are left out
+        of full redraws; on_full_draw then saves that background and paints them on top."""
+        if not self.figure.canvas.supports_blit:
+            return
+        for artist in self.live_artists():
+            artist.set_animated(True)
+        self.figure.canvas.mpl_connect("draw_event", self.on_full_draw)
+
+    def on_full_draw(self, event):
+        """After every full redraw (the first one, a window resize): save the background and
+        paint the live artists over it."""
+        self.background = event.canvas.copy_from_bbox(self.figure.bbox)
+        for artist in self.live_artists():
+            artist.draw(event.renderer)
+
+
+NON_INTERACTIVE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+NO_DISPLAY_MESSAGE = ("no display to open a window on (the draw command needs a desktop session); "
+                      "to recognise a digit from an image file instead, run: "
+                      "python mnist_from_scratch.py predict IMAGE.png")
+
+
+def run_drawing_app(probabilities, to_mnist):
+    """Open the drawing window and block until it is closed.
+
+    Raises ValueError (one line, pointing to `predict`) where no window can be opened: Linux
+    without $DISPLAY/$WAYLAND_DISPLAY, a non-interactive matplotlib backend, or a failing GUI toolkit.
+    """
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError(NO_DISPLAY_MESSAGE)
+    import matplotlib
+    # Hide the toolbar: its pan/zoom modes would steal the mouse from the pen.
+    with matplotlib.rc_context({"toolbar": "None"}):
+        import matplotlib.pyplot as plt           # picks the first GUI backend that works (TkAgg, Qt, ...)
+        if plt.get_backend().lower() in NON_INTERACTIVE_BACKENDS:
+            raise UserError(NO_DISPLAY_MESSAGE)
+        try:
+            figure = plt.figure(figsize=(10.0, 4.6))
+        except Exception as error:                # e.g. Tk cannot connect to the X server
+            raise UserError(NO_DISPLAY_MESSAGE) from error
+        pad = DrawingPad(probabilities, to_mnist, close_window=lambda: plt.close(figure))
+        pad.build_figure(figure)
+        pad.enable_blitting()
+        figure.canvas.manager.set_window_title("Draw a digit - mnist_from_scratch")
+        # Switch off matplotlib's own keyboard shortcuts (s = save dialog, c = back, l = log scale,
+        # ...): in this window the keys belong to the pad.
+        figure.canvas.mpl_disconnect(figure.canvas.manager.key_press_handler_id)
+        figure.canvas.mpl_connect("button_press_event", pad.on_press)
+        figure.canvas.mpl_connect("motion_notify_event", pad.on_motion)
+        figure.canvas.mpl_connect("button_release_event", pad.on_release)
+        figure.canvas.mpl_connect("key_press_event", pad.on_key)
+        # Mouse moves only add ink (cheap); the redraw + prediction is throttled in pad.update.
+        # This timer catches the last bit of a stroke when the pen pauses without being lifted.
+        timer = figure.canvas.new_timer(interval=int(1000 * SECONDS_BETWEEN_UPDATES))
+        timer.add_callback(pad.update)
+        timer.start()
+        plt.show()
+        timer.stop()
+    return pad
+
+
 # %% [14] Command line
 
 
@@ -1541,7 +1865,7 @@ def command_train(args):
     best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
     settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
                                               "weight_decay", "schedule", "val_size", "seed",
-                                              "dropout", "augment")}
+                                              "dropout", "augment", "recipe")}
     meta = {"activation": args.activation, "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
             "test_accuracy": result["accuracy"] if result else None,
@@ -1638,6 +1962,14 @@ def command_predict(args):
     return 0
 
 
+def command_draw(args):
+    Ws, bs, meta = load_model(args.model)
+    activation = meta.get("activation", "relu")
+    run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
+                    lambda canvas: image_to_mnist(canvas))  # the same preprocessing as predict
+    return 0
+
+
 def command_gradcheck(args):
     worst = 0.0
     for activation in ("relu", "sigmoid", "tanh"):
@@ -1684,6 +2016,7 @@ def build_parser():
                        help=f"model file (default: {MODEL_PATH})")
 
     p = add("train", "train a network on MNIST, report test accuracy and save it")
+    parser.train_parser = p
     data_flag(p)
     model_flag(p)
     p.add_argument("--epochs", type=positive_int, default=EPOCHS,
@@ -1712,6 +2045,9 @@ def build_parser():
                    help=f"training images held out to pick the best epoch (default: {VAL_SIZE})")
     p.add_argument("--seed", type=non_negative_int, default=SEED,
                    help=f"random seed; the same seed gives the same model (default: {SEED})")
+    p.add_argument("--recipe", choices=list(RECIPES),
+                   help="preset settings: `best` trains the most accurate network (minutes); "
+                        "flags given as well override it")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw the loss and accuracy per epoch when training ends")
     show_flag(p)
@@ -1748,6 +2084,10 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.set_defaults(run=command_predict)
 
+    p = add("draw", "draw a digit with the mouse and watch the network's guess change live")
+    model_flag(p)
+    p.set_defaults(run=command_draw)
+
     p = add("gradcheck", "compare the hand-written gradients with finite differences")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     p.set_defaults(run=command_gradcheck)
@@ -1760,6 +2100,12 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for i, word in enumerate(argv):  # a recipe only changes defaults: explicit flags still win
+        name = word.split("=", 1)[1] if word.startswith("--recipe=") else (
+            argv[i + 1] if word == "--recipe" and i + 1 < len(argv) else None)
+        if name in RECIPES:
+            parser.train_parser.set_defaults(**RECIPES[name])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
