@@ -29,6 +29,8 @@ from mnist_from_scratch import (AUGMENT_PRESETS, augment_batch, bilinear_sample,
 from mnist_from_scratch import (display_available, plot_confusion, plot_errors, plot_history,
                                  plot_prediction, plot_weights, save_digit_png, save_sample_digits,
                                  worst_errors, write_atomically)
+from mnist_from_scratch import (center_by_mass, digit_from_filename, image_to_mnist, label_components,
+                                otsu_threshold, read_image, remove_grid_lines)
 from mnist_from_scratch import CANVAS_SIZE, NO_DISPLAY_MESSAGE, PEN_RADIUS, DrawingPad, render_stroke
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -490,6 +492,367 @@ class TestTheFileAsALesson(unittest.TestCase):
         numbers = [int(line.split("[")[1].split("]")[0]) for line in cells]
         self.assertEqual(numbers, sorted(numbers))
         self.assertGreaterEqual(len(cells), 10)
+
+
+# ---- Predicting one image ----------------------------------------------------------
+def thin_to_skeleton(binary):
+    """Zhang-Suen thinning: peel boundary pixels until strokes are 1 pixel wide."""
+    image = binary.astype(np.uint8)
+    changed = True
+    while changed:
+        changed = False
+        for step in (0, 1):
+            p = np.pad(image, 1)
+            p2, p3, p4, p5 = p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:]
+            p6, p7, p8, p9 = p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]
+            ring = [p2, p3, p4, p5, p6, p7, p8, p9, p2]
+            neighbours = sum(ring[:-1])
+            transitions = sum((ring[i] == 0) & (ring[i + 1] == 1) for i in range(8))
+            if step == 0:
+                side = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                side = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            remove = (image == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & side
+            if remove.any():
+                image[remove] = 0
+                changed = True
+    return image.astype(bool)
+
+
+def pen_drawing(digit28, canvas_px, pen_px):
+    """A digit redrawn with a round pen of pen_px pixels on a canvas_px x canvas_px canvas.
+
+    The 28x28 digit is smoothly upscaled 4x, thinned to its centre line, scaled to the canvas and
+    thickened with the pen: strokes of constant width, like a ballpoint or a mouse brush.
+    """
+    from PIL import Image, ImageFilter
+
+    big = Image.fromarray(digit28.astype(np.float32), "F").resize((112, 112), Image.BICUBIC)
+    skeleton = thin_to_skeleton(np.asarray(big) > 0.35).astype(np.uint8) * 255
+    line = Image.fromarray(skeleton, "L").resize((canvas_px, canvas_px), Image.BILINEAR)
+    line = line.point(lambda v: 255 if v > 20 else 0)  # centre line, about canvas_px / 112 wide
+    grow = int(round(pen_px - canvas_px / 112))
+    if grow >= 2:
+        line = line.filter(ImageFilter.MaxFilter(grow // 2 * 2 + 1))
+    line = line.filter(ImageFilter.GaussianBlur(0.6))  # anti-aliased edges
+    return np.asarray(line, dtype=np.float32) / 255.0
+
+
+def encode(array, mode, fmt, quality=90):
+    """Encode an array ([0, 1] floats, channels last) as PNG or JPEG bytes in memory."""
+    from PIL import Image
+
+    pixels = np.clip(np.round(array * 255), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, fmt, **({"quality": int(quality)} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def printed_lines(height, width, rng, kind):
+    """Anti-aliased lines of squared ("grid") or ruled paper, slightly rotated as in a photo."""
+    angle = np.radians(rng.uniform(-3, 3))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    u = xs * np.cos(angle) + ys * np.sin(angle)  # across vertical lines
+    v = -xs * np.sin(angle) + ys * np.cos(angle)  # across horizontal lines
+    line_width = rng.uniform(0.8, 2.2)
+    spacing = rng.uniform(20, 45) if kind == "grid" else rng.uniform(30, 60)
+
+    def family(coordinate, offset):
+        distance = np.abs((coordinate - offset + spacing / 2) % spacing - spacing / 2)
+        return np.clip(line_width / 2 + 0.5 - distance, 0, 1)
+
+    lines = family(v, rng.uniform(0, spacing))
+    if kind == "grid":
+        lines = np.maximum(lines, family(u, rng.uniform(0, spacing)))
+    elif rng.random() < 0.5:  # the margin line of ruled paper
+        lines = np.maximum(lines, np.clip(line_width / 2 + 0.5 - np.abs(u - rng.uniform(0.05, 0.3) * width), 0, 1))
+    return lines
+
+
+def synthetic_photo(digit28, rng, size_range=(500, 900)):
+    """A phone photo of a pen or pencil digit on (squared / ruled / plain) paper, as JPEG bytes."""
+    height, width = rng.integers(*size_range, size=2)
+    canvas = int(rng.uniform(0.3, 0.7) * min(height, width) * 28 / 20)
+    canvas = min(canvas, height, width)
+    pen = rng.uniform(2.0, 6.0) * min(height, width) / 700
+    ink = np.zeros((height, width), np.float32)
+    top, left = rng.integers(0, height - canvas + 1), rng.integers(0, width - canvas + 1)
+    ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, pen)
+
+    paper = rng.uniform(0.65, 0.97) * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)])
+    kind = rng.choice(["grid", "ruled", "plain"])
+    reflectance = np.ones((height, width, 3), np.float32) * paper
+    if kind != "plain":
+        lines = printed_lines(height, width, rng, kind)[:, :, None]
+        line_colour = np.array([rng.uniform(0.3, 0.8), rng.uniform(0.4, 0.8), rng.uniform(0.6, 0.95)])
+        reflectance = reflectance * (1 - lines) + reflectance * line_colour * lines
+    pencil = rng.random() < 0.2
+    ink_colour = np.full(3, rng.uniform(0.35, 0.55)) if pencil else np.array(
+        [rng.uniform(0.03, 0.25), rng.uniform(0.03, 0.25), rng.uniform(0.1, 0.45)])
+    reflectance = reflectance * (1 - ink[:, :, None]) + ink_colour * ink[:, :, None]
+
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = 1 + rng.uniform(0, 0.5) * ((ys / height - 0.5) * rng.uniform(-1, 1) + (xs / width - 0.5) * rng.uniform(-1, 1))
+    if rng.random() < 0.4:  # the soft shadow of a hand or phone
+        direction = rng.uniform(0, 2 * np.pi)
+        distance = (xs - rng.uniform(0, width)) * np.cos(direction) + (ys - rng.uniform(0, height)) * np.sin(direction)
+        light *= 1 - rng.uniform(0.15, 0.4) / (1 + np.exp(-distance / rng.uniform(10, 60)))
+    image = reflectance * light[:, :, None]
+    texture = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
+    image = image + rng.uniform(0, 0.02) * texture[:, :, None] + rng.normal(0, rng.uniform(0.005, 0.03), image.shape)
+    return encode(image, "RGB", "JPEG", rng.integers(40, 92))
+
+
+def synthetic_scan(digit28, rng):
+    """A scanned white page with a small pen digit somewhere in wide margins (PNG or JPEG)."""
+    height, width = rng.integers(900, 1200), rng.integers(700, 900)
+    canvas = int(rng.uniform(0.1, 0.25) * width * 28 / 20)
+    ink = np.zeros((height, width), np.float32)
+    top, left = rng.integers(0, height - canvas + 1), rng.integers(0, width - canvas + 1)
+    ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, rng.uniform(2.0, 5.0))
+    page = rng.uniform(0.92, 1.0) * (1 - rng.uniform(0.6, 0.95) * ink)
+    page = page + rng.normal(0, 0.006, page.shape)
+    return encode(page, "L", "JPEG" if rng.random() < 0.5 else "PNG", rng.integers(75, 95))
+
+
+def synthetic_mouse(digit28, rng, transparent=None):
+    """A digit drawn with a thick mouse/finger brush on a small canvas (PNG).
+
+    transparent=None: opaque black-on-white or white-on-black; "white"/"black": that colour of
+    ink on a fully transparent background (RGBA).
+    """
+    size = int(rng.integers(200, 500))
+    strokes = pen_drawing(digit28, size, rng.uniform(0.04, 0.09) * size)
+    if transparent is None:
+        image = strokes if rng.random() < 0.5 else 1 - strokes
+        return encode(image, "L", "PNG")
+    colour = 1.0 if transparent == "white" else 0.0
+    hidden = rng.choice([0.0, 1.0, 1.0 - colour])  # whatever colour the transparent pixels store
+    rgb = np.where(strokes[:, :, None] > 0, colour, hidden) * np.ones(3)
+    return encode(np.dstack([rgb, strokes]), "RGBA", "PNG")
+
+
+def synthetic_no_digit(rng, kind):
+    """Images with no digit: blank, uniform, gradient, blank squared paper, pure noise."""
+    height, width = rng.integers(200, 700, size=2)
+    if kind == "uniform":
+        return encode(np.full((height, width), rng.uniform(0, 1)), "L", "PNG")
+    if kind == "blank paper":  # a photo of an empty page: gradient, grain, JPEG
+        ys, xs = np.mgrid[0:height, 0:width]
+        image = rng.uniform(0.6, 0.95) * (1 - 0.3 * ys / height) + rng.normal(0, 0.02, (height, width))
+        if rng.random() < 0.5:
+            image = image * (1 - 0.4 * printed_lines(height, width, rng, rng.choice(["grid", "ruled"])))
+        return encode(image, "L", "JPEG", 70)
+    if kind == "uniform noise":
+        return encode(rng.uniform(0, 1, (height, width)), "L", "PNG")
+    if kind == "gaussian noise":
+        return encode(rng.normal(0.5, 0.2, (height, width, 3)), "RGB", "JPEG", 80)
+    salt = rng.random((height, width))  # salt and pepper
+    return encode(np.where(salt < 0.05, 0.0, np.where(salt > 0.95, 1.0, 0.5)), "L", "PNG")
+
+
+NO_DIGIT_KINDS = ["uniform", "blank paper", "uniform noise", "gaussian noise", "salt and pepper"]
+# Salt-and-pepper noise is a known weakness (a digit is sometimes "found" in it): measured and
+# reported, but not claimed by the unit test.
+CLAIMED_NO_DIGIT_KINDS = NO_DIGIT_KINDS[:4]
+
+
+def make_image(kind, digit28, rng, photo_size_range=(500, 900)):
+    """Bytes of one synthetic image of the given kind."""
+    if kind == "photo":
+        return synthetic_photo(digit28, rng, photo_size_range)
+    if kind == "scan":
+        return synthetic_scan(digit28, rng)
+    if kind == "mouse":
+        return synthetic_mouse(digit28, rng)
+    if kind == "rgba white":
+        return synthetic_mouse(digit28, rng, "white")
+    if kind == "rgba black":
+        return synthetic_mouse(digit28, rng, "black")
+    if kind == "mnist 28x28":
+        return encode(digit28, "L", "PNG")
+    raise ValueError(kind)
+
+
+def prepare(data):
+    """bytes -> read_image -> image_to_mnist -> (28, 28) or None."""
+    gray, alpha = read_image(io.BytesIO(data))
+    x28, _ = image_to_mnist(gray, alpha)
+    return x28
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------------------------
+def centre_of_mass(image):
+    ys, xs = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    return (image * ys).sum() / image.sum(), (image * xs).sum() / image.sum()
+
+
+def save_png(array, path, mode="L"):
+    with open(path, "wb") as file:
+        file.write(encode(array, mode, "PNG"))
+
+
+@needs_mnist
+class TestPredictingOneImage(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        _, _, X_test, cls.test_labels = real_mnist()
+        cls.test_images = X_test.reshape(-1, 28, 28)
+        cls.rng = np.random.default_rng(1)
+        cls.folder = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
+
+    def test_off_centre_digit_is_centred_by_mass(self):
+        # A black "L"-shaped digit on white, far off centre in a 400x300 image.
+        image = np.ones((400, 300), np.float32)
+        image[20:180, 200:220] = 0.0
+        image[160:180, 200:280] = 0.0
+        x28, _ = image_to_mnist(image)
+        self.assertEqual(x28.shape, (28, 28))
+        self.assertAlmostEqual(float(x28.max()), 1.0, places=5)  # white digit ...
+        self.assertEqual(float(x28[0, 0]), 0.0)  # ... on black
+        cy, cx = centre_of_mass(x28)
+        self.assertLess(abs(cy - 14.0), 1.0)
+        self.assertLess(abs(cx - 14.0), 1.0)
+        rows = np.nonzero(x28.any(axis=1))[0]
+        self.assertEqual(rows[-1] - rows[0] + 1, 20)  # longer side scaled to 20 pixels
+
+    def test_mnist_like_input_passes_through_unchanged(self):
+        # Up to a shift of one pixel (MNIST's own centring used whole pixels too), nothing changes.
+        differences = []
+        for digit in self.test_images[:50]:
+            x28, _ = image_to_mnist(digit)
+            shifted = [np.roll(x28, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            differences.append(min(np.abs(s - digit).mean() for s in shifted))
+        self.assertLess(float(np.mean(differences)), 0.01)
+        self.assertLess(float(np.max(differences)), 0.03)
+
+    def test_blank_and_noise_images_have_no_digit(self):
+        rng = np.random.default_rng(2)
+        for kind in CLAIMED_NO_DIGIT_KINDS:
+            for _ in range(3):
+                with self.subTest(kind=kind):
+                    self.assertIsNone(prepare(synthetic_no_digit(rng, kind)))
+
+    def test_grid_lines_are_removed_but_digit_kept(self):
+        mask = np.zeros((300, 300), dtype=bool)
+        mask[::25, :] = True  # horizontal lines
+        mask[:, 7::25] = True  # vertical lines
+        digit = np.zeros_like(mask)
+        digit[60:240, 140:146] = True  # a "1" crossing seven horizontal lines
+        cleaned, lines = remove_grid_lines(mask | digit)
+        # Left over: only short stubs where the digit crosses a line; the digit itself is intact.
+        self.assertLess(int((cleaned & ~digit).sum()), 0.01 * mask.sum())
+        self.assertGreater(cleaned[digit].mean(), 0.97)
+        self.assertGreater(lines.sum(), 0.9 * (mask & ~digit).sum())
+
+    def test_grid_paper_photo_keeps_digit_and_drops_lines(self):
+        gray, alpha = read_image(io.BytesIO(synthetic_photo(self.test_images[0], np.random.default_rng(5))))
+        x28, steps = image_to_mnist(gray, alpha)
+        self.assertEqual(x28.shape, (28, 28))
+        # The digit mask holds only a small part of the image: no line survived across it.
+        self.assertLess(steps["mask"].mean(), 0.05)
+
+    def test_connected_components_are_counted(self):
+        mask = np.zeros((50, 50), dtype=bool)
+        mask[5:10, 5:10] = True
+        mask[20:45, 30] = True
+        mask[44, 10:31] = True  # joined to the vertical stroke: same component
+        mask[30, 2] = True
+        labels, count = label_components(mask)
+        self.assertEqual(count, 3)
+        self.assertEqual(len(np.unique(labels[mask])), 3)
+
+    def test_otsu_threshold_separates_two_groups(self):
+        values = np.concatenate([np.full(100, 0.2), np.full(50, 0.8)])
+        self.assertTrue(0.2 <= otsu_threshold(values) < 0.8)
+
+    def test_center_by_mass_puts_mass_at_pixel_14(self):
+        digit = np.zeros((20, 10), np.float32)
+        digit[:, 2:5] = 1.0
+        cy, cx = centre_of_mass(center_by_mass(digit))
+        self.assertLessEqual(abs(cy - 14.0), 0.5)
+        self.assertLessEqual(abs(cx - 14.0), 0.5)
+
+    def test_transparent_rgba_digit_is_read(self):
+        for colour in ("white", "black"):
+            path = os.path.join(self.folder.name, f"{colour}.png")
+            with open(path, "wb") as file:
+                file.write(synthetic_mouse(self.test_images[1], np.random.default_rng(3), colour))
+            gray, alpha = read_image(path)
+            self.assertIsNotNone(alpha)
+            x28, _ = image_to_mnist(gray, alpha)
+            # Both colours give the same white-on-black digit, close to the MNIST original.
+            similarity = np.corrcoef(x28.ravel(), self.test_images[1].ravel())[0, 1]
+            self.assertGreater(similarity, 0.6, colour)
+
+    def test_16bit_png_is_read(self):
+        from PIL import Image
+
+        path = os.path.join(self.folder.name, "sixteen.png")
+        Image.fromarray((self.test_images[2] * 65535).astype(np.uint16)).save(path)
+        gray, alpha = read_image(path)
+        self.assertIsNone(alpha)
+        self.assertLess(np.abs(gray - self.test_images[2]).max(), 1e-3)
+
+    def test_jpeg_is_read(self):
+        path = os.path.join(self.folder.name, "digit.jpg")
+        with open(path, "wb") as file:
+            file.write(encode(1 - self.test_images[3], "L", "JPEG", 90))
+        gray, alpha = read_image(path)
+        self.assertEqual(gray.shape, (28, 28))
+        self.assertLess(np.abs((1 - gray) - self.test_images[3]).mean(), 0.03)
+
+    def test_missing_or_broken_file_raises_value_error(self):
+        broken = os.path.join(self.folder.name, "broken.png")
+        with open(broken, "wb") as file:
+            file.write(b"not an image")
+        for path in (os.path.join(self.folder.name, "missing.png"), broken):
+            with self.assertRaises(ValueError) as caught:
+                read_image(path)
+            self.assertIn(os.path.basename(path), str(caught.exception))
+            self.assertNotIn("\n", str(caught.exception))
+
+    def test_digit_from_filename(self):
+        self.assertEqual(digit_from_filename("7.png"), 7)
+        self.assertEqual(digit_from_filename("photos/3_anna.jpg"), 3)
+        self.assertIsNone(digit_from_filename("img7.png"))
+        self.assertIsNone(digit_from_filename("12.png"))
+
+    def test_large_photo_is_read_at_full_size_and_prepared(self):
+        data = synthetic_photo(self.test_images[4], np.random.default_rng(4), size_range=(1000, 1001))
+        gray, alpha = read_image(io.BytesIO(data))
+        self.assertEqual(gray.shape, (1000, 1000))
+        x28, _ = image_to_mnist(gray, alpha)
+        self.assertEqual(x28.shape, (28, 28))
+
+    def test_accuracy_on_synthetic_images_is_close_to_clean_accuracy(self):
+        # A small network trained here in a few seconds with the file's own training loop.
+        X_train, y_train, _, _ = real_mnist()
+        Ws, bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                   batch_size=64, lr=0.05, seed=0)
+
+        def probabilities(X):
+            return mnist.predict_proba(X, Ws, bs)
+
+        rng = np.random.default_rng(6)
+        kinds = ["photo", "photo", "scan", "mouse", "rgba white", "rgba black", "mnist 28x28"]
+        per_kind = 10  # 70 images: a few seconds; measure.py runs 1000 of each kind
+        indices = rng.choice(len(self.test_images), per_kind * len(kinds), replace=False)
+        prepared = []
+        for number, index in enumerate(indices):
+            x28 = prepare(make_image(kinds[number // per_kind], self.test_images[index], rng, (300, 500)))
+            prepared.append(np.zeros((28, 28), np.float32) if x28 is None else x28)
+        labels = self.test_labels[indices]
+        clean = (probabilities(self.test_images[indices].reshape(-1, 784)).argmax(1) == labels).mean()
+        through = (probabilities(np.array(prepared).reshape(-1, 784)).argmax(1) == labels).mean()
+        # 70 images leave a few points of chance either way; measure.py gives the real numbers.
+        self.assertGreater(through, clean - 0.08, f"clean {clean:.3f}, through prediction {through:.3f}")
 
 
 # ---- Data augmentation ------------------------------------------------------------
@@ -1045,7 +1408,7 @@ class TestDrawingRenderStroke(unittest.TestCase):
         seven = [(70, 45), (210, 45), (120, 240)]
         for points in (zero, seven):
             canvas = render_stroke(np.zeros((CANVAS_SIZE,) * 2, np.float32), points, PEN_RADIUS)
-            x28, _ = placeholder_to_mnist(canvas)
+            x28, _ = mnist.image_to_mnist(canvas)
             self.assertTrue(1.8 <= stroke_width_in_pixels(x28) <= 3.0, stroke_width_in_pixels(x28))
 
 
@@ -1168,11 +1531,11 @@ class TestDrawingPad(unittest.TestCase):
         clock.now = 0.01
         pad.on_motion(press(100, 200))                   # too soon: ink added, not yet shown
         self.assertEqual(len(calls), 1)
-        self.assertFalse(np.array_equal(pad.x28, placeholder_to_mnist(pad.canvas)[0]))   # stale: a dot
+        self.assertFalse(np.array_equal(pad.x28, mnist.image_to_mnist(pad.canvas)[0]))   # stale: a dot
         clock.now = 0.1                                  # the pen rests; the GUI timer fires
         self.assertTrue(pad.update())
         self.assertEqual(len(calls), 2)
-        self.assertTrue(np.array_equal(pad.x28, placeholder_to_mnist(pad.canvas)[0]))
+        self.assertTrue(np.array_equal(pad.x28, mnist.image_to_mnist(pad.canvas)[0]))
 
     def test_key_s_writes_a_png_that_reads_back_as_the_drawing(self):
         from PIL import Image
@@ -1188,8 +1551,8 @@ class TestDrawingPad(unittest.TestCase):
             pixels = np.asarray(Image.open(os.path.join(folder, "drawing-1.png")))
             self.assertEqual((pixels.shape, pixels.dtype), ((CANVAS_SIZE, CANVAS_SIZE), np.uint8))
             self.assertLessEqual(np.abs(pixels / 255.0 - pad.canvas).max(), 0.5 / 255 + 1e-6)
-            again, _ = placeholder_to_mnist(pixels.astype(np.float32) / 255.0)   # predict's path
-            self.assertLess(np.abs(again - placeholder_to_mnist(pad.canvas)[0]).max(), 0.01)
+            again, _ = mnist.image_to_mnist(pixels.astype(np.float32) / 255.0)   # predict's path
+            self.assertLess(np.abs(again - mnist.image_to_mnist(pad.canvas)[0]).max(), 0.01)
 
 
 class TestDrawingRecognition(unittest.TestCase):
