@@ -2026,7 +2026,9 @@ def save_digit_png(image28, path, scale=10):
 
 
 def save_sample_digits(images, labels, folder):
-    """Write one test image of each digit 0..9 to folder as digit_<label>.png; return the paths.
+    """Write one test image of each digit 0..9 to folder as <label>.png; return the paths.
+
+    Named for their digit, so `predict FOLDER` also scores itself ("10 of 10 correct").
 
     images: (m, 784) or (m, 28, 28) in [0, 1]; labels: (m,). The first image of each digit is taken,
     so the same files come out every time. The folder is created if needed.
@@ -2037,7 +2039,7 @@ def save_sample_digits(images, labels, folder):
     for digit in range(10):
         found = np.flatnonzero(labels == digit)
         if len(found):
-            paths.append(save_digit_png(images[found[0]], os.path.join(folder, f"digit_{digit}.png")))
+            paths.append(save_digit_png(images[found[0]], os.path.join(folder, f"{digit}.png")))
     return paths
 
 
@@ -2532,8 +2534,8 @@ def command_samples(args):
     if y_test is None:
         raise UserError("the test images have no labels; use the IDX files")
     paths = save_sample_digits(X_test, y_test, args.out)
-    print(f"wrote {len(paths)} test digits to {args.out}/; try:\n"
-          f"  python {os.path.basename(sys.argv[0] or 'mnist_from_scratch.py')} predict {paths[7] if len(paths) > 7 else paths[0]}")
+    print(f"wrote {len(paths)} test digits to {args.out}/ (one per digit, named for it); try:\n"
+          f"  python mnist_from_scratch.py predict {args.out}")
     return 0
 
 
@@ -2549,28 +2551,55 @@ def list_images(paths):
     return files
 
 
+def plot_path_for(plot, image_path, several):
+    """The picture file for one image: --plot itself, or with several images FILE_<image>.png."""
+    if not several:
+        return plot
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return f"{os.path.splitext(plot)[0]}_{stem}.png"
+
+
 def command_predict(args):
     Ws, bs, meta = load_model(args.model)
+    activation = meta.get("activation", "relu")
     files = list_images(args.images)
     if not files:
         raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
+    if args.steps and not args.plot:
+        raise UserError("--steps draws the preprocessing steps into the --plot picture; "
+                        "add --plot FILE.png")
+    scored, wrong = 0, []
     for path in files:
         gray, alpha = read_image(path)
         x, steps = image_to_mnist(gray, alpha)
-        if x is None:
-            if args.json:
-                print(json.dumps({"path": path, "digit": None, "probabilities": None}))
-            else:
-                print(f"{path}: no digit found")
-            continue
-        p = predict_proba(x.reshape(1, 784), Ws, bs, meta.get("activation", "relu"))[0]
-        digit = int(p.argmax())
+        p = None if x is None else predict_proba(x.reshape(1, 784), Ws, bs, activation)[0]
+        digit = None if p is None else int(p.argmax())
         if args.json:
-            print(json.dumps({"path": path, "digit": digit,
-                              "probabilities": [round(float(v), 6) for v in p]}))
+            print(json.dumps({"path": path, "digit": digit, "probabilities":
+                              None if p is None else [round(float(v), 6) for v in p]}))
+        elif p is None:
+            print(f"{path}: no digit found ({steps.get('reason', 'nothing like a digit')})")
         else:
-            print(f"{path}: {digit}  ({100 * p[digit]:.1f} %)   "
+            print(f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
                   + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
+        truth = digit_from_filename(path)
+        if truth is not None:
+            scored += 1
+            if digit != truth:
+                wrong.append(f"{os.path.basename(path)} (said {digit})")
+        if args.plot:
+            panels = None
+            if args.steps:
+                panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
+                          if name in steps}
+            target = plot_path_for(args.plot, path, len(files) > 1)
+            plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show)
+            if not args.json:
+                print(f"  wrote {target}")
+    if scored and not args.json:
+        # File names that start with the true digit (7.png, 7_anna.jpg) are scored.
+        print(f"{scored - len(wrong)} of {scored} correct ({100 * (scored - len(wrong)) / scored:.1f} %)"
+              + (f"; wrong: {', '.join(wrong)}" if wrong else ""))
     return 0
 
 
@@ -2579,6 +2608,62 @@ def command_draw(args):
     activation = meta.get("activation", "relu")
     run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
                     lambda canvas: image_to_mnist(canvas))  # the same preprocessing as predict
+    return 0
+
+
+def example_photo(size=600):
+    """A pen-written 4 on ruled paper under uneven light, as a phone photo of one would look.
+
+    Drawn here from two strokes (no MNIST image is used), for the README's prediction picture
+    and for trying `predict` on something that does not look like MNIST at all.
+    """
+    ink = np.zeros((size, size), np.float32)
+    for stroke in ([(230, 110), (160, 370), (430, 365)], [(365, 170), (385, 500)]):
+        ink = render_stroke(ink, stroke, radius=4)      # a thin ballpoint line, 9 px wide
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    paper = 0.95 - 0.3 * rows * cols                   # the light falls off towards one corner
+    paper[np.arange(size) % 50 < 2] *= 0.8             # printed ruled lines every 50 px
+    return paper * (1 - 0.85 * ink)                    # dark ink on light paper
+
+
+def command_pictures(args):
+    """Draw the README's pictures from a trained model: one command makes all of them."""
+    Ws, bs, meta = load_model(args.model)
+    activation = meta.get("activation", "relu")
+    os.makedirs(args.out, exist_ok=True)
+    out = lambda name: os.path.join(args.out, name)  # noqa: E731
+    written = []
+    if meta.get("history"):
+        written.append(plot_history(meta["history"], out("training.png")))
+    _, _, X_test, y_test = load_mnist(args.data_dir)
+    if y_test is not None:
+        result = evaluate(X_test, y_test, Ws, bs, activation)
+        written.append(plot_confusion(result["confusion"], out("confusion.png")))
+    written.append(plot_weights(Ws[0], out("weights.png")))
+    from PIL import Image
+    photo = out("example_photo.png")
+    pixels = (255 * example_photo()).astype(np.uint8)
+    write_atomically(photo, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+    written.append(photo)
+    gray, alpha = read_image(photo)
+    x, steps = image_to_mnist(gray, alpha)
+    p = None if x is None else predict_proba(x.reshape(1, 784), Ws, bs, activation)[0]
+    panels = {name: steps[name] for name in ("ink", "mask", "cropped") if name in steps}
+    written.append(plot_prediction(gray, x, p, out("prediction.png"), steps=panels))
+    # The drawing window, drawn off screen with a "2" traced along these points.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    pad = DrawingPad(lambda X: predict_proba(X, Ws, bs, activation), image_to_mnist)
+    figure = Figure(figsize=(10.0, 4.6), dpi=PLOT_DPI)
+    FigureCanvasAgg(figure)
+    pad.build_figure(figure)
+    arc = [(140 + 62 * math.cos(a), 105 - 58 * math.sin(a)) for a in np.radians(np.arange(165, -35, -5))]
+    for point in arc + [(75, 235), (215, 235)]:
+        pad.add_ink(point)
+    pad.update(force=True)
+    write_atomically(out("draw.png"), lambda f: figure.savefig(f, format="png", dpi=PLOT_DPI))
+    written.append(out("draw.png"))
+    print("wrote " + ", ".join(written))
     return 0
 
 
@@ -2690,15 +2775,30 @@ def build_parser():
                    help="folder to write them to (default: samples)")
     p.set_defaults(run=command_samples)
 
-    p = add("predict", "recognise the digit in images (PNG or JPEG, or folders of them)")
+    p = add("predict", "recognise the digit in images (PNG or JPEG, or folders of them); "
+                       "files named like 7.png or 7_anna.jpg are also scored")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     model_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the image, the 28x28 input the network saw and its probabilities "
+                        "(with several images: FILE_<image>.png each)")
+    p.add_argument("--steps", action="store_true",
+                   help="with --plot: also draw every preprocessing step as its own panel")
+    show_flag(p)
     p.set_defaults(run=command_predict)
 
     p = add("draw", "draw a digit with the mouse and watch the network's guess change live")
     model_flag(p)
     p.set_defaults(run=command_draw)
+
+    p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
+                        "a prediction, the drawing window) from a trained model")
+    data_flag(p)
+    model_flag(p)
+    p.add_argument("--out", default="docs", metavar="DIR",
+                   help="folder to write them to (default: docs)")
+    p.set_defaults(run=command_pictures)
 
     p = add("gradcheck", "compare the hand-written gradients with finite differences")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")

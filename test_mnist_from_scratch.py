@@ -427,10 +427,44 @@ class TestCommandLine(unittest.TestCase):
         correct = sum(r["digit"] == int(y) for r, y in zip(results, y_test[:10]))
         self.assertGreaterEqual(correct, 8)
 
+    @needs_mnist
+    def test_pictures_command_writes_the_readme_pictures(self):
+        out = os.path.join(self.tmp.name, "docs")
+        code, stdout, err = run_cli("pictures", "--data-dir", DATA_DIR, "--model", self.model,
+                                    "--out", out)
+        self.assertEqual(code, 0, err)
+        sizes = {name: png_size(os.path.join(out, name)) for name in sorted(os.listdir(out))}
+        self.assertEqual(sizes, {"confusion.png": (600, 560), "draw.png": (1000, 460),
+                                 "example_photo.png": (600, 600), "prediction.png": (800, 560),
+                                 "training.png": (800, 400), "weights.png": (600, 640)})
+
+    @needs_mnist
+    def test_samples_then_predict_on_the_folder_scores_itself(self):
+        out = os.path.join(self.tmp.name, "samples")
+        code, _, err = run_cli("samples", "--data-dir", DATA_DIR, "--out", out)
+        self.assertEqual(code, 0, err)
+        code, stdout, err = run_cli("predict", out, "--model", self.model)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(stdout.strip().splitlines()), 11)  # ten digits and the score
+        self.assertRegex(stdout.strip().splitlines()[-1], r"^(9|10) of 10 correct")
+
+    @needs_mnist
+    def test_predict_plot_with_steps_writes_one_picture_per_image(self):
+        out = os.path.join(self.tmp.name, "p.png")
+        photo = os.path.join(self.tmp.name, "4_photo.png")
+        from PIL import Image
+        Image.fromarray((255 * mnist.example_photo()).astype(np.uint8)).save(photo)
+        code, stdout, err = run_cli("predict", photo, "--model", self.model, "--plot", out, "--steps")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(png_size(out)[0], 800)
+        self.assertGreater(png_size(out)[1], 360)  # a row of step panels above the result
+        self.assertIn("wrote", stdout)
+
     def test_help_lists_every_command(self):
         code, out, _ = run_cli("--help")
         self.assertEqual(code, 0)
-        for command in ("train", "evaluate", "predict", "gradcheck", "download"):
+        for command in ("train", "evaluate", "predict", "gradcheck", "download", "draw", "weights",
+                        "samples", "pictures"):
             self.assertIn(command, out)
 
     def test_gradcheck_command_passes(self):
@@ -478,6 +512,25 @@ class TestCommandLine(unittest.TestCase):
 
 
 class TestTheFileAsALesson(unittest.TestCase):
+
+    def test_the_cells_run_in_order_in_a_fresh_namespace_and_train_a_tiny_network(self):
+        with open(SCRIPT) as f:
+            source = f.read()
+        cells = source.split("\n# %% [")
+        self.assertGreaterEqual(len(cells), 15)  # the docstring, then cells [0] to [14]
+        namespace = {"__name__": "notebook"}
+        for cell in cells:  # as an editor's "run cell" does, one after the other
+            exec(compile(("# %% [" if cell is not cells[0] else "") + cell, SCRIPT, "exec"),
+                 namespace)
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 10, 200)
+        X = 0.2 * rng.random((200, 784), dtype=np.float32)
+        for i, k in enumerate(y):
+            X[i, 78 * k: 78 * (k + 1)] += 0.8  # class k lights up its own tenth of the pixels
+        Ws, bs, history, _ = namespace["train"](X, y, X, y, hidden=(16,), epochs=5, batch_size=20,
+                                                lr=0.1, seed=0)
+        self.assertEqual(len(history), 5)
+        self.assertGreater(history[-1]["val_acc"], 0.9)
 
     def test_importing_the_file_runs_nothing_and_needs_no_matplotlib(self):
         code = ("import sys, mnist_from_scratch; "
@@ -1285,7 +1338,7 @@ class PicturesTest(unittest.TestCase):
     def test_sample_digits_writes_one_file_per_digit(self):
         labels = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 0])
         paths = save_sample_digits(fake_digits(len(labels)), labels, self.path("samples"))
-        self.assertEqual(sorted(os.listdir(self.path("samples"))), [f"digit_{d}.png" for d in range(10)])
+        self.assertEqual(sorted(os.listdir(self.path("samples"))), [f"{d}.png" for d in range(10)])
         self.assertEqual(len(paths), 10)
 
     # --- mistakes a user can make -----------------------------------------------------------------
