@@ -62,11 +62,12 @@ import numpy as np
 # The defaults of `train`. Each can be changed on the command line (`train --help`).
 HIDDEN = (512, 256)     # hidden layer sizes: 784 -> 512 -> 256 -> 10
 ACTIVATION = "relu"     # relu | sigmoid | tanh
-EPOCHS = 10             # passes over the training images
+EPOCHS = 15             # passes over the training images
 BATCH_SIZE = 128        # images per gradient step
 LEARNING_RATE = 0.1     # step size at the start (the cosine schedule lowers it to 0)
 MOMENTUM = 0.9          # how much of the previous step is kept
 WEIGHT_DECAY = 5e-5     # L2 penalty on the weights
+DROPOUT = 0.1           # fraction of hidden units switched off at random in each training step
 SCHEDULE = "cosine"     # cosine | constant
 VAL_SIZE = 5000         # training images held out to choose the best epoch
 SEED = 0                # same seed, same machine -> the same model, bit for bit
@@ -189,6 +190,23 @@ def load_csv(path):
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{path}: labels must be digits 0..9")
     return pixels.astype(np.uint8), None if labels is None else labels.astype(np.uint8)
+
+
+def write_atomically(path, write):
+    """Write a file via a temporary file in the same folder, renamed over the target when
+    complete: an interrupted run leaves the old file or the new one, never half of one."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # same folder: rename is atomic
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def download_mnist(data_dir, mirrors=MNIST_MIRRORS, timeout=10, deadline_seconds=30):
@@ -879,7 +897,7 @@ def learning_rate(schedule, lr, step, total_steps):
 
 def train(X, y, X_val=None, y_val=None, hidden=HIDDEN, activation=ACTIVATION, epochs=EPOCHS,
           batch_size=BATCH_SIZE, lr=LEARNING_RATE, momentum=MOMENTUM,
-          weight_decay=WEIGHT_DECAY, schedule=SCHEDULE, dropout=0.0, augment=None, seed=SEED,
+          weight_decay=WEIGHT_DECAY, schedule=SCHEDULE, dropout=DROPOUT, augment=None, seed=SEED,
           on_epoch=None, on_progress=None):
     """Train a network on X (n, 784), y (n,); return Ws, bs, history, interrupted.
 
@@ -889,8 +907,8 @@ def train(X, y, X_val=None, y_val=None, hidden=HIDDEN, activation=ACTIVATION, ep
     network saw them (with dropout and distortions, when those are on). dropout: the fraction
     of hidden units dropped; augment: None or a dict of augment_batch's strengths, e.g.
     AUGMENT_PRESETS["light"]. on_epoch(entry) and on_progress(epoch, fraction) let the caller print. Ctrl-C stops
-    cleanly (interrupted=True) with the best weights so far. A loss that becomes NaN or
-    infinite raises FloatingPointError.
+    cleanly (interrupted=True) with the best weights so far. A loss that explodes (NaN,
+    infinite, or above 1000) raises FloatingPointError.
     """
     sizes = [X.shape[1], *hidden, 10]
     Ws, bs = init_params(sizes, activation, seed)
@@ -918,10 +936,12 @@ def train(X, y, X_val=None, y_val=None, hidden=HIDDEN, activation=ACTIVATION, ep
                 masks = dropout_masks(sizes, len(X_batch), dropout, rng) if dropout else None
                 As = forward(X_batch, Ws, bs, activation, masks)
                 loss = float(cross_entropy(As[-1], y_batch))
-                if not math.isfinite(loss):
+                # A fresh network's loss is about log(10) = 2.3 and only falls from there; a
+                # loss of 1000 (or NaN, or infinity) means the steps are too big and it diverged.
+                if not loss < 1000:
                     raise FloatingPointError(
-                        f"the loss became {loss} in epoch {epoch}: the learning rate {lr} is "
-                        f"too high for this network; try --lr {lr / 10:g}")
+                        f"the loss exploded to {loss:.3g} in epoch {epoch}: the learning rate "
+                        f"{lr:g} is too high for this network; try --lr {lr / 10:g}")
                 loss_sum += loss * len(y_batch)
                 correct += int((As[-1].argmax(axis=1) == y_batch).sum())
                 dWs, dbs = backward(As, y_batch, Ws, activation, masks, dropout)
@@ -982,26 +1002,10 @@ def format_confusion(confusion):
 #
 # A model is one .npz file (NumPy's zip of arrays): W1, b1, W2, b2, ... and "meta", a JSON
 # string with the layer sizes, the activation, the training settings and results. It is loaded
-# with allow_pickle=False, so opening a model file can never run code hidden in it.
+# with allow_pickle=False, so opening a model file can never run code hidden in it. It is
+# written with write_atomically (section [1]), so an interrupted save never leaves half a model.
 
 MODEL_FORMAT = 1
-
-
-def write_atomically(path, write):
-    """Write a file via a temporary file in the same folder, renamed over the target when
-    complete: an interrupted run leaves the old file or the new one, never half of one."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # same folder: rename is atomic
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(path, Ws, bs, meta):
@@ -2362,44 +2366,26 @@ def run_drawing_app(probabilities, to_mnist):
 # %% [14] Command line
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def checked_number(convert, is_allowed, rule):
+    """An argparse type: text -> int or float, refused with a one-line reason when not allowed."""
+    what = "a whole number" if convert is int else "a number"
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not is_allowed(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
 
 
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and less than 1, got {text}")
-    return value
+positive_int = checked_number(int, lambda v: v >= 1, "at least 1")
+non_negative_int = checked_number(int, lambda v: v >= 0, "0 or more")
+positive_float = checked_number(float, lambda v: 0 < v < math.inf, "a positive number")
+non_negative_float = checked_number(float, lambda v: 0 <= v < math.inf, "0 or more")
+fraction = checked_number(float, lambda v: 0 <= v < 1, "at least 0 and less than 1")
 
 
 def layer_sizes(text):
@@ -2724,7 +2710,7 @@ def build_parser():
                    help=f"learning rate at the start (default: {LEARNING_RATE})")
     p.add_argument("--momentum", type=fraction, default=MOMENTUM,
                    help=f"momentum, 0 for plain SGD (default: {MOMENTUM})")
-    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, metavar="L2",
+    p.add_argument("--weight-decay", type=non_negative_float, default=WEIGHT_DECAY, metavar="L2",
                    help=f"L2 weight decay (default: {WEIGHT_DECAY:g})")
     p.add_argument("--schedule", choices=["cosine", "constant"], default=SCHEDULE,
                    help=f"learning-rate schedule (default: {SCHEDULE})")
@@ -2733,8 +2719,9 @@ def build_parser():
                         f"(default: {','.join(map(str, HIDDEN))})")
     p.add_argument("--activation", choices=list(ACTIVATIONS), default=ACTIVATION,
                    help=f"hidden-layer nonlinearity (default: {ACTIVATION})")
-    p.add_argument("--dropout", type=fraction, default=0.0, metavar="RATE",
-                   help="fraction of hidden units dropped while training (default: 0)")
+    p.add_argument("--dropout", type=fraction, default=DROPOUT, metavar="RATE",
+                   help=f"fraction of hidden units dropped while training, 0 = off "
+                        f"(default: {DROPOUT:g})")
     p.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="none",
                    help="random distortions (shift, rotation, scale, shear, elastic) of the "
                         "training images every epoch (default: none)")

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -459,6 +460,46 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(png_size(out)[0], 800)
         self.assertGreater(png_size(out)[1], 360)  # a row of step panels above the result
         self.assertIn("wrote", stdout)
+
+    @needs_mnist
+    def test_evaluate_and_weights_draw_their_pictures_without_a_display(self):
+        out = {name: os.path.join(self.tmp.name, name + ".png")
+               for name in ("confusion", "errors", "history", "weights")}
+        code, stdout, err = run_cli("evaluate", "--data-dir", DATA_DIR, "--model", self.model,
+                                    "--plot", out["confusion"], "--errors", out["errors"],
+                                    "--plot-history", out["history"])
+        self.assertEqual(code, 0, err)
+        code, stdout2, err = run_cli("weights", "--model", self.model, "--out", out["weights"])
+        self.assertEqual(code, 0, err)
+        for path in out.values():
+            self.assertIn(f"wrote {path}", stdout + stdout2)
+        self.assertEqual([png_size(out[k]) for k in ("confusion", "errors", "history", "weights")],
+                         [(600, 560), (800, 430), (800, 400), (600, 640)])
+
+    @needs_mnist
+    def test_ctrl_c_stops_training_and_saves_the_best_model_so_far(self):
+        model = os.path.join(self.tmp.name, "interrupted.npz")
+        env = dict(os.environ)
+        train = subprocess.Popen([sys.executable, SCRIPT, "train", "--data-dir", DATA_DIR,
+                                  "--model", model, "--epochs", "200", "--hidden", "16",
+                                  "--val-size", "1000"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env, cwd=HERE)
+        try:
+            for line in train.stdout:  # wait until one epoch has finished
+                if line.startswith("epoch"):
+                    break
+            train.send_signal(signal.SIGINT)
+            out, err = train.communicate(timeout=120)
+        finally:
+            if train.poll() is None:
+                train.kill()
+        self.assertEqual(train.returncode, 0, err)
+        self.assertIn("interrupted: saving the best model so far", err)
+        self.assertNotIn("Traceback", err)
+        Ws, bs, meta = mnist.load_model(model)
+        self.assertTrue(meta["interrupted"])
+        self.assertGreaterEqual(len(meta["history"]), 1)
+        self.assertLess(len(meta["history"]), 200)
 
     def test_help_lists_every_command(self):
         code, out, _ = run_cli("--help")
