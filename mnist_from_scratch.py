@@ -140,7 +140,8 @@ def parse_idx(raw, name="IDX data"):
         raise ValueError(f"{name}: file is {what}: {len(raw)} bytes, header {shape} "
                          f"needs {expected}; delete it and download it again")
     data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))  # big-endian -> this machine's byte order
+    # Big-endian -> this machine's byte order; single bytes need no conversion (and no copy).
+    return data.astype(dtype.newbyteorder("="), copy=False)
 
 
 def read_bytes(path):
@@ -289,7 +290,11 @@ def load_mnist(data_dir=DATA_DIR, download=True):
     IDX files are checked against the SHA-256 of the real MNIST, so a damaged copy is caught.
     """
     stems = list(MNIST_FILES)
-    paths = [find_file(data_dir, [s + ".gz", s, s.replace("-idx", ".idx")]) for s in stems]
+
+    def idx_paths():  # the names MNIST's files go by, compressed or not
+        return [find_file(data_dir, [s + ".gz", s, s.replace("-idx", ".idx")]) for s in stems]
+
+    paths = idx_paths()
     if not all(paths):
         csv = (find_file(data_dir, ["mnist_train.csv"]), find_file(data_dir, ["mnist_test.csv"]))
         if not all(csv):
@@ -303,8 +308,8 @@ def load_mnist(data_dir=DATA_DIR, download=True):
                     None if y_test is None else y_test.astype(np.int64))
         if not download:
             raise UserError(f"MNIST not found in {data_dir}/: run `download`, or use --data-dir")
-        download_mnist(data_dir)
-        paths = [os.path.join(data_dir, s + ".gz") for s in stems]
+        download_mnist(data_dir)  # fetches only the files that are missing
+        paths = idx_paths()
     arrays = []
     for stem, path in zip(stems, paths):
         raw = read_bytes(path)
@@ -497,7 +502,8 @@ def accuracy(Z, y):
 # For softmax followed by cross-entropy the two derivatives combine into something simple:
 #     dZ_L = (P - Y) / m              (m, 10)   where Y is one-hot
 # (the 1/m of the mean is put into dZ once, so that the products below need no extra factor;
-# the seeds' dW = (1/m) A^T dZ is the same thing). Then, for each layer l from the last down:
+# the usual textbook form dW = (1/m) A^T (P - Y) is the same thing). Then, for each layer l
+# from the last down:
 #     dW = A_prev^T dZ                (n_in, m) @ (m, n_out) -> (n_in, n_out)
 #     db = sum of dZ over the batch   (n_out,)
 #     dA_prev = dZ W^T                (m, n_out) @ (n_out, n_in) -> (m, n_in)
