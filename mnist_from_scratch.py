@@ -1090,6 +1090,7 @@ def load_model(path):
 #   otsu_threshold        ink / not ink
 #   remove_grid_lines     delete long thin straight lines, but keep the digit strokes crossing them
 #   keep_digit_components drop specks, keep the pieces that make up the digit
+#   strokes_on_lines      give back pen strokes that ran along a printed line
 #   crop_to_ink           cut away the empty margins
 #   normalise_stroke_width  thicken a thin pen line to MNIST's relative stroke width
 #   resize_area           anti-aliased scaling so the longer side is 20 pixels
@@ -1099,7 +1100,7 @@ def load_model(path):
 MNIST_SIZE = 28                 # MNIST images are 28x28 pixels
 MNIST_BOX = 20                  # ... and each digit was scaled to fit a 20x20 box inside them
 MNIST_CENTRE = 14.0             # measured: the mean centre of mass of MNIST digits is (14.0, 14.0)
-MNIST_STROKE_WIDTH = 0.09       # measured: median stroke width / longer side of the digit's box
+MNIST_STROKE_WIDTH = 0.099      # measured: median stroke width (2 area / perimeter) / longer side
 WORKING_MAX_SIDE = 640          # larger photos are shrunk first: a digit needs far fewer pixels
 
 
@@ -1208,7 +1209,18 @@ def max_filter(image, radius):
     return result
 
 
-def estimate_background(paper, blocks_per_side=16, closing_radius=2, percentile=90):
+def filter_block_grid(grid, radius, reduce):
+    """Maximum (reduce=np.max) or minimum (np.min) over the (2 radius + 1)^2 blocks around each block.
+
+    Beyond the border the lighting is assumed to continue its trend ("odd" reflection
+    extrapolates linearly), so that a plain gradient passes through unchanged.
+    """
+    size = 2 * radius + 1
+    padded = np.pad(grid, radius, mode="reflect", reflect_type="odd")
+    return reduce(np.lib.stride_tricks.sliding_window_view(padded, (size, size)), axis=(2, 3))
+
+
+def estimate_background(paper, blocks_per_side=32, closing_radius=2, percentile=90):
     """Estimate the brightness of the (light) paper under the ink, smoothly across the image.
 
     Uneven lighting and shadows make the paper darker in places; the digit is only "ink" where it
@@ -1217,25 +1229,26 @@ def estimate_background(paper, blocks_per_side=16, closing_radius=2, percentile=
          percentile of each block: a paper value even when a stroke passes through the block.
       2. A block completely covered by a thick stroke has no paper in it; a "closing" of the block
          grid (maximum over 5x5 blocks, then minimum over 5x5 blocks) replaces such small dark
-         islands by their surroundings, yet keeps the edge of a large shadow where it is.
-         (Needs at least 2 blocks per side: tiny images get 2-pixel blocks.)
+         islands by their surroundings, yet keeps the edge of a large shadow where it is; an
+         "opening" (minimum, then maximum over 3x3 blocks) removes single bright blocks.
+         (Blocks have at least 16x16 pixels for a stable percentile; a tiny image gets
+         blocks of a quarter of its side, at least 2 pixels.)
       3. Interpolate the block values bilinearly back to a smooth full-size background.
     """
     height, width = paper.shape
-    block = max(2, int(np.ceil(max(height, width) / blocks_per_side)))
+    longer = max(height, width)
+    block = max(2, int(np.ceil(longer / blocks_per_side)), min(16, longer // 4))
     rows, cols = int(np.ceil(height / block)), int(np.ceil(width / block))
-    padded = np.pad(paper, ((0, rows * block - height), (0, cols * block - width)), mode="edge")
+    padded = np.pad(paper, ((0, rows * block - height), (0, cols * block - width)), mode="symmetric")
     blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
     grid = np.percentile(blocks, percentile, axis=2).astype(np.float32)  # (rows, cols)
 
-    # Beyond the border the lighting is assumed to continue its trend ("odd" reflection
-    # extrapolates linearly), so that a plain gradient passes through the closing unchanged.
-    size = 2 * closing_radius + 1
+    # A closing (max, then min) fills dark islands of the block grid: blocks covered by a thick
+    # stroke. An opening over 3x3 blocks (min, then max) then removes single bright blocks: one
+    # block brighter than all its neighbours (glare, a cluster of white specks) is not lighting.
     if closing_radius > 0 and min(rows, cols) > 1:
-        grid_padded = np.pad(grid, closing_radius, mode="reflect", reflect_type="odd")
-        grid = np.lib.stride_tricks.sliding_window_view(grid_padded, (size, size)).max(axis=(2, 3))
-        grid_padded = np.pad(grid, closing_radius, mode="reflect", reflect_type="odd")
-        grid = np.lib.stride_tricks.sliding_window_view(grid_padded, (size, size)).min(axis=(2, 3))
+        grid = filter_block_grid(filter_block_grid(grid, closing_radius, np.max), closing_radius, np.min)
+        grid = filter_block_grid(filter_block_grid(grid, 1, np.min), 1, np.max)
 
     # Bilinear interpolation between block centres, first along rows, then along columns.
     # Between the last block centre and the border the trend is extended (t < 0 or t > 1),
@@ -1283,7 +1296,10 @@ def decide_polarity(gray):
     # light image needs very clear evidence. (On a blank page both maps are mere noise, and the
     # dark guess divides by a dark "paper", which amplifies the noise into fake strokes.)
     ratio = 0.35 if np.median(gray) > 0.5 else 0.7
-    return bool(density(remove_background(gray, False)) > ratio * density(remove_background(gray, True)))
+    dark_ink = remove_background(gray, False)
+    if dark_ink.max() < 0.12:  # read as a dark background, the image has no ink at all
+        return True
+    return bool(density(dark_ink) > ratio * density(remove_background(gray, True)))
 
 
 def noise_floor_and_peak(smooth_ink):
@@ -1378,7 +1394,8 @@ def find_horizontal_lines(mask, max_angle_degrees=5.0, min_coverage=0.5, max_thi
     length = np.array([covered[start:end].max() for start, end in zip(starts, ends)], dtype=float)
     fraction = np.array([coverage[start:end].max() for start, end in zip(starts, ends)])
     thickness = ends - starts - 2  # -2: the +-1 row band widened every line by 2 rows
-    thin = thickness <= max_thickness * np.maximum(length, width / 2)
+    # (+2: the 3x3 smoothing before thresholding widened every line by 2 pixels.)
+    thin = thickness <= max_thickness * np.maximum(length, width / 2) + 2
     runs = [(start, end, cover, thick) for start, end, cover, thick
             in zip(starts[thin], ends[thin], fraction[thin], thickness[thin])]
     return shift, runs
@@ -1525,6 +1542,26 @@ def keep_digit_components(mask, ink, min_share=0.03, reach=0.25):
     return keep[np.maximum(labels, 0)] & (labels >= 0)
 
 
+def strokes_on_lines(smooth_ink, digit, lines, sigma):
+    """The pixels of `lines` that are really the digit: a pen stroke running along a printed line.
+
+    remove_grid_lines deletes such a stroke together with the line. But a pen is usually much
+    darker than the printed lines: where the digit's typical ink is clearly stronger than the
+    lines' (by more than 6 sigma of the paper noise), line pixels nearer in strength to the digit
+    than to the lines, and connected to the digit, are given back: they continue its strokes.
+    (Pencil as faint as the lines cannot be told apart from them this way: nothing is returned.)
+    """
+    if not digit.any() or not lines.any():
+        return np.zeros_like(lines)
+    line_ink, digit_ink = np.median(smooth_ink[lines]), np.median(smooth_ink[digit])
+    if digit_ink - line_ink <= 6 * sigma:
+        return np.zeros_like(lines)
+    strong = lines & (smooth_ink > (line_ink + digit_ink) / 2)
+    labels, _ = label_components(digit | strong)
+    touching_digit = np.isin(labels, np.unique(labels[digit]))
+    return strong & touching_digit
+
+
 def crop_to_ink(image):
     """Cut away all-zero rows and columns around the ink (returns an empty array if no ink)."""
     rows = np.nonzero(image.any(axis=1))[0]
@@ -1552,12 +1589,13 @@ def normalise_stroke_width(cropped, relative_width=MNIST_STROKE_WIDTH):
     pixels: a faint ghost. MNIST strokes are about relative_width times the digit's longer side.
     Dilating by r pixels makes a stroke w + 2r wide and the digit L + 2r long, so we choose
         (w + 2r) / (L + 2r) = relative_width  ->  r = (relative_width * L - w) / (2 (1 - relative_width))
-    Strokes that are already thick enough are left alone.
+    Strokes within MNIST's own range (at least half its median width) are left alone: MNIST
+    has thin and thick writers too, and a 28x28 digit would change a lot by even 1 pixel.
     """
     width = estimate_stroke_width(cropped > 0.5)
     longer = max(cropped.shape)
     radius = int(round((relative_width * longer - width) / (2 * (1 - relative_width))))
-    if radius < 1:
+    if radius < 1 or width >= 0.5 * relative_width * longer:
         return cropped
     return max_filter(np.pad(cropped, radius), radius)
 
@@ -1641,10 +1679,30 @@ def image_to_mnist(gray, alpha=None):
     without_lines, lines = remove_grid_lines(candidates)
     threshold = min(max(otsu_threshold(smooth[candidates]), floor), floor + 0.5 * (peak - floor))
     mask = keep_digit_components((smooth > threshold) & without_lines, ink)
+    on_lines = strokes_on_lines(smooth, mask, lines, sigma)
+    if on_lines.any():
+        lines = lines & ~on_lines
+        mask = keep_digit_components((smooth > threshold) & (without_lines | on_lines), ink)
     steps["lines"], steps["mask"] = lines, mask
     ys, xs = np.nonzero(mask)
-    if len(ys) == 0 or max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 < max(4, 0.04 * max(gray.shape)):
+    side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 if len(ys) else 0
+    if side < max(4, 0.04 * max(gray.shape)):
         steps["reason"] = "only specks or lines, nothing the size of a digit"
+        return None, steps
+
+    # A small mark cut by the edge of the picture is a piece of something outside it (the corner
+    # of a grid, the edge of the page): a photographed digit lies inside the picture, and a
+    # digit cropped tightly to the picture's edge fills a good part of it.
+    height, width = gray.shape
+    touches_edge = ys.min() == 0 or xs.min() == 0 or ys.max() == height - 1 or xs.max() == width - 1
+    if touches_edge and side < 0.25 * max(gray.shape):
+        steps["reason"] = "only a small piece at the edge of the picture"
+        return None, steps
+
+    # Digits are written upright: none is a long flat bar (a "1" is tall, a "7" or "2" at most
+    # about as wide as tall). A mark four times wider than tall is a line on the page.
+    if xs.max() - xs.min() + 1 > 4 * (ys.max() - ys.min() + 1):
+        steps["reason"] = "only a horizontal line, no digit"
         return None, steps
 
     # Strokes are inky all along; a patch of noise that just crossed the threshold is not.
@@ -1652,13 +1710,19 @@ def image_to_mnist(gray, alpha=None):
         steps["reason"] = "only a faint patch, no clear strokes"
         return None, steps
 
-    # Noise, not a digit: pixels as inky as the digit all around it (within a margin of a quarter
-    # of its size) that are neither the digit nor printed lines, three times as many as the digit's.
-    margin = (max(ys.max() - ys.min(), xs.max() - xs.min()) + 1) // 4
+    # Noise, not a digit: the digit must stand out from everything else in the picture. Pixels as
+    # inky as the digit that are neither the digit nor printed lines are grouped into pieces.
+    # Three times as many such pixels close around the digit (within a quarter of its size), or
+    # more than a few pieces elsewhere at least a quarter as big as the digit, mean that the
+    # "digit" is just the biggest blot of a noisy picture (a written page has a few other marks;
+    # salt-and-pepper noise has hundreds of blots of every size).
+    elsewhere = (smooth > threshold) & ~lines & ~(max_filter(mask.astype(np.float32), 2) > 0)
+    margin = side // 4
     top, left = max(ys.min() - margin, 0), max(xs.min() - margin, 0)
-    around = ((smooth > threshold) & ~lines & ~(max_filter(mask.astype(np.float32), 2) > 0))[
-        top : ys.max() + margin + 1, left : xs.max() + margin + 1]
-    if around.sum() > 3 * mask.sum():
+    around = elsewhere[top : ys.max() + margin + 1, left : xs.max() + margin + 1]
+    labels, _ = label_components(elsewhere)
+    piece_sizes = np.bincount(labels[labels >= 0], minlength=1)
+    if around.sum() > 3 * mask.sum() or (piece_sizes >= mask.sum() / 4).sum() > 5:
         steps["reason"] = "the image is noise: ink-like specks everywhere"
         return None, steps
 
