@@ -12,7 +12,7 @@ This one file is the whole program. It
 
 Three ways to use it:
 
-    python mnist_from_scratch.py train                 # about 30 s on a laptop, ~98.3 % correct
+    python mnist_from_scratch.py train                 # about 25 s on two cores, ~98.5 % correct
     python mnist_from_scratch.py predict my_digit.png  # what digit is this?
     python mnist_from_scratch.py --help                # every command and option
 
@@ -67,7 +67,7 @@ BATCH_SIZE = 128        # images per gradient step
 LEARNING_RATE = 0.1     # step size at the start (the cosine schedule lowers it to 0)
 MOMENTUM = 0.9          # how much of the previous step is kept
 WEIGHT_DECAY = 5e-5     # L2 penalty on the weights
-DROPOUT = 0.1           # fraction of hidden units switched off at random in each training step
+DROPOUT = 0.0           # fraction of hidden units switched off at random in each step (0: off)
 SCHEDULE = "cosine"     # cosine | constant
 VAL_SIZE = 5000         # training images held out to choose the best epoch
 SEED = 0                # same seed, same machine -> the same model, bit for bit
