@@ -466,10 +466,16 @@ def forward(X, Ws, bs, activation="relu", masks=None):
     return As
 
 
-def predict_proba(X, Ws, bs, activation="relu", batch=10000):
-    """Probabilities (m, 10) for the images X, in batches of 10,000 to bound memory."""
-    return np.concatenate([softmax(forward(X[i:i + batch], Ws, bs, activation)[-1])
-                           for i in range(0, len(X), batch)]) if len(X) else np.zeros((0, 10))
+def logits(X, Ws, bs, activation="relu", batch=10000):
+    """The output scores Z_L (m, 10) for any number of images, 10,000 at a time: the
+    activations of one batch are freed before the next, so memory stays bounded."""
+    return np.concatenate([forward(X[i:i + batch], Ws, bs, activation)[-1]
+                           for i in range(0, len(X), batch)] or [np.zeros((0, Ws[-1].shape[1]))])
+
+
+def predict_proba(X, Ws, bs, activation="relu"):
+    """Probabilities P = softmax(Z_L), shape (m, 10), for the images X (m, 784)."""
+    return softmax(logits(X, Ws, bs, activation))
 
 
 # %% [4] Loss
@@ -961,8 +967,7 @@ def train(X, y, X_val=None, y_val=None, hidden=HIDDEN, activation=ACTIVATION, ep
             entry = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
                      "val_loss": None, "val_acc": None, "seconds": seconds}
             if X_val is not None and len(X_val):
-                Z_val = np.concatenate([forward(X_val[i:i + 10000], Ws, bs, activation)[-1]
-                                        for i in range(0, len(X_val), 10000)])
+                Z_val = logits(X_val, Ws, bs, activation)
                 entry["val_loss"] = float(cross_entropy(Z_val, y_val))
                 entry["val_acc"] = accuracy(Z_val, y_val)
             history.append(entry)
@@ -988,8 +993,7 @@ def confusion_matrix(y_true, y_pred, classes=10):
 
 def evaluate(X, y, Ws, bs, activation="relu"):
     """Loss, accuracy and confusion matrix of the network on the labelled images X, y."""
-    Z = np.concatenate([forward(X[i:i + 10000], Ws, bs, activation)[-1]
-                        for i in range(0, len(X), 10000)])
+    Z = logits(X, Ws, bs, activation)
     return {"loss": float(cross_entropy(Z, y)), "accuracy": accuracy(Z, y),
             "n": int(len(y)), "confusion": confusion_matrix(y, Z.argmax(axis=1))}
 
