@@ -251,8 +251,6 @@ def download_mnist(data_dir, mirrors=MNIST_MIRRORS, timeout=10, deadline_seconds
                 continue
             write_atomically(target, lambda f: f.write(data))
             break
-        else:
-            errors.append("")
         if not os.path.exists(target):
             raise UserError(
                 f"could not download {name}.gz from {', '.join(mirrors)} "
@@ -918,8 +916,8 @@ def train(X, y, X_val=None, y_val=None, hidden=HIDDEN, activation=ACTIVATION, ep
     epoch; its train_loss and train_acc are averages over the epoch's mini-batches, as the
     network saw them (with dropout and distortions, when those are on). dropout: the fraction
     of hidden units dropped; augment: None or a dict of augment_batch's strengths, e.g.
-    AUGMENT_PRESETS["light"]. on_epoch(entry) and on_progress(epoch, fraction) let the caller print. Ctrl-C stops
-    cleanly (interrupted=True) with the best weights so far. A loss that explodes (NaN,
+    AUGMENT_PRESETS["light"]. on_epoch(entry) and on_progress(epoch, fraction) let the caller
+    print. Ctrl-C stops cleanly (interrupted=True) with the best weights so far. A loss that explodes (NaN,
     infinite, or above 1000) raises FloatingPointError.
     """
     sizes = [X.shape[1], *hidden, 10]
@@ -2579,7 +2577,9 @@ def command_evaluate(args):
     if args.errors:
         P = predict_proba(X_test, Ws, bs, activation)
         worst = worst_errors(P, y_test, 24)
-        print(f"wrote {plot_errors(X_test[worst], y_test[worst], P[worst].argmax(axis=1), P[worst].max(axis=1), args.errors, show=args.show)}")
+        path = plot_errors(X_test[worst], y_test[worst], P[worst].argmax(axis=1),
+                           P[worst].max(axis=1), args.errors, show=args.show)
+        print(f"wrote {path}")
     return 0
 
 
@@ -2755,9 +2755,8 @@ def build_parser():
                "`COMMAND --help` explains each command.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
-    def add(name, help_text, **kw):
-        p = commands.add_parser(name, help=help_text, description=help_text, **kw)
-        return p
+    def add(name, help_text):
+        return commands.add_parser(name, help=help_text, description=help_text)
 
     def data_flag(p):
         p.add_argument("--data-dir", default=DATA_DIR, metavar="DIR",

@@ -3,7 +3,7 @@
 Run:  python -m unittest -v test_mnist_from_scratch
 
 The tests that need the real MNIST read it from data/ (run `python mnist_from_scratch.py
-download` once, or copy the four .gz files there). No test uses the network.
+download` once, or copy the four .gz files there). No test needs the internet.
 """
 import contextlib
 import functools
