@@ -54,6 +54,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 import zipfile
 
@@ -1088,6 +1089,7 @@ def load_model(path):
 #   shrink_by_block_mean  very large photos -> at most WORKING_MAX_SIDE pixels (speed)
 #   decide_polarity       is the background light (paper) or dark (screen, blackboard)?
 #   remove_background     ink strength = how much darker than the LOCAL paper a pixel is
+#   outside_the_page      the table around a photographed page is not part of the digit
 #   noise_floor_and_peak  how strong is paper noise, how strong is the ink? (no ink -> no digit)
 #   otsu_threshold        ink / not ink
 #   remove_grid_lines     delete long thin straight lines, but keep the digit strokes crossing them
@@ -1211,15 +1213,82 @@ def max_filter(image, radius):
     return result
 
 
-def filter_block_grid(grid, radius, reduce):
+def filter_block_grid(grid, radius, reduce, extrapolate=True):
     """Maximum (reduce=np.max) or minimum (np.min) over the (2 radius + 1)^2 blocks around each block.
 
     Beyond the border the lighting is assumed to continue its trend ("odd" reflection
-    extrapolates linearly), so that a plain gradient passes through unchanged.
+    extrapolates linearly), so that a plain gradient passes through unchanged; with
+    extrapolate=False the border blocks are simply repeated.
     """
     size = 2 * radius + 1
-    padded = np.pad(grid, radius, mode="reflect", reflect_type="odd")
+    if extrapolate:
+        padded = np.pad(grid, radius, mode="reflect", reflect_type="odd")
+    else:
+        padded = np.pad(grid, radius, mode="edge")
     return reduce(np.lib.stride_tricks.sliding_window_view(padded, (size, size)), axis=(2, 3))
+
+
+def block_percentiles(paper, blocks_per_side=32, percentile=90):
+    """Cut the image into about blocks_per_side x blocks_per_side square blocks (at least 16x16
+    pixels for a stable percentile; a tiny image gets blocks of a quarter of its side, at least 2
+    pixels) and return (grid, block): the given percentile of every block, and the block size.
+    """
+    height, width = paper.shape
+    longer = max(height, width)
+    block = max(2, int(np.ceil(longer / blocks_per_side)), min(16, longer // 4))
+    rows, cols = int(np.ceil(height / block)), int(np.ceil(width / block))
+    padded = np.pad(paper, ((0, rows * block - height), (0, cols * block - width)), mode="symmetric")
+    blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+    return np.percentile(blocks, percentile, axis=2).astype(np.float32), block
+
+
+def run_along_the_edge(labels, count):
+    """For each of `count` labelled pieces (see label_components): how many of the pixels on the
+    picture's border it covers."""
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return np.bincount(edge[edge >= 0], minlength=count)
+
+
+def narrow_strips_along_the_edge(mask, outside, min_run, band=0.1):
+    """What is left of the table after outside_the_page: ink along the picture's edge.
+
+    Strips of table too narrow for a block of their own, and slivers between the blocks found
+    by outside_the_page and the page. Only the part of the mask within `band` (a fraction of the
+    shorter side) of the edge is looked at, so that the digit in the middle stays out of it even
+    when a stray line ties it to the strip. Pieces there that run along the edge for at least
+    min_run pixels, or that touch `outside`, are the table.
+    """
+    width_of_band = int(np.ceil(band * min(mask.shape)))
+    near_edge = np.ones(mask.shape, dtype=bool)
+    near_edge[width_of_band:-width_of_band, width_of_band:-width_of_band] = False
+    labels, count = label_components(mask & near_edge)
+    table = run_along_the_edge(labels, count) >= min_run
+    next_to_outside = labels[(max_filter(outside.astype(np.float32), 1) > 0) & (labels >= 0)]
+    table[next_to_outside] = True
+    return np.append(table, False)[labels]  # per pixel (label -1, no piece: the appended False)
+
+
+def outside_the_page(paper, darker=0.55, min_run=0.15):
+    """The pixels around the page: the table or floor a sheet of paper lies on.
+
+    A photo of a page often shows the table along one or more of its edges. Against the paper it
+    is a huge patch of "ink" that would be taken for the digit. On the block grid of paper
+    brightness (see block_percentiles) it gives itself away: blocks far darker (below `darker`
+    times) than the brightest paper within 4 blocks, which together run along the picture's
+    edge for at least `min_run` of its shorter side. Lighting never darkens a page that
+    abruptly, and a thick stroke does not run along the edge. The region is widened by one
+    block, so that it also covers the page's edge, where the table first looks like ink.
+    (A strip of table too narrow for a block of its own is found later, on the ink mask.)
+    Returns a boolean mask of the image's shape (all False for a picture of the page alone).
+    """
+    height, width = paper.shape
+    grid, block = block_percentiles(paper)
+    dark = grid < darker * filter_block_grid(grid, 4, np.max, extrapolate=False)
+    labels, count = label_components(dark)
+    table = run_along_the_edge(labels, count) * block >= min_run * min(height, width)
+    table = np.append(table, False)[labels]  # per block (label -1, no piece: the appended False)
+    table = max_filter(table.astype(np.float32), 1) > 0
+    return table.repeat(block, axis=0).repeat(block, axis=1)[:height, :width]
 
 
 def estimate_background(paper, blocks_per_side=32, closing_radius=2, percentile=90):
@@ -1238,12 +1307,8 @@ def estimate_background(paper, blocks_per_side=32, closing_radius=2, percentile=
       3. Interpolate the block values bilinearly back to a smooth full-size background.
     """
     height, width = paper.shape
-    longer = max(height, width)
-    block = max(2, int(np.ceil(longer / blocks_per_side)), min(16, longer // 4))
-    rows, cols = int(np.ceil(height / block)), int(np.ceil(width / block))
-    padded = np.pad(paper, ((0, rows * block - height), (0, cols * block - width)), mode="symmetric")
-    blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
-    grid = np.percentile(blocks, percentile, axis=2).astype(np.float32)  # (rows, cols)
+    grid, block = block_percentiles(paper, blocks_per_side, percentile)
+    rows, cols = grid.shape
 
     # A closing (max, then min) fills dark islands of the block grid: blocks covered by a thick
     # stroke. An opening over 3x3 blocks (min, then max) then removes single bright blocks: one
@@ -1305,21 +1370,24 @@ def decide_polarity(gray):
 
 
 def noise_floor_and_peak(smooth_ink):
-    """How strong is the paper noise, and how strong is the strongest ink?
+    """How strong is the paper noise, and how strong is the strongest ink? (smooth_ink: the ink
+    strengths of an image, or of some of its pixels.)
 
-    Ink and printed lines only ever ADD ink strength, and together they cover well under 60 % of
-    the pixels (grid lines with their blurred edges can cover 40 %). So the weakest 40 % of the
-    pixels are pure paper, and their spread measures the paper noise: for Gaussian noise the
-    20th and 40th percentiles lie 0.842 and 0.253 standard deviations below the mean, hence
-        sigma = (p40 - p20) / 0.589,   paper mean = p40 + 0.253 sigma
+    Ink and printed lines only ever ADD ink strength, so the weakest pixels are pure paper, and
+    their spread measures the paper noise. The very weakest are used (5th and 15th percentiles):
+    the lines of dense squared paper, with their blurred edges, can cover more than half of a
+    photo. For Gaussian noise these percentiles lie 1.645 and 1.036 standard deviations below
+    the mean, hence
+        sigma = (p15 - p5) / 0.609,   paper mean = p15 + 1.036 sigma
     Returns (paper, sigma, floor, peak), where floor is an ink strength that paper noise
     practically never reaches (paper mean + 6 sigma) and peak the strongest ink.
     """
-    p20, p40 = np.percentile(smooth_ink[::2, ::2], [20, 40])  # every 4th pixel is plenty
-    sigma = float(p40 - p20) / 0.589
-    paper = float(p40) + 0.253 * sigma
+    values = np.ravel(smooth_ink)
+    p5, p15 = np.percentile(values[::4], [5, 15])  # every 4th pixel is plenty
+    sigma = float(p15 - p5) / 0.609
+    paper = float(p15) + 1.036 * sigma
     floor = paper + max(6.0 * sigma, 0.03)
-    return paper, sigma, floor, float(smooth_ink.max())
+    return paper, sigma, floor, float(values.max())
 
 
 def otsu_threshold(values, bins=64):
@@ -1652,7 +1720,7 @@ def image_to_mnist(gray, alpha=None):
     steps keeps the intermediate images for plotting:
       'gray'    the image the steps work on (transparency resolved, large photos shrunk)
       'ink'     ink strength after polarity and background removal, in [0, 1]
-      'lines'   pixels removed as grid or ruled lines (boolean)
+      'lines'   pixels removed as grid or ruled lines or as lying outside the page (boolean)
       'mask'    the pixels kept as the digit (boolean)
       'cropped' the cleaned digit cut out, strokes normalised
       'x28'     the result (same as x28)
@@ -1665,27 +1733,45 @@ def image_to_mnist(gray, alpha=None):
     gray = shrink_by_block_mean(gray, factor)
     steps["gray"] = gray
 
-    ink = remove_background(gray, decide_polarity(gray))
+    light_background = decide_polarity(gray)
+    ink = remove_background(gray, light_background)
     steps["ink"] = ink
     smooth = box_blur(ink, 1)  # JPEG noise and paper grain average out, strokes do not
-    paper, sigma, floor, peak = noise_floor_and_peak(smooth)
     steps["lines"] = np.zeros(gray.shape, dtype=bool)
     steps["mask"] = np.zeros(gray.shape, dtype=bool)
-    if peak < 0.12 or peak - paper < 10 * sigma:
+
+    # What lies around the page (a table along an edge) is set aside, and the noise and the ink
+    # are measured on the page alone. If the page then holds no ink at all, the "table" was the
+    # digit itself, drawn thick right up to the edges of the picture, and it stays.
+    outside = outside_the_page(gray if light_background else 1.0 - gray)
+    paper, sigma, floor, peak = noise_floor_and_peak(smooth[~outside])
+    if peak <= floor and outside.any():
+        outside[:] = False
+        paper, sigma, floor, peak = noise_floor_and_peak(smooth)
+    if peak < 0.12 or peak - paper < 10 * sigma or peak <= floor:
         steps["reason"] = "no ink stands out from the background"
         return None, steps
 
     # Everything above the noise floor may be ink or printed lines. Lines are found on this
     # generous mask (so faint lines are complete); the digit mask uses Otsu's stricter threshold.
-    candidates = smooth > floor
+    # What is left of the table (strips too narrow for outside_the_page, slivers beside it) is
+    # found once the lines, which also reach the edge, are gone (again, unless it is all).
+    candidates = (smooth > floor) & ~outside
     without_lines, lines = remove_grid_lines(candidates)
+    strips = narrow_strips_along_the_edge(without_lines, outside, 0.15 * min(gray.shape))
+    if (without_lines & ~strips).any():
+        outside |= strips
+        candidates &= ~strips
+        without_lines &= ~strips
+    if without_lines.any():  # the strongest ink that may be the digit: printed lines are gone
+        peak = float(smooth[without_lines].max())
     threshold = min(max(otsu_threshold(smooth[candidates]), floor), floor + 0.5 * (peak - floor))
     mask = keep_digit_components((smooth > threshold) & without_lines, ink)
     on_lines = strokes_on_lines(smooth, mask, lines, sigma)
     if on_lines.any():
         lines = lines & ~on_lines
         mask = keep_digit_components((smooth > threshold) & (without_lines | on_lines), ink)
-    steps["lines"], steps["mask"] = lines, mask
+    steps["lines"], steps["mask"] = lines | outside, mask
     ys, xs = np.nonzero(mask)
     side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 if len(ys) else 0
     if side < max(4, 0.04 * max(gray.shape)):
@@ -1707,6 +1793,14 @@ def image_to_mnist(gray, alpha=None):
         steps["reason"] = "only a horizontal line, no digit"
         return None, steps
 
+    # A thin straight line from one edge of the picture to the opposite one is a printed line the
+    # line finder could not match with others (the margin line of a page, a fold), not a "1".
+    tall, wide = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    across = (tall == height and wide <= 0.15 * tall) or (wide == width and tall <= 0.15 * wide)
+    if across and estimate_stroke_width(mask) < 0.03 * max(tall, wide):
+        steps["reason"] = "only a thin line across the whole picture (leave a margin around a digit)"
+        return None, steps
+
     # Strokes are inky all along; a patch of noise that just crossed the threshold is not.
     if np.median(smooth[mask]) - paper < 8 * sigma:
         steps["reason"] = "only a faint patch, no clear strokes"
@@ -1718,7 +1812,7 @@ def image_to_mnist(gray, alpha=None):
     # more than a few pieces elsewhere at least a quarter as big as the digit, mean that the
     # "digit" is just the biggest blot of a noisy picture (a written page has a few other marks;
     # salt-and-pepper noise has hundreds of blots of every size).
-    elsewhere = (smooth > threshold) & ~lines & ~(max_filter(mask.astype(np.float32), 2) > 0)
+    elsewhere = (smooth > threshold) & ~lines & ~outside & ~(max_filter(mask.astype(np.float32), 2) > 0)
     margin = side // 4
     top, left = max(ys.min() - margin, 0), max(xs.min() - margin, 0)
     around = elsewhere[top : ys.max() + margin + 1, left : xs.max() + margin + 1]
@@ -2028,11 +2122,12 @@ def _show_image(axes, image, title):
     axes.set_yticks([])
 
 
-def plot_prediction(original, x28, probabilities, path, steps=None, show=False):
+def plot_prediction(original, x28, probabilities, path, steps=None, show=False, reason=None):
     """Draw the original image, the 28x28 input the network saw and its ten probabilities.
 
     original: the image as read (h, w) grey or (h, w, 3|4) colour; x28: (28, 28) or (784,) in [0, 1],
-    white digit on black, or None when no digit was found; probabilities: (10,) or None.
+    white digit on black, or None when no digit was found (then `reason` says why, if given);
+    probabilities: (10,) or None.
     steps: optional dict {name: 2-D array} of intermediate pictures (e.g. 'gray', 'ink mask',
     '28x28 input'), drawn in order in extra rows of up to 6 panels above the result.
     The picture is 800 pixels wide and 360 + 200 * step_rows pixels high.
@@ -2059,7 +2154,8 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False):
     _show_image(original_axes, original, f"your image ({original.shape[1]} x {original.shape[0]} px)")
     if x28 is None:
         input_axes.set_axis_off()
-        input_axes.text(0.5, 0.5, "no digit found\n(the image looks empty)", ha="center", va="center",
+        why = "\n".join(textwrap.wrap(f"({reason or 'the image looks empty'})", 36))
+        input_axes.text(0.5, 0.5, "no digit found\n" + why, ha="center", va="center",
                         transform=input_axes.transAxes, fontsize=11, color="tab:red")
         bar_axes.set_axis_off()
         figure.suptitle("no digit found: nothing to recognise")
@@ -2653,7 +2749,8 @@ def command_predict(args):
                 panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
                           if name in steps}
             target = plot_path_for(args.plot, path, len(files) > 1)
-            plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show)
+            plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
+                            reason=steps.get("reason"))
             if not args.json:
                 print(f"  wrote {target}")
     if scored and not args.json:
