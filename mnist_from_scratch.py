@@ -1250,17 +1250,18 @@ def run_along_the_edge(labels, count):
 
 
 def narrow_strips_along_the_edge(mask, outside, min_run, band=0.1):
-    """What is left of the table after outside_the_page: ink along the picture's edge.
+    """What is left of the table after outside_the_page: ink along the edge of the picture or page.
 
-    Strips of table too narrow for a block of their own, and slivers between the blocks found
-    by outside_the_page and the page. Only the part of the mask within `band` (a fraction of the
-    shorter side) of the edge is looked at, so that the digit in the middle stays out of it even
-    when a stray line ties it to the strip. Pieces there that run along the edge for at least
-    min_run pixels, or that touch `outside`, are the table.
+    Strips of table too narrow for a block of their own, and the edge of the page beside the
+    blocks found by outside_the_page. Only the part of the mask within `band` (a fraction of the
+    shorter side) of the picture's edge or of `outside` is looked at, so that the digit in the
+    middle stays out of it even when a stray line ties it to the strip. Pieces there that run
+    along the picture's edge for at least min_run pixels, or that touch `outside`, are the table.
     """
     width_of_band = int(np.ceil(band * min(mask.shape)))
-    near_edge = np.ones(mask.shape, dtype=bool)
-    near_edge[width_of_band:-width_of_band, width_of_band:-width_of_band] = False
+    near_edge = max_filter(outside.astype(np.float32), width_of_band // 2) > 0
+    near_edge[:width_of_band] = near_edge[-width_of_band:] = True
+    near_edge[:, :width_of_band] = near_edge[:, -width_of_band:] = True
     labels, count = label_components(mask & near_edge)
     table = run_along_the_edge(labels, count) >= min_run
     next_to_outside = labels[(max_filter(outside.astype(np.float32), 1) > 0) & (labels >= 0)]
@@ -1272,21 +1273,28 @@ def outside_the_page(paper, darker=0.55, min_run=0.15):
     """The pixels around the page: the table or floor a sheet of paper lies on.
 
     A photo of a page often shows the table along one or more of its edges. Against the paper it
-    is a huge patch of "ink" that would be taken for the digit. On the block grid of paper
-    brightness (see block_percentiles) it gives itself away: blocks far darker (below `darker`
-    times) than the brightest paper within 4 blocks, which together run along the picture's
-    edge for at least `min_run` of its shorter side. Lighting never darkens a page that
-    abruptly, and a thick stroke does not run along the edge. The region is widened by one
-    block, so that it also covers the page's edge, where the table first looks like ink.
+    is a huge patch of "ink" that would be taken for the digit. On the block grid of brightness
+    (block medians, see block_percentiles) it gives itself away: blocks far darker (below `darker`
+    times) than the brightest paper within 4 blocks, with the blocks about as dark that join
+    them, which together run along the picture's edge for at least `min_run` of its shorter
+    side. Lighting never darkens a page that abruptly, and a thick stroke does not run along the
+    edge. The region is widened by one block, so that it also covers the page's edge, where the
+    table first looks like ink.
     (A strip of table too narrow for a block of its own is found later, on the ink mask.)
     Returns a boolean mask of the image's shape (all False for a picture of the page alone).
     """
     height, width = paper.shape
-    grid, block = block_percentiles(paper)
+    grid, block = block_percentiles(paper, percentile=50)  # the median: a grainy table stays dark
     dark = grid < darker * filter_block_grid(grid, 4, np.max, extrapolate=False)
-    labels, count = label_components(dark)
-    table = run_along_the_edge(labels, count) * block >= min_run * min(height, width)
-    table = np.append(table, False)[labels]  # per block (label -1, no piece: the appended False)
+    if not dark.any():
+        return np.zeros(paper.shape, dtype=bool)
+    # Farther from the page, "far darker than the paper nearby" no longer holds, so the blocks
+    # about as dark as those (at most 1.25 times their median) join them: the rest of the table.
+    region = dark | (grid <= 1.25 * np.median(grid[dark]))
+    labels, count = label_components(region)
+    long_run = run_along_the_edge(labels, count) * block >= min_run * min(height, width)
+    long_run[np.setdiff1d(np.arange(count), labels[dark])] = False  # a piece must hold a dark block
+    table = np.append(long_run, False)[labels]  # per block (label -1, no piece: the appended False)
     table = max_filter(table.astype(np.float32), 1) > 0
     return table.repeat(block, axis=0).repeat(block, axis=1)[:height, :width]
 
