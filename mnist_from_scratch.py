@@ -1289,8 +1289,12 @@ def outside_the_page(paper, darker=0.55, min_run=0.15):
     if not dark.any():
         return np.zeros(paper.shape, dtype=bool)
     # Farther from the page, "far darker than the paper nearby" no longer holds, so the blocks
-    # about as dark as those (at most 1.25 times their median) join them: the rest of the table.
-    region = dark | (grid <= 1.25 * np.median(grid[dark]))
+    # about as dark (at most 1.25 times the median) as the very dark ones join them: the rest of
+    # the table. (Very dark: below 0.4 times the paper nearby; no shadow darkens a page so much.)
+    region = dark.copy()
+    very_dark = grid < 0.4 * filter_block_grid(grid, 4, np.max, extrapolate=False)
+    if very_dark.any():
+        region |= grid <= 1.25 * np.median(grid[very_dark])
     labels, count = label_components(region)
     long_run = run_along_the_edge(labels, count) * block >= min_run * min(height, width)
     long_run[np.setdiff1d(np.arange(count), labels[dark])] = False  # a piece must hold a dark block
