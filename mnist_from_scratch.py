@@ -1286,7 +1286,7 @@ def outside_the_page(paper, darker=0.55, min_run=0.15):
     height, width = paper.shape
     grid, block = block_percentiles(paper, percentile=50)  # the median: a grainy table stays dark
     dark = grid < darker * filter_block_grid(grid, 4, np.max, extrapolate=False)
-    if not dark.any():
+    if not dark.any() or min(grid.shape) < 8:  # a tiny picture is a cut-out digit, not a page
         return np.zeros(paper.shape, dtype=bool)
     # Farther from the page, "far darker than the paper nearby" no longer holds, so the blocks
     # about as dark (at most 1.25 times the median) as the very dark ones join them: the rest of
@@ -1756,6 +1756,8 @@ def image_to_mnist(gray, alpha=None):
     # are measured on the page alone. If the page then holds no ink at all, the "table" was the
     # digit itself, drawn thick right up to the edges of the picture, and it stays.
     outside = outside_the_page(gray if light_background else 1.0 - gray)
+    if outside.mean() > 0.9:  # hardly any page left: this is not a photo of a page on a table
+        outside[:] = False
     paper, sigma, floor, peak = noise_floor_and_peak(smooth[~outside])
     if peak <= floor and outside.any():
         outside[:] = False

@@ -864,6 +864,11 @@ class TestPredictingOneImage(unittest.TestCase):
         self.assertLess(float(np.mean(differences)), 0.01)
         self.assertLess(float(np.max(differences)), 0.03)
 
+    def test_a_thousand_mnist_digits_all_come_through(self):
+        # Small pictures are cut-out digits: nothing in them is taken for a table around a page.
+        found = sum(image_to_mnist(digit)[0] is not None for digit in self.test_images[:1000])
+        self.assertEqual(found, 1000)
+
     def test_blank_and_noise_images_have_no_digit(self):
         rng = np.random.default_rng(2)
         for kind in CLAIMED_NO_DIGIT_KINDS:
