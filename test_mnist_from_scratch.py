@@ -407,6 +407,22 @@ class TestCommandLine(unittest.TestCase):
             self.assertAlmostEqual(result["accuracy"], json.loads(str(z["meta"]))["test_accuracy"])
 
     @needs_mnist
+    def test_output_into_a_closed_pipe_stops_quietly(self):
+        # As in `predict photos/ | head -1`: the reader goes away before the output is written.
+        from PIL import Image
+        path = os.path.join(self.tmp.name, "grey.png")
+        Image.fromarray(np.full((50, 50), 128, np.uint8)).save(path)
+        env = dict(os.environ, MPLBACKEND="Agg")
+        app = subprocess.Popen([sys.executable, SCRIPT, "predict", "--model", self.model] + [path] * 20,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        app.stdout.close()
+        errors = app.stderr.read().decode()
+        app.wait(timeout=120)
+        self.assertNotIn("Traceback", errors)
+        self.assertEqual(errors, "")
+        self.assertEqual(app.returncode, 1)
+
+    @needs_mnist
     def test_predict_json_on_drawn_images(self):
         _, _, X_test, y_test = real_mnist()
         Ws, bs, _ = mnist.load_model(self.model)
