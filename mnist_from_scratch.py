@@ -1300,7 +1300,10 @@ def outside_the_page(paper, darker=0.55, min_run=0.15):
     long_run[np.setdiff1d(np.arange(count), labels[dark])] = False  # a piece must hold a dark block
     table = np.append(long_run, False)[labels]  # per block (label -1, no piece: the appended False)
     table = max_filter(table.astype(np.float32), 1) > 0
-    return table.repeat(block, axis=0).repeat(block, axis=1)[:height, :width]
+    table = table.repeat(block, axis=0).repeat(block, axis=1)[:height, :width]
+    if table.mean() > 0.98:  # next to no page left: this is no photo of a page on a table
+        return np.zeros(paper.shape, dtype=bool)
+    return table
 
 
 def estimate_background(paper, blocks_per_side=32, closing_radius=2, percentile=90):
@@ -1756,8 +1759,6 @@ def image_to_mnist(gray, alpha=None):
     # are measured on the page alone. If the page then holds no ink at all, the "table" was the
     # digit itself, drawn thick right up to the edges of the picture, and it stays.
     outside = outside_the_page(gray if light_background else 1.0 - gray)
-    if outside.mean() > 0.9:  # hardly any page left: this is not a photo of a page on a table
-        outside[:] = False
     paper, sigma, floor, peak = noise_floor_and_peak(smooth[~outside])
     if peak <= floor and outside.any():
         outside[:] = False
