@@ -365,6 +365,7 @@ def init_params(sizes, activation="relu", seed=0, dtype=np.float32):
 
     Returns Ws, bs: lists with one (n_in, n_out) weight matrix and one (n_out,) bias vector per
     layer. The initializer is matched to the activation that reads the layer's input.
+    Needs: he_init, xavier_init.
     """
     rng = np.random.default_rng(seed)
     init = he_init if activation == "relu" else xavier_init
@@ -3197,7 +3198,11 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        status = args.run(args)
+        # Output into a pipe is buffered until the end: a reader that has gone away (`| head`)
+        # shows up at this flush, still inside the try, rather than at exit as a traceback.
+        sys.stdout.flush()
+        return status
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

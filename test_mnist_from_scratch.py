@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -312,13 +313,42 @@ class TestTraining(unittest.TestCase):
             np.testing.assert_array_equal(Wa, Wb)
         self.assertFalse(np.array_equal(a[0][0], c[0][0]))
 
-    def test_best_validation_epoch_is_kept(self):
+    def test_best_validation_epoch_is_kept_not_the_last(self):
+        # Random labels: the network memorises its training images, and its accuracy on other
+        # images (whose labels are just as random) goes up and down by chance from epoch to
+        # epoch, so the best epoch is not the last one.
         rng = np.random.default_rng(0)
-        X, y = rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200)
-        Ws, bs, history, _ = mnist.train(X, y, X[:50], y[:50], hidden=(8,), epochs=4,
-                                         batch_size=20, seed=1)
-        best = max(e["val_acc"] for e in history)
-        self.assertEqual(mnist.evaluate(X[:50], y[:50], Ws, bs)["accuracy"], best)
+        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
+        X_val, y_val = rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200)
+        Ws, bs, history, _ = mnist.train(X, y, X_val, y_val, hidden=(32,), epochs=8,
+                                         batch_size=20, lr=0.05, schedule="constant", seed=1)
+        accuracies = [e["val_acc"] for e in history]
+        best = max(accuracies)
+        self.assertLess(accuracies[-1], best)  # the setting is right: the last epoch is worse
+        self.assertEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], best)
+        self.assertNotEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], accuracies[-1])
+
+    @needs_mnist
+    def test_momentum_weight_decay_dropout_and_distortions_all_train(self):
+        X_train, y_train, X_test, y_test = real_mnist()
+        X, y = X_train[:3000], y_train[:3000]
+        common = dict(hidden=(64,), epochs=3, batch_size=50, lr=0.05, seed=0)
+        plain = mnist.train(X, y, **common)
+        decayed = mnist.train(X, y, weight_decay=0.01, **common)
+        variants = {"plain": plain, "decayed": decayed,
+                    "momentum 0.5": mnist.train(X, y, momentum=0.5, **common),
+                    "dropout": mnist.train(X, y, dropout=0.3, **common),
+                    "distortions": mnist.train(X, y, augment=AUGMENT_PRESETS["light"], **common)}
+        for name, (Ws, bs, history, _) in variants.items():
+            with self.subTest(name):
+                self.assertGreater(mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)["accuracy"],
+                                   0.80)
+                self.assertLess(history[-1]["train_loss"], history[0]["train_loss"])
+        # L2 weight decay pulls the weights towards 0: a clearly smaller norm.
+        self.assertLess(np.linalg.norm(decayed[0][0]), 0.9 * np.linalg.norm(plain[0][0]))
+        # Dropout and distortions make the training images harder: a higher training loss.
+        for name in ("dropout", "distortions"):
+            self.assertGreater(variants[name][2][-1]["train_loss"], plain[2][-1]["train_loss"])
 
     def test_exploding_loss_stops_with_a_clear_error(self):
         rng = np.random.default_rng(0)
@@ -413,6 +443,7 @@ class TestCommandLine(unittest.TestCase):
         path = os.path.join(self.tmp.name, "grey.png")
         Image.fromarray(np.full((50, 50), 128, np.uint8)).save(path)
         env = dict(os.environ, MPLBACKEND="Agg")
+        env.pop("PYTHONUNBUFFERED", None)  # as for most users: output into a pipe is buffered
         app = subprocess.Popen([sys.executable, SCRIPT, "predict", "--model", self.model] + [path] * 20,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         app.stdout.close()
@@ -521,9 +552,11 @@ class TestCommandLine(unittest.TestCase):
     def test_help_lists_every_command(self):
         code, out, _ = run_cli("--help")
         self.assertEqual(code, 0)
-        for command in ("train", "evaluate", "predict", "gradcheck", "download", "draw", "weights",
-                        "samples", "pictures"):
-            self.assertIn(command, out)
+        # The command list: one indented line per command, its name first.
+        listed = re.findall(r"^    ([a-z]+)(?:\s|$)", out, flags=re.MULTILINE)
+        self.assertEqual(sorted(listed), sorted(["train", "evaluate", "weights", "samples",
+                                                 "predict", "draw", "pictures", "gradcheck",
+                                                 "notebook", "download"]))
 
     def test_gradcheck_command_passes(self):
         code, out, _ = run_cli("gradcheck")
@@ -599,10 +632,158 @@ class TestTheFileAsALesson(unittest.TestCase):
 
     def test_the_file_is_split_into_numbered_cells_in_story_order(self):
         with open(SCRIPT) as f:
-            cells = [line for line in f if line.startswith("# %% [")]
+            cells = [line.rstrip() for line in f if line.startswith("# %% [")]
         numbers = [int(line.split("[")[1].split("]")[0]) for line in cells]
-        self.assertEqual(numbers, sorted(numbers))
-        self.assertGreaterEqual(len(cells), 10)
+        self.assertEqual(numbers, list(range(len(cells))))
+        titles = [line.split("] ", 1)[1].lower() for line in cells]
+        story = ["imports", "loading", "initialization", "forward", "loss", "backward",
+                 "gradient check", "training loop", "evaluation", "saving", "generalisation"]
+        for number, word in enumerate(story):  # the lesson, from loading to saving, first
+            self.assertIn(word, titles[number])
+
+    def lesson_source(self):
+        with open(SCRIPT) as f:
+            cells = mnist.split_into_cells(f.read())
+        return "".join(f"# %% [{n}] {title}\n{text}" for n, title, text in cells
+                       if n in mnist.LESSON_SECTIONS)
+
+    def test_the_lesson_cells_alone_train_a_network_below_numpy_math_and_time(self):
+        namespace = {}
+        exec("import numpy as np, math, time", namespace)
+        exec(compile(self.lesson_source(), "lesson", "exec"), namespace)
+        self.assertNotIn("image_to_mnist", namespace)  # nothing of the application came along
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 10, 300)
+        X = 0.2 * rng.random((300, 784), dtype=np.float32)
+        for i, k in enumerate(y):
+            X[i, 78 * k: 78 * (k + 1)] += 0.8  # class k lights up its own tenth of the pixels
+        for options in ({}, {"dropout": 0.2, "augment": namespace["AUGMENT_PRESETS"]["light"]}):
+            with self.subTest(**{k: str(v) for k, v in options.items()}):
+                Ws, bs, history, _ = namespace["train"](X, y, X, y, hidden=(16,), epochs=5,
+                                                        batch_size=20, lr=0.1, **options)
+                self.assertGreater(history[-1]["val_acc"], 0.9)
+
+    def lift(self, names):
+        """The source of the named top-level definitions and of everything their docstrings'
+        "Needs:" name (transitively), executed alone below `import numpy as np, math, time`."""
+        import ast
+        with open(SCRIPT) as f:
+            source = f.read()
+        tree = ast.parse(source)
+        defined = {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined[node.name] = node
+            elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                defined[node.targets[0].id] = node
+
+        def needs(node):
+            if isinstance(node, ast.FunctionDef):  # no "Needs:": it needs nothing else
+                doc = ast.get_docstring(node) or ""
+                words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", doc.partition("Needs:")[2])
+            else:  # a table such as ACTIVATIONS needs the functions it holds
+                words = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
+            return [w for w in words if w in defined]
+
+        chosen, todo = [], list(names)
+        while todo:
+            name = todo.pop()
+            if name not in chosen:
+                chosen.append(name)
+                todo.extend(needs(defined[name]))
+        nodes = sorted((defined[name] for name in chosen), key=lambda n: n.lineno)
+        namespace = {}
+        exec("import numpy as np, math, time", namespace)
+        for node in nodes:
+            exec(compile(ast.get_source_segment(source, node), "lifted", "exec"), namespace)
+        return namespace
+
+    def test_backward_lifted_with_what_its_docstring_names_gives_the_same_gradients(self):
+        lifted = self.lift(["backward", "forward"])
+        for activation in ("relu", "sigmoid", "tanh"):
+            with self.subTest(activation=activation):
+                rng = np.random.default_rng(1)
+                Ws, bs = mnist.init_params([20, 12, 10], activation, seed=2, dtype=np.float64)
+                X, y = rng.random((6, 20)), rng.integers(0, 10, 6)
+                masks = mnist.dropout_masks([20, 12, 10], 6, 0.5, rng, np.float64)
+                expected = mnist.backward(mnist.forward(X, Ws, bs, activation, masks), y, Ws,
+                                          activation, masks)
+                got = lifted["backward"](lifted["forward"](X, Ws, bs, activation, masks), y, Ws,
+                                         activation, masks)
+                for a, b in zip(expected[0] + expected[1], got[0] + got[1]):
+                    np.testing.assert_array_equal(a, b)
+
+    def test_each_teaching_function_runs_with_only_what_its_docstring_names(self):
+        rng = np.random.default_rng(0)
+        X, y = rng.random((40, 784), dtype=np.float32), rng.integers(0, 10, 40)
+        calls = {
+            "softmax": lambda f: f(rng.normal(size=(3, 10))),
+            "cross_entropy": lambda f: f(rng.normal(size=(3, 10)), np.array([1, 2, 3])),
+            "forward": lambda f: f(X, *mnist.init_params([784, 8, 10])),
+            "sgd_step": lambda f: f([np.ones(3)], [np.ones(3)], [np.zeros(3)], 0.1),
+            "train": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10),
+            "gradient_check": lambda f: f(),
+            "evaluate": lambda f: f(X, y, *mnist.init_params([784, 8, 10])),
+        }
+        for name, call in calls.items():
+            with self.subTest(name):
+                call(self.lift([name])[name])  # a NameError here: "Needs:" is incomplete
+
+    def test_relu_and_sgd_step_work_in_place_as_their_docstrings_say(self):
+        Z = np.array([[-1.0, 2.0]])
+        self.assertIs(mnist.relu(Z), Z)
+        np.testing.assert_array_equal(Z, [[0.0, 2.0]])
+        W, grad, v = np.ones(2), np.full(2, 0.5), np.zeros(2)
+        self.assertIsNone(mnist.sgd_step([W], [grad], [v], lr=0.1, momentum=0.9))
+        np.testing.assert_allclose(W, [0.95, 0.95])  # W - η v with v = 0.5
+        np.testing.assert_allclose(v, [0.5, 0.5])
+
+    def test_notebook_is_valid_nbformat_4_json_with_the_lesson_cells(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lesson.ipynb")
+            code, out, err = run_cli("notebook", "--out", path)
+            self.assertEqual(code, 0, err)
+            with open(path, encoding="utf-8") as f:
+                notebook = json.load(f)
+        self.assertEqual(notebook["nbformat"], 4)
+        self.assertEqual(notebook["metadata"]["kernelspec"]["name"], "python3")
+        for cell in notebook["cells"]:
+            self.assertIn(cell["cell_type"], ("markdown", "code"))
+            self.assertIsInstance(cell["source"], list)
+            self.assertTrue(all(isinstance(line, str) for line in cell["source"]))
+            if cell["cell_type"] == "code":
+                self.assertEqual((cell["outputs"], cell["execution_count"]), ([], None))
+        headings = ["".join(c["source"]).split("\n")[0] for c in notebook["cells"]
+                    if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## ")]
+        self.assertEqual([h.split("]")[0] for h in headings], [f"## [{n}" for n in range(11)])
+        code = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+        for name in ("def backward(", "def train(", "def save_model(", "load_mnist(\"data\")"):
+            self.assertIn(name, code)
+        self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
+
+    @needs_mnist
+    def test_notebook_cells_run_in_order_and_train_on_a_slice_of_mnist(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lesson.ipynb")
+            self.assertEqual(run_cli("notebook", "--out", path)[0], 0)
+            with open(path, encoding="utf-8") as f:
+                cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+            os.symlink(DATA_DIR, os.path.join(tmp, "data"))
+            namespace, printed = {"__name__": "__main__"}, io.StringIO()
+            cwd = os.getcwd()
+            os.chdir(tmp)
+            try:
+                with contextlib.redirect_stdout(printed):
+                    for cell in cells:
+                        exec("".join(cell["source"]), namespace)
+            finally:
+                os.chdir(cwd)
+            self.assertTrue(os.path.exists(os.path.join(tmp, "my_model.npz")))
+        self.assertEqual(namespace["X_train"].shape, (60000, 784))
+        self.assertEqual(len(namespace["history"]), 3)
+        self.assertGreater(namespace["history"][-1]["val_acc"], 0.9)
+        self.assertGreater(namespace["result"]["accuracy"], 0.9)
+        self.assertIn("test accuracy", printed.getvalue())
 
 
 # ---- Predicting one image ----------------------------------------------------------
