@@ -482,10 +482,12 @@ class TestCommandLine(unittest.TestCase):
         code, stdout, err = run_cli("pictures", "--data-dir", DATA_DIR, "--model", self.model,
                                     "--out", out)
         self.assertEqual(code, 0, err)
-        sizes = {name: png_size(os.path.join(out, name)) for name in sorted(os.listdir(out))}
-        self.assertEqual(sizes, {"confusion.png": (600, 560), "draw.png": (1000, 460),
-                                 "example_photo.png": (600, 600), "prediction.png": (800, 560),
-                                 "training.png": (800, 400), "weights.png": (600, 640)})
+        expected = {"confusion.png": (600, 560), "draw.png": (1000, 460),
+                    "example_photo.png": (600, 600), "prediction.png": (800, 560),
+                    "training.png": (800, 400), "weights.png": (600, 640)}
+        self.assertEqual(sorted(os.listdir(out)), sorted(expected))
+        for name, size in expected.items():
+            self.assertEqual(picture_problems(os.path.join(out, name), size), [], name)
 
     @needs_mnist
     def test_samples_then_predict_on_the_folder_scores_itself(self):
@@ -521,8 +523,10 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(code, 0, err)
         for path in out.values():
             self.assertIn(f"wrote {path}", stdout + stdout2)
-        self.assertEqual([png_size(out[k]) for k in ("confusion", "errors", "history", "weights")],
-                         [(600, 560), (800, 430), (800, 400), (600, 640)])
+        sizes = {"confusion": (600, 560), "errors": (800, 430), "history": (800, 400),
+                 "weights": (600, 640)}
+        for name, size in sizes.items():
+            self.assertEqual(picture_problems(out[name], size), [], name)
 
     @needs_mnist
     def test_ctrl_c_stops_training_and_saves_the_best_model_so_far(self):
@@ -1524,6 +1528,29 @@ def png_size(path):
     return struct.unpack(">II", header[16:24])
 
 
+def png_pixels(path):
+    """The picture's pixels as an (h, w, 3) float array in [0, 1]."""
+    from PIL import Image
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+
+
+def picture_problems(path, size):
+    """What is wrong with a picture that should be about `size` (width, height) pixels and show
+    something: [] when nothing. Sizes may differ by a pixel or two between versions of
+    matplotlib (rounding of the layout), so they are compared with that tolerance."""
+    problems = []
+    width, height = png_size(path)
+    if abs(width - size[0]) > 2 or abs(height - size[1]) > 2:
+        problems.append(f"{width}x{height} pixels, expected about {size[0]}x{size[1]}")
+    pixels = png_pixels(path)
+    background = np.median(pixels.reshape(-1, 3), axis=0)
+    drawn = np.abs(pixels - background).max(axis=2) > 0.1  # pixels unlike the background
+    if drawn.mean() < 0.005:
+        problems.append(f"almost blank: {100 * drawn.mean():.1f} % of the pixels are drawn")
+    return problems
+
+
 def fake_digits(count, seed=0):
     """(count, 28, 28) float32 blobs that look a little like digits: a thick random stroke, white on black."""
     rng = np.random.default_rng(seed)
@@ -1585,19 +1612,51 @@ class PicturesTest(unittest.TestCase):
     def test_history_is_an_800_by_400_png(self):
         path = self.path("history.png")
         self.assertEqual(plot_history(fake_history(), path), path)
-        self.assertEqual(png_size(path), (800, 400))
+        self.assertEqual(picture_problems(path, (800, 400)), [])
         self.assertOnlyFile("history.png")
+
+    def test_the_picture_check_catches_a_blank_or_wrongly_sized_picture(self):
+        from PIL import Image
+        path = self.path("blank.png")
+        Image.fromarray(np.full((400, 800, 3), 255, np.uint8)).save(path)
+        self.assertEqual(len(picture_problems(path, (800, 400))), 1)  # blank
+        self.assertEqual(len(picture_problems(path, (600, 400))), 2)  # blank and the wrong size
+
+    def test_each_picture_shows_its_data(self):
+        # The same figure drawn from other numbers must look different: a figure that ignored
+        # its data (or drew nothing) would come out the same.
+        rng = np.random.default_rng(3)
+        confusion = np.diag(rng.integers(850, 1130, 10)) + rng.integers(0, 5, (10, 10))
+        swapped = confusion[::-1]
+        W1 = rng.standard_normal((784, 16)).astype(np.float32)
+        drawings = {
+            "history": lambda data, path: plot_history(data, path),
+            "confusion": lambda data, path: plot_confusion(data, path),
+            "weights": lambda data, path: plot_weights(data, path),
+            "prediction": lambda data, path: plot_prediction(data[0], data[0], data[1], path),
+        }
+        pairs = {"history": (fake_history(5), fake_history(9)), "confusion": (confusion, swapped),
+                 "weights": (W1, W1[::-1].copy()),
+                 "prediction": ((fake_digits(1, seed=1)[0], np.eye(10)[3]),
+                                (fake_digits(1, seed=2)[0], np.eye(10)[8]))}
+        for name, draw in drawings.items():
+            with self.subTest(name):
+                a, b = pairs[name]
+                draw(a, self.path("a.png"))
+                draw(b, self.path("b.png"))
+                difference = np.abs(png_pixels(self.path("a.png")) - png_pixels(self.path("b.png")))
+                self.assertGreater((difference.max(axis=2) > 0.1).mean(), 0.002)
 
     def test_history_without_validation_split_is_an_800_by_400_png(self):
         path = plot_history(fake_history(with_validation=False), self.path("history.png"))
-        self.assertEqual(png_size(path), (800, 400))
+        self.assertEqual(picture_problems(path, (800, 400)), [])
 
     def test_confusion_is_a_600_by_560_png(self):
         rng = np.random.default_rng(1)
         confusion = rng.integers(0, 15, (10, 10)) * (rng.random((10, 10)) < 0.5) + np.diag(rng.integers(850, 1130, 10))
         path = self.path("confusion.png")
         self.assertEqual(plot_confusion(confusion, path), path)
-        self.assertEqual(png_size(path), (600, 560))
+        self.assertEqual(picture_problems(path, (600, 560)), [])
         self.assertOnlyFile("confusion.png")
 
     def test_errors_grid_of_24_is_800_by_430_png(self):
@@ -1605,18 +1664,18 @@ class PicturesTest(unittest.TestCase):
         labels, predicted = np.arange(30) % 10, (np.arange(30) + 3) % 10
         path = self.path("errors.png")
         self.assertEqual(plot_errors(images, labels, predicted, np.linspace(0.99, 0.6, 30), path, n=24), path)
-        self.assertEqual(png_size(path), (800, 40 + 130 * 3))
+        self.assertEqual(picture_problems(path, (800, 40 + 130 * 3)), [])
         self.assertOnlyFile("errors.png")
 
     def test_errors_grid_of_5_is_one_row_800_by_170_png(self):
         path = plot_errors(fake_digits(5), [1, 2, 3, 4, 5], [7, 7, 8, 9, 6], [0.9] * 5, self.path("e.png"), n=5)
-        self.assertEqual(png_size(path), (800, 40 + 130 * 1))
+        self.assertEqual(picture_problems(path, (800, 40 + 130 * 1)), [])
 
     def test_weights_of_128_units_is_a_600_by_640_png(self):
         W1 = np.random.default_rng(2).standard_normal((784, 128)).astype(np.float32) * 0.05
         path = self.path("weights.png")
         self.assertEqual(plot_weights(W1, path), path)
-        self.assertEqual(png_size(path), (600, 640))
+        self.assertEqual(picture_problems(path, (600, 640)), [])
         self.assertOnlyFile("weights.png")
 
     def test_prediction_is_an_800_by_360_png(self):
@@ -1625,18 +1684,18 @@ class PicturesTest(unittest.TestCase):
         probabilities[7] = 0.91
         path = self.path("prediction.png")
         self.assertEqual(plot_prediction(photo, fake_digits(1)[0], probabilities, path), path)
-        self.assertEqual(png_size(path), (800, 360))
+        self.assertEqual(picture_problems(path, (800, 360)), [])
         self.assertOnlyFile("prediction.png")
 
     def test_prediction_with_steps_adds_a_200_pixel_row(self):
         gray = np.full((300, 400), 0.9)
         steps = {"gray": gray, "ink mask": gray < 0.5, "28x28 input": fake_digits(1)[0]}
         path = plot_prediction(gray, fake_digits(1)[0], np.full(10, 0.1), self.path("p.png"), steps=steps)
-        self.assertEqual(png_size(path), (800, 360 + 200))
+        self.assertEqual(picture_problems(path, (800, 360 + 200)), [])
 
     def test_prediction_without_a_digit_is_still_an_800_by_360_png(self):
         path = plot_prediction(np.full((200, 300), 240, np.uint8), None, None, self.path("empty.png"))
-        self.assertEqual(png_size(path), (800, 360))
+        self.assertEqual(picture_problems(path, (800, 360)), [])
 
     # --- atomic writing ---------------------------------------------------------------------------
     def test_existing_picture_is_replaced_and_no_partial_file_remains(self):
@@ -1644,7 +1703,7 @@ class PicturesTest(unittest.TestCase):
         with open(path, "wb") as file:
             file.write(b"old")
         plot_history(fake_history(), path)
-        self.assertEqual(png_size(path), (800, 400))
+        self.assertEqual(picture_problems(path, (800, 400)), [])
         self.assertOnlyFile("history.png")
 
     def test_failed_write_keeps_the_old_file_and_leaves_no_partial_file(self):
