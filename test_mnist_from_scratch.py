@@ -401,8 +401,10 @@ class TestCommandLine(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = os.path.join(cls.tmp.name, "tiny.npz")
         if HAVE_MNIST:
+            start = time.perf_counter()
             cls.train_run = run_cli("train", "--data-dir", DATA_DIR, "--model", cls.model,
                                     "--epochs", "1", "--hidden", "32", "--val-size", "1000")
+            cls.train_wall_seconds = time.perf_counter() - start
 
     @classmethod
     def tearDownClass(cls):
@@ -422,6 +424,7 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(set(entry), {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                                       "seconds"})
         self.assertGreater(entry["seconds"], 0)
+        self.assertLess(entry["seconds"], self.train_wall_seconds)  # one epoch, not the whole run
         self.assertGreater(meta["test_accuracy"], 0.9)
 
     @needs_mnist
