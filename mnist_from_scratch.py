@@ -729,8 +729,10 @@ def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", ep
 
 # Try it: a small network on the first 10,000 images, 3 epochs, a few seconds. (The command
 # line's `train` trains the full network on all 55,000.)
+#     def show(entry):
+#         print(f"epoch {entry['epoch']}  validation accuracy {100 * entry['val_acc']:.2f} %")
 #     Ws, bs, history, _ = train(X_train[:10000], y_train[:10000], X_train[55000:],
-#                                y_train[55000:], hidden=(128,), epochs=3, on_epoch=print)
+#                                y_train[55000:], hidden=(128,), epochs=3, on_epoch=show)
 
 
 # %% [8] Evaluation
@@ -1143,7 +1145,7 @@ def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
 #     print(distorted.shape, distorted.min(), distorted.max())
 #     Ws, bs, history, _ = train(X_train[:10000], y_train[:10000], X_train[55000:],
 #                                y_train[55000:], hidden=(128,), epochs=3, dropout=0.1,
-#                                augment=AUGMENT_PRESETS["light"], on_epoch=print)
+#                                augment=AUGMENT_PRESETS["light"], on_epoch=show)
 
 
 # %% [11] Predicting one image: turning any image into an MNIST-like 28x28 input
