@@ -600,7 +600,7 @@ class TestTheFileAsALesson(unittest.TestCase):
     def test_the_file_is_split_into_numbered_cells_in_story_order(self):
         with open(SCRIPT) as f:
             cells = [line for line in f if line.startswith("# %% [")]
-        numbers = [int(line.split("[")[1].split("]")[0]) for line in cells]
+        numbers = [float(line.split("[")[1].split("]")[0]) for line in cells]
         self.assertEqual(numbers, sorted(numbers))
         self.assertGreaterEqual(len(cells), 10)
 
