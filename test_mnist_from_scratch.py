@@ -17,8 +17,11 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 from types import SimpleNamespace
 from unittest import mock
 
@@ -1953,6 +1956,272 @@ class TestDrawingEndToEndUnderXvfb(unittest.TestCase):
             self.assertGreater(drawing[y, x], 0.9, (x, y))
         for x, y in FAR_FROM_THE_TWO:
             self.assertEqual(drawing[y, x], 0.0, (x, y))
+
+
+# ---- Serving over HTTP ----------------------------------------------------------------------
+def tiny_model_meta():
+    return {"activation": "relu", "sizes": [784, 10], "test_accuracy": 0.9}
+
+
+def start_server(test_case, Ws, bs, meta):
+    """A server on a free port in a thread of this process; stopped when the test (class) ends.
+    Returns (base URL, its log: a StringIO)."""
+    log = io.StringIO()
+    server = mnist.make_server(Ws, bs, meta, host="127.0.0.1", port=0, log=log)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    test_case.addClassCleanup(stop) if isinstance(test_case, type) else test_case.addCleanup(stop)
+    return f"http://127.0.0.1:{server.server_address[1]}", log
+
+
+def http(method, url, body=None, content_type=None, timeout=60):
+    """One request with urllib; returns (status, headers, the body parsed as JSON or as text)."""
+    request = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, headers, raw = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status, headers, raw = error.code, error.headers, error.read()
+    text = raw.decode("utf-8")
+    return status, headers, json.loads(text) if headers.get("Content-Type") == "application/json" else text
+
+
+def raw_http(port, request_bytes, timeout=10):
+    """Send bytes as they are and read the answer until the server closes: (status, JSON body)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(request_bytes)
+        answer = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def drawn_canvas(strokes):
+    """The 280x280 canvas of the page and the draw window, with these strokes drawn by its pen."""
+    canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), np.float32)
+    for stroke in strokes:
+        canvas = render_stroke(canvas, stroke, PEN_RADIUS)
+    return canvas
+
+
+ONE = [[(140, 40 + 10 * i) for i in range(21)]]       # a bar 200 px tall: a 1
+
+
+@needs_mnist
+class TestServingOverHTTP(unittest.TestCase):
+    """The API through urllib, against a server on a free port."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.Ws, cls.bs = tiny_model()
+        cls.url, cls.log = start_server(cls, cls.Ws, cls.bs, tiny_model_meta())
+        cls.port = int(cls.url.rsplit(":", 1)[1])
+
+    def predict(self, body, content_type="image/png"):
+        return http("POST", self.url + "/predict", body, content_type)
+
+    def direct_answer(self, body):
+        """What read_image -> image_to_mnist -> predict_proba give for these bytes in this process."""
+        x28 = prepare(body)
+        return x28, None if x28 is None else mnist.predict_proba(x28.reshape(1, 784), self.Ws, self.bs)[0]
+
+    def test_a_drawn_one_is_recognised_with_ten_probabilities_and_the_28x28_input(self):
+        png = encode(drawn_canvas(ONE), "L", "PNG")
+        status, headers, answer = self.predict(png)
+        self.assertEqual((status, headers["Content-Type"]), (200, "application/json"))
+        self.assertEqual(answer["digit"], 1)
+        self.assertEqual(len(answer["probabilities"]), 10)
+        self.assertAlmostEqual(sum(answer["probabilities"]), 1.0, places=4)
+        self.assertEqual(np.array(answer["input28"]).shape, (28, 28))
+        # the 28x28 image `predict` makes of the same file (3 decimals in the JSON)
+        np.testing.assert_allclose(answer["input28"], prepare(png), atol=0.0005)
+
+    def test_a_jpeg_photo_gets_the_answer_predict_gives_for_the_same_bytes(self):
+        _, _, X_test, y_test = real_mnist()
+        rng = np.random.default_rng(5)
+        for index in (0, 1, 2):
+            photo = synthetic_photo(X_test[index].reshape(28, 28), rng, (400, 500))
+            status, _, answer = self.predict(photo, "image/jpeg")
+            x28, p = self.direct_answer(photo)
+            self.assertEqual(status, 200)
+            self.assertEqual(answer["digit"], int(p.argmax()))
+            np.testing.assert_allclose(answer["probabilities"], p, atol=1e-6)
+            np.testing.assert_allclose(answer["input28"], x28, atol=0.0005)
+
+    def test_an_empty_canvas_answers_no_digit_with_a_reason(self):
+        status, _, answer = self.predict(encode(np.zeros((280, 280)), "L", "PNG"))
+        self.assertEqual(status, 200)
+        self.assertEqual(answer, {"digit": None, "reason": "no ink stands out from the background"})
+
+    def test_health_reports_layer_sizes_and_test_accuracy_from_the_meta(self):
+        status, _, answer = http("GET", self.url + "/health")
+        self.assertEqual(status, 200)
+        self.assertEqual(answer, {"status": "ok", "sizes": [784, 10], "activation": "relu",
+                                  "test_accuracy": 0.9})
+
+    def test_the_page_is_one_self_contained_html_file_loading_nothing_from_elsewhere(self):
+        status, headers, page = http("GET", self.url + "/")
+        self.assertEqual((status, headers["Content-Type"]), (200, "text/html; charset=utf-8"))
+        self.assertEqual(page, mnist.SERVE_PAGE)
+        for needle in ('id="canvas"', 'id="input28"', 'id="bars"', 'id="clear"', 'type="file"', "pointerdown"):
+            self.assertIn(needle, page)
+        for outside in ("http:", "https:", "src=", "href=", "@import", "url("):
+            self.assertNotIn(outside, page)
+        self.assertIn("default-src 'none'", headers["Content-Security-Policy"])
+
+    def test_an_unknown_path_or_a_file_on_disk_is_404_json(self):
+        for path in ("/nothing", "/mnist_from_scratch.py", "/../mnist_from_scratch.py", "/data/README.md"):
+            status, headers, answer = http("GET", self.url + path)
+            self.assertEqual((status, headers["Content-Type"]), (404, "application/json"), path)
+            self.assertIn("no such page", answer["error"])
+
+    def test_a_wrong_method_is_405_json_naming_the_allowed_ones(self):
+        for method, path, allowed in (("GET", "/predict", "POST"), ("POST", "/", "GET, HEAD"),
+                                      ("PUT", "/health", "GET, HEAD"), ("DELETE", "/predict", "POST")):
+            status, headers, answer = http(method, self.url + path, b"" if method == "POST" else None)
+            self.assertEqual((status, headers["Allow"]), (405, allowed), (method, path))
+            self.assertIn(f"not {method}", answer["error"])
+
+    def test_another_content_type_is_415_json(self):
+        for content_type in ("text/plain", "image/gif", "application/octet-stream"):
+            status, _, answer = self.predict(b"GIF89a", content_type)
+            self.assertEqual(status, 415, content_type)
+            self.assertIn("PNG or JPEG", answer["error"])
+
+    def test_an_empty_body_or_bytes_that_are_no_image_are_400_json(self):
+        png = encode(drawn_canvas(ONE), "L", "PNG")
+        for body, content_type, words in ((b"", "image/png", "empty"),
+                                          (b"hello", "image/png", "not a PNG"),
+                                          (png, "image/jpeg", "not a JPEG"),
+                                          (png[:100], "image/png", "not a readable")):
+            status, _, answer = self.predict(body, content_type)
+            self.assertEqual(status, 400, words)
+            self.assertIn(words, answer["error"])
+
+    def test_a_body_over_10_mb_is_413_json_before_it_is_read(self):
+        # Only the headers are sent: had the server waited for the 11 MB, no answer would come.
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                             b"Content-Length: 11534336\r\n\r\n")
+        self.assertEqual(status, 413)
+        self.assertIn("limit is 10 MB", answer["error"])
+
+    def test_a_request_without_content_length_is_411_json(self):
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertEqual(status, 411)
+        self.assertIn("Content-Length", answer["error"])
+
+    def test_an_image_of_too_many_pixels_is_413_json_before_it_is_decoded(self):
+        import zlib
+        from PIL import Image
+        for width, height in ((6000, 5000), (60000, 60000)):   # Pillow itself refuses the second
+            header = io.BytesIO()
+            Image.new("1", (1, 1)).save(header, "PNG")
+            png = bytearray(header.getvalue())
+            png[16:24] = struct.pack(">II", width, height)        # IHDR: the size a decoder would allocate
+            png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+            status, _, answer = self.predict(bytes(png))
+            self.assertEqual(status, 413, (width, height))
+            self.assertIn("megapixels", answer["error"])
+
+    def test_a_failure_inside_is_500_json_with_one_log_line_and_no_traceback(self):
+        with mock.patch.object(mnist, "image_to_mnist", side_effect=RuntimeError("a bug")):
+            before = len(self.log.getvalue().splitlines())
+            status, _, answer = self.predict(encode(drawn_canvas(ONE), "L", "PNG"))
+            new_lines = self.log.getvalue().splitlines()[before:]
+        self.assertEqual(status, 500)
+        self.assertEqual(answer, {"error": "internal error; the server's log says more"})
+        self.assertEqual([line for line in new_lines if "internal error" in line and "a bug" in line
+                          and "RuntimeError" in line], [new_lines[0]])
+        self.assertEqual(len(new_lines), 2)   # that line, and the request's own line
+        self.assertNotIn("Traceback", self.log.getvalue())
+
+    def test_concurrent_requests_each_get_the_answer_to_their_own_image(self):
+        _, _, X_test, _ = real_mnist()
+        rng = np.random.default_rng(3)
+        images = [encode(drawn_canvas(ONE), "L", "PNG"), encode(np.zeros((280, 280)), "L", "PNG")]
+        images += [synthetic_mouse(X_test[index].reshape(28, 28), rng) for index in range(6)]
+        expected = []
+        for body in images:
+            _, p = self.direct_answer(body)
+            expected.append(None if p is None else int(p.argmax()))
+        self.assertIn(None, expected)
+        self.assertGreaterEqual(len(set(expected)), 4)
+        jobs = list(range(len(images))) * 4
+        answers = [None] * len(jobs)
+
+        def ask(job):
+            answers[job] = self.predict(images[jobs[job]])[2]["digit"]
+        threads = [threading.Thread(target=ask, args=(job,)) for job in range(len(jobs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(answers, [expected[image] for image in jobs])
+
+
+@needs_mnist
+class TestServeCommand(unittest.TestCase):
+    """`serve` run as a user runs it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.folder.name, "model.npz")
+        mnist.save_model(cls.model, *tiny_model(), tiny_model_meta())
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
+
+    def start(self, *options):
+        app = subprocess.Popen([sys.executable, SCRIPT, "serve", "--model", self.model, *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.folder.name)
+
+        def stop():
+            app.terminate()
+            app.communicate(timeout=20)
+        self.addCleanup(stop)
+        return app
+
+    def test_serve_prints_the_address_and_answers_there(self):
+        app = self.start("--port", "0")
+        line = app.stdout.readline()
+        self.assertRegex(line, r"^serving on http://127\.0\.0\.1:\d+/ ")
+        status, _, answer = http("GET", line.split()[2] + "health")
+        self.assertEqual((status, answer["sizes"]), (200, [784, 10]))
+
+    def test_another_host_than_this_machine_prints_a_warning(self):
+        app = self.start("--host", "0.0.0.0", "--port", "0")
+        self.assertRegex(app.stderr.readline(), r"^warning: listening on 0\.0\.0\.0:\d+: anyone who can reach")
+        self.assertIn("serving on http://0.0.0.0:", app.stdout.readline())
+
+    def test_a_port_in_use_a_bad_port_or_model_exit_2_with_one_line_before_serving(self):
+        import socket
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = str(taken.getsockname()[1])
+            for options, words in ((["--port", port], f"port {port} is already in use"),
+                                   (["--port", "70000"], "must be from 0 to 65535"),
+                                   (["--port", "eighty"], "expected a whole number"),
+                                   (["--model", "missing.npz", "--port", "0"], "no model at missing.npz")):
+                status, out, errors = run_cli("serve", "--model", self.model, *options, cwd=self.folder.name)
+                self.assertEqual((status, out), (2, ""), options)
+                self.assertEqual(len(errors.strip().splitlines()), 1, errors)
+                self.assertIn(words, errors)
 
 
 # ----------------------------------------------------------------------------------------------
