@@ -2655,7 +2655,7 @@ function show(answer) {
   const p = answer.probabilities || new Array(10).fill(0);
   document.getElementById("digit").textContent = answer.digit === null || answer.digit === undefined ? "?" : answer.digit;
   document.getElementById("message").textContent = answer.digit === null || answer.digit === undefined
-      ? (answer.reason || answer.error || "") : Math.round(100 * p[answer.digit]) + " % sure";
+      ? (answer.reason || answer.error || "") : (100 * p[answer.digit]).toFixed(1) + " % sure";
   bars.forEach((row, k) => {
     row.querySelector(".fill").style.width = (100 * p[k]).toFixed(1) + "%";
     row.querySelector("span").textContent = (100 * p[k]).toFixed(1) + " %";

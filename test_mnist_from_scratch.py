@@ -2224,6 +2224,201 @@ class TestServeCommand(unittest.TestCase):
                 self.assertIn(words, errors)
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def missing_for_the_browser_test():
+    missing = [package for package, path in (("chromium", CHROMIUM), ("chromium-driver", CHROMEDRIVER))
+               if not os.path.exists(path)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium for " + sys.executable)
+    return missing
+
+
+def start_chromium(user_data_dir, width=1000, height=700):
+    """Headless Chromium driven by selenium through chromedriver, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={width},{height}", f"--user-data-dir={user_data_dir}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def draw_on_page(driver, strokes, kind="mouse", release=True):
+    """Draw strokes given in pixels of the 280x280 canvas with WebDriver's pointer actions (the
+    browser turns them into pointerdown / pointermove / pointerup events of this kind: mouse,
+    pen or touch). Returns the number of pointer moves sent."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+    from selenium.webdriver.common.by import By
+    canvas = driver.find_element(By.ID, "canvas")
+    box = box_of(driver, "canvas")
+    scale = box["width"] / CANVAS_SIZE
+    actions = ActionBuilder(driver, mouse=PointerInput(kind, kind), duration=20)
+    pointer, moves = actions.pointer_action, 0
+
+    def offset(point):                    # WebDriver measures from the element's centre
+        return round(point[0] * scale - box["width"] / 2), round(point[1] * scale - box["height"] / 2)
+    for number, stroke in enumerate(strokes):
+        pointer.move_to(canvas, *offset(stroke[0])).pointer_down()
+        for point in stroke[1:]:
+            pointer.move_to(canvas, *offset(point))
+            moves += 1
+        if release or number < len(strokes) - 1:
+            pointer.pointer_up()
+    actions.perform()
+    return moves
+
+
+def box_of(driver, element_id):
+    return driver.execute_script(f"return document.getElementById('{element_id}').getBoundingClientRect().toJSON()")
+
+
+def page_is_settled(driver):
+    """No drawing waits to be sent, and no answer is awaited."""
+    return driver.execute_script("return !changed && !waiting && !timer")
+
+
+def densify(stroke, step=4.0):
+    """Points every `step` canvas pixels along a stroke: many small moves, like a hand."""
+    points = [np.array(stroke[0], float)]
+    for a, b in zip(np.array(stroke[:-1], float), np.array(stroke[1:], float)):
+        count = max(1, int(np.hypot(*(b - a)) / step))
+        points += [a + (b - a) * t for t in np.linspace(0, 1, count + 1)[1:]]
+    return [tuple(point) for point in points]
+
+
+@needs_mnist
+@unittest.skipIf(missing_for_the_browser_test(), "the browser test needs Chromium, its driver and selenium "
+                 "(apt-get install chromium chromium-driver; pip install selenium); missing: "
+                 + ", ".join(missing_for_the_browser_test()))
+class TestServingInABrowser(unittest.TestCase):
+    """The page in a real browser: headless Chromium, driven by selenium."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.url, cls.log = start_server(cls, *tiny_model(), tiny_model_meta())
+        cls.driver = start_chromium(os.path.join(cls.folder.name, "profile"))
+        cls.addClassCleanup(cls.folder.cleanup)
+        cls.addClassCleanup(cls.driver.quit)
+
+    def setUp(self):
+        self.driver.set_window_size(1000, 700)
+        self.driver.get(self.url + "/")
+        # Note the kind of every pointer that touches the canvas.
+        self.driver.execute_script("window.pointerKinds = []; document.getElementById('canvas')"
+                                   ".addEventListener('pointerdown', e => pointerKinds.push(e.pointerType))")
+
+    def text(self, element_id):
+        return self.driver.execute_script(f"return document.getElementById('{element_id}').textContent")
+
+    def wait_until_settled(self):
+        self.assertTrue(wait_for(lambda: page_is_settled(self.driver), 60), "the page kept waiting for answers")
+
+    def bar_widths(self):
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll('.fill')].map(bar => bar.getBoundingClientRect().width)")
+
+    def ink_on(self, canvas_id):
+        return self.driver.execute_script(
+            f"const c = document.getElementById('{canvas_id}');"
+            "return Math.max(...c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+            ".filter((value, i) => i % 4 === 0))")
+
+    def posts(self):
+        return self.log.getvalue().count('"POST /predict')
+
+    def test_a_digit_drawn_with_the_mouse_is_recognised_on_the_page(self):
+        draw_on_page(self.driver, [densify(TWO[0], 12)])
+        self.wait_until_settled()
+        self.assertEqual(self.text("digit"), "2")
+        self.assertRegex(self.text("message"), r"^\d+\.\d % sure$")
+        widths = self.bar_widths()
+        self.assertEqual(int(np.argmax(widths)), 2)
+        self.assertGreater(widths[2], 0.5 * max(box_of(self.driver, "bars")["width"] - 100, 1))
+        self.assertEqual(self.ink_on("input28"), 255)     # the 28x28 image the network saw is shown
+        self.assertEqual(self.driver.execute_script("return pointerKinds"), ["mouse"])
+
+    def test_a_pen_and_a_finger_draw_too(self):
+        for kind in ("pen", "touch"):
+            self.driver.find_element("id", "clear").click()
+            draw_on_page(self.driver, ONE, kind)
+            self.wait_until_settled()
+            self.assertEqual(self.text("digit"), "1", kind)
+        self.assertEqual(self.driver.execute_script("return pointerKinds"), ["pen", "touch"])
+
+    def test_the_bars_follow_the_pen_while_drawing_with_fewer_requests_than_moves(self):
+        before = self.posts()
+        moves = draw_on_page(self.driver, [densify(TWO[0], 2.0)], release=False)
+        during = self.posts() - before
+        self.assertNotEqual(self.text("digit"), "?")   # an answer came while the pen was still down
+        self.assertGreaterEqual(during, 1)
+        from selenium.webdriver.common.actions.action_builder import ActionBuilder
+        release = ActionBuilder(self.driver)
+        release.pointer_action.pointer_up()
+        release.perform()
+        self.wait_until_settled()
+        self.assertEqual(self.text("digit"), "2")
+        self.assertLess(self.posts() - before, moves / 2)   # one question at a time, at most 10 a second
+
+    def test_clear_empties_the_canvas_the_28x28_image_and_the_bars(self):
+        draw_on_page(self.driver, ONE)
+        self.wait_until_settled()
+        self.assertEqual((self.text("digit"), self.ink_on("canvas")), ("1", 255))
+        self.driver.find_element("id", "clear").click()
+        self.assertEqual((self.text("digit"), self.text("message")), ("?", "draw a digit"))
+        self.assertEqual((self.ink_on("canvas"), self.ink_on("input28")), (0, 0))
+        self.assertEqual(self.bar_widths(), [0.0] * 10)
+
+    def test_a_photo_given_to_the_file_picker_is_recognised(self):
+        path = os.path.join(self.folder.name, "one.jpg")
+        with open(path, "wb") as file:            # dark ink on light paper, as a JPEG
+            file.write(encode(1 - 0.8 * drawn_canvas(ONE), "L", "JPEG"))
+        self.driver.find_element("id", "file").send_keys(path)
+        self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
+
+    def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
+        layouts = {}
+        for name, width, height in (("desktop", 1000, 700), ("phone", 390, 844)):
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": height, "deviceScaleFactor": 1, "mobile": name == "phone"})
+            self.driver.get(self.url + "/")
+            draw_on_page(self.driver, ONE, "touch" if name == "phone" else "mouse")
+            self.wait_until_settled()
+            layouts[name] = {element: box_of(self.driver, element) for element in
+                             ("canvas", "clear", "drop", "result", "bars", "input28", "digit")}
+            layouts[name]["page width"] = self.driver.execute_script("return document.documentElement.scrollWidth")
+            screenshot = os.path.join(os.environ.get("SERVE_SCREENSHOTS", self.folder.name), f"{name}.png")
+            self.assertTrue(self.driver.save_screenshot(screenshot))
+            self.assertEqual(png_size(screenshot), (width, height))
+        self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        for name, width in (("desktop", 1000), ("phone", 390)):
+            box = layouts[name]
+            self.assertLessEqual(box["page width"], width, name)           # nothing sticks out sideways
+            self.assertEqual(box["canvas"]["width"], box["canvas"]["height"], name)  # a square canvas
+            self.assertGreaterEqual(box["canvas"]["width"], 300, name)
+            for element in ("clear", "drop", "result", "bars"):
+                self.assertLessEqual(box[element]["right"], width, (name, element))
+            for element in ("clear", "drop"):                                # big enough for a finger
+                self.assertGreaterEqual(box[element]["height"], 40, (name, element))
+                self.assertGreaterEqual(box[element]["top"], box["canvas"]["bottom"], (name, element))
+            self.assertGreaterEqual(box["input28"]["width"], 56, name)     # 28x28 shown at least 2x
+        # On a desktop the answer stands beside the canvas, on a phone below it.
+        self.assertGreaterEqual(layouts["desktop"]["result"]["left"], layouts["desktop"]["canvas"]["right"])
+        self.assertEqual(layouts["desktop"]["result"]["top"], layouts["desktop"]["canvas"]["top"])
+        self.assertGreaterEqual(layouts["phone"]["result"]["top"], layouts["phone"]["drop"]["bottom"])
+        self.assertGreaterEqual(layouts["phone"]["canvas"]["width"], 0.9 * 390)  # nearly the screen's width
+
+
 # ----------------------------------------------------------------------------------------------
 # The photo table of the README (not a test: it takes about 20 minutes)
 # ----------------------------------------------------------------------------------------------
