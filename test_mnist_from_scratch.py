@@ -2464,8 +2464,130 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
         print(f"| {kind} | {no_digit_per_kind} | {found} |", flush=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# The served page and the server under load, for the README (not tests)
+# ----------------------------------------------------------------------------------------------
+def start_serve_command(model_path):
+    """`serve --port 0` in a child process, as a user starts it; returns (process, base URL)."""
+    app = subprocess.Popen([sys.executable, SCRIPT, "serve", "--model", model_path, "--port", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = app.stdout.readline()
+    if not line.startswith("serving on "):
+        app.kill()
+        raise SystemExit(f"serve did not start: {line.strip() or 'no output'}")
+    return app, line.split()[2].rstrip("/")
+
+
+def measure_serve(model_path, threads=8, requests_per_thread=100, distinct_images=200):
+    """Load on one server: `threads` clients, each sending `requests_per_thread` real images one
+    after the other (phone photos, scans, mouse drawings and 28x28 PNGs made from MNIST test
+    digits, as in the photo table). Every answer must be the one read_image -> image_to_mnist ->
+    predict_proba gives for the same bytes in this process; prints how many were, the true-digit
+    accuracy, and the latency per request (p50, p99) as the clients saw it.
+
+        python test_mnist_from_scratch.py --measure-serve [MODEL] [THREADS] [REQUESTS_PER_THREAD]
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    _, _, X_test, labels = real_mnist()
+    rng = np.random.default_rng(2025)
+    kinds = ["photo", "scan", "mouse", "mnist 28x28"]
+    images = []                                   # (bytes, content type, true digit, expected digit, P)
+    for number, index in enumerate(rng.choice(len(X_test), distinct_images, replace=False)):
+        body = make_image(kinds[number % len(kinds)], X_test[index].reshape(28, 28), rng)
+        x28 = prepare(body)
+        p = None if x28 is None else mnist.predict_proba(x28.reshape(1, 784), Ws, bs, activation)[0]
+        images.append((body, "image/jpeg" if body[:3] == b"\xff\xd8\xff" else "image/png", int(labels[index]),
+                       None if p is None else int(p.argmax()), p))
+    app, url = start_serve_command(model_path)
+    latencies, right, true_digit, failures = [], [], [], []
+    lock = threading.Lock()
+
+    def client(number):
+        for request in range(requests_per_thread):
+            body, content_type, label, digit, p = images[(number * requests_per_thread + request) % len(images)]
+            start = time.perf_counter()
+            try:
+                status, _, answer = http("POST", url + "/predict", body, content_type, timeout=120)
+            except Exception as error:             # a lost request: counted, never hidden
+                with lock:
+                    failures.append(f"{type(error).__name__}: {error}")
+                continue
+            seconds = time.perf_counter() - start
+            same = status == 200 and answer["digit"] == digit and (
+                p is None or np.abs(np.array(answer["probabilities"]) - p).max() < 1e-5)
+            with lock:
+                latencies.append(seconds)
+                right.append(same)
+                true_digit.append(answer.get("digit") == label)
+    try:
+        start = time.perf_counter()
+        workers = [threading.Thread(target=client, args=(number,)) for number in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        wall = time.perf_counter() - start
+    finally:
+        app.terminate()
+        app.wait(20)
+    sent = threads * requests_per_thread
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (math.nan, math.nan)
+    print(f"model {model_path}: {meta['sizes']}; {os.cpu_count()} CPU cores; load average before: "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{threads} threads x {requests_per_thread} requests = {sent} sent, {len(latencies)} answered, "
+          f"{sum(right)} answered right (the answer predict gives), {len(failures)} lost"
+          + (f" ({failures[0]})" if failures else ""))
+    print(f"the true digit: {sum(true_digit)} of {len(true_digit)}; images: {len(images)} distinct "
+          f"({', '.join(kinds)}), {sum(len(image[0]) for image in images) // len(images) // 1024} kB on average")
+    print(f"latency per request p50 {p50:.0f} ms, p99 {p99:.0f} ms; {sent / wall:.1f} requests/s; {wall:.1f} s in all")
+    return sum(right) == sent
+
+
+THREE = [[(140 + 55 * np.cos(a), 88 - 48 * np.sin(a)) for a in np.radians(np.arange(160, -95, -10))]
+         + [(140 + 62 * np.cos(a), 192 - 58 * np.sin(a)) for a in np.radians(np.arange(90, -165, -10))]]
+
+
+def serve_screenshot(model_path, out="docs/serve.png"):
+    """The README's picture of the served page: a 3 drawn with the mouse in headless Chromium.
+
+        python test_mnist_from_scratch.py --serve-screenshot [MODEL] [OUT.png]
+    """
+    from PIL import Image
+    missing = missing_for_the_browser_test()
+    if missing:
+        raise SystemExit("needs " + ", ".join(missing))
+    app, url = start_serve_command(model_path)
+    with tempfile.TemporaryDirectory() as folder:
+        driver = start_chromium(os.path.join(folder, "profile"))
+        try:
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                   {"width": 760, "height": 500, "deviceScaleFactor": 1, "mobile": False})
+            driver.get(url + "/")
+            draw_on_page(driver, [densify(THREE[0], 6)])
+            if not wait_for(lambda: page_is_settled(driver), 60):
+                raise SystemExit("the page did not settle")
+            shot = os.path.join(folder, "page.png")
+            driver.save_screenshot(shot)
+            print("the page says:", driver.execute_script(
+                "return document.getElementById('digit').textContent + ', ' + "
+                "document.getElementById('message').textContent"))
+        finally:
+            driver.quit()
+            app.terminate()
+            app.wait(20)
+        # 64 colours are plenty for a page of flat colours, and keep the file small
+        picture = Image.open(shot).convert("RGB").quantize(64)
+        write_atomically(out, lambda f: picture.save(f, format="PNG", optimize=True))
+    print(f"wrote {out} ({os.path.getsize(out) // 1024} kB)")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
+    elif sys.argv[1:2] == ["--measure-serve"]:
+        sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
+    elif sys.argv[1:2] == ["--serve-screenshot"]:
+        serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
     else:
         unittest.main()
