@@ -2804,12 +2804,16 @@ def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
     be used (port in use, unknown host).
     """
     import socket
+    import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     activation = meta.get("activation", "relu")
     Ws, bs = [np.array(W) for W in Ws], [np.array(b) for b in bs]   # the server's own copies ...
     for array in (*Ws, *bs):
         array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
+    # Images are prepared at most one per CPU core at a time: more at once would not finish
+    # sooner, they would only hold more decoded pixels in memory together.
+    one_per_core = threading.BoundedSemaphore(os.cpu_count() or 1)
     page = SERVE_PAGE.encode("utf-8")
     health = json.dumps(health_answer(meta)).encode("utf-8")
     # The page may run its own inline script and talk to this server, and nothing else: no
@@ -2867,7 +2871,10 @@ def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
                 elif path == "/health":
                     self.answer(200, health)
                 else:
-                    self.answer_json(200, predict_image_bytes(self.read_image_body(), Ws, bs, activation))
+                    body = self.read_image_body()
+                    with one_per_core:
+                        answer = predict_image_bytes(body, Ws, bs, activation)
+                    self.answer_json(200, answer)
             except HTTPError as refusal:
                 self.close_connection = True          # a refused request's body may be left unread
                 allow = [("Allow", ", ".join(allowed[path]))] if refusal.status == 405 else []
@@ -2924,12 +2931,13 @@ def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
 def run_server(server, host):
     """Print where to open the page, serve until Ctrl+C, then free the port."""
     port = server.server_address[1]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"    # IPv6 addresses in brackets
     if host in ("127.0.0.1", "localhost", "::1"):
-        print(f"serving on http://{host}:{port}/  (this machine only; Ctrl+C stops)", flush=True)
+        print(f"serving on http://{address}/  (this machine only; Ctrl+C stops)", flush=True)
     else:
-        print(f"warning: listening on {host}:{port}: anyone who can reach this machine can use "
+        print(f"warning: listening on {address}: anyone who can reach this machine can use "
               f"the server (no password, no encryption)", file=sys.stderr, flush=True)
-        print(f"serving on http://{host}:{port}/  (from this machine: http://localhost:{port}/; "
+        print(f"serving on http://{address}/  (from this machine: http://localhost:{port}/; "
               f"Ctrl+C stops)", flush=True)
     try:
         server.serve_forever()

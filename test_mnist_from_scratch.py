@@ -2203,6 +2203,17 @@ class TestServeCommand(unittest.TestCase):
         status, _, answer = http("GET", line.split()[2] + "health")
         self.assertEqual((status, answer["sizes"]), (200, [784, 10]))
 
+    def test_ctrl_c_stops_the_server_quietly_and_frees_the_port(self):
+        app = self.start("--port", "0")
+        port = int(app.stdout.readline().split()[2].rsplit(":", 1)[1].strip("/"))
+        app.send_signal(signal.SIGINT)
+        output, errors = app.communicate(timeout=20)
+        self.assertEqual((app.returncode, output, errors), (0, "stopped\n", ""))
+        import socket
+        with socket.socket() as again:                # the port can be taken again at once
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+
     def test_another_host_than_this_machine_prints_a_warning(self):
         app = self.start("--host", "0.0.0.0", "--port", "0")
         self.assertRegex(app.stderr.readline(), r"^warning: listening on 0\.0\.0\.0:\d+: anyone who can reach")
@@ -2499,6 +2510,7 @@ def measure_serve(model_path, threads=8, requests_per_thread=100, distinct_image
         p = None if x28 is None else mnist.predict_proba(x28.reshape(1, 784), Ws, bs, activation)[0]
         images.append((body, "image/jpeg" if body[:3] == b"\xff\xd8\xff" else "image/png", int(labels[index]),
                        None if p is None else int(p.argmax()), p))
+    load_before = os.getloadavg()[0]
     app, url = start_serve_command(model_path)
     latencies, right, true_digit, failures = [], [], [], []
     lock = threading.Lock()
@@ -2534,7 +2546,7 @@ def measure_serve(model_path, threads=8, requests_per_thread=100, distinct_image
     sent = threads * requests_per_thread
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (math.nan, math.nan)
     print(f"model {model_path}: {meta['sizes']}; {os.cpu_count()} CPU cores; load average before: "
-          f"{os.getloadavg()[0]:.1f}")
+          f"{load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
     print(f"{threads} threads x {requests_per_thread} requests = {sent} sent, {len(latencies)} answered, "
           f"{sum(right)} answered right (the answer predict gives), {len(failures)} lost"
           + (f" ({failures[0]})" if failures else ""))
