@@ -2734,9 +2734,10 @@ function sendPhoto(file) {
 }
 const drop = document.getElementById("drop"), picker = document.getElementById("file");
 picker.addEventListener("change", () => { if (picker.files.length) sendPhoto(picker.files[0]); picker.value = ""; });
-drop.addEventListener("dragover", event => { event.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", event => {
+// A photo dropped anywhere on the page is sent (instead of the browser opening it).
+document.addEventListener("dragover", event => { event.preventDefault(); drop.classList.add("over"); });
+document.addEventListener("dragleave", () => drop.classList.remove("over"));
+document.addEventListener("drop", event => {
   event.preventDefault(); drop.classList.remove("over");
   if (event.dataTransfer.files.length) sendPhoto(event.dataTransfer.files[0]);
 });

@@ -2397,6 +2397,18 @@ class TestServingInABrowser(unittest.TestCase):
         self.driver.find_element("id", "file").send_keys(path)
         self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
 
+    def test_a_photo_dropped_on_the_page_is_recognised(self):
+        import base64
+        png = encode(drawn_canvas(ONE), "L", "PNG")
+        self.driver.execute_script(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+            "const data = new DataTransfer();"
+            "data.items.add(new File([bytes], 'one.png', {type: 'image/png'}));"
+            "document.getElementById('drop').dispatchEvent("
+            "    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
+            base64.b64encode(png).decode("ascii"))
+        self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
+
     def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
         layouts = {}
         for name, width, height in (("desktop", 1000, 700), ("phone", 390, 844)):
