@@ -1975,7 +1975,10 @@ def start_server(test_case, Ws, bs, meta):
         server.shutdown()
         server.server_close()
         thread.join(10)
-    test_case.addClassCleanup(stop) if isinstance(test_case, type) else test_case.addCleanup(stop)
+    if isinstance(test_case, type):          # called from setUpClass
+        test_case.addClassCleanup(stop)
+    else:
+        test_case.addCleanup(stop)
     return f"http://127.0.0.1:{server.server_address[1]}", log
 
 
