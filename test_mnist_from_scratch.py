@@ -525,7 +525,7 @@ class TestCommandLine(unittest.TestCase):
         code, out, _ = run_cli("--help")
         self.assertEqual(code, 0)
         for command in ("train", "evaluate", "predict", "gradcheck", "download", "draw", "weights",
-                        "samples", "pictures"):
+                        "samples", "pictures", "serve"):
             self.assertIn(command, out)
 
     def test_gradcheck_command_passes(self):
