@@ -2631,6 +2631,408 @@ def run_drawing_app(probabilities, to_mnist):
     return pad
 
 
+# %% [14] Serving the network over HTTP
+#
+# `python mnist_from_scratch.py serve` makes the network a small web service, for everyone who has
+# a browser but no desktop to open the `draw` window in (a remote server, a JupyterHub, a lab
+# machine, a phone on the same network):
+#
+#   GET  /         one page: a canvas to draw on with mouse, pen or finger, the 28x28 image the
+#                  network saw, the ten probabilities as bars while you draw, and a photo upload
+#   POST /predict  a PNG or JPEG in the body -> {"digit": 7, "probabilities": [10 numbers],
+#                  "input28": [[28 x 28 numbers]]}, or {"digit": null, "reason": "..."}
+#   GET  /health   the model's layer sizes, activation and test accuracy (from its meta)
+#
+# It uses only the standard library's http.server, and three ideas carry it:
+#
+# 1. One code path. A request body is decoded by `read_image` (handed the bytes as a file
+#    object instead of a file name) and prepared by `image_to_mnist`, exactly like a photo given
+#    to `predict` and a drawing in the `draw` window: the page's canvas is a 280x280 black square
+#    with a white pen of radius 14, the same canvas and pen as the window (section [13]).
+# 2. Safe by default. It listens on 127.0.0.1 (this machine only) unless --host says otherwise;
+#    it serves its one page and its API, never a file from disk; a body larger than
+#    MAX_BODY_BYTES is refused from its Content-Length before it is read, and an image with more
+#    than MAX_IMAGE_PIXELS from its header before it is decoded; every error is a JSON answer
+#    with its HTTP status, never a traceback; the server's log gets one line per request.
+# 3. Shared, read-only state. The model is loaded once, before the first request; its arrays are
+#    made read-only, and everything a request computes lives in that request's own variables
+#    (`read_image`, `image_to_mnist` and `predict_proba` are pure functions), so the threads of
+#    ThreadingHTTPServer (one per connection) can answer at the same time without locks.
+
+SERVE_HOST = "127.0.0.1"            # this machine only; --host 0.0.0.0 opens it to the network
+SERVE_PORT = 8000
+MAX_BODY_BYTES = 10 * 1024 * 1024   # 10 MB: a 12-megapixel phone JPEG is 2-6 MB, a screenshot PNG less
+MAX_IMAGE_PIXELS = 25_000_000       # a 24-megapixel camera photo (6000x4000) fits; a PNG of a few
+                                    # kB can claim billions of pixels, gigabytes once decoded
+SECONDS_TO_SEND_A_REQUEST = 30      # a client that stops sending mid-request frees its thread then
+IMAGE_TYPES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}  # type -> first bytes
+
+SERVE_PAGE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Draw a digit - mnist_from_scratch</title>
+<style>
+  * { box-sizing: border-box; }
+  body { margin: 0; padding: 12px; font: 16px/1.4 system-ui, sans-serif; background: #f3f3f3; color: #222; }
+  h1 { font-size: 1.15rem; margin: 0 0 10px; }
+  main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+  section { width: min(calc(100vw - 24px), 360px); }
+  #canvas { display: block; width: 100%; height: min(calc(100vw - 24px), 360px); background: #000;
+            border-radius: 8px; touch-action: none; cursor: crosshair; }
+  .buttons { display: flex; gap: 8px; margin-top: 8px; }
+  button, #drop { font: inherit; padding: 10px 12px; border: 1px solid #999; border-radius: 8px; background: #fff; }
+  button { min-width: 5.5em; }
+  #drop { flex: 1; text-align: center; color: #555; cursor: pointer; }
+  #drop.over { background: #dfe9ff; border-color: #3366cc; }
+  #answer { display: flex; align-items: center; gap: 12px; min-height: 84px; }
+  #digit { font-size: 64px; font-weight: bold; width: 1.2em; text-align: center; }
+  #input28 { width: 84px; height: 84px; image-rendering: pixelated; background: #000; border-radius: 4px; }
+  #bars { margin-top: 10px; }
+  .bar { display: flex; align-items: center; gap: 8px; height: 26px; }
+  .bar b { width: 1em; text-align: right; }
+  .track { flex: 1; height: 16px; background: #ddd; border-radius: 4px; overflow: hidden; }
+  .fill { height: 100%; width: 0; background: #888; }
+  .bar.best .fill { background: #3366cc; }
+  .bar span { width: 4em; text-align: right; font-variant-numeric: tabular-nums; }
+</style>
+</head>
+<body>
+<h1>Draw a digit; the network guesses while you draw</h1>
+<main>
+  <section id="pad">
+    <canvas id="canvas" width="280" height="280" aria-label="drawing area"></canvas>
+    <div class="buttons">
+      <button id="clear" type="button">Clear</button>
+      <label id="drop">Drop a photo here, or tap to choose one
+        <input id="file" type="file" accept="image/png,image/jpeg" hidden></label>
+    </div>
+  </section>
+  <section id="result">
+    <div id="answer">
+      <span id="digit">?</span>
+      <canvas id="input28" width="28" height="28" title="the 28x28 image the network saw"></canvas>
+      <span id="message">draw a digit</span>
+    </div>
+    <div id="bars"></div>
+  </section>
+</main>
+<script>
+"use strict";
+const canvas = document.getElementById("canvas"), pen = canvas.getContext("2d");
+const input28 = document.getElementById("input28").getContext("2d");
+const SIZE = canvas.width;          // 280, the canvas of the draw window
+const PEN_RADIUS = 14;              // its pen: strokes about 2 px wide once the digit is 20 px tall
+const MS_BETWEEN_QUESTIONS = 100;   // at most 10 questions a second while drawing, and never two at once
+let last = null, changed = false, waiting = false, lastAsked = 0, timer = null, drawing = 0;
+
+const bars = [];
+for (let k = 0; k < 10; k++) {
+  const row = document.createElement("div");
+  row.className = "bar";
+  row.innerHTML = "<b>" + k + "</b><div class=track><div class=fill></div></div><span></span>";
+  document.getElementById("bars").appendChild(row);
+  bars.push(row);
+}
+
+function show(answer) {
+  const p = answer.probabilities || new Array(10).fill(0);
+  document.getElementById("digit").textContent = answer.digit === null || answer.digit === undefined ? "?" : answer.digit;
+  document.getElementById("message").textContent = answer.digit === null || answer.digit === undefined
+      ? (answer.reason || answer.error || "") : (100 * p[answer.digit]).toFixed(1) + " % sure";
+  bars.forEach((row, k) => {
+    row.querySelector(".fill").style.width = (100 * p[k]).toFixed(1) + "%";
+    row.querySelector("span").textContent = (100 * p[k]).toFixed(1) + " %";
+    row.classList.toggle("best", k === answer.digit);
+  });
+  const pixels = input28.createImageData(28, 28);
+  for (let i = 0; i < 784; i++) {
+    const value = answer.input28 ? Math.round(255 * answer.input28[Math.floor(i / 28)][i % 28]) : 0;
+    pixels.data.set([value, value, value, 255], 4 * i);
+  }
+  input28.putImageData(pixels, 0, 0);
+}
+
+async function ask(body, type, askedFor) {
+  let answer;
+  try {
+    const response = await fetch("/predict", {method: "POST", headers: {"Content-Type": type}, body: body});
+    answer = await response.json();
+  } catch (error) {
+    answer = {digit: null, reason: "no answer from the server (" + error.message + ")"};
+  }
+  if (askedFor === drawing) show(answer);   // an answer about a cleared drawing is dropped
+}
+
+function askSoon() {
+  if (!changed || waiting || timer) return;
+  const wait = lastAsked + MS_BETWEEN_QUESTIONS - Date.now();
+  if (wait > 0) { timer = setTimeout(() => { timer = null; askSoon(); }, wait); return; }
+  changed = false; waiting = true; lastAsked = Date.now();
+  const askedFor = drawing;
+  canvas.toBlob(blob => ask(blob, "image/png", askedFor).finally(() => { waiting = false; askSoon(); }), "image/png");
+}
+
+function clearCanvas() {
+  pen.fillStyle = "#000";
+  pen.fillRect(0, 0, SIZE, SIZE);
+  drawing++; changed = false;
+  show({digit: null, reason: "draw a digit"});
+}
+
+function point(event) {            // CSS pixels on the page -> pixels of the 280x280 canvas
+  const box = canvas.getBoundingClientRect();
+  return [(event.clientX - box.left) * SIZE / box.width, (event.clientY - box.top) * SIZE / box.height];
+}
+
+function line(from, to) {
+  pen.strokeStyle = "#fff"; pen.lineWidth = 2 * PEN_RADIUS; pen.lineCap = "round"; pen.lineJoin = "round";
+  pen.beginPath(); pen.moveTo(from[0], from[1]); pen.lineTo(to[0], to[1]); pen.stroke();
+  changed = true;
+}
+
+canvas.addEventListener("pointerdown", event => {
+  event.preventDefault();
+  canvas.setPointerCapture(event.pointerId);   // the stroke goes on if the pen leaves the canvas
+  last = point(event);
+  line(last, last);
+  askSoon();
+});
+canvas.addEventListener("pointermove", event => {
+  if (last === null) return;                   // moving without pressing draws nothing
+  // A fast pen sends several positions per frame; the browser hands them over together.
+  const moves = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const move of (moves.length ? moves : [event])) { const p = point(move); line(last, p); last = p; }
+  askSoon();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  canvas.addEventListener(type, () => { last = null; askSoon(); });
+}
+
+document.getElementById("clear").addEventListener("click", clearCanvas);
+
+function sendPhoto(file) {
+  clearCanvas();
+  document.getElementById("message").textContent = "reading " + file.name + " ...";
+  ask(file, file.type || "application/octet-stream", drawing);
+}
+const drop = document.getElementById("drop"), picker = document.getElementById("file");
+picker.addEventListener("change", () => { if (picker.files.length) sendPhoto(picker.files[0]); picker.value = ""; });
+// A photo dropped anywhere on the page is sent (instead of the browser opening it).
+document.addEventListener("dragover", event => { event.preventDefault(); drop.classList.add("over"); });
+document.addEventListener("dragleave", () => drop.classList.remove("over"));
+document.addEventListener("drop", event => {
+  event.preventDefault(); drop.classList.remove("over");
+  if (event.dataTransfer.files.length) sendPhoto(event.dataTransfer.files[0]);
+});
+clearCanvas();
+</script>
+</body>
+</html>
+"""
+
+
+class HTTPError(Exception):
+    """A request the server refuses: its HTTP status and a one-line message for the client."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def predict_image_bytes(body, Ws, bs, activation="relu"):
+    """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> image_to_mnist
+    -> predict_proba, the path of `predict` and `draw`.
+
+    Returns {"digit", "probabilities" (10), "input28" (28 x 28)}, or {"digit": None, "reason"}.
+    Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
+    with more than MAX_IMAGE_PIXELS.
+    """
+    import io
+    from PIL import Image
+    too_large = HTTPError(413, f"the image has more than {MAX_IMAGE_PIXELS / 1e6:g} megapixels, "
+                               f"the limit: send a smaller one")
+    try:  # the header only (no pixels decoded yet): how large would the image be?
+        with Image.open(io.BytesIO(body)) as header:
+            width, height = header.size
+    except Image.DecompressionBombError:   # Pillow's own limit, far above ours, refused at once
+        raise too_large from None
+    except Exception:
+        raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise too_large
+    try:
+        gray, alpha = read_image(io.BytesIO(body))
+    except ValueError:
+        raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
+    x, steps = image_to_mnist(gray, alpha)
+    if x is None:
+        return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
+    p = predict_proba(x.reshape(1, 784), Ws, bs, activation)[0]    # (1, 784) -> (10,)
+    return {"digit": int(p.argmax()),
+            "probabilities": [round(float(v), 6) for v in p],
+            "input28": [[round(float(v), 3) for v in row] for row in x]}  # 3 decimals: ~4 kB of JSON
+
+
+def health_answer(meta):
+    """The answer of GET /health: what model is being served."""
+    return {"status": "ok", "sizes": meta["sizes"], "activation": meta.get("activation", "relu"),
+            "test_accuracy": meta.get("test_accuracy")}
+
+
+def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
+    """A ThreadingHTTPServer answering GET /, GET /health and POST /predict with this model.
+
+    Call .serve_forever() to run it, .shutdown() from another thread to stop it, .server_close()
+    to free the port. port 0 picks a free port (read it from server.server_address). log: where
+    the one line per request goes (default: sys.stderr). Raises OSError when the address cannot
+    be used (port in use, unknown host).
+    """
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    activation = meta.get("activation", "relu")
+    Ws, bs = [np.array(W) for W in Ws], [np.array(b) for b in bs]   # the server's own copies ...
+    for array in (*Ws, *bs):
+        array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
+    # Images are prepared at most one per CPU core at a time: more at once would not finish
+    # sooner, they would only hold more decoded pixels in memory together.
+    one_per_core = threading.BoundedSemaphore(os.cpu_count() or 1)
+    page = SERVE_PAGE.encode("utf-8")
+    health = json.dumps(health_answer(meta)).encode("utf-8")
+    # The page may run its own inline script and talk to this server, and nothing else: no
+    # file, font or script from anywhere else is ever loaded.
+    page_policy = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "img-src data: blob:; connect-src 'self'")
+
+    class DigitRequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"             # keep-alive: a drawing asks many times in a row
+        server_version = "mnist_from_scratch"
+        timeout = SECONDS_TO_SEND_A_REQUEST
+
+        def log_message(self, format, *args):     # one line per request, to `log`
+            print(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}",
+                  file=log or sys.stderr, flush=True)
+
+        def answer(self, status, body, content_type="application/json", headers=()):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            for name, value in headers:
+                self.send_header(name, value)
+            if self.close_connection:             # a body left unread must not be taken for the next request
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def answer_json(self, status, value, headers=()):
+            self.answer(status, json.dumps(value).encode("utf-8"), headers=headers)
+
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own refusals (a malformed request line, headers too long) as JSON too."""
+            self.close_connection = True
+            try:
+                self.answer_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+            except OSError:
+                pass                              # the client has gone: nothing to tell it
+
+        def route(self):
+            """Answer one request; a refusal is a JSON error, a bug one log line and a 500."""
+            path = self.path.split("?", 1)[0]
+            allowed = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}
+            try:
+                if path not in allowed:
+                    raise HTTPError(404, f"no such page: {path}; there are / (the page), "
+                                         f"/health and POST /predict")
+                if self.command not in allowed[path]:
+                    raise HTTPError(405, f"{path} answers {' and '.join(allowed[path])}, not {self.command}")
+                if path == "/":
+                    self.answer(200, page, "text/html; charset=utf-8",
+                                headers=[("Content-Security-Policy", page_policy)])
+                elif path == "/health":
+                    self.answer(200, health)
+                else:
+                    body = self.read_image_body()
+                    with one_per_core:
+                        answer = predict_image_bytes(body, Ws, bs, activation)
+                    self.answer_json(200, answer)
+            except HTTPError as refusal:
+                self.close_connection = True          # a refused request's body may be left unread
+                allow = [("Allow", ", ".join(allowed[path]))] if refusal.status == 405 else []
+                self.answer_json(refusal.status, {"error": str(refusal)}, headers=allow)
+            except OSError as error:                  # the client hung up, or stopped sending
+                self.close_connection = True
+                self.log_error("connection lost on %s %s: %s", self.command, path, error)
+            except Exception as error:                # a bug: one log line here, no traceback there
+                self.close_connection = True
+                self.log_error("internal error on %s %s: %s: %s", self.command, path,
+                               type(error).__name__, error)
+                try:
+                    self.answer_json(500, {"error": "internal error; the server's log says more"})
+                except OSError:
+                    pass
+
+        def read_image_body(self):
+            """The request's PNG or JPEG bytes, checked before and after reading them."""
+            content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type not in IMAGE_TYPES:
+                raise HTTPError(415, f"send a PNG or JPEG image (Content-Type image/png or "
+                                     f"image/jpeg), not {content_type or 'no Content-Type'}")
+            length = self.headers.get("Content-Length", "")
+            if not length.strip().isdigit():
+                raise HTTPError(411 if not length else 400,
+                                "the request needs a Content-Length header with the body's size in bytes")
+            if int(length) > MAX_BODY_BYTES:           # refused unread: the limit protects memory
+                raise HTTPError(413, f"the body has {int(length)} bytes; the limit is "
+                                     f"{MAX_BODY_BYTES // (1024 * 1024)} MB: send a smaller image")
+            body = self.rfile.read(int(length))
+            if len(body) < int(length):
+                raise HTTPError(400, f"the body ended after {len(body)} of {length} bytes")
+            if not body:
+                raise HTTPError(400, "the body is empty: send the image's bytes")
+            if not body.startswith(IMAGE_TYPES[content_type]):
+                raise HTTPError(400, f"the body is not a {content_type[6:].upper()} image "
+                                     f"(its first bytes are wrong)")
+            return body
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = route
+
+    class DigitServer(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True                     # Ctrl+C does not wait for open connections
+
+        def handle_error(self, request, client_address):   # one line, never a traceback
+            error = sys.exc_info()[1]
+            print(f"{client_address[0]}: connection error: {type(error).__name__}: {error}",
+                  file=log or sys.stderr, flush=True)
+
+    return DigitServer((host, port), DigitRequestHandler)
+
+
+def run_server(server, host):
+    """Print where to open the page, serve until Ctrl+C, then free the port."""
+    port = server.server_address[1]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"    # IPv6 addresses in brackets
+    try:  # from here on, Ctrl+C (even right after the address is printed) stops quietly
+        if host in ("127.0.0.1", "localhost", "::1"):
+            print(f"serving on http://{address}/  (this machine only; Ctrl+C stops)", flush=True)
+        else:
+            print(f"warning: listening on {address}: anyone who can reach this machine can use "
+                  f"the server (no password, no encryption)", file=sys.stderr, flush=True)
+            print(f"serving on http://{address}/  (from this machine: http://localhost:{port}/; "
+                  f"Ctrl+C stops)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        server.server_close()
+
+
 # %% [15] The lesson as a Jupyter notebook
 #
 # `python mnist_from_scratch.py notebook` writes the lesson, sections [0] to [10] of this very
@@ -2969,6 +3371,21 @@ def command_draw(args):
     return 0
 
 
+def command_serve(args):
+    Ws, bs, meta = load_model(args.model)      # once, before the first request
+    try:
+        server = make_server(Ws, bs, meta, args.host, args.port)
+    except OSError as error:
+        import errno
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} is already in use (another server?): choose "
+                            f"another with --port") from None
+        raise UserError(f"cannot listen on {args.host} port {args.port}: "
+                        f"{error.strerror or error}; check --host and --port") from None
+    run_server(server, args.host)
+    return 0
+
+
 def example_photo(size=600):
     """A pen-written 4 on ruled paper under uneven light, as a phone photo of one would look.
 
@@ -3163,6 +3580,17 @@ def build_parser():
     p = add("draw", "draw a digit with the mouse and watch the network's guess change live")
     model_flag(p)
     p.set_defaults(run=command_draw)
+
+    p = add("serve", "serve a page to draw on in a web browser, and the network as a JSON API "
+                     "(POST /predict), over HTTP")
+    model_flag(p)
+    p.add_argument("--host", default=SERVE_HOST,
+                   help=f"address to listen on (default: {SERVE_HOST}, this machine only; "
+                        f"0.0.0.0: every network the machine is on)")
+    p.add_argument("--port", default=SERVE_PORT,
+                   type=checked_number(int, lambda v: 0 <= v <= 65535, "from 0 to 65535"),
+                   help=f"port to listen on (default: {SERVE_PORT}; 0: any free port)")
+    p.set_defaults(run=command_serve)
 
     p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
                         "a prediction, the drawing window) from a trained model")

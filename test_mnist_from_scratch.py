@@ -18,8 +18,11 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 from types import SimpleNamespace
 from unittest import mock
 
@@ -563,7 +566,7 @@ class TestCommandLine(unittest.TestCase):
         listed = re.findall(r"^    ([a-z]+)(?:\s|$)", out, flags=re.MULTILINE)
         self.assertEqual(sorted(listed), sorted(["train", "evaluate", "weights", "samples",
                                                  "predict", "draw", "pictures", "gradcheck",
-                                                 "notebook", "download"]))
+                                                 "notebook", "download", "serve"]))
 
     def test_gradcheck_command_passes(self):
         code, out, _ = run_cli("gradcheck")
@@ -615,7 +618,7 @@ class TestTheFileAsALesson(unittest.TestCase):
         with open(SCRIPT) as f:
             source = f.read()
         cells = source.split("\n# %% [")
-        self.assertGreaterEqual(len(cells), 15)  # the docstring, then cells [0] to [14]
+        self.assertGreaterEqual(len(cells), 18)  # the docstring, then cells [0] to [16]
         namespace = {"__name__": "notebook"}
         for cell in cells:  # as an editor's "run cell" does, one after the other
             exec(compile(("# %% [" if cell is not cells[0] else "") + cell, SCRIPT, "exec"),
@@ -2198,6 +2201,493 @@ class TestDrawingEndToEndUnderXvfb(unittest.TestCase):
             self.assertEqual(drawing[y, x], 0.0, (x, y))
 
 
+# ---- Serving over HTTP ----------------------------------------------------------------------
+def tiny_model_meta():
+    return {"activation": "relu", "sizes": [784, 10], "test_accuracy": 0.9}
+
+
+def start_server(test_case, Ws, bs, meta):
+    """A server on a free port in a thread of this process; stopped when the test (class) ends.
+    Returns (base URL, its log: a StringIO)."""
+    log = io.StringIO()
+    server = mnist.make_server(Ws, bs, meta, host="127.0.0.1", port=0, log=log)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    if isinstance(test_case, type):          # called from setUpClass
+        test_case.addClassCleanup(stop)
+    else:
+        test_case.addCleanup(stop)
+    return f"http://127.0.0.1:{server.server_address[1]}", log
+
+
+def http(method, url, body=None, content_type=None, timeout=60):
+    """One request with urllib; returns (status, headers, the body parsed as JSON or as text)."""
+    request = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, headers, raw = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status, headers, raw = error.code, error.headers, error.read()
+    text = raw.decode("utf-8")
+    return status, headers, json.loads(text) if headers.get("Content-Type") == "application/json" else text
+
+
+def raw_http(port, request_bytes, timeout=10):
+    """Send bytes as they are and read the answer until the server closes: (status, JSON body)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(request_bytes)
+        answer = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def drawn_canvas(strokes):
+    """The 280x280 canvas of the page and the draw window, with these strokes drawn by its pen."""
+    canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), np.float32)
+    for stroke in strokes:
+        canvas = render_stroke(canvas, stroke, PEN_RADIUS)
+    return canvas
+
+
+ONE = [[(140, 40 + 10 * i) for i in range(21)]]       # a bar 200 px tall: a 1
+
+
+@needs_mnist
+class TestServingOverHTTP(unittest.TestCase):
+    """The API through urllib, against a server on a free port."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.Ws, cls.bs = tiny_model()
+        cls.url, cls.log = start_server(cls, cls.Ws, cls.bs, tiny_model_meta())
+        cls.port = int(cls.url.rsplit(":", 1)[1])
+
+    def predict(self, body, content_type="image/png"):
+        return http("POST", self.url + "/predict", body, content_type)
+
+    def direct_answer(self, body):
+        """What read_image -> image_to_mnist -> predict_proba give for these bytes in this process."""
+        x28 = prepare(body)
+        return x28, None if x28 is None else mnist.predict_proba(x28.reshape(1, 784), self.Ws, self.bs)[0]
+
+    def test_a_drawn_one_is_recognised_with_ten_probabilities_and_the_28x28_input(self):
+        png = encode(drawn_canvas(ONE), "L", "PNG")
+        status, headers, answer = self.predict(png)
+        self.assertEqual((status, headers["Content-Type"]), (200, "application/json"))
+        self.assertEqual(answer["digit"], 1)
+        self.assertEqual(len(answer["probabilities"]), 10)
+        self.assertAlmostEqual(sum(answer["probabilities"]), 1.0, places=4)
+        self.assertEqual(np.array(answer["input28"]).shape, (28, 28))
+        # the 28x28 image `predict` makes of the same file (3 decimals in the JSON)
+        np.testing.assert_allclose(answer["input28"], prepare(png), atol=0.0005)
+
+    def test_a_jpeg_photo_gets_the_answer_predict_gives_for_the_same_bytes(self):
+        _, _, X_test, y_test = real_mnist()
+        rng = np.random.default_rng(5)
+        for index in (0, 1, 2):
+            photo = synthetic_photo(X_test[index].reshape(28, 28), rng, (400, 500))
+            status, _, answer = self.predict(photo, "image/jpeg")
+            x28, p = self.direct_answer(photo)
+            self.assertEqual(status, 200)
+            self.assertEqual(answer["digit"], int(p.argmax()))
+            np.testing.assert_allclose(answer["probabilities"], p, atol=1e-6)
+            np.testing.assert_allclose(answer["input28"], x28, atol=0.0005)
+
+    def test_an_empty_canvas_answers_no_digit_with_a_reason(self):
+        status, _, answer = self.predict(encode(np.zeros((280, 280)), "L", "PNG"))
+        self.assertEqual(status, 200)
+        self.assertEqual(answer, {"digit": None, "reason": "no ink stands out from the background"})
+
+    def test_health_reports_layer_sizes_and_test_accuracy_from_the_meta(self):
+        status, _, answer = http("GET", self.url + "/health")
+        self.assertEqual(status, 200)
+        self.assertEqual(answer, {"status": "ok", "sizes": [784, 10], "activation": "relu",
+                                  "test_accuracy": 0.9})
+
+    def test_the_page_is_one_self_contained_html_file_loading_nothing_from_elsewhere(self):
+        status, headers, page = http("GET", self.url + "/")
+        self.assertEqual((status, headers["Content-Type"]), (200, "text/html; charset=utf-8"))
+        self.assertEqual(page, mnist.SERVE_PAGE)
+        for needle in ('id="canvas"', 'id="input28"', 'id="bars"', 'id="clear"', 'type="file"', "pointerdown"):
+            self.assertIn(needle, page)
+        for outside in ("http:", "https:", "src=", "href=", "@import", "url("):
+            self.assertNotIn(outside, page)
+        self.assertIn("default-src 'none'", headers["Content-Security-Policy"])
+
+    def test_an_unknown_path_or_a_file_on_disk_is_404_json(self):
+        for path in ("/nothing", "/mnist_from_scratch.py", "/../mnist_from_scratch.py", "/data/README.md"):
+            status, headers, answer = http("GET", self.url + path)
+            self.assertEqual((status, headers["Content-Type"]), (404, "application/json"), path)
+            self.assertIn("no such page", answer["error"])
+
+    def test_a_wrong_method_is_405_json_naming_the_allowed_ones(self):
+        for method, path, allowed in (("GET", "/predict", "POST"), ("POST", "/", "GET, HEAD"),
+                                      ("PUT", "/health", "GET, HEAD"), ("DELETE", "/predict", "POST")):
+            status, headers, answer = http(method, self.url + path, b"" if method == "POST" else None)
+            self.assertEqual((status, headers["Allow"]), (405, allowed), (method, path))
+            self.assertIn(f"not {method}", answer["error"])
+
+    def test_another_content_type_is_415_json(self):
+        for content_type in ("text/plain", "image/gif", "application/octet-stream"):
+            status, _, answer = self.predict(b"GIF89a", content_type)
+            self.assertEqual(status, 415, content_type)
+            self.assertIn("PNG or JPEG", answer["error"])
+
+    def test_an_empty_body_or_bytes_that_are_no_image_are_400_json(self):
+        png = encode(drawn_canvas(ONE), "L", "PNG")
+        for body, content_type, words in ((b"", "image/png", "empty"),
+                                          (b"hello", "image/png", "not a PNG"),
+                                          (png, "image/jpeg", "not a JPEG"),
+                                          (png[:100], "image/png", "not a readable")):
+            status, _, answer = self.predict(body, content_type)
+            self.assertEqual(status, 400, words)
+            self.assertIn(words, answer["error"])
+
+    def test_a_body_over_10_mb_is_413_json_before_it_is_read(self):
+        # Only the headers are sent: had the server waited for the 11 MB, no answer would come.
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                             b"Content-Length: 11534336\r\n\r\n")
+        self.assertEqual(status, 413)
+        self.assertIn("limit is 10 MB", answer["error"])
+
+    def test_a_request_without_content_length_is_411_json(self):
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertEqual(status, 411)
+        self.assertIn("Content-Length", answer["error"])
+
+    def test_an_image_of_too_many_pixels_is_413_json_before_it_is_decoded(self):
+        import zlib
+        from PIL import Image
+        for width, height in ((6000, 5000), (60000, 60000)):   # Pillow itself refuses the second
+            header = io.BytesIO()
+            Image.new("1", (1, 1)).save(header, "PNG")
+            png = bytearray(header.getvalue())
+            png[16:24] = struct.pack(">II", width, height)        # IHDR: the size a decoder would allocate
+            png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+            status, _, answer = self.predict(bytes(png))
+            self.assertEqual(status, 413, (width, height))
+            self.assertIn("megapixels", answer["error"])
+
+    def test_a_failure_inside_is_500_json_with_one_log_line_and_no_traceback(self):
+        with mock.patch.object(mnist, "image_to_mnist", side_effect=RuntimeError("a bug")):
+            before = len(self.log.getvalue().splitlines())
+            status, _, answer = self.predict(encode(drawn_canvas(ONE), "L", "PNG"))
+            new_lines = self.log.getvalue().splitlines()[before:]
+        self.assertEqual(status, 500)
+        self.assertEqual(answer, {"error": "internal error; the server's log says more"})
+        self.assertEqual([line for line in new_lines if "internal error" in line and "a bug" in line
+                          and "RuntimeError" in line], [new_lines[0]])
+        self.assertEqual(len(new_lines), 2)   # that line, and the request's own line
+        self.assertNotIn("Traceback", self.log.getvalue())
+
+    def test_concurrent_requests_each_get_the_answer_to_their_own_image(self):
+        _, _, X_test, _ = real_mnist()
+        rng = np.random.default_rng(3)
+        images = [encode(drawn_canvas(ONE), "L", "PNG"), encode(np.zeros((280, 280)), "L", "PNG")]
+        images += [synthetic_mouse(X_test[index].reshape(28, 28), rng) for index in range(6)]
+        expected = []
+        for body in images:
+            _, p = self.direct_answer(body)
+            expected.append(None if p is None else int(p.argmax()))
+        self.assertIn(None, expected)
+        self.assertGreaterEqual(len(set(expected)), 4)
+        jobs = list(range(len(images))) * 4
+        answers = [None] * len(jobs)
+
+        def ask(job):
+            answers[job] = self.predict(images[jobs[job]])[2]["digit"]
+        threads = [threading.Thread(target=ask, args=(job,)) for job in range(len(jobs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(answers, [expected[image] for image in jobs])
+
+
+@needs_mnist
+class TestServeCommand(unittest.TestCase):
+    """`serve` run as a user runs it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.folder.name, "model.npz")
+        mnist.save_model(cls.model, *tiny_model(), tiny_model_meta())
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
+
+    def start(self, *options):
+        app = subprocess.Popen([sys.executable, SCRIPT, "serve", "--model", self.model, *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.folder.name)
+
+        def stop():
+            app.terminate()
+            app.communicate(timeout=20)
+        self.addCleanup(stop)
+        return app
+
+    def test_serve_prints_the_address_and_answers_there(self):
+        app = self.start("--port", "0")
+        line = app.stdout.readline()
+        self.assertRegex(line, r"^serving on http://127\.0\.0\.1:\d+/ ")
+        status, _, answer = http("GET", line.split()[2] + "health")
+        self.assertEqual((status, answer["sizes"]), (200, [784, 10]))
+
+    def test_ctrl_c_stops_the_server_quietly_and_frees_the_port(self):
+        app = self.start("--port", "0")
+        port = int(app.stdout.readline().split()[2].rsplit(":", 1)[1].strip("/"))
+        app.send_signal(signal.SIGINT)
+        output, errors = app.communicate(timeout=20)
+        self.assertEqual((app.returncode, output, errors), (0, "stopped\n", ""))
+        import socket
+        with socket.socket() as again:                # the port can be taken again at once
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+
+    def test_another_host_than_this_machine_prints_a_warning(self):
+        app = self.start("--host", "0.0.0.0", "--port", "0")
+        self.assertRegex(app.stderr.readline(), r"^warning: listening on 0\.0\.0\.0:\d+: anyone who can reach")
+        self.assertIn("serving on http://0.0.0.0:", app.stdout.readline())
+
+    def test_a_port_in_use_a_bad_port_or_model_exit_2_with_one_line_before_serving(self):
+        import socket
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = str(taken.getsockname()[1])
+            for options, words in ((["--port", port], f"port {port} is already in use"),
+                                   (["--port", "70000"], "must be from 0 to 65535"),
+                                   (["--port", "eighty"], "expected a whole number"),
+                                   (["--model", "missing.npz", "--port", "0"], "no model at missing.npz")):
+                status, out, errors = run_cli("serve", "--model", self.model, *options, cwd=self.folder.name)
+                self.assertEqual((status, out), (2, ""), options)
+                self.assertEqual(len(errors.strip().splitlines()), 1, errors)
+                self.assertIn(words, errors)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def missing_for_the_browser_test():
+    missing = [package for package, path in (("chromium", CHROMIUM), ("chromium-driver", CHROMEDRIVER))
+               if not os.path.exists(path)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium for " + sys.executable)
+    return missing
+
+
+def start_chromium(user_data_dir, width=1000, height=700):
+    """Headless Chromium driven by selenium through chromedriver, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={width},{height}", f"--user-data-dir={user_data_dir}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def draw_on_page(driver, strokes, kind="mouse", release=True):
+    """Draw strokes given in pixels of the 280x280 canvas with WebDriver's pointer actions (the
+    browser turns them into pointerdown / pointermove / pointerup events of this kind: mouse,
+    pen or touch). Returns the number of pointer moves sent."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+    from selenium.webdriver.common.by import By
+    canvas = driver.find_element(By.ID, "canvas")
+    box = box_of(driver, "canvas")
+    scale = box["width"] / CANVAS_SIZE
+    actions = ActionBuilder(driver, mouse=PointerInput(kind, kind), duration=20)
+    pointer, moves = actions.pointer_action, 0
+
+    def offset(point):                    # WebDriver measures from the element's centre
+        return round(point[0] * scale - box["width"] / 2), round(point[1] * scale - box["height"] / 2)
+    for number, stroke in enumerate(strokes):
+        pointer.move_to(canvas, *offset(stroke[0])).pointer_down()
+        for point in stroke[1:]:
+            pointer.move_to(canvas, *offset(point))
+            moves += 1
+        if release or number < len(strokes) - 1:
+            pointer.pointer_up()
+    actions.perform()
+    return moves
+
+
+def box_of(driver, element_id):
+    return driver.execute_script(f"return document.getElementById('{element_id}').getBoundingClientRect().toJSON()")
+
+
+def page_is_settled(driver):
+    """No drawing waits to be sent, and no answer is awaited."""
+    return driver.execute_script("return !changed && !waiting && !timer")
+
+
+def densify(stroke, step=4.0):
+    """Points every `step` canvas pixels along a stroke: many small moves, like a hand."""
+    points = [np.array(stroke[0], float)]
+    for a, b in zip(np.array(stroke[:-1], float), np.array(stroke[1:], float)):
+        count = max(1, int(np.hypot(*(b - a)) / step))
+        points += [a + (b - a) * t for t in np.linspace(0, 1, count + 1)[1:]]
+    return [tuple(point) for point in points]
+
+
+@needs_mnist
+@unittest.skipIf(missing_for_the_browser_test(), "the browser test needs Chromium, its driver and selenium "
+                 "(apt-get install chromium chromium-driver; pip install selenium); missing: "
+                 + ", ".join(missing_for_the_browser_test()))
+class TestServingInABrowser(unittest.TestCase):
+    """The page in a real browser: headless Chromium, driven by selenium."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.url, cls.log = start_server(cls, *tiny_model(), tiny_model_meta())
+        cls.driver = start_chromium(os.path.join(cls.folder.name, "profile"))
+        cls.addClassCleanup(cls.folder.cleanup)
+        cls.addClassCleanup(cls.driver.quit)
+
+    def setUp(self):
+        self.driver.set_window_size(1000, 700)
+        self.driver.get(self.url + "/")
+        # Note the kind of every pointer that touches the canvas.
+        self.driver.execute_script("window.pointerKinds = []; document.getElementById('canvas')"
+                                   ".addEventListener('pointerdown', e => pointerKinds.push(e.pointerType))")
+
+    def text(self, element_id):
+        return self.driver.execute_script(f"return document.getElementById('{element_id}').textContent")
+
+    def wait_until_settled(self):
+        self.assertTrue(wait_for(lambda: page_is_settled(self.driver), 60), "the page kept waiting for answers")
+
+    def bar_widths(self):
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll('.fill')].map(bar => bar.getBoundingClientRect().width)")
+
+    def ink_on(self, canvas_id):
+        return self.driver.execute_script(
+            f"const c = document.getElementById('{canvas_id}');"
+            "return Math.max(...c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+            ".filter((value, i) => i % 4 === 0))")
+
+    def posts(self):
+        return self.log.getvalue().count('"POST /predict')
+
+    def test_a_digit_drawn_with_the_mouse_is_recognised_on_the_page(self):
+        draw_on_page(self.driver, [densify(TWO[0], 12)])
+        self.wait_until_settled()
+        self.assertEqual(self.text("digit"), "2")
+        self.assertRegex(self.text("message"), r"^\d+\.\d % sure$")
+        widths = self.bar_widths()
+        self.assertEqual(int(np.argmax(widths)), 2)
+        self.assertGreater(widths[2], 0.5 * max(box_of(self.driver, "bars")["width"] - 100, 1))
+        self.assertEqual(self.ink_on("input28"), 255)     # the 28x28 image the network saw is shown
+        self.assertEqual(self.driver.execute_script("return pointerKinds"), ["mouse"])
+
+    def test_a_pen_and_a_finger_draw_too(self):
+        for kind in ("pen", "touch"):
+            self.driver.find_element("id", "clear").click()
+            draw_on_page(self.driver, ONE, kind)
+            self.wait_until_settled()
+            self.assertEqual(self.text("digit"), "1", kind)
+        self.assertEqual(self.driver.execute_script("return pointerKinds"), ["pen", "touch"])
+
+    def test_the_bars_follow_the_pen_while_drawing_with_fewer_requests_than_moves(self):
+        before = self.posts()
+        moves = draw_on_page(self.driver, [densify(TWO[0], 2.0)], release=False)
+        during = self.posts() - before
+        self.assertNotEqual(self.text("digit"), "?")   # an answer came while the pen was still down
+        self.assertGreaterEqual(during, 1)
+        from selenium.webdriver.common.actions.action_builder import ActionBuilder
+        release = ActionBuilder(self.driver)
+        release.pointer_action.pointer_up()
+        release.perform()
+        self.wait_until_settled()
+        self.assertEqual(self.text("digit"), "2")
+        self.assertLess(self.posts() - before, moves / 2)   # one question at a time, at most 10 a second
+
+    def test_clear_empties_the_canvas_the_28x28_image_and_the_bars(self):
+        draw_on_page(self.driver, ONE)
+        self.wait_until_settled()
+        self.assertEqual((self.text("digit"), self.ink_on("canvas")), ("1", 255))
+        self.driver.find_element("id", "clear").click()
+        self.assertEqual((self.text("digit"), self.text("message")), ("?", "draw a digit"))
+        self.assertEqual((self.ink_on("canvas"), self.ink_on("input28")), (0, 0))
+        self.assertEqual(self.bar_widths(), [0.0] * 10)
+
+    def test_a_photo_given_to_the_file_picker_is_recognised(self):
+        path = os.path.join(self.folder.name, "one.jpg")
+        with open(path, "wb") as file:            # dark ink on light paper, as a JPEG
+            file.write(encode(1 - 0.8 * drawn_canvas(ONE), "L", "JPEG"))
+        self.driver.find_element("id", "file").send_keys(path)
+        self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
+
+    def test_a_photo_dropped_on_the_page_is_recognised(self):
+        import base64
+        png = encode(drawn_canvas(ONE), "L", "PNG")
+        self.driver.execute_script(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+            "const data = new DataTransfer();"
+            "data.items.add(new File([bytes], 'one.png', {type: 'image/png'}));"
+            "document.getElementById('drop').dispatchEvent("
+            "    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
+            base64.b64encode(png).decode("ascii"))
+        self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
+
+    def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
+        layouts = {}
+        for name, width, height in (("desktop", 1000, 700), ("phone", 390, 844)):
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": width, "height": height, "deviceScaleFactor": 1, "mobile": name == "phone"})
+            self.driver.get(self.url + "/")
+            draw_on_page(self.driver, ONE, "touch" if name == "phone" else "mouse")
+            self.wait_until_settled()
+            layouts[name] = {element: box_of(self.driver, element) for element in
+                             ("canvas", "clear", "drop", "result", "bars", "input28", "digit")}
+            layouts[name]["page width"] = self.driver.execute_script("return document.documentElement.scrollWidth")
+            screenshot = os.path.join(os.environ.get("SERVE_SCREENSHOTS", self.folder.name), f"{name}.png")
+            self.assertTrue(self.driver.save_screenshot(screenshot))
+            self.assertEqual(png_size(screenshot), (width, height))
+        self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        for name, width in (("desktop", 1000), ("phone", 390)):
+            box = layouts[name]
+            self.assertLessEqual(box["page width"], width, name)           # nothing sticks out sideways
+            self.assertEqual(box["canvas"]["width"], box["canvas"]["height"], name)  # a square canvas
+            self.assertGreaterEqual(box["canvas"]["width"], 300, name)
+            for element in ("clear", "drop", "result", "bars"):
+                self.assertLessEqual(box[element]["right"], width, (name, element))
+            for element in ("clear", "drop"):                                # big enough for a finger
+                self.assertGreaterEqual(box[element]["height"], 40, (name, element))
+                self.assertGreaterEqual(box[element]["top"], box["canvas"]["bottom"], (name, element))
+            self.assertGreaterEqual(box["input28"]["width"], 56, name)     # 28x28 shown at least 2x
+        # On a desktop the answer stands beside the canvas, on a phone below it.
+        self.assertGreaterEqual(layouts["desktop"]["result"]["left"], layouts["desktop"]["canvas"]["right"])
+        self.assertEqual(layouts["desktop"]["result"]["top"], layouts["desktop"]["canvas"]["top"])
+        self.assertGreaterEqual(layouts["phone"]["result"]["top"], layouts["phone"]["drop"]["bottom"])
+        self.assertGreaterEqual(layouts["phone"]["canvas"]["width"], 0.9 * 390)  # nearly the screen's width
+
+
 # ----------------------------------------------------------------------------------------------
 # The photo table of the README (not a test: it takes about 20 minutes)
 # ----------------------------------------------------------------------------------------------
@@ -2243,8 +2733,131 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
         print(f"| {kind} | {no_digit_per_kind} | {found} |", flush=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# The served page and the server under load, for the README (not tests)
+# ----------------------------------------------------------------------------------------------
+def start_serve_command(model_path):
+    """`serve --port 0` in a child process, as a user starts it; returns (process, base URL)."""
+    app = subprocess.Popen([sys.executable, SCRIPT, "serve", "--model", model_path, "--port", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = app.stdout.readline()
+    if not line.startswith("serving on "):
+        app.kill()
+        raise SystemExit(f"serve did not start: {line.strip() or 'no output'}")
+    return app, line.split()[2].rstrip("/")
+
+
+def measure_serve(model_path, threads=8, requests_per_thread=100, distinct_images=200):
+    """Load on one server: `threads` clients, each sending `requests_per_thread` real images one
+    after the other (phone photos, scans, mouse drawings and 28x28 PNGs made from MNIST test
+    digits, as in the photo table). Every answer must be the one read_image -> image_to_mnist ->
+    predict_proba gives for the same bytes in this process; prints how many were, the true-digit
+    accuracy, and the latency per request (p50, p99) as the clients saw it.
+
+        python test_mnist_from_scratch.py --measure-serve [MODEL] [THREADS] [REQUESTS_PER_THREAD]
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    _, _, X_test, labels = real_mnist()
+    rng = np.random.default_rng(2025)
+    kinds = ["photo", "scan", "mouse", "mnist 28x28"]
+    images = []                                   # (bytes, content type, true digit, expected digit, P)
+    for number, index in enumerate(rng.choice(len(X_test), distinct_images, replace=False)):
+        body = make_image(kinds[number % len(kinds)], X_test[index].reshape(28, 28), rng)
+        x28 = prepare(body)
+        p = None if x28 is None else mnist.predict_proba(x28.reshape(1, 784), Ws, bs, activation)[0]
+        images.append((body, "image/jpeg" if body[:3] == b"\xff\xd8\xff" else "image/png", int(labels[index]),
+                       None if p is None else int(p.argmax()), p))
+    load_before = os.getloadavg()[0]
+    app, url = start_serve_command(model_path)
+    latencies, right, true_digit, failures = [], [], [], []
+    lock = threading.Lock()
+
+    def client(number):
+        for request in range(requests_per_thread):
+            body, content_type, label, digit, p = images[(number * requests_per_thread + request) % len(images)]
+            start = time.perf_counter()
+            try:
+                status, _, answer = http("POST", url + "/predict", body, content_type, timeout=120)
+            except Exception as error:             # a lost request: counted, never hidden
+                with lock:
+                    failures.append(f"{type(error).__name__}: {error}")
+                continue
+            seconds = time.perf_counter() - start
+            same = status == 200 and answer["digit"] == digit and (
+                p is None or np.abs(np.array(answer["probabilities"]) - p).max() < 1e-5)
+            with lock:
+                latencies.append(seconds)
+                right.append(same)
+                true_digit.append(answer.get("digit") == label)
+    try:
+        start = time.perf_counter()
+        workers = [threading.Thread(target=client, args=(number,)) for number in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        wall = time.perf_counter() - start
+    finally:
+        app.terminate()
+        app.wait(20)
+    sent = threads * requests_per_thread
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000 if latencies else (math.nan, math.nan)
+    print(f"model {model_path}: {meta['sizes']}; {os.cpu_count()} CPU cores; load average before: "
+          f"{load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
+    print(f"{threads} threads x {requests_per_thread} requests = {sent} sent, {len(latencies)} answered, "
+          f"{sum(right)} answered right (the answer predict gives), {len(failures)} lost"
+          + (f" ({failures[0]})" if failures else ""))
+    print(f"the true digit: {sum(true_digit)} of {len(true_digit)}; images: {len(images)} distinct "
+          f"({', '.join(kinds)}), {sum(len(image[0]) for image in images) // len(images) // 1024} kB on average")
+    print(f"latency per request p50 {p50:.0f} ms, p99 {p99:.0f} ms; {sent / wall:.1f} requests/s; {wall:.1f} s in all")
+    return sum(right) == sent
+
+
+THREE = [[(140 + 55 * np.cos(a), 88 - 48 * np.sin(a)) for a in np.radians(np.arange(160, -95, -10))]
+         + [(140 + 62 * np.cos(a), 192 - 58 * np.sin(a)) for a in np.radians(np.arange(90, -165, -10))]]
+
+
+def serve_screenshot(model_path, out="docs/serve.png"):
+    """The README's picture of the served page: a 3 drawn with the mouse in headless Chromium.
+
+        python test_mnist_from_scratch.py --serve-screenshot [MODEL] [OUT.png]
+    """
+    from PIL import Image
+    missing = missing_for_the_browser_test()
+    if missing:
+        raise SystemExit("needs " + ", ".join(missing))
+    app, url = start_serve_command(model_path)
+    with tempfile.TemporaryDirectory() as folder:
+        driver = start_chromium(os.path.join(folder, "profile"))
+        try:
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                   {"width": 760, "height": 500, "deviceScaleFactor": 1, "mobile": False})
+            driver.get(url + "/")
+            draw_on_page(driver, [densify(THREE[0], 6)])
+            if not wait_for(lambda: page_is_settled(driver), 60):
+                raise SystemExit("the page did not settle")
+            shot = os.path.join(folder, "page.png")
+            driver.save_screenshot(shot)
+            print("the page says:", driver.execute_script(
+                "return document.getElementById('digit').textContent + ', ' + "
+                "document.getElementById('message').textContent"))
+        finally:
+            driver.quit()
+            app.terminate()
+            app.wait(20)
+        # 64 colours are plenty for a page of flat colours, and keep the file small
+        picture = Image.open(shot).convert("RGB").quantize(64)
+        write_atomically(out, lambda f: picture.save(f, format="PNG", optimize=True))
+    print(f"wrote {out} ({os.path.getsize(out) // 1024} kB)")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
+    elif sys.argv[1:2] == ["--measure-serve"]:
+        sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
+    elif sys.argv[1:2] == ["--serve-screenshot"]:
+        serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
     else:
         unittest.main()
