@@ -2049,9 +2049,9 @@ def plot_history(history, path, show=False):
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     for axes, key, scale, last_value, title in ((loss_axes, "loss", 1.0, "{:.3f}", "loss (cross-entropy)"),
                                                 (accuracy_axes, "acc", 100.0, "{:.2f} %", "accuracy (%)")):
-        train = column("train_" + key) * scale
-        axes.plot(epochs, train, "o-", color="tab:blue", markersize=4,
-                  label="training, last: " + last_value.format(train[-1]))
+        training = column("train_" + key) * scale
+        axes.plot(epochs, training, "o-", color="tab:blue", markersize=4,
+                  label="training, last: " + last_value.format(training[-1]))
         if has_validation:
             validation = column("val_" + key) * scale
             axes.plot(epochs, validation, "s--", color="tab:orange", markersize=4,
@@ -2104,8 +2104,8 @@ def plot_confusion(confusion, path, show=False):
     axes.set_yticks(range(n_classes))
     axes.set_xlabel("predicted digit")
     axes.set_ylabel("true digit")
-    accuracy = 100.0 * correct / max(total, 1)
-    axes.set_title(f"confusion matrix: {correct} of {total} right ({accuracy:.2f} %)")
+    percent = 100.0 * correct / max(total, 1)
+    axes.set_title(f"confusion matrix: {correct} of {total} right ({percent:.2f} %)")
     colorbar = figure.colorbar(image, ax=axes, shrink=0.8, label="count (log scale)")
     powers_of_ten = [10 ** e for e in range(int(np.log10(norm.vmax)) + 1)]  # 1, 10, 100, 1000
     colorbar.set_ticks(powers_of_ten, labels=[str(t) for t in powers_of_ten])
@@ -2413,7 +2413,7 @@ class DrawingPad:
     """The drawing window's state: the canvas, the stroke in progress, and the latest prediction.
 
     to_mnist(canvas) -> (x28 or None, steps): the same preprocessing `predict` uses; None = no ink.
-    probabilities(X) -> (m, 10): the trained network, X of shape (m, 784).
+    network(X) -> (m, 10): the trained network's probabilities, X of shape (m, 784).
     clock: a function returning seconds, used to space out the updates (tests pass a fake one).
     close_window: called on `q` (the app passes a function that closes the figure).
 
@@ -2422,10 +2422,10 @@ class DrawingPad:
     ignored for drawing, so clicks on the bars do nothing.
     """
 
-    def __init__(self, probabilities, to_mnist, canvas_size=CANVAS_SIZE, pen_radius=PEN_RADIUS,
+    def __init__(self, network, to_mnist, canvas_size=CANVAS_SIZE, pen_radius=PEN_RADIUS,
                  seconds_between_updates=SECONDS_BETWEEN_UPDATES, clock=None, close_window=None,
                  save_folder="."):
-        self.probabilities = probabilities
+        self.network = network
         self.to_mnist = to_mnist
         self.pen_radius = pen_radius
         self.seconds_between_updates = seconds_between_updates
@@ -2438,7 +2438,7 @@ class DrawingPad:
         self.needs_update = False       # ink changed since the panels were last redrawn
         self.last_update_time = -np.inf
         self.x28 = None                 # what the network saw last, (28, 28) or None
-        self.probs = np.zeros(10, dtype=np.float32)
+        self.probabilities = np.zeros(10, dtype=np.float32)
         self.figure = None              # these are set by build_figure; without them the pad
         self.canvas_axes = None         # still draws and predicts, it just has nothing to show
         self.canvas_image = self.seen_image = self.bars = self.guess_title = None
@@ -2508,10 +2508,10 @@ class DrawingPad:
         self.last_update_time = now
         self.x28, _steps = self.to_mnist(self.canvas)
         if self.x28 is None:                        # empty canvas: nothing to guess
-            self.probs = np.zeros(10, dtype=np.float32)
+            self.probabilities = np.zeros(10, dtype=np.float32)
         else:
             X = self.x28.reshape(1, 784).astype(np.float32)          # (28, 28) -> (1, 784)
-            self.probs = np.asarray(self.probabilities(X), dtype=np.float32).reshape(10)
+            self.probabilities = np.asarray(self.network(X), dtype=np.float32).reshape(10)
         self.show()
         return True
 
@@ -2550,12 +2550,12 @@ class DrawingPad:
             return
         self.canvas_image.set_data(self.canvas)
         self.seen_image.set_data(np.zeros((28, 28), np.float32) if self.x28 is None else self.x28)
-        guess = int(np.argmax(self.probs))
-        for digit, (bar, p) in enumerate(zip(self.bars, self.probs)):
+        guess = int(np.argmax(self.probabilities))
+        for digit, (bar, p) in enumerate(zip(self.bars, self.probabilities)):
             bar.set_height(float(p))
             bar.set_color("tab:orange" if digit == guess and self.x28 is not None else "tab:gray")
         self.guess_title.set_text("draw a digit" if self.x28 is None
-                                  else f"guess: {guess}  ({100 * self.probs[guess]:.0f}%)")
+                                  else f"guess: {guess}  ({100 * self.probabilities[guess]:.0f}%)")
         if self.background is None:
             self.figure.canvas.draw_idle()          # full redraw, once the GUI is idle
         else:                                       # blitting: repaint only what changed
@@ -2592,10 +2592,10 @@ NO_DISPLAY_MESSAGE = ("no display to open a window on (the draw command needs a 
                       "python mnist_from_scratch.py predict IMAGE.png")
 
 
-def run_drawing_app(probabilities, to_mnist):
+def run_drawing_app(network, to_mnist):
     """Open the drawing window and block until it is closed.
 
-    Raises ValueError (one line, pointing to `predict`) where no window can be opened: Linux
+    Raises UserError (one line, pointing to `predict`) where no window can be opened: Linux
     without $DISPLAY/$WAYLAND_DISPLAY, a non-interactive matplotlib backend, or a failing GUI toolkit.
     """
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -2610,7 +2610,7 @@ def run_drawing_app(probabilities, to_mnist):
             figure = plt.figure(figsize=(10.0, 4.6))
         except Exception as error:                # e.g. Tk cannot connect to the X server
             raise UserError(NO_DISPLAY_MESSAGE) from error
-        pad = DrawingPad(probabilities, to_mnist, close_window=lambda: plt.close(figure))
+        pad = DrawingPad(network, to_mnist, close_window=lambda: plt.close(figure))
         pad.build_figure(figure)
         pad.enable_blitting()
         figure.canvas.manager.set_window_title("Draw a digit - mnist_from_scratch")

@@ -1927,7 +1927,7 @@ class TestDrawingPad(unittest.TestCase):
         pad.clear()
         self.assertEqual(pad.canvas.max(), 0.0)
         self.assertIsNone(pad.x28)
-        self.assertEqual(pad.probs.tolist(), [0.0] * 10)
+        self.assertEqual(pad.probabilities.tolist(), [0.0] * 10)
 
     def test_right_click_clears(self):
         pad, _ = make_pad()
@@ -2032,8 +2032,8 @@ class TestDrawingRecognition(unittest.TestCase):
     def test_drawn_vertical_bar_is_recognised_as_a_one(self):
         pad, _ = make_pad(tiny_probabilities)
         drag(pad, [(140, 40 + 10 * i) for i in range(21)])                 # a bar, 200 px tall
-        self.assertEqual(int(np.argmax(pad.probs)), 1)
-        self.assertGreater(pad.probs[1], 0.5)
+        self.assertEqual(int(np.argmax(pad.probabilities)), 1)
+        self.assertGreater(pad.probabilities[1], 0.5)
 
 
 # ------------------------------------------------------------------ no display / real window
