@@ -1985,7 +1985,7 @@ def display_available():
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _new_figure(width_px, height_px, show=False):
+def _new_figure(width_px, height_px, show=False, layout="constrained"):
     """An empty matplotlib figure of exactly width_px x height_px pixels.
 
     This is the one place that chooses how figures are drawn. Only a figure meant for the screen goes
@@ -1995,10 +1995,10 @@ def _new_figure(width_px, height_px, show=False):
     size_inches = (width_px / PLOT_DPI, height_px / PLOT_DPI)
     if show and display_available():
         import matplotlib.pyplot as plt
-        return plt.figure(figsize=size_inches, dpi=PLOT_DPI, layout="constrained")
+        return plt.figure(figsize=size_inches, dpi=PLOT_DPI, layout=layout)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    figure = Figure(figsize=size_inches, dpi=PLOT_DPI, layout="constrained")
+    figure = Figure(figsize=size_inches, dpi=PLOT_DPI, layout=layout)
     FigureCanvasAgg(figure)  # attach the off-screen painter
     return figure
 
@@ -2278,6 +2278,14 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     return _save_figure(figure, path)
 
 
+def save_gray_png(image, path):
+    """Write a 2-D array of gray values in [0, 1] as an 8-bit greyscale PNG, atomically."""
+    from PIL import Image
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)   # [0, 1] -> 0..255
+    write_atomically(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+    return path
+
+
 def save_digit_png(image28, path, scale=10):
     """Write one 28x28 digit as an ordinary 8-bit grey PNG, (28*scale) x (28*scale) pixels, black digit on white.
 
@@ -2288,13 +2296,9 @@ def save_digit_png(image28, path, scale=10):
     """
     _check_png_path(path)
     image28 = np.asarray(image28, dtype=np.float32).reshape(28, 28)  # white digit on black, in [0, 1]
-    from PIL import Image
-
     paper = 1.0 - np.clip(image28, 0.0, 1.0)                          # black digit on white
-    pixels = np.round(paper * 255).astype(np.uint8)
-    pixels = np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)  # (28, 28) -> (28*scale, 28*scale)
-    write_atomically(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
-    return path
+    big = np.repeat(np.repeat(paper, scale, axis=0), scale, axis=1)   # (28, 28) -> (28*scale, 28*scale)
+    return save_gray_png(big, path)
 
 
 def save_sample_digits(images, labels, folder):
@@ -2403,10 +2407,7 @@ def next_free_path(folder, stem="drawing", suffix=".png"):
 
 def save_canvas_png(canvas, path):
     """Write the canvas as an 8-bit greyscale PNG, white ink on black, one pixel per canvas pixel."""
-    from PIL import Image
-    pixels = np.round(np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)   # [0, 1] -> 0..255
-    write_atomically(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
-    return path
+    return save_gray_png(canvas, path)
 
 
 class DrawingPad:
@@ -3415,10 +3416,7 @@ def command_pictures(args):
         result = evaluate(X_test, y_test, Ws, bs, activation)
         written.append(plot_confusion(result["confusion"], out("confusion.png")))
     written.append(plot_weights(Ws[0], out("weights.png")))
-    from PIL import Image
-    photo = out("example_photo.png")
-    pixels = (255 * example_photo()).astype(np.uint8)
-    write_atomically(photo, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+    photo = save_gray_png(example_photo(), out("example_photo.png"))
     written.append(photo)
     gray, alpha = read_image(photo)
     x, steps = image_to_mnist(gray, alpha)
@@ -3426,11 +3424,8 @@ def command_pictures(args):
     panels = {name: steps[name] for name in ("ink", "mask", "cropped") if name in steps}
     written.append(plot_prediction(gray, x, p, out("prediction.png"), steps=panels))
     # The drawing window, drawn off screen with a "2" traced along these points.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     pad = DrawingPad(lambda X: predict_proba(X, Ws, bs, activation), image_to_mnist)
-    figure = Figure(figsize=(10.0, 4.6), dpi=PLOT_DPI)
-    FigureCanvasAgg(figure)
+    figure = _new_figure(1000, 460, layout=None)  # the window's own layout, as on screen
     pad.build_figure(figure)
     arc = [(140 + 62 * math.cos(a), 105 - 58 * math.sin(a)) for a in np.radians(np.arange(165, -35, -5))]
     for point in arc + [(75, 235), (215, 235)]:
