@@ -1119,10 +1119,10 @@ def read_image(path):
     from PIL import Image, ImageOps  # Pillow is only needed here, so it is imported here
 
     try:
-        image = Image.open(path)
-        # Phone cameras store "rotate me" in the EXIF data instead of rotating the pixels.
-        image = ImageOps.exif_transpose(image)
-        image.load()
+        with Image.open(path) as opened:  # "with": the file is closed even when reading fails
+            # Phone cameras store "rotate me" in the EXIF data instead of rotating the pixels.
+            image = ImageOps.exif_transpose(opened)
+            image.load()
     except FileNotFoundError:
         raise ValueError(f"image file not found: {path}") from None
     except Exception as error:  # Pillow raises several kinds of errors for broken files
