@@ -2691,9 +2691,11 @@ def check_folder_to_write(path, flag):
 
 
 def check_model_to_read(path, flag):
+    """A model file that is there, and is a model of this program (load_model says why not)."""
     if not os.path.exists(path):
         raise UserError(f"no model at {path}: run `train` first, or give --model FILE")
     check_file_to_read(path, flag, "a model file")
+    load_model(path)  # milliseconds, even for the largest recipe's model
 
 
 def check_model_to_write(path, flag):
@@ -3196,7 +3198,7 @@ def build_parser():
     p.add_argument("--steps", action="store_true",
                    help="with --plot: also draw every preprocessing step as its own panel")
     show_flag(p)
-    p.set_defaults(run=command_predict, paths={"images": "images to read", "model": "model to read",
+    p.set_defaults(run=command_predict, paths={"model": "model to read", "images": "images to read",
                                                "plot": "picture to write"})
 
     p = add("draw", "draw a digit with the mouse and watch the network's guess change live")
