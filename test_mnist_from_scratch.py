@@ -5,11 +5,14 @@ Run:  python -m unittest -v test_mnist_from_scratch
 The tests that need the real MNIST read it from data/ (run `python mnist_from_scratch.py
 download` once, or copy the four .gz files there). No test needs the internet.
 """
+import argparse
 import contextlib
 import functools
 import gzip
+import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -196,7 +199,8 @@ class TestLoadingTheData(unittest.TestCase):
         message = str(caught.exception)
         self.assertIn("train-images-idx3-ubyte.gz", message)
         self.assertIn("--data-dir", message)
-        self.assertNotIn("\n", message)
+        self.assertLessEqual(len(message.splitlines()), 2)  # what went wrong; what to do
+        self.assertTrue(all(len(line) <= 160 for line in message.splitlines()), message)
         self.assertEqual(os.listdir(self.path("d")), [])  # no half-written file left behind
 
 
@@ -453,7 +457,8 @@ class TestCommandLine(unittest.TestCase):
         app = subprocess.Popen([sys.executable, SCRIPT, "predict", "--model", self.model] + [path] * 20,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         app.stdout.close()
-        errors = app.stderr.read().decode()
+        with app.stderr:
+            errors = app.stderr.read().decode()
         app.wait(timeout=120)
         self.assertNotIn("Traceback", errors)
         self.assertEqual(errors, "")
@@ -577,7 +582,7 @@ class TestCommandLine(unittest.TestCase):
         code, out, err = run_cli(*args)
         self.assertEqual(code, 2, (out, err))
         self.assertNotIn("Traceback", err)
-        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn(len(err.strip().splitlines()), (1, 2), err)  # what is wrong; what to do
         self.assertRegex(err, pattern)
 
     def test_bad_flag_values_exit_2_with_one_line(self):
@@ -599,7 +604,7 @@ class TestCommandLine(unittest.TestCase):
     def test_missing_image_and_unwritable_model_path_exit_2(self):
         self.assert_user_error(["predict", "--model", self.model, "no_such.png"], "no_such.png")
         self.assert_user_error(["train", "--data-dir", DATA_DIR, "--epochs", "1", "--hidden", "8",
-                                "--model", "/no/such/folder/m.npz"], "cannot write the model")
+                                "--model", "/no/such/folder/m.npz"], "folder /no/such/folder does not exist")
 
     @needs_mnist
     def test_exploding_learning_rate_keeps_the_saved_model(self):
@@ -610,6 +615,249 @@ class TestCommandLine(unittest.TestCase):
                                 "--schedule", "constant"], "lower|too high")
         with open(self.model, "rb") as f:
             self.assertEqual(f.read(), before)
+
+
+def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
+    """A stand-in for MNIST in the CSV layout load_mnist reads (label, then 784 pixels): random
+    pixels, so training on it takes milliseconds. Made at run time; no real image in it."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for name, rows in (("mnist_train.csv", train_rows), ("mnist_test.csv", test_rows)):
+        table = np.column_stack([np.arange(rows) % 10, rng.integers(0, 256, (rows, 784))])
+        np.savetxt(os.path.join(folder, name), table, fmt="%d", delimiter=",")
+
+
+def save_model_claiming(path, test_accuracy, hidden=8):
+    """A model file whose meta says it reached test_accuracy (the weights are random)."""
+    Ws, bs = mnist.init_params([784, hidden, 10], seed=1)
+    mnist.save_model(path, Ws, bs, {"activation": "relu", "history": [], "test_accuracy": test_accuracy,
+                                    "val_accuracy": test_accuracy})
+
+
+def folder_snapshot(folder):
+    """Every file under folder -> the SHA-256 of its bytes: any change, new or lost file shows."""
+    snapshot = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                with open(path, "rb") as f:
+                    snapshot[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+            except PermissionError:  # a file made unreadable on purpose: its size and time tell
+                info = os.stat(path)
+                snapshot[os.path.relpath(path, folder)] = (info.st_size, info.st_mtime_ns)
+    return snapshot
+
+
+class TestCarelessUse(unittest.TestCase):
+    """Whatever a careless user types, each command answers in one or two lines with exit
+    status 2, no traceback, before any training, and without changing any file."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        from PIL import Image
+        cls.model = os.path.join(cls.dir, "model.npz")
+        save_model_claiming(cls.model, 0.5)
+        cls.data = os.path.join(cls.dir, "data")
+        write_tiny_csv_mnist(cls.data)
+        cls.photos = os.path.join(cls.dir, "photos")
+        os.makedirs(cls.photos)
+        for name in ("1_a.png", "7_b.png"):  # a dark bar on light paper, like a written 1
+            paper = np.full((60, 60), 230, np.uint8)
+            paper[10:50, 27:33] = 20
+            Image.fromarray(paper).save(os.path.join(cls.photos, name))
+        with open(os.path.join(cls.photos, "3_broken.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+        cls.image = os.path.join(cls.photos, "1_a.png")
+        cls.text = os.path.join(cls.dir, "notes.txt")
+        with open(cls.text, "w") as f:
+            f.write("my notes\n")
+        cls.not_a_model = os.path.join(cls.dir, "notes.npz")  # a user's file, named like a model
+        with open(cls.not_a_model, "w") as f:
+            f.write("not a model\n")
+        cls.broken_model = os.path.join(cls.dir, "broken.npz")
+        with open(cls.broken_model, "wb") as f:
+            f.write(b"PK\x03\x04 cut short")
+        cls.unreadable = os.path.join(cls.dir, "unreadable.npz")
+        shutil.copy(cls.model, cls.unreadable)
+        os.chmod(cls.unreadable, 0)
+
+    @classmethod
+    def tearDownClass(cls):
+        os.chmod(cls.unreadable, 0o600)
+        cls.tmp.cleanup()
+
+    def rows(self):
+        """(what the user did, command line, a pattern the error must match, needs)."""
+        d, m, data = self.dir, ["--model", self.model], ["--data-dir", self.data]
+        nowhere = os.path.join(d, "no_such_folder")
+        train = ["train", *data, "--epochs", "1", "--hidden", "4", "--val-size", "10"]
+        return [
+            # a file or folder that is not there
+            ("missing model, evaluate", ["evaluate", *data, "--model", d + "/none.npz"], "no model at", ""),
+            ("missing model, predict", ["predict", self.image, "--model", d + "/none.npz"], "no model at", ""),
+            ("missing model, weights", ["weights", "--model", d + "/none.npz", "--out", d + "/w.png"],
+             "no model at", ""),
+            ("missing model, draw", ["draw", "--model", d + "/none.npz"], "no model at", ""),
+            ("missing model, serve", ["serve", "--model", d + "/none.npz"], "no model at", ""),
+            ("notebook into a missing folder", ["notebook", "--out", nowhere + "/l.ipynb"],
+             "does not exist", ""),
+            ("notebook named like a picture", ["notebook", "--out", d + "/l.png"],
+             r"must end in \.ipynb", ""),
+            ("missing model, pictures", ["pictures", *data, "--model", d + "/none.npz", "--out", d + "/p"],
+             "no model at", ""),
+            ("missing image", ["predict", d + "/none.png", *m], "none.png: no such image file", ""),
+            ("missing folder of images", ["predict", nowhere + "/", *m], "no such folder", ""),
+            # a file that cannot be read, or is not what it should be
+            ("unreadable model", ["evaluate", *data, "--model", self.unreadable], "cannot be read", "not root"),
+            ("damaged model", ["predict", self.image, "--model", self.broken_model], "not a model file", ""),
+            ("text file as model", ["weights", "--model", self.text, "--out", d + "/w.png"],
+             "not a model file", ""),
+            ("only image is broken", ["predict", os.path.join(self.photos, "3_broken.png"), *m],
+             "cannot read image", ""),
+            # a folder where a file is wanted
+            ("folder as model to save", [*train, "--model", self.photos], "is a folder", ""),
+            ("folder as model to read", ["evaluate", *data, "--model", self.photos], "is a folder", ""),
+            ("folder as training plot", [*train, "--model", d + "/new.npz", "--plot", self.photos],
+             "is a folder", ""),
+            ("folder as weights picture", ["weights", *m, "--out", self.photos], "is a folder", ""),
+            ("folder as confusion picture", ["evaluate", *data, *m, "--plot", d], "is a folder", ""),
+            # a file where a folder is wanted
+            ("file as samples folder", ["samples", *data, "--out", self.text], "is a file, not a folder", ""),
+            ("file as pictures folder", ["pictures", *data, *m, "--out", self.text], "is a file, not a folder",
+             ""),
+            ("file as data folder", ["train", "--data-dir", self.text, "--model", d + "/new.npz"],
+             "is a file, not a folder", ""),
+            ("file as the folder of a picture", ["weights", *m, "--out", self.text + "/w.png"],
+             "is a file, not a folder", ""),
+            # an output in a folder that does not exist: refused before any training
+            ("model into a missing folder", [*train, "--model", nowhere + "/m.npz"], "does not exist", ""),
+            ("training plot into a missing folder", [*train, "--model", d + "/new.npz", "--plot",
+                                                     nowhere + "/c.png"], "does not exist", ""),
+            ("history picture into a missing folder", ["evaluate", *data, *m, "--plot-history",
+                                                       nowhere + "/h.png"], "does not exist", ""),
+            ("mistakes picture into a missing folder", ["evaluate", *data, *m, "--errors", nowhere + "/e.png"],
+             "does not exist", ""),
+            ("prediction picture into a missing folder", ["predict", self.image, *m, "--plot",
+                                                          nowhere + "/p.png"], "does not exist", ""),
+            # an output name of the wrong kind, or one that would destroy the user's own file
+            ("model named like a picture", [*train, "--model", d + "/m.png"], r"must end in \.npz", ""),
+            ("picture named like a JPEG", ["weights", *m, "--out", d + "/w.jpg"], r"must end in \.png", ""),
+            ("user's file where the model goes", [*train, "--model", self.not_a_model],
+             "not a model of this program", ""),
+            ("prediction picture over its own image", ["predict", self.image, *m, "--plot", self.image],
+             "would overwrite", ""),
+            # a place nobody may write to, not even root
+            ("model where nothing can be written", [*train, "--model", "/proc/m.npz"], "cannot write", "/proc"),
+            ("samples where nothing can be written", ["samples", *data, "--out", "/proc/forbidden"],
+             "cannot write", "/proc"),
+            ("picture where nothing can be written", ["weights", *m, "--out", "/proc/w.png"], "cannot write",
+             "/proc"),
+            # numbers out of range
+            ("no epochs", [*train, "--epochs", "0"], "epochs.*at least 1", ""),
+            ("negative batch", [*train, "--batch-size", "-5"], "batch-size.*at least 1", ""),
+            ("learning rate not a number", [*train, "--lr", "nan"], "lr.*positive", ""),
+            ("dropout of everything", [*train, "--dropout", "1"], "dropout.*less than 1", ""),
+            ("empty hidden layer", [*train, "--hidden", "64,0"], "at least 1 unit", ""),
+            ("validation as big as the data", [*train, "--model", d + "/new.npz", "--val-size", "60"],
+             "leaves no training images", ""),
+            ("negative seed", ["gradcheck", "--seed", "-1"], "seed.*0 or more", ""),
+        ]
+
+    def test_every_bad_input_is_one_short_error_before_any_work_and_changes_no_file(self):
+        ran = 0
+        for name, argv, pattern, needs in self.rows():
+            with self.subTest(name):
+                if needs == "not root" and os.geteuid() == 0:
+                    continue  # root reads every file, whatever its permissions
+                if needs == "/proc" and not os.path.isdir("/proc/self"):
+                    continue
+                before = folder_snapshot(self.dir)
+                code, out, err = run_cli(*argv)
+                lines = err.strip().splitlines()
+                self.assertEqual(code, 2, (out, err))
+                self.assertNotIn("Traceback", err)
+                self.assertTrue(1 <= len(lines) <= 2, err)
+                self.assertTrue(all(len(line) <= 160 for line in lines), err)
+                self.assertRegex(lines[0], pattern)
+                self.assertNotIn("epoch", out)  # refused before training started
+                self.assertEqual(folder_snapshot(self.dir), before)
+                ran += 1
+        self.assertGreaterEqual(ran, 35)
+
+    def test_a_broken_image_in_a_folder_is_reported_and_the_others_are_still_scored(self):
+        code, out, err = run_cli("predict", self.photos, "--model", self.model)
+        self.assertEqual(code, 2, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual([line.split(":")[0] for line in out.splitlines()[:2]],
+                         [os.path.join(self.photos, "1_a.png"), os.path.join(self.photos, "7_b.png")])
+        self.assertRegex(out.splitlines()[-1], r"^\d of 2 correct")  # the broken 3 is not scored
+        self.assertEqual(len(err.strip().splitlines()), 2, err)
+        self.assertRegex(err, r"cannot read image .*3_broken\.png")
+        self.assertIn("1 of 3 images could not be read", err)
+
+    def test_every_option_that_names_a_file_or_folder_is_checked_before_the_command_runs(self):
+        parser = mnist.build_parser()
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        unchecked = []
+        for command, subparser in commands.choices.items():
+            declared = subparser.get_default("paths") or {}
+            for action in subparser._actions:
+                names_a_path = action.metavar in ("FILE", "FILE.png", "DIR", "IMAGE")
+                if names_a_path and action.dest not in declared:
+                    unchecked.append(f"{command} {action.option_strings or action.dest}")
+                if action.dest in declared:
+                    self.assertIn(declared[action.dest], mnist.PATH_CHECKS)
+        self.assertEqual(unchecked, [])
+
+    def test_batch_larger_than_the_training_set_is_logged_as_one_batch_of_all_images(self):
+        model = os.path.join(self.dir, "batch.npz")
+        self.addCleanup(lambda: os.path.exists(model) and os.unlink(model))
+        code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
+                                 "--hidden", "4", "--val-size", "10", "--batch-size", "1000000")
+        self.assertEqual(code, 0, err)
+        self.assertIn("1 epochs of one batch of all 50 images (--batch-size 1000000 is not smaller)", out)
+
+    def test_finished_run_says_which_model_it_replaced_with_both_accuracies(self):
+        model = os.path.join(self.dir, "replaced.npz")
+        self.addCleanup(os.unlink, model)
+        save_model_claiming(model, 0.9876)
+        code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
+                                 "--hidden", "4", "--val-size", "10")
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"note: {model} holds a model (98.76 % on the test images); this run replaces it", out)
+        new = mnist.load_model(model)[2]["test_accuracy"]
+        self.assertIn(f"saved {model}, replacing a model of 98.76 % on the test images", out)
+        self.assertIn(f"test accuracy {100 * new:.2f} %", out)
+
+    def test_ctrl_c_keeps_a_more_accurate_saved_model_and_saves_the_stopped_run_beside_it(self):
+        model = os.path.join(self.dir, "better.npz")
+        beside = os.path.join(self.dir, "better.interrupted.npz")
+        for path in (model, beside):
+            self.addCleanup(lambda p=path: os.path.exists(p) and os.unlink(p))
+        save_model_claiming(model, 0.9876)
+        with open(model, "rb") as f:
+            before = f.read()
+        train = subprocess.Popen([sys.executable, SCRIPT, "train", "--data-dir", self.data, "--model", model,
+                                  "--epochs", "100000000", "--hidden", "4", "--val-size", "10"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+        try:
+            for line in train.stdout:  # wait until one epoch has finished
+                if line.startswith("epoch"):
+                    break
+            train.send_signal(signal.SIGINT)
+            out, err = train.communicate(timeout=120)
+        finally:
+            if train.poll() is None:
+                train.kill()
+        self.assertEqual(train.returncode, 0, err)
+        with open(model, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertTrue(mnist.load_model(beside)[2]["interrupted"])
+        self.assertRegex(out, rf"kept {model} \(98\.76 % on the test images\): it is better than this "
+                              rf"stopped run; saved this one as {beside}")
 
 
 class TestTheFileAsALesson(unittest.TestCase):
