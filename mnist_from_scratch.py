@@ -826,7 +826,8 @@ def load_model(path):
                 or W.dtype.kind != "f" or b.dtype.kind != "f":
             raise UserError(f"{path}: layer {l + 1} has shape {W.shape}/{b.shape}, but the "
                             f"file says the sizes are {sizes}; the file is damaged")
-    if sizes[0] != 784 or sizes[-1] != 10 or meta.get("activation", "relu") not in ACTIVATIONS:
+    meta.setdefault("activation", "relu")  # the files of the first version did not say
+    if sizes[0] != 784 or sizes[-1] != 10 or meta["activation"] not in ACTIVATIONS:
         raise UserError(f"{path}: not an MNIST model of this program (sizes {sizes})")
     return Ws, bs, meta
 
@@ -2904,7 +2905,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu"):
 
 def health_answer(meta):
     """The answer of GET /health: what model is being served."""
-    return {"status": "ok", "sizes": meta["sizes"], "activation": meta.get("activation", "relu"),
+    return {"status": "ok", "sizes": meta["sizes"], "activation": meta["activation"],
             "test_accuracy": meta.get("test_accuracy")}
 
 
@@ -2920,7 +2921,7 @@ def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    activation = meta.get("activation", "relu")
+    activation = meta["activation"]
     Ws, bs = [np.array(W) for W in Ws], [np.array(b) for b in bs]   # the server's own copies ...
     for array in (*Ws, *bs):
         array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
@@ -3449,7 +3450,7 @@ def command_train(args):
 
 def command_evaluate(args):
     Ws, bs, meta = load_model(args.model)
-    activation = meta.get("activation", "relu")
+    activation = meta["activation"]
     if args.plot_history:
         if not meta.get("history"):
             raise UserError(f"{args.model} holds no training history to draw")
@@ -3490,7 +3491,7 @@ def starting_weights(W1, meta):
     seed = (meta.get("settings") or {}).get("seed")
     if seed is None:
         return None
-    start = init_params(meta["sizes"], meta.get("activation", "relu"), seed)[0][0]
+    start = init_params(meta["sizes"], meta["activation"], seed)[0][0]
     border = np.ones((28, 28), dtype=bool)
     border[1:-1, 1:-1] = False
     trained, initial = W1[border.ravel()].ravel(), start[border.ravel()].ravel()
@@ -3542,7 +3543,7 @@ def command_predict(args):
 
     The exit status is 2 when any image could not be read, 0 otherwise."""
     Ws, bs, meta = load_model(args.model)
-    activation = meta.get("activation", "relu")
+    activation = meta["activation"]
     files = list_images(args.images)
     if not files:
         raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
@@ -3602,7 +3603,7 @@ def command_predict(args):
 
 def command_draw(args):
     Ws, bs, meta = load_model(args.model)
-    activation = meta.get("activation", "relu")
+    activation = meta["activation"]
     run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
                     lambda canvas: image_to_mnist(canvas))  # the same preprocessing as predict
     return 0
@@ -3641,7 +3642,7 @@ def example_photo(size=600):
 def command_pictures(args):
     """Draw the README's pictures from a trained model: one command makes all of them."""
     Ws, bs, meta = load_model(args.model)
-    activation = meta.get("activation", "relu")
+    activation = meta["activation"]
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
     written = []
