@@ -2231,6 +2231,8 @@ class TestServeCommand(unittest.TestCase):
             for options, words in ((["--port", port], f"port {port} is already in use"),
                                    (["--port", "70000"], "must be from 0 to 65535"),
                                    (["--port", "eighty"], "expected a whole number"),
+                                   (["--host", "192.0.2.1", "--port", "0"],      # an address for documentation
+                                    "cannot listen on 192.0.2.1 port 0"),
                                    (["--model", "missing.npz", "--port", "0"], "no model at missing.npz")):
                 status, out, errors = run_cli("serve", "--model", self.model, *options, cwd=self.folder.name)
                 self.assertEqual((status, out), (2, ""), options)
