@@ -2610,7 +2610,7 @@ SERVE_PAGE = r"""<!doctype html>
   .track { flex: 1; height: 16px; background: #ddd; border-radius: 4px; overflow: hidden; }
   .fill { height: 100%; width: 0; background: #888; }
   .bar.best .fill { background: #3366cc; }
-  .bar span { width: 4em; text-align: right; font-variant-numeric: tabular-nums; }
+  .bar span { width: 4.5em; text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 </style>
 </head>
 <body>

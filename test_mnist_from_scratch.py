@@ -2425,6 +2425,13 @@ class TestServingInABrowser(unittest.TestCase):
             layouts[name] = {element: box_of(self.driver, element) for element in
                              ("canvas", "clear", "drop", "result", "bars", "input28", "digit")}
             layouts[name]["page width"] = self.driver.execute_script("return document.documentElement.scrollWidth")
+            # The widest answer, 100.0 % for one digit, still puts every bar on one line.
+            layouts[name]["lines per bar"] = self.driver.execute_script(
+                "show({digit: 3, probabilities: [0, 0, 0, 1, 0, 0, 0, 0, 0, 0], input28: null});"
+                "return [...document.querySelectorAll('.bar')].map(bar => Math.max(...["
+                "  ...bar.querySelectorAll('b, span')].map(label => {"
+                "    const text = document.createRange(); text.selectNodeContents(label);"
+                "    return new Set([...text.getClientRects()].map(line => Math.round(line.top))).size; })))")
             screenshot = os.path.join(os.environ.get("SERVE_SCREENSHOTS", self.folder.name), f"{name}.png")
             self.assertTrue(self.driver.save_screenshot(screenshot))
             self.assertEqual(png_size(screenshot), (width, height))
@@ -2440,6 +2447,7 @@ class TestServingInABrowser(unittest.TestCase):
                 self.assertGreaterEqual(box[element]["height"], 40, (name, element))
                 self.assertGreaterEqual(box[element]["top"], box["canvas"]["bottom"], (name, element))
             self.assertGreaterEqual(box["input28"]["width"], 56, name)     # 28x28 shown at least 2x
+            self.assertEqual(box["lines per bar"], [1] * 10, name)
         # On a desktop the answer stands beside the canvas, on a phone below it.
         self.assertGreaterEqual(layouts["desktop"]["result"]["left"], layouts["desktop"]["canvas"]["right"])
         self.assertEqual(layouts["desktop"]["result"]["top"], layouts["desktop"]["canvas"]["top"])
