@@ -2599,7 +2599,7 @@ def serve_screenshot(model_path, out="docs/serve.png"):
         driver = start_chromium(os.path.join(folder, "profile"))
         try:
             driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                   {"width": 760, "height": 500, "deviceScaleFactor": 1, "mobile": False})
+                                   {"width": 800, "height": 510, "deviceScaleFactor": 1, "mobile": False})
             driver.get(url + "/")
             draw_on_page(driver, [densify(THREE[0], 6)])
             if not wait_for(lambda: page_is_settled(driver), 60):
