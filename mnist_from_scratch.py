@@ -2723,7 +2723,7 @@ SERVE_PAGE = r"""<!doctype html>
   .track { flex: 1; height: 16px; background: #ddd; border-radius: 4px; overflow: hidden; }
   .fill { height: 100%; width: 0; background: #888; }
   .bar.best .fill { background: #3366cc; }
-  .bar span { width: 4em; text-align: right; font-variant-numeric: tabular-nums; }
+  .bar span { width: 4.5em; text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 </style>
 </head>
 <body>
@@ -2752,7 +2752,10 @@ const canvas = document.getElementById("canvas"), pen = canvas.getContext("2d");
 const input28 = document.getElementById("input28").getContext("2d");
 const SIZE = canvas.width;          // 280, the canvas of the draw window
 const PEN_RADIUS = 14;              // its pen: strokes about 2 px wide once the digit is 20 px tall
-const MS_BETWEEN_QUESTIONS = 100;   // at most 10 questions a second while drawing, and never two at once
+// While drawing, the canvas is sent at most 10 times a second (the draw window updates 20 times,
+// without a trip over the network: 10 still looks live) and never twice at once, so a slow or
+// busy server gets the next question only when it has answered the last one.
+const MS_BETWEEN_QUESTIONS = 100;
 let last = null, changed = false, waiting = false, lastAsked = 0, timer = null, drawing = 0;
 
 const bars = [];

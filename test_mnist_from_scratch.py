@@ -2722,6 +2722,8 @@ class TestServeCommand(unittest.TestCase):
             for options, words in ((["--port", port], f"port {port} is already in use"),
                                    (["--port", "70000"], "must be from 0 to 65535"),
                                    (["--port", "eighty"], "expected a whole number"),
+                                   (["--host", "192.0.2.1", "--port", "0"],      # an address for documentation
+                                    "cannot listen on 192.0.2.1 port 0"),
                                    (["--model", "missing.npz", "--port", "0"], "no model at missing.npz")):
                 status, out, errors = run_cli("serve", "--model", self.model, *options, cwd=self.folder.name)
                 self.assertEqual((status, out), (2, ""), options)
@@ -2914,6 +2916,13 @@ class TestServingInABrowser(unittest.TestCase):
             layouts[name] = {element: box_of(self.driver, element) for element in
                              ("canvas", "clear", "drop", "result", "bars", "input28", "digit")}
             layouts[name]["page width"] = self.driver.execute_script("return document.documentElement.scrollWidth")
+            # The widest answer, 100.0 % for one digit, still puts every bar on one line.
+            layouts[name]["lines per bar"] = self.driver.execute_script(
+                "show({digit: 3, probabilities: [0, 0, 0, 1, 0, 0, 0, 0, 0, 0], input28: null});"
+                "return [...document.querySelectorAll('.bar')].map(bar => Math.max(...["
+                "  ...bar.querySelectorAll('b, span')].map(label => {"
+                "    const text = document.createRange(); text.selectNodeContents(label);"
+                "    return new Set([...text.getClientRects()].map(line => Math.round(line.top))).size; })))")
             screenshot = os.path.join(os.environ.get("SERVE_SCREENSHOTS", self.folder.name), f"{name}.png")
             self.assertTrue(self.driver.save_screenshot(screenshot))
             self.assertEqual(png_size(screenshot), (width, height))
@@ -2929,6 +2938,7 @@ class TestServingInABrowser(unittest.TestCase):
                 self.assertGreaterEqual(box[element]["height"], 40, (name, element))
                 self.assertGreaterEqual(box[element]["top"], box["canvas"]["bottom"], (name, element))
             self.assertGreaterEqual(box["input28"]["width"], 56, name)     # 28x28 shown at least 2x
+            self.assertEqual(box["lines per bar"], [1] * 10, name)
         # On a desktop the answer stands beside the canvas, on a phone below it.
         self.assertGreaterEqual(layouts["desktop"]["result"]["left"], layouts["desktop"]["canvas"]["right"])
         self.assertEqual(layouts["desktop"]["result"]["top"], layouts["desktop"]["canvas"]["top"])
@@ -3080,7 +3090,7 @@ def serve_screenshot(model_path, out="docs/serve.png"):
         driver = start_chromium(os.path.join(folder, "profile"))
         try:
             driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                   {"width": 760, "height": 500, "deviceScaleFactor": 1, "mobile": False})
+                                   {"width": 800, "height": 510, "deviceScaleFactor": 1, "mobile": False})
             driver.get(url + "/")
             draw_on_page(driver, [densify(THREE[0], 6)])
             if not wait_for(lambda: page_is_settled(driver), 60):
