@@ -2737,6 +2737,13 @@ PATH_CHECKS = {  # how a command uses a path -> the check run on it before the c
 }
 
 
+def os_error_text(error):
+    """'samples/3.png: Is a directory': the file the user named (for a failed rename of a
+    temporary file, the rename's target) and the system's reason."""
+    where = error.filename2 or error.filename
+    return f"{where}: {error.strerror}" if where and error.strerror else str(error)
+
+
 def check_declared_paths(args):
     """Run the check of every path option the command declared (see build_parser)."""
     for dest, kind in getattr(args, "paths", {}).items():
@@ -2917,13 +2924,24 @@ def command_weights(args):
 
 
 def command_samples(args):
+    """save_sample_digits, one file at a time: a file that cannot be written is reported and
+    the others are still written; the exit status is 2 at the end if any failed."""
     _, _, X_test, y_test = load_mnist(args.data_dir)
     if y_test is None:
         raise UserError("the test images have no labels; use the IDX files")
-    paths = save_sample_digits(X_test, y_test, args.out)
-    print(f"wrote {len(paths)} test digits to {args.out}/ (one per digit, named for it); try:\n"
+    os.makedirs(args.out, exist_ok=True)  # checked before: see check_folder_to_write
+    written, failed = [], 0
+    for digit in range(10):
+        try:
+            written += save_sample_digits(X_test[y_test == digit][:1], [digit], args.out)
+        except (OSError, ValueError) as e:  # e.g. a folder named 3.png in the way
+            print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+            failed += 1
+    print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); try:\n"
           f"  python mnist_from_scratch.py predict {args.out}")
-    return 0
+    if failed:
+        print(f"error: {failed} of 10 digits could not be written (see above)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def list_images(paths):
@@ -3258,8 +3276,7 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:  # what no check could foresee: a full disk, a file removed meanwhile
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
 
 

@@ -749,6 +749,18 @@ class TestCarelessUse(unittest.TestCase):
         self.assertRegex(err, r"cannot read image .*3_broken\.png")
         self.assertIn("1 of 3 images could not be read", err)
 
+    def test_a_sample_that_cannot_be_written_is_reported_and_the_others_are_still_written(self):
+        out = os.path.join(self.dir, "samples")
+        self.addCleanup(shutil.rmtree, out)
+        os.makedirs(os.path.join(out, "3.png"))  # a folder where one picture should go
+        code, stdout, err = run_cli("samples", "--data-dir", self.data, "--out", out)
+        self.assertEqual(code, 2, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(err.strip().splitlines(), [f"error: {os.path.join(out, '3.png')}: Is a directory",
+                                                    "error: 1 of 10 digits could not be written (see above)"])
+        self.assertIn("wrote 9 test digits", stdout)
+        self.assertEqual(sorted(os.listdir(out)), [f"{digit}.png" for digit in range(10)])  # no temporary file
+
     def test_every_option_that_names_a_file_or_folder_is_checked_before_the_command_runs(self):
         parser = mnist.build_parser()
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
