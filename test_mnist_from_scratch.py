@@ -1707,6 +1707,32 @@ class PicturesTest(unittest.TestCase):
         path = plot_prediction(gray, fake_digits(1)[0], np.full(10, 0.1), self.path("p.png"), steps=steps)
         self.assertEqual(png_size(path), (800, 360 + 200))
 
+    def test_an_empty_step_panel_says_nothing_was_found_instead_of_a_black_square(self):
+        gray = np.full((300, 400), 0.9)
+        steps = {"gray": gray, "lines": np.zeros((300, 400), bool), "ink": gray < 0.95}
+        figures = []
+        with mock.patch.object(mnist, "_save_figure", lambda figure, path: figures.append(figure) or path):
+            plot_prediction(gray, fake_digits(1)[0], np.full(10, 0.1), self.path("p.png"), steps=steps)
+        texts = [t.get_text() for figure in figures for t in figure.findobj(lambda o: hasattr(o, "get_text"))]
+        self.assertEqual([t for t in texts if t.endswith("found")], ["no lines found"])
+
+    def test_smoothness_is_near_0_for_noise_and_near_1_for_a_blob(self):
+        noise = np.random.default_rng(0).standard_normal((50, 28, 28))
+        rows, cols = np.mgrid[0:28, 0:28]
+        blob = np.exp(-((rows - 14) ** 2 + (cols - 12) ** 2) / 30.0)[None]
+        self.assertLess(np.abs(mnist.smoothness(noise)).max(), 0.15)
+        self.assertGreater(mnist.smoothness(blob)[0], 0.9)
+
+    def test_weights_picture_subtracts_the_random_start_only_when_it_is_rebuilt_exactly(self):
+        sizes, seed = [784, 20, 10], 7
+        start = mnist.init_params(sizes, "relu", seed)[0][0]
+        trained = 0.9 * start                                   # weight decay shrinks every weight ...
+        trained.reshape(28, 28, 20)[5:20, 5:20] += 0.3          # ... training moves the inner pixels
+        meta = {"sizes": sizes, "activation": "relu", "settings": {"seed": seed}}
+        np.testing.assert_array_equal(mnist.starting_weights(trained, meta), start)
+        self.assertIsNone(mnist.starting_weights(trained, dict(meta, settings={"seed": seed + 1})))
+        self.assertIsNone(mnist.starting_weights(trained, dict(meta, settings={})))
+
     def test_prediction_without_a_digit_is_still_an_800_by_360_png(self):
         path = plot_prediction(np.full((200, 300), 240, np.uint8), None, None, self.path("empty.png"))
         self.assertEqual(png_size(path), (800, 360))
