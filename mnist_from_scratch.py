@@ -2081,8 +2081,8 @@ def smoothness(tiles):
     """For each (28, 28) tile: how alike neighbouring pixels are, from about 0 (salt-and-pepper
     noise, like a random start) to near 1 (smooth strokes and blobs).
 
-    The sum of w_p w_q over all pairs of side-by-side pixels p, q, divided by the sum of w_p²,
-    after the tile's mean is taken out: a correlation between each pixel and its neighbour.
+    With the tile's mean taken out: (Σ w_p w_q over all pairs p, q of pixels next to each other,
+    across and down) / (2 Σ w_p²), the correlation of a pixel with its neighbour. tiles: (n, 28, 28).
     """
     tiles = tiles - tiles.mean(axis=(1, 2), keepdims=True)
     pairs = (tiles[:, :, 1:] * tiles[:, :, :-1]).sum(axis=(1, 2)) \
@@ -2100,8 +2100,8 @@ def plot_weights(W1, path, max_tiles=100, show=False, start=None):
     white is exactly 0 in every tile and faint units are still visible.
 
     start: the same layer's random starting weights, when known; then W1 - start is drawn, what
-    training added. In a wide layer the random start is as large as what is learned (measured on the
-    default 784-512-256-10 after 15 epochs: |W1 - start| is half of |W1|, unit by unit), and its
+    training added. In a wide layer the random start is larger than what is learned (measured on the
+    default 784-512-256-10 after 15 epochs: |W1 - start| is half of |start|, unit by unit), and its
     salt-and-pepper noise hides the learned strokes when W1 is drawn as it is.
     Of more than max_tiles units, the max_tiles smoothest (see smoothness) are drawn, smoothest first:
     units that learned little (or never fire) stay close to noise and say nothing.
@@ -2629,8 +2629,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def flag_name(dest):
-    """The option as the user typed it: 'plot_history' -> '--plot-history', 'images' -> 'IMAGE'."""
-    return "IMAGE" if dest == "images" else "--" + dest.replace("_", "-")
+    """The option as the user types it: 'plot_history' -> '--plot-history'."""
+    return "--" + dest.replace("_", "-")
 
 
 def check_folder_can_be_written(folder, flag, path):
@@ -2853,8 +2853,10 @@ def command_train(args):
         print(f"test accuracy {100 * result['accuracy']:.2f} % (loss {result['loss']:.4f}) "
               f"on {result['n']} images")
     if target != args.model:
-        print(f"kept {args.model} ({saved_accuracy(previous) or 'no accuracy saved'}): it is "
-              f"better than this stopped run; saved this one as {target}")
+        why = ("it is better than this stopped run" if same_measure(meta, previous) else
+               "its accuracy cannot be compared with this stopped run's")
+        print(f"kept {args.model} ({saved_accuracy(previous) or 'no accuracy saved'}): {why}; "
+              f"saved this one as {target}")
     else:
         replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
                     if previous is not None else "")
