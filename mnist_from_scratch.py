@@ -3134,14 +3134,16 @@ def build_parser():
         p.add_argument("--show", action="store_true",
                        help="also open the pictures in a window (when there is a display)")
 
-    def model_flag(p):
+    def model_flag(p, more=""):
         p.add_argument("--model", default=MODEL_PATH, metavar="FILE",
-                       help=f"model file (default: {MODEL_PATH})")
+                       help=f"model file (default: {MODEL_PATH}){more}")
 
     p = add("train", "train a network on MNIST, report test accuracy and save it")
     parser.train_parser = p
     data_flag(p)
-    model_flag(p)
+    model_flag(p, "; a model already there is replaced when training ends, and after Ctrl-C only "
+                  "by a run at least as accurate (else saved beside it, model.npz as "
+                  "model.interrupted.npz)")
     p.add_argument("--epochs", type=positive_int, default=EPOCHS,
                    help=f"passes over the training images (default: {EPOCHS})")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
