@@ -2167,8 +2167,8 @@ def smoothness(tiles):
     """For each (28, 28) tile: how alike neighbouring pixels are, from about 0 (salt-and-pepper
     noise, like a random start) to near 1 (smooth strokes and blobs).
 
-    The sum of w_p w_q over all pairs of side-by-side pixels p, q, divided by the sum of w_p²,
-    after the tile's mean is taken out: a correlation between each pixel and its neighbour.
+    With the tile's mean taken out: (Σ w_p w_q over all pairs p, q of pixels next to each other,
+    across and down) / (2 Σ w_p²), the correlation of a pixel with its neighbour. tiles: (n, 28, 28).
     """
     tiles = tiles - tiles.mean(axis=(1, 2), keepdims=True)
     pairs = (tiles[:, :, 1:] * tiles[:, :, :-1]).sum(axis=(1, 2)) \
@@ -2186,8 +2186,8 @@ def plot_weights(W1, path, max_tiles=100, show=False, start=None):
     white is exactly 0 in every tile and faint units are still visible.
 
     start: the same layer's random starting weights, when known; then W1 - start is drawn, what
-    training added. In a wide layer the random start is as large as what is learned (measured on the
-    default 784-512-256-10 after 15 epochs: |W1 - start| is half of |W1|, unit by unit), and its
+    training added. In a wide layer the random start is larger than what is learned (measured on the
+    default 784-512-256-10 after 15 epochs: |W1 - start| is half of |start|, unit by unit), and its
     salt-and-pepper noise hides the learned strokes when W1 is drawn as it is.
     Of more than max_tiles units, the max_tiles smoothest (see smoothness) are drawn, smoothest first:
     units that learned little (or never fire) stay close to noise and say nothing.
@@ -3222,8 +3222,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def flag_name(dest):
-    """The option as the user typed it: 'plot_history' -> '--plot-history', 'images' -> 'IMAGE'."""
-    return "IMAGE" if dest == "images" else "--" + dest.replace("_", "-")
+    """The option as the user types it: 'plot_history' -> '--plot-history'."""
+    return "--" + dest.replace("_", "-")
 
 
 def check_folder_can_be_written(folder, flag, path):
@@ -3329,6 +3329,13 @@ PATH_CHECKS = {  # how a command uses a path -> the check run on it before the c
     "images to read": check_images_to_read,
     "data folder": check_data_folder,
 }
+
+
+def os_error_text(error):
+    """'samples/3.png: Is a directory': the file the user named (for a failed rename of a
+    temporary file, the rename's target) and the system's reason."""
+    where = error.filename2 or error.filename
+    return f"{where}: {error.strerror}" if where and error.strerror else str(error)
 
 
 def check_declared_paths(args):
@@ -3440,8 +3447,10 @@ def command_train(args):
         print(f"test accuracy {100 * result['accuracy']:.2f} % (loss {result['loss']:.4f}) "
               f"on {result['n']} images")
     if target != args.model:
-        print(f"kept {args.model} ({saved_accuracy(previous) or 'no accuracy saved'}): it is "
-              f"better than this stopped run; saved this one as {target}")
+        why = ("it is better than this stopped run" if same_measure(meta, previous) else
+               "its accuracy cannot be compared with this stopped run's")
+        print(f"kept {args.model} ({saved_accuracy(previous) or 'no accuracy saved'}): {why}; "
+              f"saved this one as {target}")
     else:
         replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
                     if previous is not None else "")
@@ -3511,13 +3520,24 @@ def command_weights(args):
 
 
 def command_samples(args):
+    """save_sample_digits, one file at a time: a file that cannot be written is reported and
+    the others are still written; the exit status is 2 at the end if any failed."""
     _, _, X_test, y_test = load_mnist(args.data_dir)
     if y_test is None:
         raise UserError("the test images have no labels; use the IDX files")
-    paths = save_sample_digits(X_test, y_test, args.out)
-    print(f"wrote {len(paths)} test digits to {args.out}/ (one per digit, named for it); try:\n"
+    os.makedirs(args.out, exist_ok=True)  # checked before: see check_folder_to_write
+    written, failed = [], 0
+    for digit in range(10):
+        try:
+            written += save_sample_digits(X_test[y_test == digit][:1], [digit], args.out)
+        except (OSError, ValueError) as e:  # e.g. a folder named 3.png in the way
+            print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+            failed += 1
+    print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); try:\n"
           f"  python mnist_from_scratch.py predict {args.out}")
-    return 0
+    if failed:
+        print(f"error: {failed} of 10 digits could not be written (see above)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def list_images(paths):
@@ -3730,14 +3750,16 @@ def build_parser():
         p.add_argument("--show", action="store_true",
                        help="also open the pictures in a window (when there is a display)")
 
-    def model_flag(p):
+    def model_flag(p, more=""):
         p.add_argument("--model", default=MODEL_PATH, metavar="FILE",
-                       help=f"model file (default: {MODEL_PATH})")
+                       help=f"model file (default: {MODEL_PATH}){more}")
 
     p = add("train", "train a network on MNIST, report test accuracy and save it")
     parser.train_parser = p
     data_flag(p)
-    model_flag(p)
+    model_flag(p, "; a model already there is replaced when training ends, and after Ctrl-C only "
+                  "by a run at least as accurate (else saved beside it, model.npz as "
+                  "model.interrupted.npz)")
     D = TRAIN_DEFAULTS  # argparse fills in %(default)s in each help text
     p.add_argument("--epochs", type=positive_int, default=D["epochs"],
                    help="passes over the training images (default: %(default)s)")
@@ -3895,8 +3917,7 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:  # what no check could foresee: a full disk, a file removed meanwhile
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
 
 

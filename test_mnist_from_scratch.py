@@ -798,6 +798,18 @@ class TestCarelessUse(unittest.TestCase):
         self.assertRegex(err, r"cannot read image .*3_broken\.png")
         self.assertIn("1 of 3 images could not be read", err)
 
+    def test_a_sample_that_cannot_be_written_is_reported_and_the_others_are_still_written(self):
+        out = os.path.join(self.dir, "samples")
+        self.addCleanup(shutil.rmtree, out)
+        os.makedirs(os.path.join(out, "3.png"))  # a folder where one picture should go
+        code, stdout, err = run_cli("samples", "--data-dir", self.data, "--out", out)
+        self.assertEqual(code, 2, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(err.strip().splitlines(), [f"error: {os.path.join(out, '3.png')}: Is a directory",
+                                                    "error: 1 of 10 digits could not be written (see above)"])
+        self.assertIn("wrote 9 test digits", stdout)
+        self.assertEqual(sorted(os.listdir(out)), [f"{digit}.png" for digit in range(10)])  # no temporary file
+
     def test_every_option_that_names_a_file_or_folder_is_checked_before_the_command_runs(self):
         parser = mnist.build_parser()
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -1946,6 +1958,32 @@ class PicturesTest(unittest.TestCase):
         steps = {"gray": gray, "ink mask": gray < 0.5, "28x28 input": fake_digits(1)[0]}
         path = plot_prediction(gray, fake_digits(1)[0], np.full(10, 0.1), self.path("p.png"), steps=steps)
         self.assertEqual(picture_problems(path, (800, 360 + 200)), [])
+
+    def test_an_empty_step_panel_says_nothing_was_found_instead_of_a_black_square(self):
+        gray = np.full((300, 400), 0.9)
+        steps = {"gray": gray, "lines": np.zeros((300, 400), bool), "ink": gray < 0.95}
+        figures = []
+        with mock.patch.object(mnist, "_save_figure", lambda figure, path: figures.append(figure) or path):
+            plot_prediction(gray, fake_digits(1)[0], np.full(10, 0.1), self.path("p.png"), steps=steps)
+        texts = [t.get_text() for figure in figures for t in figure.findobj(lambda o: hasattr(o, "get_text"))]
+        self.assertEqual([t for t in texts if t.endswith("found")], ["no lines found"])
+
+    def test_smoothness_is_near_0_for_noise_and_near_1_for_a_blob(self):
+        noise = np.random.default_rng(0).standard_normal((50, 28, 28))
+        rows, cols = np.mgrid[0:28, 0:28]
+        blob = np.exp(-((rows - 14) ** 2 + (cols - 12) ** 2) / 30.0)[None]
+        self.assertLess(np.abs(mnist.smoothness(noise)).max(), 0.15)
+        self.assertGreater(mnist.smoothness(blob)[0], 0.9)
+
+    def test_weights_picture_subtracts_the_random_start_only_when_it_is_rebuilt_exactly(self):
+        sizes, seed = [784, 20, 10], 7
+        start = mnist.init_params(sizes, "relu", seed)[0][0]
+        trained = 0.9 * start                                   # weight decay shrinks every weight ...
+        trained.reshape(28, 28, 20)[5:20, 5:20] += 0.3          # ... training moves the inner pixels
+        meta = {"sizes": sizes, "activation": "relu", "settings": {"seed": seed}}
+        np.testing.assert_array_equal(mnist.starting_weights(trained, meta), start)
+        self.assertIsNone(mnist.starting_weights(trained, dict(meta, settings={"seed": seed + 1})))
+        self.assertIsNone(mnist.starting_weights(trained, dict(meta, settings={})))
 
     def test_prediction_without_a_digit_is_still_an_800_by_360_png(self):
         path = plot_prediction(np.full((200, 300), 240, np.uint8), None, None, self.path("empty.png"))
