@@ -2022,6 +2022,15 @@ class TestFashionMNIST(unittest.TestCase):
                                                 "download --dataset fashion"):
             mnist.load_mnist(folder, download=False, dataset="fashion")
 
+    def test_fashion_kaggle_csv_files_load_with_dataset_fashion(self):
+        folder = self.folder("csv")
+        header = "label," + ",".join(f"pixel{i}" for i in range(1, 785))
+        for name, label in (("fashion-mnist_train.csv", 8), ("fashion-mnist_test.csv", 1)):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(header + "\n" + f"{label}," + ",".join(["255"] * 784) + "\n")
+        X_train, y_train, X_test, y_test = mnist.load_mnist(folder, download=False, dataset="fashion")
+        self.assertEqual((X_train.shape, y_train.tolist(), y_test.tolist()), ((1, 784), [8], [1]))
+
     @needs_fashion
     def test_download_accepts_a_recompressed_copy_by_its_decompressed_checksum(self):
         # The copies in data/fashion may be compressed again (other .gz bytes than the published
