@@ -115,6 +115,43 @@ MNIST_MIRRORS = [
     "http://yann.lecun.com/exdb/mnist/",
 ]
 
+# Fashion-MNIST (Xiao, Rasul, Vollgraf, 2017, arXiv:1708.07747) is a drop-in replacement: four
+# files with the same names, format and sizes, showing clothes instead of digits. Its checksums
+# have the same roles as MNIST's. Some copies (Debian's package, for one) are compressed again,
+# so their .gz bytes differ while the images inside are the same: the SHA-256 of the
+# decompressed bytes is the one that decides.
+FASHION_FILES = {  # name -> SHA-256 of the decompressed IDX bytes
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_GZ_SHA256 = {  # SHA-256 of the .gz files as the project publishes them
+    "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+FASHION_MIRRORS = [
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+]
+
+# Every data set the program knows, by the name `--dataset` takes. `folder` is where it is
+# downloaded to and looked for (unless --data-dir says otherwise), `csv` the file pairs that may
+# stand in for the IDX files, `classes` what the ten labels mean.
+DATASETS = {
+    "mnist": dict(title="MNIST", folder="data", files=MNIST_FILES, gz_sha256=MNIST_GZ_SHA256,
+                  mirrors=MNIST_MIRRORS, csv=[("mnist_train.csv", "mnist_test.csv"),
+                                              ("train.csv", "test.csv")],
+                  classes=[str(digit) for digit in range(10)]),
+    "fashion": dict(title="Fashion-MNIST", folder=os.path.join("data", "fashion"),
+                    files=FASHION_FILES, gz_sha256=FASHION_GZ_SHA256, mirrors=FASHION_MIRRORS,
+                    csv=[("fashion-mnist_train.csv", "fashion-mnist_test.csv")],
+                    classes=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                             "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+}
+
 
 def parse_idx(raw, name="IDX data"):
     """Turn the bytes of an IDX file into a NumPy array of the shape its header gives."""
@@ -203,16 +240,19 @@ def write_atomically(path, write):
         raise
 
 
-def download_mnist(data_dir, mirrors=MNIST_MIRRORS, timeout=10, deadline_seconds=30):
-    """Fetch the four IDX .gz files into data_dir, trying each mirror in turn.
+def download_mnist(data_dir, mirrors=None, timeout=10, deadline_seconds=30, dataset="mnist"):
+    """Fetch the four IDX .gz files of a data set (a key of DATASETS) into data_dir, trying
+    each of its mirrors in turn.
 
     Every file is checked against its SHA-256 and written atomically (to a temporary file,
     renamed when complete), so an interrupted download never leaves half a file behind.
     """
     import urllib.request
+    spec = DATASETS[dataset]
+    mirrors = spec["mirrors"] if mirrors is None else mirrors
     os.makedirs(data_dir, exist_ok=True)
     start = time.monotonic()
-    for name, sha in MNIST_GZ_SHA256.items():
+    for name, sha in spec["gz_sha256"].items():
         target = os.path.join(data_dir, name + ".gz")
         if os.path.exists(target):
             continue
@@ -239,7 +279,8 @@ def download_mnist(data_dir, mirrors=MNIST_MIRRORS, timeout=10, deadline_seconds
             except Exception as e:  # no network, DNS failure, HTTP error, time-out ...
                 errors.append(f"{url}: {e}")
                 continue
-            if hashlib.sha256(data).hexdigest() != sha:
+            # The .gz as published, or the same images compressed again (a different .gz).
+            if hashlib.sha256(data).hexdigest() != sha and not gzip_holds(data, spec["files"][name]):
                 errors.append(f"{url}: checksum does not match")
                 continue
             write_atomically(target, lambda f: f.write(data))
@@ -248,8 +289,16 @@ def download_mnist(data_dir, mirrors=MNIST_MIRRORS, timeout=10, deadline_seconds
             why = errors[-1].split(": ", 1)[-1][:80] if errors else "time limit reached"
             raise UserError(
                 f"could not download {name}.gz: no mirror answered (last: {why})\n"
-                f"copy MNIST's four .gz files into {data_dir}/ by hand (see the README), "
+                f"copy {spec['title']}'s four .gz files into {data_dir}/ by hand (see the README), "
                 f"or point --data-dir at a folder that has them")
+
+
+def gzip_holds(data, sha256):
+    """True when the bytes `data` are a gzip file whose decompressed bytes have this SHA-256."""
+    try:
+        return hashlib.sha256(gzip.decompress(data)).hexdigest() == sha256
+    except (OSError, EOFError):  # not gzip at all, or cut off
+        return False
 
 
 def find_file(data_dir, names):
@@ -270,7 +319,7 @@ def to_unit_float(pixels):
     return np.multiply(pixels, np.float32(1 / 255), dtype=np.float32)
 
 
-def load_mnist(data_dir="data", download=True):
+def load_mnist(data_dir="data", download=True, dataset="mnist"):
     """Return X_train (60000, 784), y_train, X_test (10000, 784), y_test; X float32 in [0, 1].
 
     Looks in data_dir, in this order, for
@@ -279,17 +328,20 @@ def load_mnist(data_dir="data", download=True):
          train.csv + test.csv (a header; test.csv has no labels, so y_test is None);
       3. nothing: it downloads the IDX files (unless download=False).
     IDX files are checked against the SHA-256 of the real MNIST, so a damaged copy is caught.
+    dataset="fashion" loads Fashion-MNIST the same way (see DATASETS for its file names).
     """
-    stems = list(MNIST_FILES)
+    spec = DATASETS[dataset]
+    stems = list(spec["files"])
 
     def idx_paths():  # the names MNIST's files go by, compressed or not
         return [find_file(data_dir, [s + ".gz", s, s.replace("-idx", ".idx")]) for s in stems]
 
     paths = idx_paths()
     if not all(paths):
-        csv = (find_file(data_dir, ["mnist_train.csv"]), find_file(data_dir, ["mnist_test.csv"]))
-        if not all(csv):
-            csv = (find_file(data_dir, ["train.csv"]), find_file(data_dir, ["test.csv"]))
+        for train_csv, test_csv in spec["csv"]:
+            csv = (find_file(data_dir, [train_csv]), find_file(data_dir, [test_csv]))
+            if all(csv):
+                break
         if all(csv):
             X_train, y_train = load_csv(csv[0])
             X_test, y_test = load_csv(csv[1])
@@ -298,19 +350,42 @@ def load_mnist(data_dir="data", download=True):
             return (to_unit_float(X_train), y_train.astype(np.int64), to_unit_float(X_test),
                     None if y_test is None else y_test.astype(np.int64))
         if not download:
-            raise UserError(f"MNIST not found in {data_dir}/: run `download`, or use --data-dir")
-        download_mnist(data_dir)  # fetches only the files that are missing
+            raise UserError(f"{spec['title']} not found in {data_dir}/: run "
+                            f"`download{dataset_option(dataset)}`, or use --data-dir")
+        download_mnist(data_dir, dataset=dataset)  # fetches only the files that are missing
         paths = idx_paths()
     arrays = []
     for stem, path in zip(stems, paths):
         raw = read_bytes(path)
-        if hashlib.sha256(raw).hexdigest() != MNIST_FILES[stem]:
-            raise ValueError(f"{path}: not the real MNIST {stem} (checksum differs); "
-                             f"delete it and run `download` again")
+        if hashlib.sha256(raw).hexdigest() != spec["files"][stem]:
+            raise ValueError(not_the_expected_file(path, raw, stem, dataset, data_dir))
         arrays.append(parse_idx(raw, path))
     X_train, y_train = images_and_labels(arrays[0], arrays[1], paths[0])
     X_test, y_test = images_and_labels(arrays[2], arrays[3], paths[2])
     return X_train, y_train, X_test, y_test
+
+
+def dataset_option(dataset):
+    """The words to add to a command for this data set: "" for MNIST, " --dataset fashion"."""
+    return "" if dataset == "mnist" else f" --dataset {dataset}"
+
+
+def not_the_expected_file(path, raw, stem, dataset, data_dir):
+    """Why the file at path (its bytes: raw) is not the expected file `stem` of `dataset`, in
+    one line: another data set's file says which option loads it; anything else is damaged."""
+    digest = hashlib.sha256(raw).hexdigest()
+    expected = DATASETS[dataset]["title"]
+    for other, spec in DATASETS.items():
+        for other_stem, sha in spec["files"].items():
+            if digest != sha:
+                continue
+            if other == dataset:  # the right data set, under another file's name
+                return (f"{path}: holds {expected}'s {other_stem}, not its {stem}; give the "
+                        f"four files their own names")
+            return (f"{path}: these are {spec['title']}'s files, not {expected}'s; use "
+                    f"--dataset {other} --data-dir {data_dir}")
+    return (f"{path}: not the real {expected} {stem} (checksum differs); delete it and run "
+            f"`download{dataset_option(dataset)}` again")
 
 
 def images_and_labels(images, labels, name):
@@ -1950,6 +2025,80 @@ def digit_from_filename(name):
     return None
 
 
+# Fashion-MNIST's images were made another way (Xiao, Rasul, Vollgraf, 2017, arXiv:1708.07747,
+# section 2), from product photos of clothes on a light background:
+#   1. trim the edges close to the colour of the corner pixels (within 5 % of the largest
+#      intensity): what is left is the product, touching the frame on all four sides;
+#   2. resize so that the LONGER edge is 28 pixels (not 20, and no centring by mass);
+#   3. sharpen with a Gaussian of radius and standard deviation 1.0;
+#   4. extend the shorter edge to 28 pixels, the product in the middle;
+#   5. negate, so the product is light on black, and keep 8-bit grayscale.
+# A network trained on them expects exactly that, so `image_to_fashion` repeats the steps for a
+# photo of a garment, a shoe or a bag. Two small differences, both for photos that were not taken
+# in a studio: the resizing averages the pixels (resize_area) instead of skipping rows and
+# columns, which would keep JPEG noise, and the negation is counted from the background's own
+# gray, so a light gray background becomes 0 as Fashion-MNIST's white one did.
+
+FASHION_TRIM_TOLERANCE = 0.05   # the paper's "within 5 % of the maximum possible intensity"
+FASHION_SHARPEN_SIGMA = 1.0     # the paper's Gaussian: radius and standard deviation 1.0
+
+
+def sharpen(image, sigma=FASHION_SHARPEN_SIGMA):
+    """Unsharp masking: S = I + (I - G I G), the image plus its difference from a Gaussian blur
+    of standard deviation sigma, clipped to [0, 1]. Outlines, where I and its blur differ most,
+    get stronger; flat areas stay as they are. Outside the frame counts as 0 (black)."""
+    G_rows, G_cols = gaussian_matrix(image.shape[0], sigma), gaussian_matrix(image.shape[1], sigma)
+    blurred = G_rows @ image @ G_cols        # (h, h) @ (h, w) @ (w, w) -> (h, w); G is symmetric
+    return np.clip(2 * image - blurred, 0.0, 1.0).astype(np.float32)
+
+
+def image_to_fashion(gray, alpha=None):
+    """Turn a photo of one product (from read_image) into a Fashion-MNIST-like (28, 28) input.
+
+    Returns (x28, steps) like image_to_mnist: x28 is None when nothing stands out from the
+    background; steps holds 'gray', 'cropped' (the trimmed product, light on black) and 'x28',
+    or 'reason' when x28 is None. A transparent background is taken as white.
+    """
+    steps = {}
+    if alpha is not None:
+        gray = (alpha * gray + (1.0 - alpha)).astype(np.float32)
+    steps["gray"] = gray
+    background = float(np.median([gray[0, 0], gray[0, -1], gray[-1, 0], gray[-1, -1]]))
+    # Measured on a slightly blurred copy: a photo's noise averages out, the product does not.
+    differs = np.abs(box_blur(gray, 1) - background) > FASHION_TRIM_TOLERANCE
+    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
+    if len(rows) == 0:
+        steps["reason"] = "nothing stands out from the background"
+        return None, steps
+    trimmed = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # Negate, measured from the background: background -> 0, black (or white, on a dark
+    # background) -> 1.
+    if background >= 0.5:
+        light = (background - trimmed) / background
+    else:
+        light = (trimmed - background) / (1.0 - background)
+    light = np.clip(light, 0.0, 1.0).astype(np.float32)
+    steps["cropped"] = light
+    small = np.clip(fit_in_box(light, box=28), 0.0, 1.0)
+    height, width = small.shape
+    x28 = np.zeros((28, 28), dtype=np.float32)
+    top, left = (28 - height) // 2, (28 - width) // 2
+    x28[top:top + height, left:left + width] = small
+    # Sharpening the 28x28 field is sharpening the product: the border added around it is 0,
+    # as sharpen counts outside the frame.
+    x28 = sharpen(x28)
+    steps["x28"] = x28
+    return x28, steps
+
+
+def prepare_image(gray, alpha=None, dataset="mnist"):
+    """The 28x28 input for a network trained on `dataset` (a key of DATASETS): each data set's
+    images were made their own way, and a new image must be made the same way."""
+    if dataset == "fashion":
+        return image_to_fashion(gray, alpha)
+    return image_to_mnist(gray, alpha)
+
+
 # %% [12] Pictures: training curves, confusion matrix, mistakes, weights, one prediction
 #
 # Numbers in a log say *how well* the network does; pictures show *how* and *where*:
@@ -2066,11 +2215,12 @@ def plot_history(history, path, show=False):
     return _save_figure(figure, path)
 
 
-def plot_confusion(confusion, path, show=False):
+def plot_confusion(confusion, path, show=False, class_names=None):
     """Draw the confusion matrix as a labelled heat map with the count written in every cell (600 x 560 px PNG).
 
     confusion: (10, 10) integers; confusion[t, p] = how many test images of true digit t were predicted
-    as p. The diagonal holds the right answers, everything else is a mistake.
+    as p. The diagonal holds the right answers, everything else is a mistake. class_names: ten names
+    for the axes instead of the digits 0..9 (e.g. Fashion-MNIST's "T-shirt/top", "Trouser", ...).
 
     Colours follow log(count): the diagonal holds about 1000 per cell and the mistakes 0 to 20, so on a
     linear scale every mistake would be the same pale colour. Empty cells stay white.
@@ -2103,8 +2253,11 @@ def plot_confusion(confusion, path, show=False):
                       fontsize=8, color=text_colour)
     axes.set_xticks(range(n_classes))
     axes.set_yticks(range(n_classes))
-    axes.set_xlabel("predicted digit")
-    axes.set_ylabel("true digit")
+    if class_names:
+        axes.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+        axes.set_yticklabels(class_names, fontsize=8)
+    axes.set_xlabel("predicted " + ("class" if class_names else "digit"))
+    axes.set_ylabel("true " + ("class" if class_names else "digit"))
     percent = 100.0 * correct / max(total, 1)
     axes.set_title(f"confusion matrix: {correct} of {total} right ({percent:.2f} %)")
     colorbar = figure.colorbar(image, ax=axes, shrink=0.8, label="count (log scale)")
@@ -2128,9 +2281,11 @@ def worst_errors(probabilities, labels, k):
     return wrong[order][:k]
 
 
-def plot_errors(images, true_labels, predicted, confidence, path, n=24, show=False):
+def plot_errors(images, true_labels, predicted, confidence, path, n=24, show=False, class_names=None):
     """Draw the first n of the given misclassified digits in a grid of 8 columns, titled "true 3 / said 5 (97 %)".
 
+    With class_names (ten strings) the titles name the classes instead: "Shirt → T-shirt/top (97 %)"
+    (true class above, the network's answer below).
     images: (k, 784) or (k, 28, 28), white digit on black, already sorted worst first (see worst_errors);
     true_labels, predicted: (k,) digits; confidence: (k,) probability given to the predicted digit.
     The picture is 800 pixels wide and 40 + 130 * rows pixels high, rows = ceil(n / 8).
@@ -2154,10 +2309,15 @@ def plot_errors(images, true_labels, predicted, confidence, path, n=24, show=Fal
         axes.set_axis_off()
         if index < shown:
             axes.imshow(images[index], cmap="gray", vmin=0, vmax=brightest, interpolation="nearest")
-            axes.set_title(f"true {int(true_labels[index])} / said {int(predicted[index])}\n"
-                           f"({100 * float(confidence[index]):.0f} %)", fontsize=9)
+            if class_names:  # names are long: one per line, smaller
+                axes.set_title(f"{class_names[int(true_labels[index])]}\n\u2192 "
+                               f"{class_names[int(predicted[index])]} "
+                               f"({100 * float(confidence[index]):.0f} %)", fontsize=7)
+            else:
+                axes.set_title(f"true {int(true_labels[index])} / said {int(predicted[index])}\n"
+                               f"({100 * float(confidence[index]):.0f} %)", fontsize=9)
     if shown == 0:
-        figure.suptitle("no misclassified digits: every one was recognised")
+        figure.suptitle(f"no misclassified {'images' if class_names else 'digits'}: every one was recognised")
     else:
         figure.suptitle(f"the {shown} mistakes the network was most sure about")
     return _save_figure(figure, path)
@@ -2246,7 +2406,8 @@ def _show_image(axes, image, title):
     axes.set_yticks([])
 
 
-def plot_prediction(original, x28, probabilities, path, steps=None, show=False, reason=None):
+def plot_prediction(original, x28, probabilities, path, steps=None, show=False, reason=None,
+                    class_names=None):
     """Draw the original image, the 28x28 input the network saw and its ten probabilities.
 
     original: the image as read (h, w) grey or (h, w, 3|4) colour; x28: (28, 28) or (784,) in [0, 1],
@@ -2254,7 +2415,8 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     probabilities: (10,) or None.
     steps: optional dict {name: 2-D array} of intermediate pictures (e.g. 'gray', 'ink mask',
     '28x28 input'), drawn in order in extra rows of up to 6 panels above the result.
-    The picture is 800 pixels wide and 360 + 200 * step_rows pixels high.
+    The picture is 800 pixels wide and 360 + 200 * step_rows pixels high. class_names: ten names
+    for the bars and the answer instead of the digits 0..9.
     """
     _check_png_path(path)
     steps = dict(steps or {})
@@ -2282,10 +2444,11 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     if x28 is None:
         input_axes.set_axis_off()
         why = "\n".join(textwrap.wrap(f"({reason or 'the image looks empty'})", 36))
-        input_axes.text(0.5, 0.5, "no digit found\n" + why, ha="center", va="center",
+        found_nothing = "nothing found" if class_names else "no digit found"
+        input_axes.text(0.5, 0.5, found_nothing + "\n" + why, ha="center", va="center",
                         transform=input_axes.transAxes, fontsize=11, color="tab:red")
         bar_axes.set_axis_off()
-        figure.suptitle("no digit found: nothing to recognise")
+        figure.suptitle(f"{found_nothing}: nothing to recognise")
         return _save_figure(figure, path)
 
     _show_image(input_axes, np.asarray(x28, dtype=np.float32).reshape(28, 28), "what the network saw (28x28)")
@@ -2297,11 +2460,14 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     bar_axes.text(digit, probabilities[digit], f"{100 * probabilities[digit]:.1f} %", ha="center", va="bottom",
                   fontsize=9)
     bar_axes.set_xticks(range(len(probabilities)))
+    if class_names:
+        bar_axes.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     bar_axes.set_ylim(0, 1.12)  # room for the percentage above a bar of height 1
-    bar_axes.set_xlabel("digit")
+    bar_axes.set_xlabel("class" if class_names else "digit")
     bar_axes.set_ylabel("probability")
     bar_axes.set_title("the network's answer", fontsize=9)
-    figure.suptitle(f"prediction: {digit} ({100 * probabilities[digit]:.1f} % sure)")
+    answer = class_names[digit] if class_names else digit
+    figure.suptitle(f"prediction: {answer} ({100 * probabilities[digit]:.1f} % sure)")
     return _save_figure(figure, path)
 
 
@@ -2328,10 +2494,11 @@ def save_digit_png(image28, path, scale=10):
     return save_gray_png(big, path)
 
 
-def save_sample_digits(images, labels, folder):
+def save_sample_digits(images, labels, folder, class_names=None):
     """Write one test image of each digit 0..9 to folder as <label>.png; return the paths.
 
-    Named for their digit, so `predict FOLDER` also scores itself ("10 of 10 correct").
+    Named for their digit, so `predict FOLDER` also scores itself ("10 of 10 correct"). With
+    class_names the name follows the label: 0_t-shirt-top.png, 1_trouser.png, ... (scored the same way).
 
     images: (m, 784) or (m, 28, 28) in [0, 1]; labels: (m,). The first image of each digit is taken,
     so the same files come out every time. The folder is created if needed.
@@ -2341,8 +2508,11 @@ def save_sample_digits(images, labels, folder):
     paths = []
     for digit in range(10):
         found = np.flatnonzero(labels == digit)
+        name = f"{digit}.png"
+        if class_names:
+            name = f"{digit}_{class_names[digit].lower().replace('/', '-').replace(' ', '-')}.png"
         if len(found):
-            paths.append(save_digit_png(images[found[0]], os.path.join(folder, f"{digit}.png")))
+            paths.append(save_digit_png(images[found[0]], os.path.join(folder, name)))
     return paths
 
 
@@ -3393,10 +3563,53 @@ def same_measure(new_meta, old_meta):
 # stopped run's model is saved beside it as NAME.interrupted.npz. Nothing is thrown away.
 
 
+# What `--dataset` changes besides the files. Each data set has its own model file, so training on
+# one does not overwrite the other's model, and its own training settings where the digits' ones
+# do not fit: chosen on Fashion-MNIST's validation images (the last 5,000 training images), see
+# the README's results table. Any flag given on the command line overrides them.
+MODEL_FOR_DATASET = {"mnist": MODEL_PATH, "fashion": "fashion_model.npz"}
+TRAIN_DEFAULTS_FOR_DATASET = {
+    "fashion": dict(hidden=(512, 256), epochs=15, dropout=0.0, augment="none"),
+}
+
+
+def with_dataset_defaults(args):
+    """Fill in the options left out whose default depends on --dataset: --data-dir and --model."""
+    dataset = getattr(args, "dataset", None) or "mnist"
+    if getattr(args, "data_dir", "") is None:
+        args.data_dir = DATASETS[dataset]["folder"]
+    if getattr(args, "model", "") is None:
+        args.model = MODEL_FOR_DATASET[dataset]
+    return dataset
+
+
+def load_model_and_dataset(args):
+    """Load --model; return Ws, bs, meta, the data set it was trained on (its meta says; models
+    saved before there was a choice are MNIST's), which --dataset, when given, must match, and
+    its class names (None for MNIST: the digits name themselves). Fills in --data-dir."""
+    dataset = getattr(args, "dataset", None)
+    if args.model is None:
+        args.model = MODEL_FOR_DATASET[dataset or "mnist"]
+    Ws, bs, meta = load_model(args.model)
+    trained_on = meta.get("dataset", "mnist")
+    if trained_on not in DATASETS:
+        raise UserError(f"{args.model} was trained on a data set this program does not know "
+                        f"({trained_on!r})")
+    if dataset and dataset != trained_on:
+        raise UserError(f"{args.model} was trained on {DATASETS[trained_on]['title']}, not "
+                        f"{DATASETS[dataset]['title']}; give --model a model trained with "
+                        f"`train{dataset_option(dataset)}`")
+    if getattr(args, "data_dir", "") is None:
+        args.data_dir = DATASETS[trained_on]["folder"]
+    class_names = meta.get("classes") or DATASETS[trained_on]["classes"]
+    return Ws, bs, meta, trained_on, None if trained_on == "mnist" else class_names
+
+
 def command_train(args):
     wall = time.perf_counter()
+    dataset = with_dataset_defaults(args)
     previous = load_model(args.model)[2] if os.path.exists(args.model) else None  # checked
-    X_train, y_train, X_test, y_test = load_mnist(args.data_dir)
+    X_train, y_train, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
     if args.val_size >= len(X_train):
         raise UserError(f"--val-size {args.val_size} leaves no training images "
                         f"(there are {len(X_train)}); use a smaller value")
@@ -3412,7 +3625,8 @@ def command_train(args):
     if previous is not None:
         print(f"note: {args.model} holds a model ({saved_accuracy(previous) or 'no accuracy saved'}); "
               f"this run replaces it when it ends (--model NAME.npz keeps both)", flush=True)
-    print(f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} images, "
+    print(f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
+          f"{DATASETS[dataset]['title']} images, "
           f"validating on {len(X_val)}, {args.epochs} epochs of {batches}, "
           f"lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, "
           f"weight decay {args.weight_decay:g}", flush=True)
@@ -3433,7 +3647,8 @@ def command_train(args):
     settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
                                               "weight_decay", "schedule", "val_size", "seed",
                                               "dropout", "augment", "recipe")}
-    meta = {"activation": args.activation, "settings": settings, "history": history,
+    meta = {"activation": args.activation, "dataset": dataset,
+            "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
@@ -3461,7 +3676,7 @@ def command_train(args):
 
 
 def command_evaluate(args):
-    Ws, bs, meta = load_model(args.model)
+    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta["activation"]
     if args.plot_history:
         if not meta.get("history"):
@@ -3469,24 +3684,25 @@ def command_evaluate(args):
         print(f"wrote {plot_history(meta['history'], args.plot_history, args.show)}")
         if not (args.plot or args.errors or args.json):
             return 0
-    _, _, X_test, y_test = load_mnist(args.data_dir)
+    _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
     if y_test is None:
         raise UserError(f"the test images in {args.data_dir}/ have no labels, so there is "
                         f"nothing to score against; use the IDX files")
     result = evaluate(X_test, y_test, Ws, bs, activation)
     if args.json:
-        print(json.dumps(dict(result, confusion=result["confusion"].tolist())))
+        print(json.dumps(dict(result, confusion=result["confusion"].tolist(), dataset=dataset)))
     else:
         print(f"test accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}, "
-              f"on {result['n']} images\n")
-        print(format_confusion(result["confusion"]))
+              f"on {result['n']} {DATASETS[dataset]['title']} images\n")
+        print(format_confusion(result["confusion"], class_names))
     if args.plot:
-        print(f"wrote {plot_confusion(result['confusion'], args.plot, args.show)}")
+        print(f"wrote {plot_confusion(result['confusion'], args.plot, args.show, class_names)}")
     if args.errors:
         P = predict_proba(X_test, Ws, bs, activation)
         worst = worst_errors(P, y_test, 24)
         path = plot_errors(X_test[worst], y_test[worst], P[worst].argmax(axis=1),
-                           P[worst].max(axis=1), args.errors, show=args.show)
+                           P[worst].max(axis=1), args.errors, show=args.show,
+                           class_names=class_names)
         print(f"wrote {path}")
     return 0
 
@@ -3513,7 +3729,7 @@ def starting_weights(W1, meta):
 
 
 def command_weights(args):
-    Ws, _, meta = load_model(args.model)
+    Ws, _, meta, _, _ = load_model_and_dataset(args)
     start = starting_weights(Ws[0], meta)
     print(f"wrote {plot_weights(Ws[0], args.out, show=args.show, start=start)}")
     return 0
@@ -3522,21 +3738,29 @@ def command_weights(args):
 def command_samples(args):
     """save_sample_digits, one file at a time: a file that cannot be written is reported and
     the others are still written; the exit status is 2 at the end if any failed."""
-    _, _, X_test, y_test = load_mnist(args.data_dir)
+    dataset = with_dataset_defaults(args)
+    _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
     if y_test is None:
         raise UserError("the test images have no labels; use the IDX files")
+    class_names = None if dataset == "mnist" else DATASETS[dataset]["classes"]
     os.makedirs(args.out, exist_ok=True)  # checked before: see check_folder_to_write
     written, failed = [], 0
-    for digit in range(10):
+    for label in range(10):
         try:
-            written += save_sample_digits(X_test[y_test == digit][:1], [digit], args.out)
+            written += save_sample_digits(X_test[y_test == label][:1], [label], args.out,
+                                          class_names)
         except (OSError, ValueError) as e:  # e.g. a folder named 3.png in the way
             print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
             failed += 1
-    print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); try:\n"
-          f"  python mnist_from_scratch.py predict {args.out}")
+    if class_names is None:
+        print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); "
+              f"try:\n  python mnist_from_scratch.py predict {args.out}")
+    else:
+        print(f"wrote {len(written)} {DATASETS[dataset]['title']} test images to {args.out}/ "
+              f"(one per class, named for it); try:\n  python mnist_from_scratch.py predict "
+              f"--model {MODEL_FOR_DATASET[dataset]} {args.out}")
     if failed:
-        print(f"error: {failed} of 10 digits could not be written (see above)", file=sys.stderr)
+        print(f"error: {failed} of 10 images could not be written (see above)", file=sys.stderr)
     return 2 if failed else 0
 
 
@@ -3562,10 +3786,7 @@ def plot_path_for(plot, image_path, several):
 
 
 def command_predict(args):
-    """Predict every image; a file that cannot be read is reported and the others go on.
-
-    The exit status is 2 when any image could not be read, 0 otherwise."""
-    Ws, bs, meta = load_model(args.model)
+    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta["activation"]
     files = list_images(args.images)
     if not files:
@@ -3588,14 +3809,22 @@ def command_predict(args):
             print(f"error: {e}", file=sys.stderr, flush=True)
             unreadable.append(path)
             continue
-        x, steps = image_to_mnist(gray, alpha)
+        x, steps = prepare_image(gray, alpha, dataset)
         p = None if x is None else predict_proba(x.reshape(1, 784), Ws, bs, activation)[0]
         digit = None if p is None else int(p.argmax())
-        if args.json:
+        if args.json and class_names:
+            print(json.dumps({"path": path, "label": digit,
+                              "name": None if p is None else class_names[digit], "probabilities":
+                              None if p is None else [round(float(v), 6) for v in p]}))
+        elif args.json:
             print(json.dumps({"path": path, "digit": digit, "probabilities":
                               None if p is None else [round(float(v), 6) for v in p]}))
         elif p is None:
-            print(f"{path}: no digit found ({steps.get('reason', 'nothing like a digit')})")
+            found_nothing = "nothing found" if class_names else "no digit found"
+            print(f"{path}: {found_nothing} ({steps.get('reason', 'nothing like a digit')})")
+        elif class_names:
+            print(f"{path}: {class_names[digit]}  ({100 * p[digit]:.1f} % sure)   "
+                  + ", ".join(f"{name} {100 * v:.1f}%" for name, v in zip(class_names, p)))
         else:
             print(f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
                   + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
@@ -3603,7 +3832,8 @@ def command_predict(args):
         if truth is not None:
             scored += 1
             if digit != truth:
-                wrong.append(f"{os.path.basename(path)} (said {digit})")
+                said = digit if class_names is None or digit is None else class_names[digit]
+                wrong.append(f"{os.path.basename(path)} (said {said})")
         if args.plot:
             panels = None
             if args.steps:
@@ -3611,7 +3841,7 @@ def command_predict(args):
                           if name in steps}
             target = plot_path_for(args.plot, path, len(files) > 1)
             plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
-                            reason=steps.get("reason"))
+                            reason=steps.get("reason"), class_names=class_names)
             if not args.json:
                 print(f"  wrote {target}")
     if scored and not args.json:
@@ -3625,10 +3855,10 @@ def command_predict(args):
 
 
 def command_draw(args):
-    Ws, bs, meta = load_model(args.model)
+    Ws, bs, meta, dataset, _ = load_model_and_dataset(args)
     activation = meta["activation"]
     run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
-                    lambda canvas: image_to_mnist(canvas))  # the same preprocessing as predict
+                    lambda canvas: prepare_image(canvas, None, dataset))  # the same as predict
     return 0
 
 
@@ -3664,18 +3894,22 @@ def example_photo(size=600):
 
 def command_pictures(args):
     """Draw the README's pictures from a trained model: one command makes all of them."""
-    Ws, bs, meta = load_model(args.model)
+    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta["activation"]
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
     written = []
     if meta.get("history"):
         written.append(plot_history(meta["history"], out("training.png")))
-    _, _, X_test, y_test = load_mnist(args.data_dir)
+    _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
     if y_test is not None:
         result = evaluate(X_test, y_test, Ws, bs, activation)
-        written.append(plot_confusion(result["confusion"], out("confusion.png")))
+        written.append(plot_confusion(result["confusion"], out("confusion.png"),
+                                      class_names=class_names))
     written.append(plot_weights(Ws[0], out("weights.png"), start=starting_weights(Ws[0], meta)))
+    if dataset != "mnist":  # the example photo and the drawing window show digits
+        print("wrote " + ", ".join(written))
+        return 0
     photo = save_gray_png(example_photo(), out("example_photo.png"))
     written.append(photo)
     gray, alpha = read_image(photo)
@@ -3724,9 +3958,10 @@ def command_notebook(args):
 
 
 def command_download(args):
-    download_mnist(args.data_dir)
-    load_mnist(args.data_dir, download=False)  # checks every file
-    print(f"MNIST is ready in {args.data_dir}/")
+    dataset = with_dataset_defaults(args)
+    download_mnist(args.data_dir, dataset=dataset)
+    load_mnist(args.data_dir, download=False, dataset=dataset)  # checks every file
+    print(f"{DATASETS[dataset]['title']} is ready in {args.data_dir}/")
     return 0
 
 
@@ -3742,20 +3977,31 @@ def build_parser():
         return commands.add_parser(name, help=help_text, description=help_text)
 
     def data_flag(p):
-        p.add_argument("--data-dir", default=DATA_DIR, metavar="DIR",
-                       help=f"folder with the MNIST files (default: {DATA_DIR}; downloaded "
+        p.add_argument("--data-dir", default=None, metavar="DIR",
+                       help=f"folder with the data set's files (default: "
+                            f"{DATASETS['mnist']['folder']} for MNIST, "
+                            f"{DATASETS['fashion']['folder']} for Fashion-MNIST; downloaded "
                             f"there when missing)")
+
+    def dataset_flag(p, for_a_model=False):
+        p.add_argument("--dataset", choices=list(DATASETS), default=None if for_a_model else "mnist",
+                       help="the images: mnist (handwritten digits) or fashion (Fashion-MNIST, "
+                            "clothes); " + ("default: the one the model was trained on, which "
+                                            "also picks the default --model" if for_a_model
+                                            else "default: mnist"))
 
     def show_flag(p):
         p.add_argument("--show", action="store_true",
                        help="also open the pictures in a window (when there is a display)")
 
     def model_flag(p, more=""):
-        p.add_argument("--model", default=MODEL_PATH, metavar="FILE",
-                       help=f"model file (default: {MODEL_PATH}){more}")
+        p.add_argument("--model", default=None, metavar="FILE",
+                       help=f"model file (default: {MODEL_FOR_DATASET['mnist']}, with "
+                            f"--dataset fashion {MODEL_FOR_DATASET['fashion']}){more}")
 
     p = add("train", "train a network on MNIST, report test accuracy and save it")
     parser.train_parser = p
+    dataset_flag(p)
     data_flag(p)
     model_flag(p, "; a model already there is replaced when training ends, and after Ctrl-C only "
                   "by a run at least as accurate (else saved beside it, model.npz as "
@@ -3798,6 +4044,7 @@ def build_parser():
                                              "plot": "picture to write"})
 
     p = add("evaluate", "measure a saved model on the 10,000 test images")
+    dataset_flag(p, for_a_model=True)
     data_flag(p)
     model_flag(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -3812,6 +4059,7 @@ def build_parser():
         "errors": "picture to write", "plot_history": "picture to write"})
 
     p = add("weights", "draw the first layer's weights: what each hidden unit looks for")
+    dataset_flag(p, for_a_model=True)
     model_flag(p)
     p.add_argument("--out", default="weights.png", metavar="FILE.png",
                    help="picture to write (default: weights.png)")
@@ -3820,6 +4068,7 @@ def build_parser():
                                                "out": "picture to write"})
 
     p = add("samples", "write a few test digits as PNG files, to try `predict` on")
+    dataset_flag(p)
     data_flag(p)
     p.add_argument("--out", default="samples", metavar="DIR",
                    help="folder to write them to (default: samples)")
@@ -3829,6 +4078,7 @@ def build_parser():
     p = add("predict", "recognise the digit in images (PNG or JPEG, or folders of them); "
                        "files named like 7.png or 7_anna.jpg are also scored")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    dataset_flag(p, for_a_model=True)
     model_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--plot", metavar="FILE.png",
@@ -3841,6 +4091,7 @@ def build_parser():
                                                "plot": "picture to write"})
 
     p = add("draw", "draw a digit with the mouse and watch the network's guess change live")
+    dataset_flag(p, for_a_model=True)
     model_flag(p)
     p.set_defaults(run=command_draw, paths={"model": "model to read"})
 
@@ -3857,6 +4108,7 @@ def build_parser():
 
     p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
                         "a prediction, the drawing window) from a trained model")
+    dataset_flag(p, for_a_model=True)
     data_flag(p)
     model_flag(p)
     p.add_argument("--out", default="docs", metavar="DIR",
@@ -3874,6 +4126,7 @@ def build_parser():
     p.set_defaults(run=command_notebook, paths={"out": "notebook to write"})
 
     p = add("download", "download MNIST without training")
+    dataset_flag(p)
     data_flag(p)
     p.set_defaults(run=command_download, paths={"data_dir": "data folder"})
     return parser
@@ -3882,6 +4135,11 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    for i, word in enumerate(argv):  # a data set's settings only change defaults
+        name = word.split("=", 1)[1] if word.startswith("--dataset=") else (
+            argv[i + 1] if word == "--dataset" and i + 1 < len(argv) else None)
+        if name in TRAIN_DEFAULTS_FOR_DATASET:
+            parser.train_parser.set_defaults(**TRAIN_DEFAULTS_FOR_DATASET[name])
     for i, word in enumerate(argv):  # a recipe only changes defaults: explicit flags still win
         name = word.split("=", 1)[1] if word.startswith("--recipe=") else (
             argv[i + 1] if word == "--recipe" and i + 1 < len(argv) else None)
@@ -3892,6 +4150,8 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        if getattr(args, "model", "") is None:  # the default model file depends on --dataset
+            args.model = MODEL_FOR_DATASET[getattr(args, "dataset", None) or "mnist"]
         check_declared_paths(args)  # every file and folder, before any work (see the guard above)
         status = args.run(args)
         # Output into a pipe is buffered until the end: a reader that has gone away (`| head`)

@@ -2984,6 +2984,203 @@ class TestServingInABrowser(unittest.TestCase):
         self.assertGreaterEqual(layouts["phone"]["canvas"]["width"], 0.9 * 390)  # nearly the screen's width
 
 
+# ---- Fashion-MNIST: the second data set ------------------------------------------------------
+FASHION_DIR = os.path.join(DATA_DIR, "fashion")
+HAVE_FASHION = all(os.path.exists(os.path.join(FASHION_DIR, name + ".gz"))
+                   for name in mnist.FASHION_FILES)
+needs_fashion = unittest.skipUnless(
+    HAVE_FASHION, "Fashion-MNIST is not in data/fashion/ (run `download --dataset fashion`)")
+_FASHION = None
+
+
+def real_fashion():
+    """The real Fashion-MNIST, loaded once for all the tests that need it."""
+    global _FASHION
+    if _FASHION is None:
+        _FASHION = mnist.load_mnist(FASHION_DIR, download=False, dataset="fashion")
+    return _FASHION
+
+
+def product_photo(height=300, width=220, top=40, left=30, rng=None):
+    """A synthetic studio photo: a dark pair of trousers (waistband and two legs, 200 x 100 px)
+    on a light gray background with a little noise, away from the centre of the picture."""
+    rng = rng or np.random.default_rng(0)
+    photo = 0.92 + 0.01 * rng.standard_normal((height, width))
+    photo[top:top + 30, left:left + 100] = 0.25                     # waistband
+    photo[top + 30:top + 200, left:left + 45] = 0.3                 # left leg
+    photo[top + 30:top + 200, left + 55:left + 100] = 0.3           # right leg
+    return np.clip(photo, 0, 1).astype(np.float32)
+
+
+class TestFashionMNIST(unittest.TestCase):
+    """Fashion-MNIST through the same code: its own folder, checksums, class names, image recipe."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.tmp.name, "fashion_tiny.npz")
+        if HAVE_FASHION:  # one small model for the command-line tests: one epoch, 16 hidden units
+            cls.train_run = run_cli("train", "--dataset", "fashion", "--model", cls.model,
+                                    "--epochs", "1", "--hidden", "16", "--val-size", "1000")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def folder(self, name):
+        path = os.path.join(self.tmp.name, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @needs_fashion
+    def test_fashion_mnist_loads_from_its_own_folder(self):
+        X_train, y_train, X_test, y_test = real_fashion()
+        self.assertEqual((X_train.shape, X_test.shape), ((60000, 784), (10000, 784)))
+        self.assertEqual(np.bincount(y_test).tolist(), [1000] * 10)  # exactly 1000 per class
+        self.assertEqual(np.bincount(y_train).tolist(), [6000] * 10)
+        # clothes cover far more of the frame than digits: mean pixel 0.29 against MNIST's 0.13
+        self.assertAlmostEqual(float(X_train.mean()), 0.286, places=2)
+
+    def test_fashion_file_with_the_wrong_checksum_is_refused(self):
+        folder = self.folder("wrong")
+        for stem in mnist.FASHION_FILES:
+            shape = (2, 28, 28) if "images" in stem else (2,)
+            with open(os.path.join(folder, stem), "wb") as f:
+                f.write(idx_bytes(np.zeros(shape), 0x08))
+        with self.assertRaisesRegex(ValueError, "not the real Fashion-MNIST .*checksum differs.*"
+                                                "download --dataset fashion"):
+            mnist.load_mnist(folder, download=False, dataset="fashion")
+
+    def test_fashion_kaggle_csv_files_load_with_dataset_fashion(self):
+        folder = self.folder("csv")
+        header = "label," + ",".join(f"pixel{i}" for i in range(1, 785))
+        for name, label in (("fashion-mnist_train.csv", 8), ("fashion-mnist_test.csv", 1)):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(header + "\n" + f"{label}," + ",".join(["255"] * 784) + "\n")
+        X_train, y_train, X_test, y_test = mnist.load_mnist(folder, download=False, dataset="fashion")
+        self.assertEqual((X_train.shape, y_train.tolist(), y_test.tolist()), ((1, 784), [8], [1]))
+
+    @needs_fashion
+    def test_download_accepts_a_recompressed_copy_by_its_decompressed_checksum(self):
+        # The copies in data/fashion may be compressed again (other .gz bytes than the published
+        # ones); a mirror serving them is accepted because the images inside are the same.
+        target = self.folder("downloaded")
+        mirror = "file://" + os.path.abspath(FASHION_DIR).replace(os.sep, "/") + "/"
+        mnist.download_mnist(target, mirrors=[mirror], dataset="fashion")
+        self.assertEqual(sorted(os.listdir(target)), sorted(n + ".gz" for n in mnist.FASHION_FILES))
+        X_train, y_train, _, _ = mnist.load_mnist(target, download=False, dataset="fashion")
+        self.assertEqual(len(X_train), 60000)
+
+    def test_download_refuses_a_mirror_whose_files_hold_other_images(self):
+        mirror = self.folder("bad_mirror")
+        for stem in mnist.FASHION_FILES:
+            with gzip.open(os.path.join(mirror, stem + ".gz"), "wb") as f:
+                f.write(idx_bytes(np.zeros((2, 28, 28) if "images" in stem else (2,)), 0x08))
+        target = self.folder("refused")
+        with self.assertRaises(mnist.UserError) as caught:
+            mnist.download_mnist(target, mirrors=["file://" + mirror.replace(os.sep, "/") + "/"],
+                                 dataset="fashion")
+        self.assertIn("checksum does not match", str(caught.exception))
+        self.assertEqual(os.listdir(target), [])  # nothing written
+
+    @needs_fashion
+    @needs_mnist
+    def test_the_other_data_sets_files_say_which_option_loads_them(self):
+        fashion_in_mnist_folder = self.folder("fashion_here")
+        for name in os.listdir(FASHION_DIR):
+            shutil.copy(os.path.join(FASHION_DIR, name), fashion_in_mnist_folder)
+        with self.assertRaises(ValueError) as caught:
+            mnist.load_mnist(fashion_in_mnist_folder, download=False)
+        message = str(caught.exception)
+        self.assertIn("these are Fashion-MNIST's files, not MNIST's", message)
+        self.assertIn(f"--dataset fashion --data-dir {fashion_in_mnist_folder}", message)
+        self.assertNotIn("delete", message)
+        with self.assertRaisesRegex(ValueError, "these are MNIST's files, not Fashion-MNIST's; "
+                                                "use --dataset mnist"):
+            mnist.load_mnist(DATA_DIR, download=False, dataset="fashion")
+
+    @needs_fashion
+    def test_model_meta_keeps_the_dataset_its_class_names_and_fashions_own_defaults(self):
+        code, out, err = self.train_run
+        self.assertEqual(code, 0, err)
+        self.assertIn("on 59000 Fashion-MNIST images", out)
+        _, _, meta = mnist.load_model(self.model)
+        self.assertEqual(meta["dataset"], "fashion")
+        self.assertEqual(meta["classes"][:3], ["T-shirt/top", "Trouser", "Pullover"])
+        self.assertEqual(len(meta["classes"]), 10)
+        # settings not given on the command line come from Fashion-MNIST's own defaults
+        fashion_defaults = mnist.TRAIN_DEFAULTS_FOR_DATASET["fashion"]
+        self.assertEqual(meta["settings"]["dropout"], fashion_defaults["dropout"])
+        self.assertEqual(meta["settings"]["augment"], fashion_defaults["augment"])
+        self.assertGreater(meta["test_accuracy"], 0.75)
+
+    @needs_fashion
+    def test_evaluate_prints_the_confusion_matrix_with_class_names(self):
+        code, out, err = run_cli("evaluate", "--model", self.model)
+        self.assertEqual(code, 0, err)
+        self.assertIn("on 10000 Fashion-MNIST images", out)
+        rows = [line for line in out.splitlines() if line.endswith("%") and "accuracy" not in line]
+        self.assertEqual(len(rows), 10)
+        self.assertEqual(rows[0].split()[:2], ["0", "T-shirt/top"])
+        self.assertEqual(rows[9].split()[:3], ["9", "Ankle", "boot"])
+        self.assertEqual(sum(int(c) for c in rows[1].split()[2:12]), 1000)  # 1000 trousers
+
+    @needs_fashion
+    def test_predict_names_the_class_of_fashion_samples(self):
+        samples = os.path.join(self.tmp.name, "samples")
+        code, out, err = run_cli("samples", "--dataset", "fashion", "--out", samples)
+        self.assertEqual(code, 0, err)
+        self.assertIn("1_trouser.png", sorted(os.listdir(samples)))
+        code, out, err = run_cli("predict", "--model", self.model, os.path.join(samples, "1_trouser.png"))
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"1_trouser\.png: Trouser  \(\d+\.\d % sure\)   T-shirt/top \d+\.\d%, ")
+        code, out, err = run_cli("predict", "--json", "--model", self.model,
+                                 os.path.join(samples, "9_ankle-boot.png"))
+        answer = json.loads(out)
+        self.assertEqual((answer["label"], answer["name"]), (9, "Ankle boot"))
+
+    @needs_fashion
+    def test_a_fashion_model_is_not_used_as_a_digit_model(self):
+        code, out, err = run_cli("evaluate", "--dataset", "mnist", "--model", self.model)
+        self.assertEqual(code, 2)
+        self.assertEqual(err.strip().count("\n"), 0, err)
+        self.assertIn("trained on Fashion-MNIST, not MNIST", err)
+
+    def test_light_background_product_becomes_a_centred_light_on_dark_28x28(self):
+        x28, steps = mnist.image_to_fashion(product_photo())
+        self.assertEqual((x28.shape, x28.dtype), ((28, 28), np.float32))
+        ink = x28 > 0.2
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        # the longer side (200 px of 200 x 100) fills the 28 rows; the shorter is centred
+        self.assertEqual((rows[0], rows[-1]), (0, 27))
+        self.assertEqual(len(cols), 14)
+        self.assertLessEqual(abs(cols[0] - (27 - cols[-1])), 1)
+        self.assertEqual(float(x28[:, :cols[0]].max()), 0.0)   # the background becomes black
+        self.assertGreater(float(x28[14, cols[0] + 2]), 0.6)     # the dark trousers become light
+        self.assertLess(float(x28[20, 13]), 0.2)                 # the gap between the legs stays dark
+
+    def test_the_same_product_anywhere_in_the_photo_gives_the_same_28x28(self):
+        here, _ = mnist.image_to_fashion(product_photo(top=10, left=100))
+        there, _ = mnist.image_to_fashion(product_photo(top=90, left=10))
+        np.testing.assert_allclose(here, there, atol=0.05)
+
+    def test_a_plain_picture_holds_no_product(self):
+        x28, steps = mnist.image_to_fashion(np.full((100, 80), 0.9, np.float32))
+        self.assertIsNone(x28)
+        self.assertIn("nothing stands out", steps["reason"])
+
+    @needs_fashion
+    def test_a_fashion_image_saved_as_png_comes_back_nearly_the_same(self):
+        _, _, X_test, _ = real_fashion()
+        folder = self.folder("round_trip")
+        correlations = []
+        for index in range(100):
+            path = save_digit_png(X_test[index], os.path.join(folder, f"{index}.png"))
+            x28, _ = mnist.prepare_image(*read_image(path), dataset="fashion")
+            correlations.append(np.corrcoef(x28.ravel(), X_test[index])[0, 1])
+        self.assertGreater(float(np.median(correlations)), 0.8)
+
+
 # ----------------------------------------------------------------------------------------------
 # The photo table of the README (not a test: it takes about 20 minutes)
 # ----------------------------------------------------------------------------------------------
