@@ -271,10 +271,10 @@ def download_mnist(data_dir, mirrors=None, timeout=10, deadline_seconds=30, data
                             break
                         chunks.append(chunk)
                         got += len(chunk)
-                        if size:
+                        if size and sys.stderr.isatty():  # a line that counts up, on a terminal
                             print(f"\rdownloading {name}.gz  {100 * got // size:3d} %",
                                   end="", file=sys.stderr, flush=True)
-                print(file=sys.stderr)
+                print(f"\rdownloaded {name}.gz ({got / 1e6:.1f} MB)  ", file=sys.stderr)
                 data = b"".join(chunks)
             except Exception as e:  # no network, DNS failure, HTTP error, time-out ...
                 errors.append(f"{url}: {e}")
@@ -831,13 +831,15 @@ def evaluate(X, y, Ws, bs, activation="relu"):
             "n": int(len(y)), "confusion": confusion_matrix(y, Z.argmax(axis=1))}
 
 
-def format_confusion(confusion):
-    """The confusion matrix and per-digit accuracy as a text table."""
+def format_confusion(confusion, class_names=None):
+    """The confusion matrix and per-class accuracy as a text table; class_names (ten strings,
+    e.g. "T-shirt/top") name the rows, which the columns then number."""
     lines = ["true \\ predicted " + "".join(f"{k:>6}" for k in range(10)) + "   correct"]
     for k, row in enumerate(confusion):
         total = row.sum()
         acc = f"{100 * row[k] / total:8.2f} %" if total else "       -"
-        lines.append(f"{k:>16} " + "".join(f"{c:>6}" for c in row) + acc)
+        name = f"{k} {class_names[k]:<14}" if class_names and class_names[k] != str(k) else k
+        lines.append(f"{name:>16} " + "".join(f"{c:>6}" for c in row) + acc)
     return "\n".join(lines)
 
 
@@ -3760,7 +3762,8 @@ def command_samples(args):
               f"(one per class, named for it); try:\n  python mnist_from_scratch.py predict "
               f"--model {MODEL_FOR_DATASET[dataset]} {args.out}")
     if failed:
-        print(f"error: {failed} of 10 images could not be written (see above)", file=sys.stderr)
+        what = "digits" if class_names is None else "images"
+        print(f"error: {failed} of 10 {what} could not be written (see above)", file=sys.stderr)
     return 2 if failed else 0
 
 
