@@ -2936,14 +2936,14 @@ def run_server(server, host):
     """Print where to open the page, serve until Ctrl+C, then free the port."""
     port = server.server_address[1]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"    # IPv6 addresses in brackets
-    if host in ("127.0.0.1", "localhost", "::1"):
-        print(f"serving on http://{address}/  (this machine only; Ctrl+C stops)", flush=True)
-    else:
-        print(f"warning: listening on {address}: anyone who can reach this machine can use "
-              f"the server (no password, no encryption)", file=sys.stderr, flush=True)
-        print(f"serving on http://{address}/  (from this machine: http://localhost:{port}/; "
-              f"Ctrl+C stops)", flush=True)
-    try:
+    try:  # Ctrl+C as soon as the address is printed stops the server quietly too
+        if host in ("127.0.0.1", "localhost", "::1"):
+            print(f"serving on http://{address}/  (this machine only; Ctrl+C stops)", flush=True)
+        else:
+            print(f"warning: listening on {address}: anyone who can reach this machine can use "
+                  f"the server (no password, no encryption)", file=sys.stderr, flush=True)
+            print(f"serving on http://{address}/  (from this machine: http://localhost:{port}/; "
+                  f"Ctrl+C stops)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", flush=True)
