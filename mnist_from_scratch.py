@@ -3221,7 +3221,7 @@ def run_server(server, host):
     """Print where to open the page, serve until Ctrl+C, then free the port."""
     port = server.server_address[1]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"    # IPv6 addresses in brackets
-    try:  # from here on, Ctrl+C (even right after the address is printed) stops quietly
+    try:  # Ctrl+C as soon as the address is printed stops the server quietly too
         if host in ("127.0.0.1", "localhost", "::1"):
             print(f"serving on http://{address}/  (this machine only; Ctrl+C stops)", flush=True)
         else:

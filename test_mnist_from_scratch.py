@@ -2904,9 +2904,8 @@ class TestServingInABrowser(unittest.TestCase):
     def test_the_bars_follow_the_pen_while_drawing_with_fewer_requests_than_moves(self):
         before = self.posts()
         moves = draw_on_page(self.driver, [densify(TWO[0], 2.0)], release=False)
-        during = self.posts() - before
-        self.assertNotEqual(self.text("digit"), "?")   # an answer came while the pen was still down
-        self.assertGreaterEqual(during, 1)
+        # The pen is still down: an answer comes all the same.
+        self.assertTrue(wait_for(lambda: self.text("digit") != "?", 60), "no answer while drawing")
         from selenium.webdriver.common.actions.action_builder import ActionBuilder
         release = ActionBuilder(self.driver)
         release.pointer_action.pointer_up()
