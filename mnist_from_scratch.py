@@ -2922,9 +2922,9 @@ def build_parser():
     p.add_argument("--dropout", type=fraction, default=DROPOUT, metavar="RATE",
                    help=f"fraction of hidden units dropped while training, 0 = off "
                         f"(default: {DROPOUT:g})")
-    p.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="none",
+    p.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="light",
                    help="random distortions (shift, rotation, scale, shear, elastic) of the "
-                        "training images every epoch (default: none)")
+                        "training images every epoch, none to switch them off (default: light)")
     p.add_argument("--val-size", type=non_negative_int, default=VAL_SIZE, metavar="N",
                    help=f"training images held out to pick the best epoch (default: {VAL_SIZE})")
     p.add_argument("--seed", type=non_negative_int, default=SEED,

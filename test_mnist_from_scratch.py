@@ -395,6 +395,15 @@ class TestCommandLine(unittest.TestCase):
         self.assertGreater(meta["test_accuracy"], 0.9)
 
     @needs_mnist
+    def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
+        code, out, err = self.train_run
+        self.assertEqual(code, 0, err)
+        with np.load(self.model, allow_pickle=False) as z:
+            self.assertEqual(json.loads(str(z["meta"]))["settings"]["augment"], "light")
+        args = mnist.build_parser().parse_args(["train", "--augment", "none"])
+        self.assertEqual(args.augment, "none")
+
+    @needs_mnist
     def test_evaluate_json_reports_accuracy_loss_and_confusion(self):
         code, out, err = run_cli("evaluate", "--json", "--data-dir", DATA_DIR, "--model", self.model)
         self.assertEqual(code, 0, err)
