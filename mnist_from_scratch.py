@@ -61,11 +61,13 @@ import zipfile
 import numpy as np
 
 # The defaults of `train`. Each can be changed on the command line (`train --help`).
+# Size, epochs, batch size and learning rate were chosen on the 5,000 validation images and
+# on real handwriting from outside MNIST (USPS digits); see the README's Results.
 HIDDEN = (512, 256)     # hidden layer sizes: 784 -> 512 -> 256 -> 10
 ACTIVATION = "relu"     # relu | sigmoid | tanh
 EPOCHS = 15             # passes over the training images
-BATCH_SIZE = 128        # images per gradient step
-LEARNING_RATE = 0.1     # step size at the start (the cosine schedule lowers it to 0)
+BATCH_SIZE = 256        # images per gradient step (as accurate as 128 here, a sixth faster)
+LEARNING_RATE = 0.2     # step size at the start (the cosine schedule lowers it to 0)
 MOMENTUM = 0.9          # how much of the previous step is kept
 WEIGHT_DECAY = 5e-5     # L2 penalty on the weights
 DROPOUT = 0.0           # fraction of hidden units switched off at random in each step (0: off)
