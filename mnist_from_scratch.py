@@ -737,8 +737,8 @@ def elastic_displacement(m, rng, alpha, sigma, size=28):
     displacement: alpha = 34, sigma = 4 moves pixels by about 1.4 px (standard deviation),
     alpha = 34, sigma = 5 by about 1.1 px.
 
-    The same field, cheaper: since the Gaussian blurs away all detail finer than sigma, the
-    784 random numbers per field are mostly wasted. We draw them only at k x k control points
+    A field just like it, cheaper: the Gaussian blurs away all detail finer than sigma, so
+    most of the 784 random numbers per field are wasted. We draw them only at k x k control points
     spaced h <= sigma apart, and give each one the weight of the h x h pixels around it,
         d[i, j] = alpha * sum_a sum_b g(i - x_a) g(j - x_b) * h * U[a, b],   U uniform [-1, 1]
     (h * U has variance h^2 / 3: the summed variance of h^2 pixels of variance 1/3). The
