@@ -724,8 +724,11 @@ def learning_rate(schedule, lr, step, total_steps):
     return lr
 
 
+# The default settings were chosen on the 5,000 validation images and on real handwriting from
+# outside MNIST (USPS digits), never on the test images; see the README's Results. Batches of
+# 256 with lr 0.2 were as accurate as 128 with 0.1, and a sixth faster.
 def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", epochs=15,
-          batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-5, schedule="cosine",
+          batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-5, schedule="cosine",
           dropout=0.0, augment=None, seed=0, on_epoch=None, on_progress=None):
     """Train a network on X (n, 784), y (n,); return Ws, bs, history, interrupted.
 
@@ -951,7 +954,11 @@ def load_model(path):
 # Named strength settings for the command line (--augment NAME). In a 10-epoch comparison
 # with a 784-800-10 network (validation accuracy on 5,000 held-out training images) "none"
 # reached 98.2 %, "light" 98.9 % and "strong" 98.6 %: stronger distortions make the task
-# harder and may need more epochs to pay off. The defaults of augment_batch are "light".
+# harder and may need more epochs to pay off. With the default 784-512-256-10 network and
+# 15 epochs (seed 0, batches of 128; validation accuracy, then accuracy on 7,291 USPS digits,
+# real handwriting from outside MNIST, put through the MNIST recipe): "none" 98.74 % and 98.05 %,
+# "light" 99.26 % and 98.85 %, "strong" 99.24 % and 99.07 %. So `train` uses "light" unless
+# told otherwise, and the defaults of augment_batch are "light" too.
 AUGMENT_PRESETS = {
     "none": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
                  elastic_alpha=0.0, elastic_sigma=0.0),
@@ -1026,25 +1033,27 @@ def random_affine_grids(m, rng, max_shift=0.0, max_rotation_deg=0.0, max_scale=0
     return rows, cols                                            # 2 x (m, size, size)
 
 
-def gaussian_matrix(size, sigma):
-    """The (size, size) matrix G that smooths a vector with a Gaussian of std sigma.
+def gaussian_matrix(size, sigma, centres=None):
+    """The (size, k) matrix G that smooths with a Gaussian of std sigma: G[i, a] = g(i - x_a).
 
-    G[i, k] = g(i - k) with g(d) = exp(-d^2 / (2 sigma^2)) / Z, where Z makes the whole
-    kernel g(-(size-1)) .. g(size-1) sum to 1. Then (G @ x)[i] = sum_k g(i - k) x[k]
-    is the convolution of x with the Gaussian, counting values outside the frame as 0.
-    G is symmetric, because g(d) = g(-d).
+    g(d) = exp(-d^2 / (2 sigma^2)) / Z, where Z makes the whole kernel g(-(size-1)) ..
+    g(size-1) sum to 1. The x_a are the k positions the values come from: by default every
+    pixel, x_a = a for a = 0 .. size-1, and then (G @ x)[i] = sum_k g(i - k) x[k] is the
+    convolution of x with the Gaussian, counting values outside the frame as 0; G is square
+    and symmetric, because g(d) = g(-d). `centres` gives other positions, e.g. a few control
+    points (see elastic_displacement); they need not be whole numbers.
     """
     offsets = np.arange(-(size - 1), size)                     # d = -(size-1) .. size-1
-    kernel = np.exp(-offsets ** 2 / (2.0 * sigma ** 2))
-    kernel /= kernel.sum()                                     # smoothing keeps averages
-    i = np.arange(size)
-    return kernel[i[:, None] - i[None, :] + size - 1].astype(np.float32)  # G[i, k] = g(i - k)
+    Z = np.exp(-offsets ** 2 / (2.0 * sigma ** 2)).sum()       # smoothing keeps averages
+    x = np.arange(size, dtype=np.float64) if centres is None else np.asarray(centres, float)
+    d = np.arange(size)[:, None] - x[None, :]                  # (size, k): d = i - x_a
+    return (np.exp(-d ** 2 / (2.0 * sigma ** 2)) / Z).astype(np.float32)
 
 
 def elastic_displacement(m, rng, alpha, sigma, size=28):
     """Random smooth displacement fields (d_rows, d_cols) for m images (Simard et al. 2003).
 
-    For each image and each of the two directions (down, right):
+    Simard's recipe, for each image and each of the two directions (down, right):
       1. draw an independent uniform number in [-1, 1] for every pixel: field (size, size);
       2. smooth it with a Gaussian of standard deviation sigma pixels, so that neighbouring
          pixels move together (small sigma: a jittery, noisy look; large sigma: the whole
@@ -1054,23 +1063,36 @@ def elastic_displacement(m, rng, alpha, sigma, size=28):
     by sqrt(4 pi sigma^2) (14 for sigma = 4), so alpha is much larger than the resulting
     displacement: alpha = 34, sigma = 4 moves pixels by about 1.4 px (standard deviation),
     alpha = 34, sigma = 5 by about 1.1 px.
+
+    A field just like it, cheaper: the Gaussian blurs away all detail finer than sigma, so
+    most of the 784 random numbers per field are wasted. We draw them only at k x k control points
+    spaced h <= sigma apart, and give each one the weight of the h x h pixels around it,
+        d[i, j] = alpha * sum_a sum_b g(i - x_a) g(j - x_b) * h * U[a, b],   U uniform [-1, 1]
+    (h * U has variance h^2 / 3: the summed variance of h^2 pixels of variance 1/3). The
+    variance sum_a g(i - x_a)^2 h is then a Riemann sum, step h, of the integral of g^2 (a
+    Gaussian of std sigma / sqrt 2), off by at most 2 exp(-pi^2 sigma^2 / h^2) = 1e-4 for
+    h = sigma: the same spread, the same smoothness, for 6 x 6 random numbers instead of
+    28 x 28 when sigma = 5, and an eighth of the arithmetic.
     Returns (d_rows, d_cols), each (m, size, size) float32.
     """
+    k = min(size, math.ceil(size / sigma))                    # control points per side
+    h = size / k                                               # their spacing, <= sigma
+    centres = (np.arange(k) + 0.5) * h - 0.5                   # spread evenly over the frame
     # float32 random numbers are drawn about twice as fast as float64, and are plenty here.
-    field = 2.0 * rng.random((m, 2, size, size), dtype=np.float32) - 1.0   # U[-1, 1]
+    # The strength alpha multiplies the small field rather than the big smoothed one: the
+    # same product (matrix products are linear), for k x k multiplications, not size x size.
+    field = (alpha * h) * (2.0 * rng.random((m, 2, k, k), dtype=np.float32) - 1.0)
 
     # Gaussian smoothing as two matrix products. A 2-D Gaussian is separable,
     #   g(di, dj) = g(di) * g(dj),
-    # so smoothing in 2-D = smoothing every column, then every row, with the 1-D kernel.
-    # With G[i, k] = g(i - k):
-    #   (G @ F)[i, j]   = sum_k g(i - k) F[k, j]   smooths down each column,
-    #   (F @ G.T)[i, j] = sum_k F[i, k] g(j - k)   smooths along each row,
-    # hence smoothed = G @ F @ G.T (and G.T = G). That is 2 x 28 multiply-adds per pixel
-    # instead of 28 x 28 for a direct 2-D sum, done by the fast matrix-product routine,
-    # for every field of the batch at once (matmul broadcasts G over the (m, 2) leading axes).
-    G = gaussian_matrix(size, sigma)
-    smoothed = G @ field @ G                                   # (s,s) @ (m,2,s,s) @ (s,s)
-    displacement = alpha * smoothed                            # pixels
+    # so the double sum above is G @ F @ G.T with G[i, a] = g(i - x_a), (size, k):
+    #   (G @ F)[i, b]   = sum_a g(i - x_a) F[a, b]    spreads down each column,
+    #   (. @ G.T)[i, j] = sum_b .[i, b] g(j - x_b)    spreads along each row,
+    # done by the fast matrix-product routine, for every field of the batch at once (matmul
+    # broadcasts G over the (m, 2) leading axes). With control points at every pixel (k =
+    # size, h = 1) this is exactly Simard's recipe, a Gaussian blur of per-pixel noise.
+    G = gaussian_matrix(size, sigma, centres)                  # (size, k)
+    displacement = G @ field @ G.T                             # (s,k) @ (m,2,k,k) @ (k,s)
     return displacement[:, 0], displacement[:, 1]             # d_rows, d_cols: (m, s, s)
 
 
@@ -4030,9 +4052,9 @@ def build_parser():
     p.add_argument("--dropout", type=fraction, default=D["dropout"], metavar="RATE",
                    help="fraction of hidden units dropped while training, 0 = off "
                         "(default: %(default)g)")
-    p.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="none",
+    p.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="light",
                    help="random distortions (shift, rotation, scale, shear, elastic) of the "
-                        "training images every epoch (default: none)")
+                        "training images every epoch, none to switch them off (default: light)")
     p.add_argument("--val-size", type=non_negative_int, default=VAL_SIZE, metavar="N",
                    help="training images held out to pick the best epoch (default: %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=D["seed"],

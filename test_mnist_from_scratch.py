@@ -435,6 +435,15 @@ class TestCommandLine(unittest.TestCase):
         self.assertGreater(meta["test_accuracy"], 0.9)
 
     @needs_mnist
+    def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
+        code, out, err = self.train_run
+        self.assertEqual(code, 0, err)
+        with np.load(self.model, allow_pickle=False) as z:
+            self.assertEqual(json.loads(str(z["meta"]))["settings"]["augment"], "light")
+        args = mnist.build_parser().parse_args(["train", "--augment", "none"])
+        self.assertEqual(args.augment, "none")
+
+    @needs_mnist
     def test_evaluate_json_reports_accuracy_loss_and_confusion(self):
         code, out, err = run_cli("evaluate", "--json", "--data-dir", DATA_DIR, "--model", self.model)
         self.assertEqual(code, 0, err)
@@ -1625,6 +1634,12 @@ class TestAugmentationGaussianSmoothing(unittest.TestCase):
                 direct[i, j] = (weights * field).sum()
         self.assertLess(np.abs(separable - direct).max(), 1e-5)
 
+    def test_at_whole_number_centres_the_matrix_is_those_columns_of_the_square_one(self):
+        centres = [0, 5, 13, 27]
+        G = gaussian_matrix(28, 3.0, centres)
+        self.assertEqual(G.shape, (28, 4))
+        self.assertTrue(np.allclose(G, gaussian_matrix(28, 3.0)[:, centres], atol=1e-7))
+
 
 class TestAugmentationElastic(unittest.TestCase):
     def test_displacement_has_the_expected_size_and_zero_mean(self):
@@ -1651,6 +1666,29 @@ class TestAugmentationElastic(unittest.TestCase):
             a, b = d_rows[:, 14, 14 - d // 2], d_rows[:, 14, 14 - d // 2 + d]
             expected = np.exp(-d ** 2 / (4 * sigma ** 2))                # 0.98, 0.61, 0.11
             self.assertAlmostEqual(float(np.corrcoef(a, b)[0, 1]), expected, delta=0.06)
+
+    def test_with_a_control_point_at_every_pixel_it_is_simards_blurred_noise(self):
+        # sigma = 1 puts the control points 1 pixel apart, on the pixels: then the field is
+        # exactly a Gaussian blur of one uniform number per pixel, G @ F @ G.T.
+        alpha, sigma, m = 8.0, 1.0, 3
+        d_rows, d_cols = elastic_displacement(m, np.random.default_rng(12), alpha, sigma)
+        noise = 2 * np.random.default_rng(12).random((m, 2, 28, 28), dtype=np.float32) - 1
+        G = gaussian_matrix(28, sigma)
+        expected = alpha * (G @ noise @ G.T)
+        self.assertLess(float(np.abs(d_rows - expected[:, 0]).max()), 1e-4)
+        self.assertLess(float(np.abs(d_cols - expected[:, 1]).max()), 1e-4)
+
+    def test_the_field_spreads_as_much_between_control_points_as_on_them(self):
+        # Control points 28 / 6 = 4.7 px apart (sigma = 5) leave no trace in the field: at
+        # every pixel of the middle row its spread is that of Simard's per-pixel recipe,
+        # alpha sqrt(1/3) sum_k g(i - k)^2 sum_l g(j - l)^2 under the square root.
+        alpha, sigma = 25.0, 5.0
+        d_rows, _ = elastic_displacement(20000, np.random.default_rng(13), alpha, sigma)
+        G = gaussian_matrix(28, sigma).astype(np.float64)
+        per_pixel_variance = (G ** 2).sum(axis=1)                        # sum_k g(i - k)^2
+        for j in range(6, 22):
+            expected = alpha * np.sqrt(per_pixel_variance[14] * per_pixel_variance[j] / 3)
+            self.assertAlmostEqual(float(d_rows[:, 14, j].std() / expected), 1.0, delta=0.03)
 
 
 class TestAugmentationBilinearSample(unittest.TestCase):
