@@ -2123,6 +2123,21 @@ def prepare_image(gray, alpha=None, dataset="mnist"):
     return image_to_mnist(gray, alpha)
 
 
+def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
+    """Single-image prediction, the one path `predict`, `draw`'s pictures and `serve` share:
+    prepare the image as the training images were prepared, then run the network.
+
+    Returns (x28, P, steps): the (28, 28) input, the ten probabilities P (10,) and the
+    preparation's steps; x28 and P are None when the image holds nothing to recognise, and
+    steps["reason"] says why. Needs: prepare_image, predict_proba.
+    """
+    x28, steps = prepare_image(gray, alpha, dataset)
+    if x28 is None:
+        return None, None, steps
+    P = predict_proba(x28.reshape(1, 784), Ws, bs, activation)[0]  # (1, 784) -> (10,)
+    return x28, P, steps
+
+
 # %% [12] Pictures: training curves, confusion matrix, mistakes, weights, one prediction
 #
 # Numbers in a log say *how well* the network does; pictures show *how* and *where*:
@@ -3066,7 +3081,7 @@ class HTTPError(Exception):
         self.status = status
 
 
-def predict_image_bytes(body, Ws, bs, activation="relu"):
+def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist"):
     """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> image_to_mnist
     -> predict_proba, the path of `predict` and `draw`.
 
@@ -3091,10 +3106,9 @@ def predict_image_bytes(body, Ws, bs, activation="relu"):
         gray, alpha = read_image(io.BytesIO(body))
     except ValueError:
         raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
-    x, steps = image_to_mnist(gray, alpha)
+    x, p, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
     if x is None:
         return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
-    p = predict_proba(x.reshape(1, 784), Ws, bs, activation)[0]    # (1, 784) -> (10,)
     return {"digit": int(p.argmax()),
             "probabilities": [round(float(v), 6) for v in p],
             "input28": [[round(float(v), 3) for v in row] for row in x]}  # 3 decimals: ~4 kB of JSON
@@ -3118,7 +3132,7 @@ def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    activation = meta["activation"]
+    activation, dataset = meta["activation"], meta.get("dataset", "mnist")
     Ws, bs = [np.array(W) for W in Ws], [np.array(b) for b in bs]   # the server's own copies ...
     for array in (*Ws, *bs):
         array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
@@ -3184,7 +3198,7 @@ def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
                 else:
                     body = self.read_image_body()
                     with one_per_core:
-                        answer = predict_image_bytes(body, Ws, bs, activation)
+                        answer = predict_image_bytes(body, Ws, bs, activation, dataset)
                     self.answer_json(200, answer)
             except HTTPError as refusal:
                 self.close_connection = True          # a refused request's body may be left unread
@@ -3834,8 +3848,7 @@ def command_predict(args):
             print(f"error: {e}", file=sys.stderr, flush=True)
             unreadable.append(path)
             continue
-        x, steps = prepare_image(gray, alpha, dataset)
-        p = None if x is None else predict_proba(x.reshape(1, 784), Ws, bs, activation)[0]
+        x, p, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
         digit = None if p is None else int(p.argmax())
         if args.json and class_names:
             print(json.dumps({"path": path, "label": digit,
@@ -3938,8 +3951,7 @@ def command_pictures(args):
     photo = save_gray_png(example_photo(), out("example_photo.png"))
     written.append(photo)
     gray, alpha = read_image(photo)
-    x, steps = image_to_mnist(gray, alpha)
-    p = None if x is None else predict_proba(x.reshape(1, 784), Ws, bs, activation)[0]
+    x, p, steps = predict_image(gray, alpha, Ws, bs, activation)
     panels = {name: steps[name] for name in ("ink", "mask", "cropped") if name in steps}
     written.append(plot_prediction(gray, x, p, out("prediction.png"), steps=panels))
     # The drawing window, drawn off screen with a "2" traced along these points.
