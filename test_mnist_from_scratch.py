@@ -1549,22 +1549,6 @@ OFF = dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
            elastic_alpha=0.0, elastic_sigma=0.0)
 
 
-def load_mnist_training_images(count):
-    """The first `count` MNIST training images, (count, 28, 28) float32, or None if absent."""
-    if not HAVE_MNIST:
-        return None
-    return real_mnist()[0][:count].reshape(count, 28, 28)
-
-
-def synthetic_digits(m, rng):
-    """m digit-like images: a thick random ellipse ring inside the central 20x20 box."""
-    i, j = np.mgrid[0:28, 0:28].astype(np.float32)
-    a = rng.uniform(5, 9, size=(m, 1, 1))                   # half-height of the ring
-    b = rng.uniform(3, 7, size=(m, 1, 1))                   # half-width
-    radius = np.sqrt(((i - 13.5) / a) ** 2 + ((j - 13.5) / b) ** 2)
-    return np.clip(1.5 - 6 * np.abs(radius - 1), 0, 1).astype(np.float32)
-
-
 class TestAugmentationAffineGrid(unittest.TestCase):
     def test_zero_strength_grid_is_exactly_the_pixel_grid(self):
         rows, cols = random_affine_grids(5, np.random.default_rng(0))
@@ -1733,11 +1717,12 @@ class TestAugmentationBilinearSample(unittest.TestCase):
         self.assertTrue(np.allclose(out, [0, 0, 0.5, 1, 1, 0.75, 0, 0]))
 
 
+@needs_mnist
 class TestAugmentBatch(unittest.TestCase):
+    """Distortions of real handwriting: the first 1,000 MNIST training digits."""
+
     def setUp(self):
-        real = load_mnist_training_images(1000)                         # None without MNIST
-        self.digits = real if real is not None else synthetic_digits(1000,
-                                                                     np.random.default_rng(8))
+        self.digits = real_mnist()[0][:1000].reshape(1000, 28, 28)
 
     def test_all_strengths_zero_is_exactly_the_identity(self):
         flat = self.digits.reshape(-1, 784)
