@@ -3395,7 +3395,7 @@ positive_int = checked_number(int, lambda v: v >= 1, "at least 1")
 non_negative_int = checked_number(int, lambda v: v >= 0, "0 or more")
 positive_float = checked_number(float, lambda v: 0 < v < math.inf, "a positive number")
 non_negative_float = checked_number(float, lambda v: 0 <= v < math.inf, "0 or more")
-fraction = checked_number(float, lambda v: 0 <= v < 1, "at least 0 and less than 1")
+fraction_below_one = checked_number(float, lambda v: 0 <= v < 1, "at least 0 and less than 1")
 
 
 def layer_sizes(text):
@@ -4050,7 +4050,7 @@ def build_parser():
                    help="images per gradient step (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=D["lr"],
                    help="learning rate at the start (default: %(default)s)")
-    p.add_argument("--momentum", type=fraction, default=D["momentum"],
+    p.add_argument("--momentum", type=fraction_below_one, default=D["momentum"],
                    help="momentum, 0 for plain SGD (default: %(default)s)")
     p.add_argument("--weight-decay", type=non_negative_float, default=D["weight_decay"],
                    metavar="L2", help="L2 weight decay (default: %(default)g)")
@@ -4061,7 +4061,7 @@ def build_parser():
                         f"(default: {','.join(map(str, D['hidden']))})")
     p.add_argument("--activation", choices=list(ACTIVATIONS), default=D["activation"],
                    help="hidden-layer nonlinearity (default: %(default)s)")
-    p.add_argument("--dropout", type=fraction, default=D["dropout"], metavar="RATE",
+    p.add_argument("--dropout", type=fraction_below_one, default=D["dropout"], metavar="RATE",
                    help="fraction of hidden units dropped while training, 0 = off "
                         "(default: %(default)g)")
     p.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="light",
