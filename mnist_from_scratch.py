@@ -3244,6 +3244,7 @@ def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
     class DigitServer(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True                     # Ctrl+C does not wait for open connections
+        request_queue_size = 64                   # connections waiting to be accepted (default 5)
 
         def handle_error(self, request, client_address):   # one line, never a traceback
             error = sys.exc_info()[1]
