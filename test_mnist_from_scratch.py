@@ -1000,7 +1000,9 @@ class TestTheFileAsALesson(unittest.TestCase):
             "cross_entropy": lambda f: f(rng.normal(size=(3, 10)), np.array([1, 2, 3])),
             "forward": lambda f: f(X, *mnist.init_params([784, 8, 10])),
             "sgd_step": lambda f: f([np.ones(3)], [np.ones(3)], [np.zeros(3)], 0.1),
-            "train": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10),
+            "train": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10, dropout=0.2,
+                                 augment=mnist.AUGMENT_PRESETS["light"]),
+            "augment_batch": lambda f: f(X.reshape(-1, 28, 28), np.random.default_rng(0)),
             "gradient_check": lambda f: f(),
             "evaluate": lambda f: f(X, y, *mnist.init_params([784, 8, 10])),
         }
