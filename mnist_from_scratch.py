@@ -2794,7 +2794,8 @@ def print_epoch(entry, epochs):
 # the README's results table. Any flag given on the command line overrides them.
 MODEL_FOR_DATASET = {"mnist": MODEL_PATH, "fashion": "fashion_model.npz"}
 TRAIN_DEFAULTS_FOR_DATASET = {
-    "fashion": dict(hidden=(512, 256), epochs=15, dropout=0.0, augment="none"),
+    "fashion": dict(hidden=(512, 256), epochs=15, batch_size=128, lr=0.1, momentum=0.9,
+                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="none"),
 }
 
 
@@ -2920,6 +2921,8 @@ def command_weights(args):
 
 def command_samples(args):
     dataset = with_dataset_defaults(args)
+    if args.out is None:
+        args.out = "samples" if dataset == "mnist" else os.path.join("samples", dataset)
     _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
     if y_test is None:
         raise UserError("the test images have no labels; use the IDX files")
@@ -3036,6 +3039,8 @@ def command_pictures(args):
     """Draw the README's pictures from a trained model: one command makes all of them."""
     Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta.get("activation", "relu")
+    if args.out is None:  # each data set's pictures in their own folder: none overwrites another's
+        args.out = "docs" if dataset == "mnist" else os.path.join("docs", dataset)
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
     written = []
@@ -3196,8 +3201,9 @@ def build_parser():
     p = add("samples", "write a few test digits as PNG files, to try `predict` on")
     dataset_flag(p)
     data_flag(p)
-    p.add_argument("--out", default="samples", metavar="DIR",
-                   help="folder to write them to (default: samples)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder to write them to (default: samples, for Fashion-MNIST "
+                        "samples/fashion)")
     p.set_defaults(run=command_samples)
 
     p = add("predict", "recognise the digit in images (PNG or JPEG, or folders of them); "
@@ -3224,8 +3230,9 @@ def build_parser():
     dataset_flag(p, for_a_model=True)
     data_flag(p)
     model_flag(p)
-    p.add_argument("--out", default="docs", metavar="DIR",
-                   help="folder to write them to (default: docs)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder to write them to (default: docs, for a Fashion-MNIST model "
+                        "docs/fashion)")
     p.set_defaults(run=command_pictures)
 
     p = add("gradcheck", "compare the hand-written gradients with finite differences")
