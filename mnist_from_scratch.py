@@ -3121,12 +3121,12 @@ def build_parser():
                             f"{DATASETS['fashion']['folder']} for Fashion-MNIST; downloaded "
                             f"there when missing)")
 
-    def dataset_flag(p, for_a_model=False):
+    def dataset_flag(p, for_a_model=False, note=""):
         p.add_argument("--dataset", choices=list(DATASETS), default=None if for_a_model else "mnist",
                        help="the images: mnist (handwritten digits) or fashion (Fashion-MNIST, "
                             "clothes); " + ("default: the one the model was trained on, which "
                                             "also picks the default --model" if for_a_model
-                                            else "default: mnist"))
+                                            else "default: mnist") + note)
 
     def show_flag(p):
         p.add_argument("--show", action="store_true",
@@ -3139,7 +3139,9 @@ def build_parser():
 
     p = add("train", "train a network on MNIST, report test accuracy and save it")
     parser.train_parser = p
-    dataset_flag(p)
+    dataset_flag(p, note="; fashion brings its own defaults: " + " ".join(
+        f"--{name.replace('_', '-')} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
+        for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items()))
     data_flag(p)
     model_flag(p)
     p.add_argument("--epochs", type=positive_int, default=EPOCHS,
