@@ -3611,7 +3611,8 @@ def same_measure(new_meta, old_meta):
 # the README's results table. Any flag given on the command line overrides them.
 MODEL_FOR_DATASET = {"mnist": MODEL_PATH, "fashion": "fashion_model.npz"}
 TRAIN_DEFAULTS_FOR_DATASET = {
-    "fashion": dict(hidden=(512, 256), epochs=15, dropout=0.0, augment="none"),
+    "fashion": dict(hidden=(512, 256), epochs=15, batch_size=128, lr=0.1, momentum=0.9,
+                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="none"),
 }
 
 
@@ -3782,6 +3783,8 @@ def command_samples(args):
     """save_sample_digits, one file at a time: a file that cannot be written is reported and
     the others are still written; the exit status is 2 at the end if any failed."""
     dataset = with_dataset_defaults(args)
+    if args.out is None:
+        args.out = "samples" if dataset == "mnist" else os.path.join("samples", dataset)
     _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
     if y_test is None:
         raise UserError("the test images have no labels; use the IDX files")
@@ -3939,6 +3942,8 @@ def command_pictures(args):
     """Draw the README's pictures from a trained model: one command makes all of them."""
     Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta["activation"]
+    if args.out is None:  # each data set's pictures in their own folder: none overwrites another's
+        args.out = "docs" if dataset == "mnist" else os.path.join("docs", dataset)
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
     written = []
@@ -4025,12 +4030,12 @@ def build_parser():
                             f"{DATASETS['fashion']['folder']} for Fashion-MNIST; downloaded "
                             f"there when missing)")
 
-    def dataset_flag(p, for_a_model=False):
+    def dataset_flag(p, for_a_model=False, note=""):
         p.add_argument("--dataset", choices=list(DATASETS), default=None if for_a_model else "mnist",
                        help="the images: mnist (handwritten digits) or fashion (Fashion-MNIST, "
                             "clothes); " + ("default: the one the model was trained on, which "
                                             "also picks the default --model" if for_a_model
-                                            else "default: mnist"))
+                                            else "default: mnist") + note)
 
     def show_flag(p):
         p.add_argument("--show", action="store_true",
@@ -4043,7 +4048,9 @@ def build_parser():
 
     p = add("train", "train a network on MNIST, report test accuracy and save it")
     parser.train_parser = p
-    dataset_flag(p)
+    dataset_flag(p, note="; fashion brings its own defaults: " + " ".join(
+        f"--{name.replace('_', '-')} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
+        for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items()))
     data_flag(p)
     model_flag(p, "; a model already there is replaced when training ends, and after Ctrl-C only "
                   "by a run at least as accurate (else saved beside it, model.npz as "
@@ -4112,8 +4119,9 @@ def build_parser():
     p = add("samples", "write a few test digits as PNG files, to try `predict` on")
     dataset_flag(p)
     data_flag(p)
-    p.add_argument("--out", default="samples", metavar="DIR",
-                   help="folder to write them to (default: samples)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder to write them to (default: samples, for Fashion-MNIST "
+                        "samples/fashion)")
     p.set_defaults(run=command_samples, paths={"data_dir": "data folder",
                                                "out": "folder to write"})
 
@@ -4153,8 +4161,9 @@ def build_parser():
     dataset_flag(p, for_a_model=True)
     data_flag(p)
     model_flag(p)
-    p.add_argument("--out", default="docs", metavar="DIR",
-                   help="folder to write them to (default: docs)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder to write them to (default: docs, for a Fashion-MNIST model "
+                        "docs/fashion)")
     p.set_defaults(run=command_pictures, paths={"data_dir": "data folder", "model": "model to read",
                                                 "out": "folder to write"})
 

@@ -3164,11 +3164,38 @@ class TestFashionMNIST(unittest.TestCase):
         self.assertEqual((answer["label"], answer["name"]), (9, "Ankle boot"))
 
     @needs_fashion
+    def test_pictures_of_a_fashion_model_leave_out_the_digit_pictures(self):
+        out = os.path.join(self.tmp.name, "pictures")
+        code, stdout, err = run_cli("pictures", "--model", self.model, "--out", out)
+        self.assertEqual(code, 0, err)
+        # the digit photo and the drawing window are left out: they show digits
+        self.assertEqual(sorted(os.listdir(out)), ["confusion.png", "training.png", "weights.png"])
+        self.assertEqual(png_size(os.path.join(out, "confusion.png")), (600, 560))
+
+    @needs_fashion
     def test_a_fashion_model_is_not_used_as_a_digit_model(self):
         code, out, err = run_cli("evaluate", "--dataset", "mnist", "--model", self.model)
         self.assertEqual(code, 2)
         self.assertEqual(err.strip().count("\n"), 0, err)
         self.assertIn("trained on Fashion-MNIST, not MNIST", err)
+
+    def test_confusion_and_mistakes_pictures_are_labelled_with_class_names(self):
+        names = mnist.DATASETS["fashion"]["classes"]
+        figures = []
+
+        def keep_figure(figure, path):
+            figures.append(figure)
+            return path
+        with mock.patch.object(mnist, "_save_figure", side_effect=keep_figure):
+            plot_confusion(np.eye(10, dtype=int) * 90 + 1, os.path.join(self.tmp.name, "c.png"),
+                           class_names=names)
+            plot_errors(np.zeros((2, 784), np.float32), [6, 2], [0, 4], [0.9, 0.8],
+                        os.path.join(self.tmp.name, "e.png"), n=2, class_names=names)
+        confusion_axes = figures[0].axes[0]
+        self.assertEqual([t.get_text() for t in confusion_axes.get_yticklabels()], names)
+        self.assertEqual(confusion_axes.get_xlabel(), "predicted class")
+        titles = [axes.get_title() for axes in figures[1].axes[:2]]
+        self.assertEqual(titles, ["Shirt\n\u2192 T-shirt/top (90 %)", "Pullover\n\u2192 Coat (80 %)"])
 
     def test_light_background_product_becomes_a_centred_light_on_dark_28x28(self):
         x28, steps = mnist.image_to_fashion(product_photo())
