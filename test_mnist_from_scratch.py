@@ -2000,8 +2000,106 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
         print(f"| {kind} | {no_digit_per_kind} | {found} |", flush=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# The USPS table of the README: real handwriting nobody here made (not a test: minutes)
+# ----------------------------------------------------------------------------------------------
+USPS_DIR = os.path.join(HERE, "..", "shared", "usps")
+# How a user might hand a USPS digit to predict: (enlargement, black on white?, margin per side
+# at 16 px). 16x16 and 4x enlarged (64x64), both polarities, tightly cropped as USPS is, and with
+# a margin of half the digit's side (32 px around a 64 px digit, 8 px around a 16 px one).
+USPS_PRESENTATIONS = [(scale, black, margin) for scale in (1, 4) for black in (True, False) for margin in (0, 8)]
+
+
+def load_usps(folder=USPS_DIR):
+    """The USPS digits (see the README beside zip.train.gz): images (n, 16, 16) float32 with ink 1
+    and background 0, and labels (n,)."""
+    path = os.path.join(folder, "zip.train.gz")
+    with gzip.open(path, "rt") as file:
+        rows = np.loadtxt(file, dtype=np.float32)
+    return (rows[:, 1:].reshape(-1, 16, 16) + 1) / 2, rows[:, 0].astype(int)
+
+
+def presentation_name(scale, black_on_white, margin):
+    side = 16 * scale
+    return (f"{side}x{side}, {'black on white' if black_on_white else 'white on black'}, "
+            + (f"margin {margin * scale} px" if margin else "tight"))
+
+
+def present_digit(ink, scale, black_on_white, margin):
+    """PNG bytes of one digit (ink 1 on background 0) as a user might give it: with `margin`
+    pixels of background around it, enlarged smoothly `scale` times, in either polarity."""
+    from PIL import Image
+
+    ink = np.pad(ink.astype(np.float32), margin)
+    if scale > 1:
+        side = ink.shape[0] * scale
+        ink = np.asarray(Image.fromarray(ink, "F").resize((side, side), Image.BICUBIC))
+    ink = np.clip(ink, 0.0, 1.0)
+    return encode(1.0 - ink if black_on_white else ink, "L", "PNG")
+
+
+def plain_recipe(ink):
+    """The MNIST recipe alone, on an image whose ink is known: crop to the ink, scale the longer
+    side to 20 px, brightest pixel 1, centre of mass at (14, 14). Nothing else."""
+    rows, cols = np.nonzero(ink > 0)
+    cropped = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    digit = mnist.fit_in_box(cropped)
+    return center_by_mass(digit / digit.max())
+
+
+def through_files(images, folder):
+    """Write each image's bytes into `folder` and prepare it as predict does: read_image ->
+    image_to_mnist. Returns ((n, 784) inputs, zeros where no digit was found; n no-digit flags)."""
+    prepared, refused = [], []
+    for number, data in enumerate(images):
+        path = os.path.join(folder, f"{number}.png")
+        with open(path, "wb") as file:
+            file.write(data)
+        x28, _ = image_to_mnist(*read_image(path))
+        refused.append(x28 is None)
+        prepared.append(np.zeros((28, 28), np.float32) if x28 is None else x28)
+    return np.array(prepared).reshape(-1, 784), np.array(refused)
+
+
+def measure_usps(model_paths, count=None, folder=USPS_DIR):
+    """Print the accuracy of each model on USPS digits given to predict in every presentation
+    (written as PNG files into a temporary folder; "no digit found" counts as wrong), beside the
+    plain MNIST recipe on the same digits with the same model.
+
+        python test_mnist_from_scratch.py --measure-usps MODEL [MODEL ...] [DIGITS]
+    """
+    models = [mnist.load_model(path) for path in model_paths]
+    images, labels = load_usps(folder)
+    if count and count < len(labels):  # a fixed, evenly spread subset: runs stay comparable
+        chosen = np.random.default_rng(0).choice(len(labels), count, replace=False)
+        images, labels = images[chosen], labels[chosen]
+
+    def accuracy(X, model):
+        Ws, bs, meta = model
+        return 100 * (mnist.predict_proba(X, Ws, bs, meta.get("activation", "relu")).argmax(1) == labels).mean()
+
+    plain = np.array([plain_recipe(ink) for ink in images]).reshape(-1, 784)
+    header = " | ".join(f"{os.path.basename(path)}: plain recipe | through predict" for path in model_paths)
+    print(f"USPS: {len(labels)} digits; models: "
+          + "; ".join(f"{path} {100 * meta.get('test_accuracy', float('nan')):.2f} % on MNIST's test set"
+                      for path, (_, _, meta) in zip(model_paths, models)))
+    print(f"| presentation | {header} | no digit found | seconds per image |")
+    print("|---|" + "---|---|" * len(models) + "---|---|")
+    with tempfile.TemporaryDirectory() as temporary:
+        for presentation in USPS_PRESENTATIONS:
+            start = time.perf_counter()
+            X, refused = through_files([present_digit(ink, *presentation) for ink in images], temporary)
+            seconds = (time.perf_counter() - start) / len(labels)
+            cells = " | ".join(f"{accuracy(plain, model):.1f} % | {accuracy(X, model):.1f} %" for model in models)
+            print(f"| {presentation_name(*presentation)} | {cells} | {refused.sum()} | {seconds:.3f} |", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
+    elif sys.argv[1:2] == ["--measure-usps"]:
+        arguments = sys.argv[2:]
+        digits = [int(n) for n in arguments if n.isdigit()]
+        measure_usps([a for a in arguments if not a.isdigit()] or ["model.npz"], *digits[:1])
     else:
         unittest.main()
