@@ -1249,19 +1249,21 @@ def narrow_strips_along_the_edge(mask, outside, min_run, band=0.1):
     """What is left of the table after outside_the_page: ink along the edge of the picture or page.
 
     Strips of table too narrow for a block of their own, and the edge of the page beside the
-    blocks found by outside_the_page. Only the part of the mask within `band` (a fraction of the
-    shorter side) of the picture's edge or of `outside` is looked at, so that the digit in the
-    middle stays out of it even when a stray line ties it to the strip. Pieces there that run
-    along the picture's edge for at least min_run pixels, or that touch `outside`, are the table.
+    blocks found by outside_the_page. A piece of the mask is such a strip when it lies wholly
+    within `band` (a fraction of the shorter side) of the picture's edge or of `outside`, and runs
+    along the picture's edge for at least min_run pixels or touches `outside`. A digit stroke that
+    touches the edge (a tight crop, a tail running out of the picture) belongs to a piece that
+    reaches far into the picture: it stays.
     """
     width_of_band = int(np.ceil(band * min(mask.shape)))
     near_edge = max_filter(outside.astype(np.float32), width_of_band // 2) > 0
     near_edge[:width_of_band] = near_edge[-width_of_band:] = True
     near_edge[:, :width_of_band] = near_edge[:, -width_of_band:] = True
-    labels, count = label_components(mask & near_edge)
+    labels, count = label_components(mask)
     table = run_along_the_edge(labels, count) >= min_run
     next_to_outside = labels[(max_filter(outside.astype(np.float32), 1) > 0) & (labels >= 0)]
     table[next_to_outside] = True
+    table[labels[~near_edge & (labels >= 0)]] = False  # a piece reaching into the picture is no strip
     return np.append(table, False)[labels]  # per pixel (label -1, no piece: the appended False)
 
 
@@ -1319,7 +1321,7 @@ def estimate_background(paper, blocks_per_side=32, closing_radius=2, percentile=
     """
     height, width = paper.shape
     grid, block = block_percentiles(paper, blocks_per_side, percentile)
-    rows, cols = grid.shape
+    raw_grid, (rows, cols) = grid, grid.shape
 
     # A closing (max, then min) fills dark islands of the block grid: blocks covered by a thick
     # stroke. An opening over 3x3 blocks (min, then max) then removes single bright blocks: one
@@ -1327,6 +1329,10 @@ def estimate_background(paper, blocks_per_side=32, closing_radius=2, percentile=
     if closing_radius > 0 and min(rows, cols) > 1:
         grid = filter_block_grid(filter_block_grid(grid, closing_radius, np.max), closing_radius, np.min)
         grid = filter_block_grid(filter_block_grid(grid, 1, np.min), 1, np.max)
+    # The border extrapolation must not invent paper brighter (or darker) than any block shows:
+    # next to a block covered by a stroke it would, and a tightly cropped digit, which touches
+    # its border, would then get ink all over its paper.
+    grid = np.clip(grid, raw_grid.min(), raw_grid.max())
 
     # Bilinear interpolation between block centres, first along rows, then along columns.
     # Between the last block centre and the border the trend is extended (t < 0 or t > 1),
@@ -1432,7 +1438,7 @@ def unshear_columns(sheared, shift, height):
     return sheared[rows, np.arange(sheared.shape[1])]
 
 
-def find_horizontal_lines(mask, max_angle_degrees=5.0, min_coverage=0.5, max_thickness=0.03):
+def find_horizontal_lines(mask, max_angle_degrees=5.0, min_coverage=0.5, max_thickness=0.03, widened=2):
     """Find long, thin, nearly horizontal lines in a boolean ink mask (ruled or squared paper).
 
     1. Find the tilt: for each candidate angle, shift every column by x * tan(angle) ("shear")
@@ -1476,8 +1482,8 @@ def find_horizontal_lines(mask, max_angle_degrees=5.0, min_coverage=0.5, max_thi
     length = np.array([covered[start:end].max() for start, end in zip(starts, ends)], dtype=float)
     fraction = np.array([coverage[start:end].max() for start, end in zip(starts, ends)])
     thickness = ends - starts - 2  # -2: the +-1 row band widened every line by 2 rows
-    # (+2: the 3x3 smoothing before thresholding widened every line by 2 pixels.)
-    thin = thickness <= max_thickness * np.maximum(length, width / 2) + 2
+    # (+ widened: a 3x3 smoothing before thresholding widens every line by 2 pixels.)
+    thin = thickness <= max_thickness * np.maximum(length, width / 2) + widened
     runs = [(start, end, cover, thick) for start, end, cover, thick
             in zip(starts[thin], ends[thin], fraction[thin], thickness[thin])]
     return shift, runs
@@ -1508,7 +1514,7 @@ def extent_of_largest_piece(mask):
     return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
 
 
-def remove_grid_lines(mask, reach=3, reach_past=1.5):
+def remove_grid_lines(mask, reach=3, reach_past=1.5, widened=2):
     """Delete the printed lines of squared or ruled paper, but keep the digit strokes crossing them.
 
     Horizontal lines are found by find_horizontal_lines, vertical ones by the same function on the
@@ -1526,7 +1532,7 @@ def remove_grid_lines(mask, reach=3, reach_past=1.5):
     families = []  # (transposed?, shift, runs, line pixels) for horizontal and vertical lines
     for transposed in (False, True):
         oriented = mask.T if transposed else mask
-        shift, runs = find_horizontal_lines(oriented)
+        shift, runs = find_horizontal_lines(oriented, widened=widened)
         runs = printed_lines_only(runs)
         line_rows = np.zeros((oriented.shape[0] + shift.max(), oriented.shape[1]), dtype=bool)
         for start, end, _, _ in runs:
@@ -1769,7 +1775,12 @@ def find_the_digit(ink, paper):
     then `reason` says why); the pixels set aside as printed lines or as the table around the
     page; and the noise floor, an ink strength that paper noise practically never reaches.
     """
-    smooth = box_blur(ink, 1)  # JPEG noise and paper grain average out, strokes do not
+    # JPEG noise and paper grain average out over 3x3 pixels, strokes do not. A picture made on a
+    # computer (a drawing, a digit cut out of a data set) has no noise to average: most of its
+    # neighbouring pixels are exactly equal. It stays sharp, for in a small, tight crop the blur
+    # would spread the strokes over most of the background.
+    noiseless = np.mean(np.diff(ink, axis=1) == 0) > 0.5
+    smooth = ink if noiseless else box_blur(ink, 1)
     nothing = np.zeros(ink.shape, dtype=bool)
 
     # Photo: the table around the page is set aside, and the noise and the ink are measured on
@@ -1791,7 +1802,7 @@ def find_the_digit(ink, paper):
     # What is left of the table (strips too narrow for outside_the_page) is found once the lines,
     # which also reach the edge, are gone (unless it is all there is).
     candidates = (smooth > floor) & ~outside
-    without_lines, lines = remove_grid_lines(candidates)
+    without_lines, lines = remove_grid_lines(candidates, widened=0 if noiseless else 2)
     strips = narrow_strips_along_the_edge(without_lines, outside, 0.15 * min(ink.shape))
     if (without_lines & ~strips).any():
         outside = outside | strips

@@ -2094,12 +2094,80 @@ def measure_usps(model_paths, count=None, folder=USPS_DIR):
             print(f"| {presentation_name(*presentation)} | {cells} | {refused.sum()} | {seconds:.3f} |", flush=True)
 
 
+# What taking out one step of section [11] means: the step replaced by one that finds nothing.
+ABLATIONS = {
+    "local background (uneven light)": ("estimate_background", lambda paper, *a, **k: np.full(
+        paper.shape, np.percentile(paper, 90), np.float32)),
+    "polarity check (median alone)": ("decide_polarity", lambda gray: bool(np.median(gray) > 0.5)),
+    "table around the page": ("outside_the_page", lambda paper, *a, **k: np.zeros(paper.shape, bool)),
+    "narrow strips of table": ("narrow_strips_along_the_edge", lambda mask, *a, **k: np.zeros_like(mask)),
+    "printed lines": ("remove_grid_lines", lambda mask, *a, **k: (mask, np.zeros_like(mask))),
+    "strokes along printed lines": ("strokes_on_lines", lambda smooth, digit, lines, sigma: np.zeros_like(lines)),
+    "specks (keep the digit's pieces)": ("keep_digit_components", lambda mask, ink, *a, **k: mask.copy()),
+    "noise test": ("looks_like_noise", lambda *a, **k: False),
+    "stroke width": ("normalise_stroke_width", lambda cropped, *a, **k: cropped),
+}
+
+
+def measure_ablation(model_path, digits=200, photos_per_kind=50, no_digit_per_kind=40, only=None):
+    """Print what each photo step of section [11] is worth: the accuracy through image_to_mnist
+    with all steps, and with each step taken out in turn, on USPS digits (both polarities
+    together), on each kind of synthetic photo, and the count of no-digit images given a digit.
+
+        python test_mnist_from_scratch.py --measure-usps MODEL [DIGITS] --ablation
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    usps_images, usps_labels = load_usps()
+    chosen = np.random.default_rng(0).choice(len(usps_labels), digits, replace=False)
+    columns = []  # (name, list of image bytes, labels or None for no-digit images)
+    for size, margin in ((1, 0), (1, 8), (4, 0), (4, 8)):
+        data = [present_digit(usps_images[i], size, black, margin) for black in (True, False) for i in chosen]
+        columns.append((f"USPS {16 * size} px {'margin' if margin else 'tight'}", data,
+                        np.tile(usps_labels[chosen], 2)))
+    _, _, X_test, labels = real_mnist()
+    images = X_test.reshape(-1, 28, 28)
+    for kind in MEASURED_KINDS:  # the streams of measure_photos: the first images of its table
+        rng = np.random.default_rng(2024 + MEASURED_KINDS.index("photo" if kind == "photo's drawing alone" else kind))
+        picked = rng.choice(len(images), photos_per_kind, replace=False)
+        columns.append((kind, [make_image(kind, images[i], rng) for i in picked], labels[picked]))
+    no_digit = []
+    for number, kind in enumerate(NO_DIGIT_KINDS):
+        rng = np.random.default_rng(4048 + number)
+        no_digit += [synthetic_no_digit(rng, kind) for _ in range(no_digit_per_kind)]
+    columns.append((f"no-digit images given a digit (of {len(no_digit)})", no_digit, None))
+
+    print(f"model {model_path}; USPS: {digits} digits x 2 polarities per column; photos: {photos_per_kind} per kind")
+    print("| taken out | " + " | ".join(name for name, _, _ in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    variants = [("nothing (all steps)", None)] + list(ABLATIONS.items())
+    for name, replacement in variants:
+        if only is not None and name not in only and replacement is not None:
+            continue
+        patch = mock.patch.object(mnist, *replacement) if replacement else contextlib.nullcontext()
+        cells = []
+        with patch:
+            for _, data, truth in columns:
+                prepared = [prepare(item) for item in data]
+                if truth is None:
+                    cells.append(str(sum(x is not None for x in prepared)))
+                    continue
+                X = np.array([np.zeros((28, 28), np.float32) if x is None else x for x in prepared])
+                predicted = mnist.predict_proba(X.reshape(-1, 784), Ws, bs, activation).argmax(1)
+                cells.append(f"{100 * (predicted == truth).mean():.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--measure-usps"]:
-        arguments = sys.argv[2:]
+        arguments = [a for a in sys.argv[2:] if a != "--ablation"]
         digits = [int(n) for n in arguments if n.isdigit()]
-        measure_usps([a for a in arguments if not a.isdigit()] or ["model.npz"], *digits[:1])
+        models = [a for a in arguments if not a.isdigit()] or ["model.npz"]
+        if "--ablation" in sys.argv:
+            measure_ablation(models[0], *digits[:1])
+        else:
+            measure_usps(models, *digits[:1])
     else:
         unittest.main()
