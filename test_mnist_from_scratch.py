@@ -842,6 +842,20 @@ def save_png(array, path, mode="L"):
         file.write(encode(array, mode, "PNG"))
 
 
+def max_filter_bool(mask, radius):
+    return mnist.max_filter(mask.astype(np.float32), radius) > 0
+
+
+@functools.lru_cache(maxsize=None)
+def small_trained_model():
+    """A small network trained here in a few seconds with the file's own training loop; returns
+    its probabilities function."""
+    X_train, y_train, _, _ = real_mnist()
+    Ws, bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                               batch_size=64, lr=0.05, seed=0)
+    return lambda X: mnist.predict_proba(X, Ws, bs)
+
+
 @needs_mnist
 class TestPredictingOneImage(unittest.TestCase):
     @classmethod
@@ -1055,6 +1069,56 @@ class TestPredictingOneImage(unittest.TestCase):
         paper[160:180, 160:180] = np.where(rng.random((20, 20)) < 0.3, 1.0, 0.5)
         background = estimate_background(paper)
         self.assertLess(float(np.abs(background - 0.5).max()), 0.05)
+
+    def test_thin_stroke_touching_the_edge_is_kept_not_taken_for_a_printed_line(self):
+        # A 5 written with a thin pen (3 px) on grey, grainy paper; its tail runs out of the
+        # picture at the bottom edge, and its top bar is as long as the belly is wide.
+        rng = np.random.default_rng(12)
+        belly = [(70 + 55 * np.sin(a), 190 - 60 * np.cos(a)) for a in np.radians(np.arange(-60, 200, 10))]
+        strokes = [[(190, 45), (70, 45), (62, 135)], [(62, 135)] + belly + [(60, 299)]]
+        ink = np.zeros((300, 240), np.float32)
+        for stroke in strokes:
+            ink = mnist.render_stroke(ink, stroke, radius=1.5)
+        page = 0.62 * (1 - 0.8 * ink) + rng.normal(0, 0.01, ink.shape).astype(np.float32)
+        x28, steps = image_to_mnist(*read_image(io.BytesIO(encode(page, "L", "JPEG", 90))))
+        self.assertIsNotNone(x28, steps.get("reason"))
+        stroke_pixels = ink > 0.5
+        self.assertLess(steps["lines"][stroke_pixels].mean(), 0.02)  # nothing set aside as a line
+        kept = max_filter_bool(steps["mask"], 2)[stroke_pixels].mean()
+        self.assertGreater(kept, 0.95)  # the whole 5, tail and bar included, is the digit
+
+    def test_tightly_cropped_digits_come_through_like_the_plain_recipe(self):
+        # MNIST test digits cut out to their ink (no margin), scaled to 16 px and to 64 px, in both
+        # polarities, given to predict as PNG files: as accurate as the plain MNIST recipe (crop,
+        # longer side 20 px, centre of mass) on the same images, and never "no digit found".
+        from PIL import Image
+
+        model = small_trained_model()
+        digits = 150
+        chosen = np.random.default_rng(13).choice(len(self.test_images), digits, replace=False)
+        labels = self.test_labels[chosen]
+        for side in (16, 64):
+            for black_on_white in (True, False):
+                with self.subTest(side=side, black_on_white=black_on_white):
+                    through, plain, refused = [], [], 0
+                    for number, index in enumerate(chosen):
+                        digit = self.test_images[index]
+                        rows, cols = np.nonzero(digit > 0)
+                        cut = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+                        scale = side / max(cut.shape)
+                        size = (max(1, round(cut.shape[1] * scale)), max(1, round(cut.shape[0] * scale)))
+                        ink = np.clip(np.asarray(Image.fromarray(cut, "F").resize(size, Image.BILINEAR)), 0, 1)
+                        path = os.path.join(self.folder.name, f"tight_{side}_{black_on_white}_{number}.png")
+                        save_png(1 - ink if black_on_white else ink, path)
+                        x28, _ = image_to_mnist(*read_image(path))
+                        refused += x28 is None
+                        through.append(np.zeros((28, 28), np.float32) if x28 is None else x28)
+                        plain.append(plain_recipe(ink))
+                    accuracy_through = (model(np.array(through).reshape(-1, 784)).argmax(1) == labels).mean()
+                    accuracy_plain = (model(np.array(plain).reshape(-1, 784)).argmax(1) == labels).mean()
+                    self.assertEqual(refused, 0)
+                    self.assertGreaterEqual(accuracy_through, accuracy_plain - 0.01,
+                                            f"plain {accuracy_plain:.3f}, through predict {accuracy_through:.3f}")
 
     def test_accuracy_on_synthetic_images_is_close_to_clean_accuracy(self):
         # A small network trained here in a few seconds with the file's own training loop.
