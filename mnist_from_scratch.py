@@ -1632,11 +1632,13 @@ def keep_digit_components(mask, ink, min_share=0.03, reach=0.25):
     np.maximum.at(right, which, xs)
 
     # A sliver along the image border (a printed line leaving the picture, the edge of the page)
-    # is long and thin and runs along that border; a digit never does. A 1 touching the top and
-    # bottom of a tightly cropped picture runs across the border, so it stays.
+    # is long and thin and runs along that border; a digit never does. A 1 reaching from the top
+    # to the bottom of a tightly cropped picture is no sliver, even when it also touches a side
+    # (a line across the whole picture is remove_grid_lines's matter).
     tall, wide = bottom - top + 1, right - left + 1
-    along_top_or_bottom = ((top == 0) | (bottom == mask.shape[0] - 1)) & (wide >= 6 * tall)
-    along_left_or_right = ((left == 0) | (right == mask.shape[1] - 1)) & (tall >= 6 * wide)
+    height, width = mask.shape
+    along_top_or_bottom = ((top == 0) | (bottom == height - 1)) & (wide >= 6 * tall) & (wide < width)
+    along_left_or_right = ((left == 0) | (right == width - 1)) & (tall >= 6 * wide) & (tall < height)
     mass[along_top_or_bottom | along_left_or_right] = 0.0
     if mass.max() <= 0:
         return np.zeros_like(mask)
@@ -1793,9 +1795,10 @@ def find_the_digit(ink, paper):
     if peak <= floor and outside.any():
         outside = nothing
         paper_ink, sigma, floor, peak = noise_floor_and_peak(smooth)
-    # The only test of "is there anything at all": ink that paper noise cannot explain, at least
-    # 10 standard deviations of the noise above the paper, and at least 12 % darker than the
-    # paper (a uniform picture has no noise at all; a JPEG of blank paper has blocks 5 % darker).
+    # The test of "is there anything at all": ink that paper noise cannot explain, at least 10
+    # standard deviations of the noise above the paper (the strongest of the ~10^5 pixels of pure
+    # noise lies about 4.5 above), and at least 12 % darker than the paper (a uniform picture has
+    # no noise at all to measure against; 0.12 is the contrast the earlier version asked for).
     if peak - paper_ink < max(10 * sigma, 0.12) and not noiseless:
         # Blurred, a small tight crop is ink almost everywhere, and its weakest pixels are then no
         # paper to measure noise on: the sharp picture is tried before giving up.
@@ -1826,8 +1829,8 @@ def find_the_digit(ink, paper):
     set_aside = lines | outside
 
     # Nothing but specks left (what printed lines leave where they cross, dust): the largest piece
-    # spans under 4 % of the picture (and under 4 pixels). The smallest digits the generators
-    # write, in scans, span 7 % of the page.
+    # spans under 4 % of the picture's longer side (and under 4 pixels). The smallest digits the
+    # generators write, in scans, span about 6 % of it.
     ys, xs = np.nonzero(mask)
     side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 if len(ys) else 0
     if side < max(4, 0.04 * max(ink.shape)):
