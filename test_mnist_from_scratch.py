@@ -2175,12 +2175,12 @@ ABLATIONS = {
 }
 
 
-def measure_ablation(model_path, digits=200, photos_per_kind=50, no_digit_per_kind=40, only=None):
+def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kind=20):
     """Print what each photo step of section [11] is worth: the accuracy through image_to_mnist
     with all steps, and with each step taken out in turn, on USPS digits (both polarities
     together), on each kind of synthetic photo, and the count of no-digit images given a digit.
 
-        python test_mnist_from_scratch.py --measure-usps MODEL [DIGITS] --ablation
+        python test_mnist_from_scratch.py --measure-usps MODEL [DIGITS [PHOTOS [NO_DIGIT]]] --ablation
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
@@ -2208,8 +2208,6 @@ def measure_ablation(model_path, digits=200, photos_per_kind=50, no_digit_per_ki
     print("|---|" + "---|" * len(columns))
     variants = [("nothing (all steps)", None)] + list(ABLATIONS.items())
     for name, replacement in variants:
-        if only is not None and name not in only and replacement is not None:
-            continue
         patch = mock.patch.object(mnist, *replacement) if replacement else contextlib.nullcontext()
         cells = []
         with patch:
@@ -2231,8 +2229,8 @@ if __name__ == "__main__":
         arguments = [a for a in sys.argv[2:] if a != "--ablation"]
         digits = [int(n) for n in arguments if n.isdigit()]
         models = [a for a in arguments if not a.isdigit()] or ["model.npz"]
-        if "--ablation" in sys.argv:
-            measure_ablation(models[0], *digits[:1])
+        if "--ablation" in sys.argv:  # [DIGITS [PHOTOS_PER_KIND [NO_DIGIT_IMAGES_PER_KIND]]]
+            measure_ablation(models[0], *digits[:3])
         else:
             measure_usps(models, *digits[:1])
     else:
