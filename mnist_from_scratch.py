@@ -1799,11 +1799,6 @@ def find_the_digit(ink, paper):
     # standard deviations of the noise above the paper (the strongest of the ~10^5 pixels of pure
     # noise lies about 4.5 above), and at least 12 % darker than the paper (a uniform picture has
     # no noise at all to measure against; 0.12 is the contrast the earlier version asked for).
-    if peak - paper_ink < max(10 * sigma, 0.12) and not noiseless:
-        # Blurred, a small tight crop is ink almost everywhere, and its weakest pixels are then no
-        # paper to measure noise on: the sharp picture is tried before giving up.
-        noiseless, smooth = True, ink
-        paper_ink, sigma, floor, peak = noise_floor_and_peak(ink[~outside])
     if peak - paper_ink < max(10 * sigma, 0.12):
         return None, outside, floor, "no ink stands out from the background"
 

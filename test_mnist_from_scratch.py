@@ -2175,7 +2175,7 @@ ABLATIONS = {
 }
 
 
-def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kind=20):
+def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kind=20, only=None):
     """Print what each photo step of section [11] is worth: the accuracy through image_to_mnist
     with all steps, and with each step taken out in turn, on USPS digits (both polarities
     together), on each kind of synthetic photo, and the count of no-digit images given a digit.
@@ -2208,6 +2208,8 @@ def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kin
     print("|---|" + "---|" * len(columns))
     variants = [("nothing (all steps)", None)] + list(ABLATIONS.items())
     for name, replacement in variants:
+        if only is not None and name not in only:  # a part of the table, to share it among processes
+            continue
         patch = mock.patch.object(mnist, *replacement) if replacement else contextlib.nullcontext()
         cells = []
         with patch:
