@@ -2164,7 +2164,8 @@ def measure_usps(model_paths, count=None, folder=USPS_DIR):
 ABLATIONS = {
     "local background (uneven light)": ("estimate_background", lambda paper, *a, **k: np.full(
         paper.shape, np.percentile(paper, 90), np.float32)),
-    "polarity check (median alone)": ("decide_polarity", lambda gray: bool(np.median(gray) > 0.5)),
+    "polarity check (the border alone)": ("decide_polarity", lambda gray: bool(np.median(np.concatenate(
+        [gray[0], gray[-1], gray[:, 0], gray[:, -1]])) > 0.5)),
     "table around the page": ("outside_the_page", lambda paper, *a, **k: np.zeros(paper.shape, bool)),
     "narrow strips of table": ("narrow_strips_along_the_edge", lambda mask, *a, **k: np.zeros_like(mask)),
     "printed lines": ("remove_grid_lines", lambda mask, *a, **k: (mask, np.zeros_like(mask))),
