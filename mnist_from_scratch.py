@@ -1094,7 +1094,8 @@ def load_model(path):
 #   keep_digit_components drop specks and distant marks, keep the pieces that make up the digit
 #
 # The answer "no digit found" (None) is kept for images with truly nothing in them: nothing
-# stands out from the paper's own noise, or what stands out is no bigger than a speck.
+# stands out from the paper's own noise, or, with printed lines and the table set aside, the
+# largest piece of ink left is no bigger than a speck.
 # Every intermediate image is kept in `steps`, so `predict --plot --steps` can draw them.
 
 MNIST_SIZE = 28                 # MNIST images are 28x28 pixels
@@ -1753,24 +1754,6 @@ def center_by_mass(digit, size=MNIST_SIZE, centre=MNIST_CENTRE):
     return field
 
 
-def looks_like_noise(smooth_ink, mask, threshold, set_aside):
-    """True when the "digit" is only the biggest blot of a noisy picture.
-
-    Pixels as inky as the digit that are neither the digit nor set aside (printed lines, table)
-    are grouped into pieces. Three times as many such pixels close around the digit (within a
-    quarter of its size), or more than five pieces elsewhere at least a quarter as big as the
-    digit: a written page has a few other marks, salt-and-pepper noise hundreds of every size.
-    """
-    ys, xs = np.nonzero(mask)
-    margin = max(ys.max() - ys.min(), xs.max() - xs.min()) // 4
-    elsewhere = (smooth_ink > threshold) & ~set_aside & ~(max_filter(mask.astype(np.float32), 2) > 0)
-    top, left = max(ys.min() - margin, 0), max(xs.min() - margin, 0)
-    around = elsewhere[top : ys.max() + margin + 1, left : xs.max() + margin + 1]
-    labels, _ = label_components(elsewhere)
-    piece_sizes = np.bincount(labels[labels >= 0], minlength=1)
-    return bool(around.sum() > 3 * mask.sum() or (piece_sizes >= mask.sum() / 4).sum() > 5)
-
-
 def find_the_digit(ink, paper):
     """The pixels that make up the digit in an ink map (from remove_background) of a picture whose
     light background `paper` is given (the gray image itself, or its negative).
@@ -1830,8 +1813,13 @@ def find_the_digit(ink, paper):
     side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 if len(ys) else 0
     if side < max(4, 0.04 * max(ink.shape)):
         return None, set_aside, floor, "only specks or printed lines, nothing the size of a digit"
-    if looks_like_noise(smooth, mask, threshold, set_aside):
-        return None, set_aside, floor, "the image is noise: ink-like specks everywhere"
+    # A small mark cut by the edge of the picture (under a quarter of its longer side) is a piece
+    # of something outside it, such as the corner of a grid: a digit lies inside the picture,
+    # and a digit cropped tightly to the picture's edge fills most of it.
+    height, width = ink.shape
+    touches_edge = ys.min() == 0 or xs.min() == 0 or ys.max() == height - 1 or xs.max() == width - 1
+    if touches_edge and side < 0.25 * max(height, width):
+        return None, set_aside, floor, "only a small piece at the edge of the picture"
     return mask, set_aside, floor, None
 
 

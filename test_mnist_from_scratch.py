@@ -2175,7 +2175,6 @@ ABLATIONS = {
     "printed lines": ("remove_grid_lines", lambda mask, *a, **k: (mask, np.zeros_like(mask))),
     "strokes along printed lines": ("strokes_on_lines", lambda smooth, digit, lines, sigma: np.zeros_like(lines)),
     "specks (keep the digit's pieces)": ("keep_digit_components", lambda mask, ink, *a, **k: mask.copy()),
-    "noise test": ("looks_like_noise", lambda *a, **k: False),
     "stroke width": ("normalise_stroke_width", lambda cropped, *a, **k: cropped),
 }
 
