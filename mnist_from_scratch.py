@@ -1095,7 +1095,7 @@ def load_model(path):
 #
 # The answer "no digit found" (None) is kept for images with truly nothing in them: nothing
 # stands out from the paper's own noise, or, with printed lines and the table set aside, the
-# largest piece of ink left is no bigger than a speck.
+# largest piece of ink left is no bigger than a speck, or a small piece cut by the picture's edge.
 # Every intermediate image is kept in `steps`, so `predict --plot --steps` can draw them.
 
 MNIST_SIZE = 28                 # MNIST images are 28x28 pixels
