@@ -1304,6 +1304,20 @@ def save_png(array, path, mode="L"):
         file.write(encode(array, mode, "PNG"))
 
 
+def max_filter_bool(mask, radius):
+    return mnist.max_filter(mask.astype(np.float32), radius) > 0
+
+
+@functools.lru_cache(maxsize=None)
+def small_trained_model():
+    """A small network trained here in a few seconds with the file's own training loop; returns
+    its probabilities function."""
+    X_train, y_train, _, _ = real_mnist()
+    Ws, bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                               batch_size=64, lr=0.05, seed=0)
+    return lambda X: mnist.predict_proba(X, Ws, bs)
+
+
 @needs_mnist
 class TestPredictingOneImage(unittest.TestCase):
     @classmethod
@@ -1517,6 +1531,62 @@ class TestPredictingOneImage(unittest.TestCase):
         paper[160:180, 160:180] = np.where(rng.random((20, 20)) < 0.3, 1.0, 0.5)
         background = estimate_background(paper)
         self.assertLess(float(np.abs(background - 0.5).max()), 0.05)
+
+    def test_thin_stroke_touching_the_edge_is_kept_not_taken_for_a_printed_line(self):
+        # A 5 written with a thin pen (3 px) on grey, grainy paper; its tail runs out of the
+        # picture at the bottom edge, and its top bar is as long as the belly is wide.
+        rng = np.random.default_rng(12)
+        belly = [(70 + 55 * np.sin(a), 190 - 60 * np.cos(a)) for a in np.radians(np.arange(-60, 200, 10))]
+        strokes = [[(190, 45), (70, 45), (62, 135)], [(62, 135)] + belly + [(60, 299)]]
+        ink = np.zeros((300, 240), np.float32)
+        for stroke in strokes:
+            ink = mnist.render_stroke(ink, stroke, radius=1.5)
+        page = 0.62 * (1 - 0.8 * ink) + rng.normal(0, 0.01, ink.shape).astype(np.float32)
+        x28, steps = image_to_mnist(*read_image(io.BytesIO(encode(page, "L", "JPEG", 90))))
+        self.assertIsNotNone(x28, steps.get("reason"))
+        stroke_pixels = ink > 0.5
+        self.assertLess(steps["lines"][stroke_pixels].mean(), 0.02)  # nothing set aside as a line
+        kept = max_filter_bool(steps["mask"], 2)[stroke_pixels].mean()
+        self.assertGreater(kept, 0.95)  # the whole 5, tail and bar included, is the digit
+
+    def test_tightly_cropped_digits_come_through_like_the_plain_recipe(self):
+        # MNIST test digits cut out to their ink (no margin), scaled to 16 px and to 64 px, in both
+        # polarities, given to predict as PNG files: as accurate as the plain MNIST recipe (crop,
+        # longer side 20 px, centre of mass) on the same images, and never "no digit found".
+        from PIL import Image
+
+        model = small_trained_model()
+        digits = 150
+        chosen = np.random.default_rng(13).choice(len(self.test_images), digits, replace=False)
+        labels = self.test_labels[chosen]
+        for side in (16, 64):
+            for black_on_white in (True, False):
+                with self.subTest(side=side, black_on_white=black_on_white):
+                    through, plain, refused = [], [], 0
+                    for number, index in enumerate(chosen):
+                        digit = self.test_images[index]
+                        rows, cols = np.nonzero(digit > 0)
+                        cut = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+                        scale = side / max(cut.shape)
+                        size = (max(1, round(cut.shape[1] * scale)), max(1, round(cut.shape[0] * scale)))
+                        ink = np.clip(np.asarray(Image.fromarray(cut, "F").resize(size, Image.BILINEAR)), 0, 1)
+                        path = os.path.join(self.folder.name, f"tight_{side}_{black_on_white}_{number}.png")
+                        save_png(1 - ink if black_on_white else ink, path)
+                        x28, _ = image_to_mnist(*read_image(path))
+                        refused += x28 is None
+                        through.append(np.zeros((28, 28), np.float32) if x28 is None else x28)
+                        plain.append(plain_recipe(ink))
+                    accuracy_through = (model(np.array(through).reshape(-1, 784)).argmax(1) == labels).mean()
+                    accuracy_plain = (model(np.array(plain).reshape(-1, 784)).argmax(1) == labels).mean()
+                    # At most one: a 1 cut to its ink is a picture 3 pixels wide at 16 px, two of
+                    # them ink, with next to no background left to tell ink from paper.
+                    self.assertLessEqual(refused, 1)
+                    # Within 1 point at 64 px. At 16 px, MNIST digits shrunk with soft edges still
+                    # lose 2 to 3 points (measured: 92.0 against 95.3 % with this network, 94.7
+                    # against 96.7 % with the default one), while real 16 px USPS digits lose none.
+                    allowed = 0.01 if side == 64 else 0.04
+                    self.assertGreaterEqual(accuracy_through, accuracy_plain - allowed,
+                                            f"plain {accuracy_plain:.3f}, through predict {accuracy_through:.3f}")
 
     def test_accuracy_on_synthetic_images_is_close_to_clean_accuracy(self):
         # A small network trained here in a few seconds with the file's own training loop.
@@ -3396,6 +3466,165 @@ def serve_screenshot(model_path, out="docs/serve.png"):
     print(f"wrote {out} ({os.path.getsize(out) // 1024} kB)")
 
 
+# The USPS table of the README: real handwriting from outside MNIST (not a test: minutes)
+# ----------------------------------------------------------------------------------------------
+# The 7,291 USPS training digits, zip.train.gz as distributed with the book The Elements of
+# Statistical Learning, in data/usps/ (or the folder the environment variable USPS_DIR names).
+USPS_DIR = os.environ.get("USPS_DIR", os.path.join(DATA_DIR, "usps"))
+# How a user might hand a USPS digit to predict: (enlargement, black on white?, margin per side
+# at 16 px). 16x16 and 4x enlarged (64x64), both polarities, tightly cropped as USPS is, and with
+# a margin of half the digit's side (32 px around a 64 px digit, 8 px around a 16 px one).
+USPS_PRESENTATIONS = [(scale, black, margin) for scale in (1, 4) for black in (True, False) for margin in (0, 8)]
+
+
+def load_usps(folder=USPS_DIR):
+    """The USPS digits (see the README beside zip.train.gz): images (n, 16, 16) float32 with ink 1
+    and background 0, and labels (n,)."""
+    path = os.path.join(folder, "zip.train.gz")
+    with gzip.open(path, "rt") as file:
+        rows = np.loadtxt(file, dtype=np.float32)
+    return (rows[:, 1:].reshape(-1, 16, 16) + 1) / 2, rows[:, 0].astype(int)
+
+
+def presentation_name(scale, black_on_white, margin):
+    side = 16 * scale
+    return (f"{side}x{side}, {'black on white' if black_on_white else 'white on black'}, "
+            + (f"margin {margin * scale} px" if margin else "tight"))
+
+
+def present_digit(ink, scale, black_on_white, margin):
+    """PNG bytes of one digit (ink 1 on background 0) as a user might give it: with `margin`
+    pixels of background around it, enlarged smoothly `scale` times, in either polarity."""
+    from PIL import Image
+
+    ink = np.pad(ink.astype(np.float32), margin)
+    if scale > 1:
+        side = ink.shape[0] * scale
+        ink = np.asarray(Image.fromarray(ink, "F").resize((side, side), Image.BICUBIC))
+    ink = np.clip(ink, 0.0, 1.0)
+    return encode(1.0 - ink if black_on_white else ink, "L", "PNG")
+
+
+def plain_recipe(ink):
+    """The MNIST recipe alone, on an image whose ink is known: crop to the ink, scale the longer
+    side to 20 px, brightest pixel 1, centre of mass at (14, 14). Nothing else."""
+    rows, cols = np.nonzero(ink > 0)
+    cropped = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    digit = mnist.fit_in_box(cropped)
+    return center_by_mass(digit / digit.max())
+
+
+def through_files(images, folder):
+    """Write each image's bytes into `folder` and prepare it as predict does: read_image ->
+    image_to_mnist. Returns ((n, 784) inputs, zeros where no digit was found; n no-digit flags)."""
+    prepared, refused = [], []
+    for number, data in enumerate(images):
+        path = os.path.join(folder, f"{number}.png")
+        with open(path, "wb") as file:
+            file.write(data)
+        x28, _ = image_to_mnist(*read_image(path))
+        refused.append(x28 is None)
+        prepared.append(np.zeros((28, 28), np.float32) if x28 is None else x28)
+    return np.array(prepared).reshape(-1, 784), np.array(refused)
+
+
+def measure_usps(model_paths, count=None, folder=USPS_DIR):
+    """Print the accuracy of each model on USPS digits given to predict in every presentation
+    (written as PNG files into a temporary folder; "no digit found" counts as wrong), beside the
+    plain MNIST recipe on the same digits with the same model.
+
+        python test_mnist_from_scratch.py --measure-usps MODEL [MODEL ...] [DIGITS]
+    """
+    models = [mnist.load_model(path) for path in model_paths]
+    images, labels = load_usps(folder)
+    if count and count < len(labels):  # a fixed, evenly spread subset: runs stay comparable
+        chosen = np.random.default_rng(0).choice(len(labels), count, replace=False)
+        images, labels = images[chosen], labels[chosen]
+
+    def accuracy(X, model):
+        Ws, bs, meta = model
+        return 100 * (mnist.predict_proba(X, Ws, bs, meta.get("activation", "relu")).argmax(1) == labels).mean()
+
+    plain = np.array([plain_recipe(ink) for ink in images]).reshape(-1, 784)
+    header = " | ".join(f"{os.path.basename(path)}: plain recipe | through predict" for path in model_paths)
+    print(f"USPS: {len(labels)} digits; models: "
+          + "; ".join(f"{path} {100 * meta.get('test_accuracy', float('nan')):.2f} % on MNIST's test set"
+                      for path, (_, _, meta) in zip(model_paths, models)))
+    print(f"| presentation | {header} | no digit found | seconds per image |")
+    print("|---|" + "---|---|" * len(models) + "---|---|")
+    with tempfile.TemporaryDirectory() as temporary:
+        for presentation in USPS_PRESENTATIONS:
+            start = time.perf_counter()
+            X, refused = through_files([present_digit(ink, *presentation) for ink in images], temporary)
+            seconds = (time.perf_counter() - start) / len(labels)
+            cells = " | ".join(f"{accuracy(plain, model):.1f} % | {accuracy(X, model):.1f} %" for model in models)
+            print(f"| {presentation_name(*presentation)} | {cells} | {refused.sum()} | {seconds:.3f} |", flush=True)
+
+
+# What taking out one step of section [11] means: the step replaced by one that finds nothing.
+ABLATIONS = {
+    "local background (uneven light)": ("estimate_background", lambda paper, *a, **k: np.full(
+        paper.shape, np.percentile(paper, 90), np.float32)),
+    "polarity check (the border alone)": ("decide_polarity", lambda gray: bool(np.median(np.concatenate(
+        [gray[0], gray[-1], gray[:, 0], gray[:, -1]])) > 0.5)),
+    "table around the page": ("outside_the_page", lambda paper, *a, **k: np.zeros(paper.shape, bool)),
+    "narrow strips of table": ("narrow_strips_along_the_edge", lambda mask, *a, **k: np.zeros_like(mask)),
+    "printed lines": ("remove_grid_lines", lambda mask, *a, **k: (mask, np.zeros_like(mask))),
+    "strokes along printed lines": ("strokes_on_lines", lambda smooth, digit, lines, sigma: np.zeros_like(lines)),
+    "specks (keep the digit's pieces)": ("keep_digit_components", lambda mask, ink, *a, **k: mask.copy()),
+    "stroke width": ("normalise_stroke_width", lambda cropped, *a, **k: cropped),
+}
+
+
+def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kind=20, only=None):
+    """Print what each photo step of section [11] is worth: the accuracy through image_to_mnist
+    with all steps, and with each step taken out in turn, on USPS digits (both polarities
+    together), on each kind of synthetic photo, and the count of no-digit images given a digit.
+
+        python test_mnist_from_scratch.py --measure-usps MODEL [DIGITS [PHOTOS [NO_DIGIT]]] --ablation
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    usps_images, usps_labels = load_usps()
+    chosen = np.random.default_rng(0).choice(len(usps_labels), digits, replace=False)
+    columns = []  # (name, list of image bytes, labels or None for no-digit images)
+    for size, margin in ((1, 0), (1, 8), (4, 0), (4, 8)):
+        data = [present_digit(usps_images[i], size, black, margin) for black in (True, False) for i in chosen]
+        columns.append((f"USPS {16 * size} px {'margin' if margin else 'tight'}", data,
+                        np.tile(usps_labels[chosen], 2)))
+    _, _, X_test, labels = real_mnist()
+    images = X_test.reshape(-1, 28, 28)
+    for kind in MEASURED_KINDS:  # the streams of measure_photos: the first images of its table
+        rng = np.random.default_rng(2024 + MEASURED_KINDS.index("photo" if kind == "photo's drawing alone" else kind))
+        picked = rng.choice(len(images), photos_per_kind, replace=False)
+        columns.append((kind, [make_image(kind, images[i], rng) for i in picked], labels[picked]))
+    no_digit = []
+    for number, kind in enumerate(NO_DIGIT_KINDS):
+        rng = np.random.default_rng(4048 + number)
+        no_digit += [synthetic_no_digit(rng, kind) for _ in range(no_digit_per_kind)]
+    columns.append((f"no-digit images given a digit (of {len(no_digit)})", no_digit, None))
+
+    print(f"model {model_path}; USPS: {digits} digits x 2 polarities per column; photos: {photos_per_kind} per kind")
+    print("| taken out | " + " | ".join(name for name, _, _ in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    variants = [("nothing (all steps)", None)] + list(ABLATIONS.items())
+    for name, replacement in variants:
+        if only is not None and name not in only:  # a part of the table, to share it among processes
+            continue
+        patch = mock.patch.object(mnist, *replacement) if replacement else contextlib.nullcontext()
+        cells = []
+        with patch:
+            for _, data, truth in columns:
+                prepared = [prepare(item) for item in data]
+                if truth is None:
+                    cells.append(str(sum(x is not None for x in prepared)))
+                    continue
+                X = np.array([np.zeros((28, 28), np.float32) if x is None else x for x in prepared])
+                predicted = mnist.predict_proba(X.reshape(-1, 784), Ws, bs, activation).argmax(1)
+                cells.append(f"{100 * (predicted == truth).mean():.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
@@ -3403,5 +3632,13 @@ if __name__ == "__main__":
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
     elif sys.argv[1:2] == ["--serve-screenshot"]:
         serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
+    elif sys.argv[1:2] == ["--measure-usps"]:
+        arguments = [a for a in sys.argv[2:] if a != "--ablation"]
+        digits = [int(n) for n in arguments if n.isdigit()]
+        models = [a for a in arguments if not a.isdigit()] or ["model.npz"]
+        if "--ablation" in sys.argv:  # [DIGITS [PHOTOS_PER_KIND [NO_DIGIT_IMAGES_PER_KIND]]]
+            measure_ablation(models[0], *digits[:3])
+        else:
+            measure_usps(models, *digits[:1])
     else:
         unittest.main()
