@@ -1603,7 +1603,8 @@ def otsu_threshold(values, bins=64):
     """Otsu's threshold: the value that splits `values` into two groups with the largest
     between-group variance  w0 * w1 * (mean0 - mean1)^2  (w = fraction of values in a group).
     """
-    counts, edges = np.histogram(values, bins=bins)
+    # float64: values of a clean drawing can differ by less than float32 bins can resolve.
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(counts)  # number of values at or below each candidate split
     w1 = w0[-1] - w0
