@@ -3551,7 +3551,7 @@ def measure_usps(model_paths, count=None, folder=USPS_DIR):
     (written as PNG files into a temporary folder; "no digit found" counts as wrong), beside the
     plain MNIST recipe on the same digits with the same model.
 
-        python test_mnist_from_scratch.py --measure-usps MODEL [MODEL ...] [DIGITS]
+        python test_mnist_from_scratch.py --measure-usps MODEL [MODEL ...] [DIGITS] [USPS_FOLDER]
     """
     models = [mnist.load_model(path) for path in model_paths]
     images, labels = load_usps(folder)
@@ -3594,7 +3594,8 @@ ABLATIONS = {
 }
 
 
-def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kind=20, only=None):
+def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kind=20, only=None,
+                     usps_folder=USPS_DIR):
     """Print what each photo step of section [11] is worth: the accuracy through image_to_mnist
     with all steps, and with each step taken out in turn, on USPS digits (both polarities
     together), on each kind of synthetic photo, and the count of no-digit images given a digit.
@@ -3603,7 +3604,7 @@ def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kin
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    usps_images, usps_labels = load_usps()
+    usps_images, usps_labels = load_usps(usps_folder)
     chosen = np.random.default_rng(0).choice(len(usps_labels), digits, replace=False)
     columns = []  # (name, list of image bytes, labels or None for no-digit images)
     for size, margin in ((1, 0), (1, 8), (4, 0), (4, 8)):
@@ -3653,10 +3654,11 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--measure-usps"]:
         arguments = [a for a in sys.argv[2:] if a != "--ablation"]
         digits = [int(n) for n in arguments if n.isdigit()]
-        models = [a for a in arguments if not a.isdigit()] or ["model.npz"]
+        folders = [a for a in arguments if os.path.isdir(a)]  # where zip.train.gz is, if not ../shared/usps
+        models = [a for a in arguments if not a.isdigit() and a not in folders] or ["model.npz"]
         if "--ablation" in sys.argv:  # [DIGITS [PHOTOS_PER_KIND [NO_DIGIT_IMAGES_PER_KIND]]]
-            measure_ablation(models[0], *digits[:3])
+            measure_ablation(models[0], *digits[:3], usps_folder=(folders or [USPS_DIR])[0])
         else:
-            measure_usps(models, *digits[:1])
+            measure_usps(models, *digits[:1], folder=(folders or [USPS_DIR])[0])
     else:
         unittest.main()
