@@ -274,7 +274,8 @@ def download_mnist(data_dir, mirrors=None, timeout=10, deadline_seconds=30, data
                         if size and sys.stderr.isatty():  # a line that counts up, on a terminal
                             print(f"\rdownloading {name}.gz  {100 * got // size:3d} %",
                                   end="", file=sys.stderr, flush=True)
-                print(f"\rdownloaded {name}.gz ({got / 1e6:.1f} MB)  ", file=sys.stderr)
+                if sys.stderr.isatty():
+                    print(file=sys.stderr)  # end the line that counted up
                 data = b"".join(chunks)
             except Exception as e:  # no network, DNS failure, HTTP error, time-out ...
                 errors.append(f"{url}: {e}")
@@ -284,6 +285,8 @@ def download_mnist(data_dir, mirrors=None, timeout=10, deadline_seconds=30, data
                 errors.append(f"{url}: checksum does not match")
                 continue
             write_atomically(target, lambda f: f.write(data))
+            print(f"downloaded {name}.gz ({len(data) / 1e6:.1f} MB, checksum correct)",
+                  file=sys.stderr)
             break
         if not os.path.exists(target):
             why = errors[-1].split(": ", 1)[-1][:80] if errors else "time limit reached"
