@@ -1370,7 +1370,7 @@ def shrink_by_block_mean(image, factor):
 
 
 def box_blur(image, radius):
-    """Mean over a (2*radius+1) x (2*radius+1) square around each pixel (the image mirrored at its border).
+    """Mean over a (2*radius+1) x (2*radius+1) square around each pixel, the border mirrored.
 
     Computed with cumulative sums, so the cost does not depend on the radius.
     """
