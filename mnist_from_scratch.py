@@ -1289,10 +1289,9 @@ def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
 # largest piece of ink left is no bigger than a speck, or a small piece cut by the picture's edge.
 # Every intermediate image is kept in `steps`, so `predict --plot --steps` can draw them.
 
-MNIST_SIZE = 28                 # MNIST images are 28x28 pixels
-MNIST_BOX = 20                  # ... and each digit was scaled to fit a 20x20 box inside them
-MNIST_CENTRE = 14.0             # measured: the mean centre of mass of MNIST digits is (14.0, 14.0)
-MNIST_STROKE_WIDTH = 0.099      # measured: median stroke width (2 area / perimeter) / longer side
+# MNIST's own numbers, the defaults of the steps below: images of 28x28 pixels, each digit scaled
+# to fit a 20x20 box inside them, the mean centre of mass of MNIST digits measured at (14.0, 14.0),
+# and the median stroke width (2 area / perimeter) measured at 0.099 of the digit's longer side.
 WORKING_MAX_SIDE = 640          # larger photos are shrunk first: a digit needs far fewer pixels
 
 
@@ -1885,7 +1884,7 @@ def estimate_stroke_width(binary):
     return 2.0 * binary.sum() / max(int(perimeter), 1)
 
 
-def normalise_stroke_width(cropped, relative_width=MNIST_STROKE_WIDTH):
+def normalise_stroke_width(cropped, relative_width=0.099):
     """Thicken thin strokes so that, relative to the digit's size, they are as wide as MNIST's.
 
     A ballpoint line 3 pixels wide in a 300-pixel digit becomes 0.2 pixels after scaling to 20
@@ -1922,14 +1921,14 @@ def resize_area(image, out_height, out_width):
     return area_weights(image.shape[0], out_height) @ image @ area_weights(image.shape[1], out_width).T
 
 
-def fit_in_box(image, box=MNIST_BOX):
+def fit_in_box(image, box=20):
     """Scale so the longer side is `box` pixels, keeping the aspect ratio (a 1 stays thin)."""
     height, width = image.shape
     scale = box / max(height, width)
     return resize_area(image, max(1, round(height * scale)), max(1, round(width * scale)))
 
 
-def center_by_mass(digit, size=MNIST_SIZE, centre=MNIST_CENTRE):
+def center_by_mass(digit, size=28, centre=14.0):
     """Place `digit` in a size x size black field with its centre of mass at (centre, centre).
 
     Centre of mass: (sum_yx y * I[y, x] / sum I, sum_yx x * I[y, x] / sum I). The digit moves by

@@ -69,6 +69,23 @@ def run_cli(*args, cwd=None):
     return run.returncode, run.stdout, run.stderr
 
 
+def interrupt_training_after_one_epoch(argv):
+    """Start `train` with these arguments, press Ctrl-C once an epoch has finished, and return
+    (exit status, stdout after that line, stderr), as a user who stops a long run would see."""
+    train = subprocess.Popen([sys.executable, SCRIPT, "train", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=HERE)
+    try:
+        for line in train.stdout:  # wait until one epoch has finished
+            if line.startswith("epoch"):
+                break
+        train.send_signal(signal.SIGINT)
+        out, err = train.communicate(timeout=120)
+    finally:
+        if train.poll() is None:
+            train.kill()
+    return train.returncode, out, err
+
+
 def idx_bytes(array, type_code):
     """An IDX file's bytes for an array, written independently of the loader under test."""
     dtype = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -551,21 +568,10 @@ class TestCommandLine(unittest.TestCase):
     @needs_mnist
     def test_ctrl_c_stops_training_and_saves_the_best_model_so_far(self):
         model = os.path.join(self.tmp.name, "interrupted.npz")
-        env = dict(os.environ)
-        train = subprocess.Popen([sys.executable, SCRIPT, "train", "--data-dir", DATA_DIR,
-                                  "--model", model, "--epochs", "200", "--hidden", "16",
-                                  "--val-size", "1000"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env, cwd=HERE)
-        try:
-            for line in train.stdout:  # wait until one epoch has finished
-                if line.startswith("epoch"):
-                    break
-            train.send_signal(signal.SIGINT)
-            out, err = train.communicate(timeout=120)
-        finally:
-            if train.poll() is None:
-                train.kill()
-        self.assertEqual(train.returncode, 0, err)
+        code, out, err = interrupt_training_after_one_epoch(
+            ["--data-dir", DATA_DIR, "--model", model, "--epochs", "200", "--hidden", "16",
+             "--val-size", "1000"])
+        self.assertEqual(code, 0, err)
         self.assertIn("interrupted: saving the best model so far", err)
         self.assertNotIn("Traceback", err)
         Ws, bs, meta = mnist.load_model(model)
@@ -861,19 +867,10 @@ class TestCarelessUse(unittest.TestCase):
         save_model_claiming(model, 0.9876)
         with open(model, "rb") as f:
             before = f.read()
-        train = subprocess.Popen([sys.executable, SCRIPT, "train", "--data-dir", self.data, "--model", model,
-                                  "--epochs", "100000000", "--hidden", "4", "--val-size", "10"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
-        try:
-            for line in train.stdout:  # wait until one epoch has finished
-                if line.startswith("epoch"):
-                    break
-            train.send_signal(signal.SIGINT)
-            out, err = train.communicate(timeout=120)
-        finally:
-            if train.poll() is None:
-                train.kill()
-        self.assertEqual(train.returncode, 0, err)
+        code, out, err = interrupt_training_after_one_epoch(
+            ["--data-dir", self.data, "--model", model, "--epochs", "100000000", "--hidden", "4",
+             "--val-size", "10"])
+        self.assertEqual(code, 0, err)
         with open(model, "rb") as f:
             self.assertEqual(f.read(), before)
         self.assertTrue(mnist.load_model(beside)[2]["interrupted"])
