@@ -2078,10 +2078,9 @@ def digit_from_filename(name):
 # gray, so a light gray background becomes 0 as Fashion-MNIST's white one did.
 
 FASHION_TRIM_TOLERANCE = 0.05   # the paper's "within 5 % of the maximum possible intensity"
-FASHION_SHARPEN_SIGMA = 1.0     # the paper's Gaussian: radius and standard deviation 1.0
 
 
-def sharpen(image, sigma=FASHION_SHARPEN_SIGMA):
+def sharpen(image, sigma=1.0):  # the paper's Gaussian: radius and standard deviation 1.0
     """Unsharp masking: S = I + (I - G I G), the image plus its difference from a Gaussian blur
     of standard deviation sigma, clipped to [0, 1]. Outlines, where I and its blur differ most,
     get stronger; flat areas stay as they are. Outside the frame counts as 0 (black)."""
@@ -3134,7 +3133,7 @@ def health_answer(meta):
             "test_accuracy": meta.get("test_accuracy")}
 
 
-def make_server(Ws, bs, meta, host=SERVE_HOST, port=SERVE_PORT, log=None):
+def make_server(Ws, bs, meta, host, port, log=None):
     """A ThreadingHTTPServer answering GET /, GET /health and POST /predict with this model.
 
     Call .serve_forever() to run it, .shutdown() from another thread to stop it, .server_close()
