@@ -3095,8 +3095,8 @@ class HTTPError(Exception):
 
 
 def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist"):
-    """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> image_to_mnist
-    -> predict_proba, the path of `predict` and `draw`.
+    """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> predict_image,
+    the path of `predict` (images prepared for the model's data set).
 
     Returns {"digit", "probabilities" (10), "input28" (28 x 28)}, or {"digit": None, "reason"}.
     Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
