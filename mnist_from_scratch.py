@@ -729,8 +729,11 @@ def learning_rate(schedule, lr, step, total_steps):
 
 # The default settings were chosen on the 5,000 validation images and on real handwriting from
 # outside MNIST (USPS digits), never on the test images; see the README's Results. Batches of
-# 256 with lr 0.2 were as accurate as 128 with 0.1, and a sixth faster.
-def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", epochs=15,
+# 256 with lr 0.2 were as accurate as 128 with 0.1, and a sixth faster. 10 epochs with distorted
+# digits: 99.15 % on validation and 98.83 % of USPS (3 seeds), where 15 epochs read 99.27 % and
+# 98.96 % in half as much time again, and distorting only half of the images each epoch for 10
+# or 12 epochs read 99.03-99.10 % and 98.65-98.67 %.
+def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", epochs=10,
           batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-5, schedule="cosine",
           dropout=0.0, augment=None, seed=0, on_epoch=None, on_progress=None):
     """Train a network on X (n, 784), y (n,); return Ws, bs, history, interrupted.
@@ -1109,40 +1112,50 @@ def bilinear_sample(images, rows, cols):
 
     # A point further than 1 pixel outside the frame is black whatever its neighbours,
     # so we may move it onto the black border: clip to [-1, H] x [-1, W].
-    rows = np.clip(rows, -1.0, H)
-    cols = np.clip(cols, -1.0, W)
+    rows = np.clip(rows, -1.0, H)                               # new arrays: the caller's
+    cols = np.clip(cols, -1.0, W)                               # coordinates stay as they are
     r0 = np.floor(rows)                                         # in -1 .. H
     c0 = np.floor(cols)
-    fr = rows - r0                                              # in [0, 1)
-    fc = cols - c0
+    # Most steps below work in place, in arrays already there: a quarter faster than making a
+    # new array for every intermediate result.
+    fr = np.subtract(rows, r0, out=rows)                        # in [0, 1)
+    fc = np.subtract(cols, c0, out=cols)
 
     # Position of the top-left neighbour (r0, c0) in the flattened padded batch:
     #   flat = n (H+3)(W+3) + (r0 + 1)(W+3) + (c0 + 1)          (+1: the border)
-    # Its right, lower and lower-right neighbours are at flat + 1, flat + (W+3) and
+    # The part within image n is a whole number below (H+3)(W+3), exact in float32, so it is
+    # computed there and converted once to the integer type np.take uses (intp, 64-bit).
+    # The right, lower and lower-right neighbours are at flat + 1, flat + (W+3) and
     # flat + (W+3) + 1, so we read them with the same index from the flattened array
     # shifted by 1, W+3 and W+4 elements (a shifted view, no copy).
-    # int32 indices are computed and converted much faster than int64; they overflow only
-    # past 2^31 elements (over 2 million images), where we fall back to int64.
     stride = W + 3
-    index_type = np.int32 if padded.size < 2 ** 31 else np.int64
-    image_start = np.arange(m, dtype=index_type) * ((H + 3) * stride)       # (m,)
-    flat = (r0.astype(index_type) * stride + c0.astype(index_type)
-            + (image_start + stride + 1)[:, None, None])                     # (m, H2, W2)
+    r0 *= stride
+    r0 += c0
+    r0 += stride + 1
+    flat = r0.astype(np.intp)
+    flat += (np.arange(m, dtype=np.intp) * ((H + 3) * stride))[:, None, None]   # + n (H+3)(W+3)
     pixels = padded.reshape(-1)
-    top_left = np.take(pixels, flat)                            # I[r0,     c0    ]
-    top_right = np.take(pixels[1:], flat)                       # I[r0,     c0 + 1]
-    bottom_left = np.take(pixels[stride:], flat)                # I[r0 + 1, c0    ]
-    bottom_right = np.take(pixels[stride + 1:], flat)           # I[r0 + 1, c0 + 1]
 
     # (1 - f) a + f b written as a + f (b - a): one multiply fewer, and exactly a at f = 0.
-    top = top_left + fc * (top_right - top_left)
-    bottom = bottom_left + fc * (bottom_right - bottom_left)
-    return top + fr * (bottom - top)                            # (m, H2, W2)
+    top = np.take(pixels, flat)                                 # I[r0,     c0    ]
+    right = np.take(pixels[1:], flat)                           # I[r0,     c0 + 1]
+    right -= top
+    right *= fc
+    top += right                                                # top = a + fc (b - a)
+    bottom = np.take(pixels[stride:], flat)                     # I[r0 + 1, c0    ]
+    right = np.take(pixels[stride + 1:], flat)                  # I[r0 + 1, c0 + 1]
+    right -= bottom
+    right *= fc
+    bottom += right
+    bottom -= top
+    bottom *= fr
+    top += bottom                                               # top + fr (bottom - top)
+    return top                                                  # (m, H2, W2)
 
 
 def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.075,
-                  max_shear=0.15, elastic_alpha=25.0, elastic_sigma=5.0, chunk_size=256,
-                  out=None):
+                  max_shear=0.15, elastic_alpha=25.0, elastic_sigma=5.0, mirror=0.0,
+                  chunk_size=256, out=None):
     """Randomly distorted copies of a batch of images (affine map + elastic distortion).
 
     images: (m, 28, 28) or (m, 784) float32 in [0, 1]; returns the same shape and dtype.
@@ -1154,9 +1167,11 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
       max_scale         each axis scaled by a factor in [1 - max_scale, 1 + max_scale];
       max_shear         slant: the column moves by h per row, h in [-max_shear, max_shear];
       elastic_alpha     strength of the elastic displacement, pixels per unit field;
-      elastic_sigma     its smoothness: std of the Gaussian, in pixels.
+      elastic_sigma     its smoothness: std of the Gaussian, in pixels;
+      mirror            the chance that an image is mirrored left to right: for clothes (a
+                        mirrored shirt is still a shirt), never for digits (a mirrored 3 is no 3).
     The defaults are the "light" strengths of AUGMENT_PRESETS (the command line's default).
-    Needs: random_affine_grids, elastic_displacement, bilinear_sample.
+    Needs: random_affine_grids, elastic_displacement, bilinear_sample, mirror_some.
     Only images go in and out: the labels of the batch stay valid as they are.
     out: an array of the same shape to write the result into; it may be `images` itself
     (each chunk is read before it is overwritten), which saves a second copy of the data set.
@@ -1185,12 +1200,15 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
                          f"stay positive), got {max_scale}; try 0.1")
     if elastic_alpha > 0 and elastic_sigma == 0:
         raise ValueError("elastic_sigma must be > 0 when elastic_alpha > 0; try 5")
+    if not 0 <= mirror <= 1:
+        raise ValueError(f"mirror is a chance, from 0 to 1, got {mirror}; try 0.5")
 
     result = np.empty(shape, dtype=images.dtype) if out is None else out
+    out = result.reshape(images.shape)
     if max_shift == max_rotation_deg == max_scale == max_shear == elastic_alpha == 0:
         result[...] = images.reshape(shape)                     # nothing to distort: a copy
+        mirror_some(out, rng, mirror)
         return result
-    out = result.reshape(images.shape)
     for start in range(0, len(images), chunk_size):
         batch = images[start:start + chunk_size]
         m = len(batch)
@@ -1207,7 +1225,16 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
         # after every chunk and page-faulting them back in for the next: 2-3x faster.
         augmented = bilinear_sample(batch, rows, cols)
         out[start:start + m] = augmented
+    mirror_some(out, rng, mirror)
     return result
+
+
+def mirror_some(images, rng, chance):
+    """Mirror each image of (m, 28, 28) left to right with the given chance, in place.
+    Needs: nothing but NumPy."""
+    if chance > 0:
+        chosen = rng.random(len(images)) < chance
+        images[chosen] = images[chosen, :, ::-1]                # columns in reverse order
 
 
 # Named strength settings for the command line (--augment NAME). In a 10-epoch comparison
@@ -1226,6 +1253,8 @@ AUGMENT_PRESETS = {
               if name.startswith(("max_", "elastic_"))},
     "strong": dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
                    elastic_alpha=34.0, elastic_sigma=5.0),
+    "mirror": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
+                   elastic_alpha=0.0, elastic_sigma=0.0, mirror=0.5),
 }
 
 
@@ -1558,14 +1587,18 @@ def remove_background(gray, light_background):
 def decide_polarity(gray):
     """True when the background is light (dark ink on paper), False when it is dark.
 
-    The background surrounds the digit, so the picture's border gives the first guess: light
-    paper when most of the border is light, or when a dark border is the table around a light
-    page (outside_the_page). The guess is then checked: with the right answer the ink map (see
-    remove_background) is sparse, a few strokes on a clean background; with the wrong one the
-    background itself becomes "ink", a dense map (density: mean ink relative to the strongest,
-    3x3-blurred, ink). The other answer wins only when its map is three times sparser.
-    (Measured: a photo of paper read as dark is at least twice, typically seven times, as dense.
-    The median of the whole picture is no guide: a bold digit cropped tightly covers most of it.)
+    With the right answer the ink map (see remove_background) is sparse, a few strokes on a clean
+    background; with the wrong one the background itself becomes "ink", a dense map (density:
+    mean ink relative to the strongest, 3x3-blurred, ink). So the sparser reading wins, and the
+    picture's border, which is mostly background, says by how much it must be sparser: a white
+    border (median gray b = 1) lets the dark reading win only when its map is 3 times sparser, a
+    black one (b = 0) asks the same of the light reading, and a gray one (b = 0.5) asks nothing:
+        light  when  density(read as dark) > 3^(1 - 2b) * density(read as light).
+    A dark border that is the table around a light page (outside_the_page) counts as white.
+    (Measured, density read as dark / read as light: photos of gray paper under uneven light,
+    border 0.43-0.5, 1.3 to 16; USPS digits cropped tightly, black on white 0.9 to 6 and white on
+    black 0.2 to 1.0; a page on a table 0.8 to 4. The median of the whole picture is no guide: a
+    bold digit cropped tightly covers most of it.)
     """
     def density(ink):
         return ink.mean() / max(float(box_blur(ink, 1).max()), 1e-6)
@@ -1575,9 +1608,8 @@ def decide_polarity(gray):
         return True
     light_ink = remove_background(gray, True)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5 or outside_the_page(gray).any():
-        return not density(dark_ink) < density(light_ink) / 3
-    return density(light_ink) < density(dark_ink) / 3
+    b = 1.0 if outside_the_page(gray).any() else float(np.median(border))
+    return bool(density(dark_ink) > 3.0 ** (1.0 - 2.0 * b) * density(light_ink))
 
 
 def noise_floor_and_peak(smooth_ink):

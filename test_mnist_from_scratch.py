@@ -37,7 +37,7 @@ from mnist_from_scratch import (AUGMENT_PRESETS, augment_batch, bilinear_sample,
 from mnist_from_scratch import (display_available, plot_confusion, plot_errors, plot_history,
                                  plot_prediction, plot_weights, save_digit_png, save_sample_digits,
                                  worst_errors, write_atomically)
-from mnist_from_scratch import (center_by_mass, digit_from_filename, estimate_background,
+from mnist_from_scratch import (center_by_mass, decide_polarity, digit_from_filename, estimate_background,
                                 estimate_stroke_width, image_to_mnist, label_components,
                                 otsu_threshold, outside_the_page, read_image, remove_grid_lines)
 from mnist_from_scratch import CANVAS_SIZE, NO_DISPLAY_MESSAGE, PEN_RADIUS, DrawingPad, render_stroke
@@ -1410,6 +1410,27 @@ class TestPredictingOneImage(unittest.TestCase):
         paper[ring] = 0.05
         self.assertFalse(outside_the_page(paper).any())
 
+    def test_gray_paper_in_dim_light_is_paper_and_its_negative_a_dark_board(self):
+        # Gray paper under uneven light: 0.25 on the left to 0.65 on the right, so most of the border
+        # is darker than mid-gray; a thin dark pen 8 in the middle. Read as paper with dark ink.
+        rng = np.random.default_rng(4)
+        ys, xs = np.mgrid[0:360, 0:480]
+        page = (0.25 + 0.4 * xs / 480 + rng.normal(0, 0.01, xs.shape)).astype(np.float32)
+        eight = (np.abs(np.hypot(ys - 135, xs - 240) - 45) < 3) | (np.abs(np.hypot(ys - 230, xs - 240) - 50) < 3)
+        page[eight] *= 0.3
+        border = np.concatenate([page[0], page[-1], page[:, 0], page[:, -1]])
+        self.assertLess(float(np.median(border)), 0.5)
+        self.assertTrue(decide_polarity(page))
+        x28, steps = image_to_mnist(page)
+        self.assertIsNotNone(x28, steps.get("reason"))
+        self.assertLess(steps["mask"].mean(), 0.05)  # the strokes, not the page
+        # Its negative, light chalk on a dark board lit unevenly, has a border lighter than
+        # mid-gray, yet is read as a dark background: the light reading would make the board ink.
+        self.assertFalse(decide_polarity(1.0 - page))
+        x28, steps = image_to_mnist(1.0 - page)
+        self.assertIsNotNone(x28, steps.get("reason"))
+        self.assertLess(steps["mask"].mean(), 0.05)
+
     @needs_mnist
     def test_photos_of_a_page_on_a_table_find_the_digit(self):
         rng = np.random.default_rng(8)
@@ -1818,11 +1839,27 @@ class TestAugmentBatch(unittest.TestCase):
             self.assertTrue(np.array_equal(out, images))
             self.assertIsNot(out, images)                                # a copy, not an alias
 
-    def test_none_preset_is_the_identity_and_the_others_change_every_digit(self):
+    def test_none_preset_is_the_identity_and_the_distortions_change_every_digit(self):
         for name, strengths in AUGMENT_PRESETS.items():
             out = augment_batch(self.digits, np.random.default_rng(0), **strengths)
             changed = np.abs(out - self.digits).max(axis=(1, 2)) > 0
-            self.assertEqual(int(changed.sum()), 0 if name == "none" else len(self.digits), name)
+            if name == "mirror":  # half of them, mirrored (see the mirror test below)
+                self.assertTrue(400 < int(changed.sum()) < 600, int(changed.sum()))
+            else:
+                self.assertEqual(int(changed.sum()), 0 if name == "none" else len(self.digits), name)
+
+    def test_mirror_turns_about_that_share_of_the_images_left_to_right_and_nothing_else(self):
+        for images in (self.digits, self.digits.reshape(-1, 784)):
+            out = augment_batch(images, np.random.default_rng(3), **dict(OFF, mirror=0.3))
+            out, flipped = out.reshape(-1, 28, 28), self.digits[:, :, ::-1]
+            same = (out == self.digits).all(axis=(1, 2))
+            mirrored = (out == flipped).all(axis=(1, 2))
+            self.assertTrue((same | mirrored).all())          # each image: itself or its mirror
+            self.assertTrue(250 < int((mirrored & ~same).sum()) < 350)
+        everything = augment_batch(self.digits, np.random.default_rng(3), **dict(OFF, mirror=1.0))
+        self.assertTrue(np.array_equal(everything, self.digits[:, :, ::-1]))
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, np.random.default_rng(3), mirror=1.5)
 
     def test_output_has_the_shape_and_dtype_of_the_input(self):
         for images in (self.digits[:10], self.digits[:10].reshape(-1, 784)):
