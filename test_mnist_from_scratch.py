@@ -374,6 +374,20 @@ class TestTraining(unittest.TestCase):
         for name in ("dropout", "distortions"):
             self.assertGreater(variants[name][2][-1]["train_loss"], plain[2][-1]["train_loss"])
 
+    @needs_mnist
+    def test_centred_training_returns_a_network_for_raw_images(self):
+        X_train, y_train, X_test, y_test = real_mnist()
+        X, y, X_val, y_val = X_train[:3000], y_train[:3000], X_train[55000:56000], y_train[55000:56000]
+        common = dict(hidden=(64,), epochs=3, batch_size=50, lr=0.05, seed=0)
+        Ws, bs, history, _ = mnist.train(X, y, X_val, y_val, center=True, **common)
+        # What train measured on the centred images is what the returned network does on raw ones.
+        best = max(e["val_acc"] for e in history)
+        self.assertEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], best)
+        self.assertGreater(mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)["accuracy"], 0.80)
+        # The mean went into the first biases: far from the small biases of uncentred training.
+        plain = mnist.train(X, y, X_val, y_val, **common)
+        self.assertGreater(np.abs(bs[0]).mean(), 5 * np.abs(plain[1][0]).mean())
+
     def test_exploding_loss_stops_with_a_clear_error(self):
         rng = np.random.default_rng(0)
         X, y = rng.random((256, 784), dtype=np.float32) * 50, rng.integers(0, 10, 256)
