@@ -3654,14 +3654,17 @@ def same_measure(new_meta, old_meta):
 
 # What `--dataset` changes besides the files. Each data set has its own model file, so training on
 # one does not overwrite the other's model, and may have its own training settings. Fashion-MNIST's
-# were chosen on its validation images (the last 5,000 training images): of those tried (more
-# epochs, dropout, wider layers, flips, shifts, more weight decay, batches of 256; see the README's
-# results) none did clearly better than these, at the least cost. They are written out so that a
-# change to the digits' defaults does not move them. Flags given on the command line override them.
+# were chosen on its validation images (the last 5,000 training images; the README's results list
+# all that was tried). Two things helped: mirrored clothes (a mirrored shirt is still a shirt),
+# which pay off over longer training, and centred inputs. Validation accuracy, seeds 0 and 1:
+# 15 epochs 89.69 %, the same centred 89.98 %; mirrored for 40 epochs 90.31 %, and centred too
+# 90.60 %. They are written out so that a change to the digits' defaults does not move them.
+# Flags given on the command line override them.
 MODEL_FOR_DATASET = {"mnist": MODEL_PATH, "fashion": "fashion_model.npz"}
 TRAIN_DEFAULTS_FOR_DATASET = {
-    "fashion": dict(hidden=(512, 256), epochs=15, batch_size=128, lr=0.1, momentum=0.9,
-                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="none"),
+    "fashion": dict(hidden=(512, 256), epochs=40, batch_size=128, lr=0.1, momentum=0.9,
+                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="mirror",
+                    center=True),
 }
 
 
@@ -4097,9 +4100,14 @@ def build_parser():
 
     p = add("train", "train a network on MNIST, report test accuracy and save it")
     parser.train_parser = p
+    def as_flag(name, value):  # how the option would be written on the command line
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            return flag if value else "--no-" + flag[2:]
+        return f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
+
     dataset_flag(p, note="; fashion brings its own defaults: " + " ".join(
-        f"--{name.replace('_', '-')} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
-        for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items()))
+        as_flag(name, value) for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items()))
     data_flag(p)
     model_flag(p, "; a model already there is replaced when training ends, and after Ctrl-C only "
                   "by a run at least as accurate (else saved beside it, model.npz as "

@@ -3272,6 +3272,8 @@ class TestFashionMNIST(unittest.TestCase):
         fashion_defaults = mnist.TRAIN_DEFAULTS_FOR_DATASET["fashion"]
         self.assertEqual(meta["settings"]["dropout"], fashion_defaults["dropout"])
         self.assertEqual(meta["settings"]["augment"], fashion_defaults["augment"])
+        self.assertEqual(meta["settings"]["center"], fashion_defaults["center"])
+        self.assertIn("distortions mirror, centred inputs", out)
         self.assertGreater(meta["test_accuracy"], 0.75)
 
     @needs_fashion
