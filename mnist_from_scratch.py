@@ -1594,16 +1594,18 @@ def decide_polarity(gray):
 
     With the right answer the ink map (see remove_background) is sparse, a few strokes on a clean
     background; with the wrong one the background itself becomes "ink", a dense map (density:
-    mean ink relative to the strongest, 3x3-blurred, ink). So the sparser reading wins, and the
-    picture's border, which is mostly background, says by how much it must be sparser: a white
-    border (median gray b = 1) lets the dark reading win only when its map is 3 times sparser, a
-    black one (b = 0) asks the same of the light reading, and a gray one (b = 0.5) asks nothing:
-        light  when  density(read as dark) > 3^(1 - 2b) * density(read as light).
+    mean ink relative to the strongest, 3x3-blurred, ink). So the sparser reading wins, by a
+    margin that the picture's border, which is mostly background, sets. Paper is the usual case:
+    with a border at least mid-gray (median gray b >= 0.5) the dark reading must be 3 times
+    sparser to win; the darker the border below that, the less it must win by, until a black
+    border (b = 0) asks the same of the light reading:
+        light  when  density(read as dark) > 3^(1 - 4 min(b, 0.5)) * density(read as light).
     A dark border that is the table around a light page (outside_the_page) counts as white.
-    (Measured, density read as dark / read as light: photos of gray paper under uneven light,
-    border 0.43-0.5, 1.3 to 16; USPS digits cropped tightly, black on white 0.9 to 6 and white on
-    black 0.2 to 1.0; a page on a table 0.8 to 4. The median of the whole picture is no guide: a
-    bold digit cropped tightly covers most of it.)
+    (Measured, density read as dark / read as light: photos of gray paper in dim light, border
+    0.43-0.5, 1.0 to 16; USPS digits cropped tightly, black on white 0.9 to 6 and white on black
+    0.2 to 1.0; white digits on transparent PNGs up to 0.27; a page on a table 0.8 to 4; blank
+    paper, border 0.47-0.8, 0.5 to 4.4. The median of the whole picture is no guide: a bold digit
+    cropped tightly covers most of it.)
     """
     def density(ink):
         return ink.mean() / max(float(box_blur(ink, 1).max()), 1e-6)
@@ -1614,7 +1616,7 @@ def decide_polarity(gray):
     light_ink = remove_background(gray, True)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     b = 1.0 if outside_the_page(gray).any() else float(np.median(border))
-    return bool(density(dark_ink) > 3.0 ** (1.0 - 2.0 * b) * density(light_ink))
+    return bool(density(dark_ink) > 3.0 ** (1.0 - 4.0 * min(b, 0.5)) * density(light_ink))
 
 
 def noise_floor_and_peak(smooth_ink):
