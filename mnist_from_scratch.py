@@ -1601,8 +1601,8 @@ def decide_polarity(gray):
     border (b = 0) asks the same of the light reading:
         light  when  density(read as dark) > 3^(1 - 4 min(b, 0.5)) * density(read as light).
     A dark border that is the table around a light page (outside_the_page) counts as white.
-    (Measured, density read as dark / read as light: photos of gray paper in dim light, border
-    0.43-0.5, 1.0 to 16; USPS digits cropped tightly, black on white 0.9 to 6 and white on black
+    (Measured, density read as dark / read as light: photos of paper, borders from 0.43 (gray
+    paper in dim light) up, 1.0 to 22; USPS digits cropped tightly, black on white 0.9 to 6 and white on black
     0.2 to 1.0; white digits on transparent PNGs up to 0.27; a page on a table 0.8 to 4; blank
     paper, border 0.47-0.8, 0.5 to 4.4. The median of the whole picture is no guide: a bold digit
     cropped tightly covers most of it.)
