@@ -1595,17 +1595,18 @@ def decide_polarity(gray):
     With the right answer the ink map (see remove_background) is sparse, a few strokes on a clean
     background; with the wrong one the background itself becomes "ink", a dense map (density:
     mean ink relative to the strongest, 3x3-blurred, ink). So the sparser reading wins, by a
-    margin that the picture's border, which is mostly background, sets. Paper is the usual case:
-    with a border at least mid-gray (median gray b >= 0.5) the dark reading must be 3 times
-    sparser to win; the darker the border below that, the less it must win by, until a black
-    border (b = 0) asks the same of the light reading:
+    margin that the background's gray b sets. Paper is the usual case: with b at least mid-gray
+    the dark reading must be 3 times sparser to win; the darker b below that, the less it must
+    win by, until a black background (b = 0) asks the same of the light reading:
         light  when  density(read as dark) > 3^(1 - 4 min(b, 0.5)) * density(read as light).
-    A dark border that is the table around a light page (outside_the_page) counts as white.
+    b is the median gray of the picture's border or of its four corners, whichever is darker: a
+    tightly cropped digit covers much of the border, or a corner, but seldom both. A dark border
+    that is the table around a light page (outside_the_page) counts as white.
     (Measured, density read as dark / read as light: photos of paper, borders from 0.43 (gray
-    paper in dim light) up, 1.0 to 22; USPS digits cropped tightly, black on white 0.9 to 6 and white on black
-    0.2 to 1.0; white digits on transparent PNGs up to 0.27; a page on a table 0.8 to 4; blank
-    paper, border 0.47-0.8, 0.5 to 4.4. The median of the whole picture is no guide: a bold digit
-    cropped tightly covers most of it.)
+    paper in dim light) up, 1.0 to 22; USPS digits cropped tightly, black on white 0.9 to 6 and
+    white on black 0.2 to 1.0; white digits on transparent PNGs up to 0.27; a page on a table
+    0.8 to 4; blank paper, border 0.47-0.8, 0.5 to 4.4. The median of the whole picture is no
+    guide: a bold digit cropped tightly covers most of it.)
     """
     def density(ink):
         return ink.mean() / max(float(box_blur(ink, 1).max()), 1e-6)
@@ -1614,8 +1615,13 @@ def decide_polarity(gray):
     if dark_ink.max() < 0.12:  # read as a dark background, the image has no ink at all: paper
         return True
     light_ink = remove_background(gray, True)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    b = 1.0 if outside_the_page(gray).any() else float(np.median(border))
+    if outside_the_page(gray).any():
+        b = 1.0
+    else:
+        k = max(1, round(0.1 * min(gray.shape)))  # corners: a tenth of the shorter side each way
+        corners = np.concatenate([gray[:k, :k], gray[:k, -k:], gray[-k:, :k], gray[-k:, -k:]], axis=None)
+        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        b = min(float(np.median(border)), float(np.median(corners)))
     return bool(density(dark_ink) > 3.0 ** (1.0 - 4.0 * min(b, 0.5)) * density(light_ink))
 
 
