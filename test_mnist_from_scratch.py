@@ -69,11 +69,18 @@ def run_cli(*args, cwd=None):
     return run.returncode, run.stdout, run.stderr
 
 
+# A program started in the background by a shell (`cmd &`) inherits "ignore Ctrl-C", and Python
+# then never turns Ctrl-C into KeyboardInterrupt. The tests that press Ctrl-C start their command
+# as a terminal would, with Ctrl-C's default action, wherever the test run itself was started.
+CTRL_C_AS_IN_A_TERMINAL = ({"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+                           if os.name == "posix" else {})
+
+
 def interrupt_training_after_one_epoch(argv):
     """Start `train` with these arguments, press Ctrl-C once an epoch has finished, and return
     (exit status, stdout after that line, stderr), as a user who stops a long run would see."""
     train = subprocess.Popen([sys.executable, SCRIPT, "train", *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=HERE)
+                             stderr=subprocess.PIPE, text=True, cwd=HERE, **CTRL_C_AS_IN_A_TERMINAL)
     try:
         for line in train.stdout:  # wait until one epoch has finished
             if line.startswith("epoch"):
@@ -2882,7 +2889,8 @@ class TestServeCommand(unittest.TestCase):
 
     def start(self, *options):
         app = subprocess.Popen([sys.executable, SCRIPT, "serve", "--model", self.model, *options],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.folder.name)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.folder.name,
+                               **CTRL_C_AS_IN_A_TERMINAL)
 
         def stop():
             app.terminate()
