@@ -730,9 +730,9 @@ def learning_rate(schedule, lr, step, total_steps):
 # The default settings were chosen on the 5,000 validation images and on real handwriting from
 # outside MNIST (USPS digits), never on the test images; see the README's Results. Batches of
 # 256 with lr 0.2 were as accurate as 128 with 0.1, and a sixth faster. With distorted digits
-# (validation, then USPS; mean of 4 seeds): 10 epochs 99.12 % and 98.80 %; centred inputs and
-# 9 epochs 99.21 % and 98.93 %, in a tenth less time (8 epochs: 99.11 % and 98.84 %, 3 seeds).
-# 15 epochs read 99.27 % and 98.96 % (3 seeds) in two thirds more time.
+# (validation, then USPS; mean of 5 seeds): 10 epochs 99.11 % and 98.79 %; centred inputs and
+# 9 epochs 99.18 % and 98.92 %, in a tenth less time (8 epochs: 99.12 % and 98.84 %).
+# 15 epochs read 99.27 % and 98.96 % (3 seeds) in half as much time again.
 def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", epochs=9,
           batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-5, schedule="cosine",
           dropout=0.0, augment=None, center=True, seed=0, on_epoch=None, on_progress=None):
