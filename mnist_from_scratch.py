@@ -2445,7 +2445,7 @@ def plot_weights(W1, path, max_tiles=100, show=False, start=None):
 
     start: the same layer's random starting weights, when known; then W1 - start is drawn, what
     training added. In a wide layer the random start is larger than what is learned (measured on the
-    default 784-512-256-10 after 10 epochs: |W1 - start| is 0.6 of |start|, unit by unit), and its
+    default 784-512-256-10 after 9 epochs: |W1 - start| is about half of |start|, unit by unit), and its
     salt-and-pepper noise hides the learned strokes when W1 is drawn as it is.
     Of more than max_tiles units, the max_tiles smoothest (see smoothness) are drawn, smoothest first:
     units that learned little (or never fire) stay close to noise and say nothing.
