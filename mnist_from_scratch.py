@@ -735,7 +735,8 @@ def learning_rate(schedule, lr, step, total_steps):
 # 15 epochs, not centred, read 99.27 % and 98.96 % (3 seeds) in two thirds more time.
 def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", epochs=9,
           batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-5, schedule="cosine",
-          dropout=0.0, augment=None, center=True, seed=0, on_epoch=None, on_progress=None):
+          dropout=0.0, augment=None, distortions=2048, center=True, seed=0, on_epoch=None,
+          on_progress=None):
     """Train a network on X (n, 784), y (n,); return Ws, bs, history, interrupted.
 
     After each epoch the network is measured on the validation images (if given) and the
@@ -743,7 +744,9 @@ def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", ep
     epoch; its train_loss and train_acc are averages over the epoch's mini-batches, as the
     network saw them (with dropout and distortions, when those are on). dropout: the fraction
     of hidden units dropped; augment: None or a dict of augment_batch's strengths, e.g.
-    AUGMENT_PRESETS["light"] (both explained in section [10]). center (on by default):
+    AUGMENT_PRESETS["light"] (both explained in section [10]); distortions: how many different
+    random distortions are drawn each epoch and dealt out to the shuffled images (augment_batch's
+    maps; 0 draws one for every image). center (on by default):
     subtract the mean training image from every input while training; the returned network
     has it folded into the first layer's biases, so it takes raw images like any other.
     on_epoch(entry) and on_progress(epoch, fraction) let the caller print. Ctrl-C stops cleanly
@@ -781,8 +784,8 @@ def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", ep
             # slice (a view, no copy) instead of a gather of scattered rows.
             np.take(X, order, axis=0, out=shuffled, mode="clip")  # "clip": no hidden temp copy
             y_shuffled = y[order]
-            if augment:  # fresh random distortions of every image, every epoch, in place
-                augment_batch(shuffled, rng, **augment, out=shuffled)
+            if augment:  # fresh random distortions every epoch, in place
+                augment_batch(shuffled, rng, **augment, maps=distortions or None, out=shuffled)
             if center:
                 shuffled -= mean
             loss_sum, correct = 0.0, 0
@@ -1100,14 +1103,35 @@ def elastic_displacement(m, rng, alpha, sigma, size=28):
     return displacement[:, 0], displacement[:, 1]             # d_rows, d_cols: (m, s, s)
 
 
-def bilinear_sample(images, rows, cols):
-    """Read a batch of images at fractional coordinates, by bilinear interpolation.
+def sampling_plan(rows, cols, H=28, W=28):
+    """Where bilinear interpolation reads, for a batch of sampling coordinates.
 
-    images (m, H, W) float32; rows, cols (m, H2, W2) float32, coordinates in the frame of
-    images (row 0 .. H-1 top to bottom, column 0 .. W-1 left to right).
-    Returns out (m, H2, W2) float32 with out[n, i, j] = image n read at (rows, cols)[n, i, j].
-    Outside the frame the image is black (0): a digit shifted out of the frame loses ink,
-    none is wrapped around or smeared from the border.
+    rows, cols (m, H2, W2) float32: coordinates in an H x W frame (row 0 .. H-1 top to
+    bottom, column 0 .. W-1 left to right). Returns the plan (where, fr, fc), each (m, H2, W2):
+    where, int32, is the position of the top-left neighbour (r0, c0) = (floor(row),
+    floor(col)) in one image padded as bilinear_read pads it, flattened; fr = row - r0 and
+    fc = col - c0, in [0, 1), are the fractional parts. Working this out costs more than the
+    reading itself (see augment_batch's `maps`), so it is a step of its own.
+    """
+    # bilinear_read surrounds every image with a black border: one row/column above and left
+    # of the frame (index -1), two below and right (indices H, H+1 and W, W+1). Then every
+    # point in [-1, H] x [-1, W] has its four neighbours inside the padded image, and a point
+    # further than 1 pixel outside the frame is black whatever its neighbours, so we may move
+    # it onto the black border: clip to [-1, H] x [-1, W].
+    rows = np.clip(rows, -1.0, H)
+    cols = np.clip(cols, -1.0, W)
+    r0 = np.floor(rows)                                         # in -1 .. H
+    c0 = np.floor(cols)
+    fr = rows - r0                                              # in [0, 1)
+    fc = cols - c0
+    # (r0, c0) in the padded image is (r0 + 1, c0 + 1), at (r0 + 1) (W + 3) + (c0 + 1) when
+    # its rows of W + 3 pixels are laid end to end.
+    where = (r0.astype(np.int32) + 1) * (W + 3) + (c0.astype(np.int32) + 1)
+    return where, fr, fc
+
+
+def bilinear_read(images, plan):
+    """Read a batch of images (m, H, W) float32 where sampling_plan says; returns (m, H2, W2).
 
     Bilinear interpolation: with r0 = floor(row), c0 = floor(col) and the fractional
     parts fr = row - r0, fc = col - c0 in [0, 1), the value is a weighted mean of the
@@ -1116,36 +1140,23 @@ def bilinear_sample(images, rows, cols):
         bottom = (1 - fc) * I[r0 + 1, c0] + fc * I[r0 + 1, c0 + 1]
         out    = (1 - fr) * top + fr * bottom
     i.e. weights (1-fr)(1-fc), (1-fr)fc, fr(1-fc), fr fc, which sum to 1. At integer
-    coordinates (fr = fc = 0) it returns the pixel itself, exactly.
+    coordinates (fr = fc = 0) it returns the pixel itself, exactly. Outside the frame the
+    image is black (0): a digit shifted out of the frame loses ink, none is wrapped around or
+    smeared from the border.
     """
+    where, fr, fc = plan
     m, H, W = images.shape
-    # Surround every image with a black border: one row/column above and left of the
-    # frame (index -1), two below and right (indices H, H+1 and W, W+1). Then every point
-    # in [-1, H] x [-1, W] has its four neighbours inside the padded array.
-    padded = np.zeros((m, H + 3, W + 3), dtype=images.dtype)
+    padded = np.zeros((m, H + 3, W + 3), dtype=images.dtype)    # the black border
     padded[:, 1:H + 1, 1:W + 1] = images
-
-    # A point further than 1 pixel outside the frame is black whatever its neighbours,
-    # so we may move it onto the black border: clip to [-1, H] x [-1, W].
-    rows = np.clip(rows, -1.0, H)
-    cols = np.clip(cols, -1.0, W)
-    r0 = np.floor(rows)                                         # in -1 .. H
-    c0 = np.floor(cols)
-    fr = rows - r0                                              # in [0, 1)
-    fc = cols - c0
-
-    # Position of the top-left neighbour (r0, c0) in the flattened padded batch:
-    #   flat = n (H+3)(W+3) + (r0 + 1)(W+3) + (c0 + 1)          (+1: the border)
-    # Its right, lower and lower-right neighbours are at flat + 1, flat + (W+3) and
-    # flat + (W+3) + 1, so we read them with the same index from the flattened array
-    # shifted by 1, W+3 and W+4 elements (a shifted view, no copy).
-    # int32 indices are computed and converted much faster than int64; they overflow only
-    # past 2^31 elements (over 2 million images), where we fall back to int64.
+    # Image n starts at n (H+3)(W+3) in the flattened batch. The top-left neighbour's right,
+    # lower and lower-right neighbours are 1, W+3 and W+4 elements further, so we read them
+    # with the same index from the flattened array shifted by 1, W+3 and W+4 (a view, no copy).
+    # int32 indices are computed much faster than int64; they overflow only past 2^31
+    # elements (over 2 million images), where we fall back to int64.
     stride = W + 3
     index_type = np.int32 if padded.size < 2 ** 31 else np.int64
-    image_start = np.arange(m, dtype=index_type) * ((H + 3) * stride)       # (m,)
-    flat = (r0.astype(index_type) * stride + c0.astype(index_type)
-            + (image_start + stride + 1)[:, None, None])                     # (m, H2, W2)
+    image_start = np.arange(m, dtype=index_type) * ((H + 3) * stride)        # (m,)
+    flat = where + image_start[:, None, None]                                 # (m, H2, W2)
     pixels = padded.reshape(-1)
     top_left = np.take(pixels, flat)                            # I[r0,     c0    ]
     top_right = np.take(pixels[1:], flat)                       # I[r0,     c0 + 1]
@@ -1158,9 +1169,16 @@ def bilinear_sample(images, rows, cols):
     return top + fr * (bottom - top)                            # (m, H2, W2)
 
 
+def bilinear_sample(images, rows, cols):
+    """Read a batch of images (m, H, W) float32 at fractional coordinates rows, cols
+    (m, H2, W2), by bilinear interpolation; returns (m, H2, W2) float32 with out[n, i, j] =
+    image n read at (rows, cols)[n, i, j]. Needs: sampling_plan, bilinear_read."""
+    return bilinear_read(images, sampling_plan(rows, cols, *images.shape[1:]))
+
+
 def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.075,
                   max_shear=0.15, elastic_alpha=25.0, elastic_sigma=5.0, mirror=0.0,
-                  chunk_size=256, out=None):
+                  maps=None, chunk_size=256, out=None):
     """Randomly distorted copies of a batch of images (affine map + elastic distortion).
 
     images: (m, 28, 28) or (m, 784) float32 in [0, 1]; returns the same shape and dtype.
@@ -1176,13 +1194,23 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
       mirror            the chance that an image is mirrored left to right: for clothes (a
                         mirrored shirt is still a shirt), never for digits (a mirrored 3 is no 3).
     The defaults are the "light" strengths of AUGMENT_PRESETS (the command line's default).
-    Needs: random_affine_grids, elastic_displacement, bilinear_sample, mirror_some.
+    maps: how many different distortions to draw; None (the default) draws one for every
+    image. Drawing a distortion and working out where it reads (random_affine_grids,
+    elastic_displacement, sampling_plan) costs more than reading the image through it
+    (bilinear_read). With maps=2048, the first 2,048 images get distortions of their own and
+    every later image reuses one of them: image i gets the distortion of image i % 2,048
+    (maps is rounded up to a whole number of chunks). The images of a shuffled training set
+    meet them at random, a different one every epoch. train() distorts so, in half the time
+    of one distortion per image, as accurately (see the comment above train).
+    Needs: random_affine_grids, elastic_displacement, sampling_plan, bilinear_read,
+    mirror_some.
     Only images go in and out: the labels of the batch stay valid as they are.
     out: an array of the same shape to write the result into; it may be `images` itself
     (each chunk is read before it is overwritten), which saves a second copy of the data set.
     The work is done chunk_size images at a time, so that the temporaries (a few dozen
     arrays of the chunk's size, about 1 MB each) stay in the processor's cache, and memory
-    use stays small whatever the number of images.
+    use stays small whatever the number of images (the plans kept for `maps` take 12 bytes
+    per pixel: 19 MB for 2,048).
     """
     images = np.asarray(images)
     shape = images.shape
@@ -1207,6 +1235,8 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
         raise ValueError("elastic_sigma must be > 0 when elastic_alpha > 0; try 5")
     if not 0 <= mirror <= 1:
         raise ValueError(f"mirror is a chance, from 0 to 1, got {mirror}; try 0.5")
+    if maps is not None and not maps >= 1:
+        raise ValueError(f"maps must be at least 1 (or None: one per image), got {maps}")
 
     result = np.empty(shape, dtype=images.dtype) if out is None else out
     out = result.reshape(images.shape)
@@ -1214,21 +1244,28 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
         result[...] = images.reshape(shape)                     # nothing to distort: a copy
         mirror_some(out, rng, mirror)
         return result
-    for start in range(0, len(images), chunk_size):
+    kept = []                                                   # plans to reuse, if maps
+    for number, start in enumerate(range(0, len(images), chunk_size)):
         batch = images[start:start + chunk_size]
         m = len(batch)
-        rows, cols = random_affine_grids(m, rng, max_shift, max_rotation_deg,
-                                         max_scale, max_shear)
-        if elastic_alpha > 0:
-            # Read the old image at (affine position + elastic displacement): the elastic
-            # field moves every new pixel's reading point a little, smoothly.
-            d_rows, d_cols = elastic_displacement(m, rng, elastic_alpha, elastic_sigma)
-            rows += d_rows
-            cols += d_cols
+        if maps is not None and number * chunk_size >= maps:
+            plan = [part[:m] for part in kept[number % len(kept)]]  # a chunk drawn before
+        else:
+            rows, cols = random_affine_grids(m, rng, max_shift, max_rotation_deg,
+                                             max_scale, max_shear)
+            if elastic_alpha > 0:
+                # Read the old image at (affine position + elastic displacement): the elastic
+                # field moves every new pixel's reading point a little, smoothly.
+                d_rows, d_cols = elastic_displacement(m, rng, elastic_alpha, elastic_sigma)
+                rows += d_rows
+                cols += d_cols
+            plan = sampling_plan(rows, cols)
+            if maps is not None:
+                kept.append(plan)
         # `augmented` stays alive until the next chunk's result replaces it. This keeps the
         # memory allocator from returning the chunk's temporaries to the operating system
         # after every chunk and page-faulting them back in for the next: 2-3x faster.
-        augmented = bilinear_sample(batch, rows, cols)
+        augmented = bilinear_read(batch, plan)
         out[start:start + m] = augmented
     mirror_some(out, rng, mirror)
     return result
@@ -3431,7 +3468,7 @@ MODEL_PATH = "model.npz"
 # on the command line as well overrides the recipe's value.
 RECIPES = {
     "best": dict(hidden=(1024, 1024), dropout=0.2, augment="light", epochs=50, lr=0.05,
-                 batch_size=128, center=False),
+                 batch_size=128, distortions=0, center=False),
 }
 
 
@@ -3723,6 +3760,7 @@ def command_train(args):
     X_fit, y_fit = X_train[:n], y_train[:n]
     X_val, y_val = X_train[n:], y_train[n:]
     sizes = [784, *args.hidden, 10]
+    distorts = any(value for name, value in AUGMENT_PRESETS[args.augment].items() if name != "mirror")
     # A batch can hold no more than all the training images: then there is one step per epoch.
     batches = (f"batches of {args.batch_size}" if args.batch_size < n else
                f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
@@ -3734,7 +3772,9 @@ def command_train(args):
           f"validating on {len(X_val)}, {args.epochs} epochs of {batches}, "
           f"lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, "
           f"weight decay {args.weight_decay:g}, dropout {args.dropout:g}, "
-          f"distortions {args.augment}" + (", centred inputs" if args.center else ""), flush=True)
+          f"distortions {args.augment}" + (f" ({args.distortions} drawn per epoch)" if distorts
+                                             and args.distortions else "")
+          + (", centred inputs" if args.center else ""), flush=True)
     # A loss that explodes is reported as one clear error by train(); NumPy's overflow
     # warnings on the way there would only be noise.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -3743,15 +3783,16 @@ def command_train(args):
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, schedule=args.schedule, dropout=args.dropout,
             augment=AUGMENT_PRESETS[args.augment] if args.augment != "none" else None,
-            center=args.center, seed=args.seed, on_epoch=lambda e: print_epoch(e, args.epochs),
-            on_progress=progress_printer(args.epochs))
+            distortions=args.distortions, center=args.center, seed=args.seed,
+            on_epoch=lambda e: print_epoch(e, args.epochs), on_progress=progress_printer(args.epochs))
     if interrupted:
         print("interrupted: saving the best model so far", file=sys.stderr)
     result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
     best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
     settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
                                               "weight_decay", "schedule", "val_size", "seed",
-                                              "dropout", "augment", "center", "recipe")}
+                                              "dropout", "augment", "distortions", "center",
+                                              "recipe")}
     meta = {"activation": args.activation, "dataset": dataset,
             "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
@@ -4146,6 +4187,10 @@ def build_parser():
                    help="random distortions (shift, rotation, scale, shear, elastic) of the "
                         "training images every epoch, none to switch them off; mirror turns "
                         "half of them left to right instead, for clothes (default: light)")
+    p.add_argument("--distortions", type=non_negative_int, default=D["distortions"], metavar="N",
+                   help="how many different random distortions are drawn each epoch and dealt "
+                        "out to the shuffled training images; 0 draws one for every image, "
+                        "about half a second more per epoch (default: %(default)s)")
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=D["center"],
                    help="learn on images minus the mean training image, folded into the first "
                         "layer's biases when training ends (default: "

@@ -1934,6 +1934,25 @@ class TestAugmentBatch(unittest.TestCase):
         self.assertLess(float(np.abs(moved).max()), 2.0 + 0.3)
         self.assertGreater(float(np.abs(moved).max()), 1.5)
 
+    def test_maps_draws_that_many_distortions_and_deals_them_out_in_turn(self):
+        same_digit = np.repeat(self.digits[:1], 1024, axis=0)
+        for maps, drawn in [(256, 256), (300, 512), (1024, 1024)]:  # rounded up to chunks of 256
+            out = augment_batch(same_digit, np.random.default_rng(5), maps=maps).reshape(1024, -1)
+            self.assertEqual(len(np.unique(out, axis=0)), drawn, maps)
+            self.assertTrue(np.array_equal(out[drawn:], out[:1024 - drawn]), maps)  # i uses i % drawn
+        # As many maps as images, or more, is one distortion per image: the same draws as None.
+        one_each = augment_batch(self.digits, np.random.default_rng(5))
+        for maps in (1000, 5000):
+            self.assertTrue(np.array_equal(augment_batch(self.digits, np.random.default_rng(5), maps=maps), one_each))
+        # A later image is its own digit moved the way of an earlier one: the maps drawn first
+        # do not depend on the images, so digit 256 + i with map i is what the same seed gives
+        # when digit 256 + i comes first.
+        shared = augment_batch(self.digits, np.random.default_rng(5), maps=256)
+        self.assertTrue(np.array_equal(shared[:256], one_each[:256]))
+        self.assertTrue(np.array_equal(shared[256:512], augment_batch(self.digits[256:512], np.random.default_rng(5))))
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, np.random.default_rng(5), maps=0)
+
     def test_bad_strengths_and_shapes_raise_value_error(self):
         rng = np.random.default_rng(0)
         with self.assertRaises(ValueError):
