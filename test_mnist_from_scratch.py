@@ -369,7 +369,9 @@ class TestTraining(unittest.TestCase):
         variants = {"plain": plain, "decayed": decayed,
                     "momentum 0.5": mnist.train(X, y, momentum=0.5, **common),
                     "dropout": mnist.train(X, y, dropout=0.3, **common),
-                    "distortions": mnist.train(X, y, augment=AUGMENT_PRESETS["light"], **common)}
+                    "distortions": mnist.train(X, y, augment=AUGMENT_PRESETS["light"], **common),
+                    "one distortion per image": mnist.train(X, y, augment=AUGMENT_PRESETS["light"],
+                                                            distortions=0, **common)}
         for name, (Ws, bs, history, _) in variants.items():
             with self.subTest(name):
                 self.assertGreater(mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)["accuracy"],
@@ -378,8 +380,10 @@ class TestTraining(unittest.TestCase):
         # L2 weight decay pulls the weights towards 0: a clearly smaller norm.
         self.assertLess(np.linalg.norm(decayed[0][0]), 0.9 * np.linalg.norm(plain[0][0]))
         # Dropout and distortions make the training images harder: a higher training loss.
-        for name in ("dropout", "distortions"):
+        for name in ("dropout", "distortions", "one distortion per image"):
             self.assertGreater(variants[name][2][-1]["train_loss"], plain[2][-1]["train_loss"])
+        # 3,000 images and 2,048 distortions: the last 952 images reuse some, so the two differ.
+        self.assertFalse(np.array_equal(variants["distortions"][0][0], variants["one distortion per image"][0][0]))
 
     @needs_mnist
     def test_centred_training_returns_a_network_for_raw_images(self):
@@ -477,9 +481,12 @@ class TestCommandLine(unittest.TestCase):
         code, out, err = self.train_run
         self.assertEqual(code, 0, err)
         with np.load(self.model, allow_pickle=False) as z:
-            self.assertEqual(json.loads(str(z["meta"]))["settings"]["augment"], "light")
+            settings = json.loads(str(z["meta"]))["settings"]
+        self.assertEqual((settings["augment"], settings["distortions"]), ("light", 2048))
+        self.assertIn("distortions light (2048 drawn per epoch)", out)
         args = mnist.build_parser().parse_args(["train", "--augment", "none"])
         self.assertEqual(args.augment, "none")
+        self.assertEqual(mnist.build_parser().parse_args(["train", "--distortions", "0"]).distortions, 0)
 
     @needs_mnist
     def test_evaluate_json_reports_accuracy_loss_and_confusion(self):
@@ -797,6 +804,7 @@ class TestCarelessUse(unittest.TestCase):
             ("learning rate not a number", [*train, "--lr", "nan"], "lr.*positive", ""),
             ("dropout of everything", [*train, "--dropout", "1"], "dropout.*less than 1", ""),
             ("empty hidden layer", [*train, "--hidden", "64,0"], "at least 1 unit", ""),
+            ("negative number of distortions", [*train, "--distortions", "-1"], "distortions.*0 or more", ""),
             ("validation as big as the data", [*train, "--model", d + "/new.npz", "--val-size", "60"],
              "leaves no training images", ""),
             ("negative seed", ["gradcheck", "--seed", "-1"], "seed.*0 or more", ""),
