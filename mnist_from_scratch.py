@@ -1855,10 +1855,12 @@ def remove_grid_lines(mask, reach=3, reach_past=1.5, widened=2):
 def label_components(mask):
     """Connected components of a boolean mask (8-connectivity), in pure NumPy.
 
-    Every ink pixel starts with its own number as label. Repeatedly, each pixel takes the smallest
-    label among itself and its 8 neighbours, and then the label of the pixel its label points to
-    ("pointer jumping", which lets small labels travel long strokes in few rounds). When nothing
-    changes, all pixels of a component carry the same label.
+    Every ink pixel starts as a tree of its own, its number its label. Each round, every tree's
+    root takes the smallest label found next to any of its pixels ("hooking": trees that touch
+    are joined under the smaller root), and then every pixel follows the chain of labels up to
+    its root ("pointer jumping"). When a round changes nothing, all pixels of a component carry
+    its smallest pixel number. Joining whole trees at once takes a few rounds even along a long
+    spiral stroke, where passing the smallest label on one pixel per round would take hundreds.
     Returns (labels, count): labels is an int array, -1 for background, 0..count-1 for components.
     """
     height, width = mask.shape
@@ -1876,11 +1878,16 @@ def label_components(mask):
 
     label = own.copy()
     while True:
-        new_label = np.minimum(label, label[neighbours].min(axis=0))
-        new_label = new_label[new_label]  # pointer jumping
-        if np.array_equal(new_label, label):
+        before = label.copy()
+        smallest = np.minimum(label, label[neighbours].min(axis=0))  # per pixel, (n,)
+        np.minimum.at(label, label, smallest)  # hooking: root[label[i]] = min(it, smallest[i])
+        while True:                            # pointer jumping, until every pixel holds a root
+            root = label[label]
+            if np.array_equal(root, label):
+                break
+            label = root
+        if np.array_equal(label, before):
             break
-        label = new_label
     unique, compact = np.unique(label, return_inverse=True)
     labels = np.full((height, width), -1)
     labels[ys, xs] = compact

@@ -1489,6 +1489,38 @@ class TestPredictingOneImage(unittest.TestCase):
         self.assertEqual(count, 3)
         self.assertEqual(len(np.unique(labels[mask])), 3)
 
+    def test_connected_components_match_a_flood_fill_also_along_a_long_winding_stroke(self):
+        def flood_fill(mask):  # the textbook way, one pixel at a time: slow, plainly right
+            labels, count = np.full(mask.shape, -1), 0
+            for start in zip(*np.nonzero(mask)):  # row by row: components in order of first pixel
+                if labels[start] >= 0:
+                    continue
+                labels[start], stack = count, [start]
+                while stack:
+                    y, x = stack.pop()
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            v, u = y + dy, x + dx
+                            if 0 <= v < mask.shape[0] and 0 <= u < mask.shape[1] and mask[v, u] and labels[v, u] < 0:
+                                labels[v, u] = count
+                                stack.append((v, u))
+                count += 1
+            return labels, count
+
+        rng = np.random.default_rng(1)
+        snake = np.zeros((61, 61), dtype=bool)  # one stroke zig-zagging down the whole picture
+        snake[::4] = True
+        for row in range(0, 57, 8):
+            snake[row:row + 5, 60] = True
+            snake[row + 4:row + 9, 0] = True
+        masks = [rng.random((40, 50)) < density for density in (0.1, 0.3, 0.45, 0.6)] + [snake]
+        for mask in masks:
+            labels, count = label_components(mask)
+            expected_labels, expected_count = flood_fill(mask)
+            self.assertEqual(count, expected_count)
+            self.assertTrue(np.array_equal(labels, expected_labels))
+        self.assertEqual(label_components(snake)[1], 1)
+
     def test_otsu_threshold_separates_two_groups(self):
         # Two groups apart: every value of the lower one at or below the threshold, every value
         # of the upper one above it.
