@@ -970,7 +970,10 @@ def load_model(path):
 # in the OLD image it should be read from: the "sampling coordinates" (rows[i, j],
 # cols[i, j]), usually fractional. Then `bilinear_sample` reads the old image there.
 # Asking "where does each new pixel come from?" (the inverse map) rather than "where does
-# each old pixel go?" leaves no holes: every new pixel gets exactly one value.
+# each old pixel go?" leaves no holes: every new pixel gets exactly one value. Working out
+# where to read (`sampling_plan`) costs more than the reading (`bilinear_read`), and a random
+# distortion fits any digit, so train() draws 2,048 per epoch and deals them out to the
+# shuffled images instead of drawing one for each of the 55,000 (augment_batch's `maps`).
 #
 # Everything works on a whole batch at once: images (m, 28, 28), coordinates (m, 28, 28).
 # Coordinates are (row, column) pairs as in array indexing: row i grows downwards,
