@@ -3775,6 +3775,9 @@ def command_train(args):
     X_val, y_val = X_train[n:], y_train[n:]
     sizes = [784, *args.hidden, 10]
     distorts = any(value for name, value in AUGMENT_PRESETS[args.augment].items() if name != "mirror")
+    # augment_batch draws distortions a chunk at a time, and never more than one per image.
+    chunk = inspect.signature(augment_batch).parameters["chunk_size"].default
+    drawn = min(n, math.ceil(args.distortions / chunk) * chunk) if args.distortions else n
     # A batch can hold no more than all the training images: then there is one step per epoch.
     batches = (f"batches of {args.batch_size}" if args.batch_size < n else
                f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
@@ -3786,8 +3789,8 @@ def command_train(args):
           f"validating on {len(X_val)}, {args.epochs} epochs of {batches}, "
           f"lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, "
           f"weight decay {args.weight_decay:g}, dropout {args.dropout:g}, "
-          f"distortions {args.augment}" + (f" ({args.distortions} drawn per epoch)" if distorts
-                                             and args.distortions else "")
+          f"distortions {args.augment}" + ("" if not distorts else f" ({drawn} drawn per epoch)"
+                                           if drawn < n else " (one for every image)")
           + (", centred inputs" if args.center else ""), flush=True)
     # A loss that explodes is reported as one clear error by train(); NumPy's overflow
     # warnings on the way there would only be noise.
@@ -4202,9 +4205,10 @@ def build_parser():
                         "training images every epoch, none to switch them off; mirror turns "
                         "half of them left to right instead, for clothes (default: light)")
     p.add_argument("--distortions", type=non_negative_int, default=D["distortions"], metavar="N",
-                   help="how many different random distortions are drawn each epoch and dealt "
-                        "out to the shuffled training images; 0 draws one for every image, "
-                        "about half a second more per epoch (default: %(default)s)")
+                   help="how many different random distortions are drawn each epoch (rounded "
+                        "up to a multiple of 256) and dealt out to the shuffled training images; "
+                        "0 draws one for every image, about half a second more per epoch "
+                        "(default: %(default)s)")
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=D["center"],
                    help="learn on images minus the mean training image, folded into the first "
                         "layer's biases when training ends (default: "

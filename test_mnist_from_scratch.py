@@ -487,6 +487,11 @@ class TestCommandLine(unittest.TestCase):
         args = mnist.build_parser().parse_args(["train", "--augment", "none"])
         self.assertEqual(args.augment, "none")
         self.assertEqual(mnist.build_parser().parse_args(["train", "--distortions", "0"]).distortions, 0)
+        # Distortions are drawn in chunks of 256 images, and the log says how many were drawn.
+        code, out, err = run_cli("train", "--data-dir", DATA_DIR, "--model", os.path.join(self.tmp.name, "d.npz"),
+                                 "--epochs", "1", "--hidden", "8", "--distortions", "300")
+        self.assertEqual(code, 0, err)
+        self.assertIn("distortions light (512 drawn per epoch)", out)
 
     @needs_mnist
     def test_evaluate_json_reports_accuracy_loss_and_confusion(self):
