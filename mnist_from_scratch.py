@@ -1251,6 +1251,8 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
         result[...] = images.reshape(shape)                     # nothing to distort: a copy
         mirror_some(out, rng, mirror)
         return result
+    if maps is not None and maps >= len(images):
+        maps = None                                             # one for every image anyway
     kept = []                                                   # plans to reuse, if maps
     for number, start in enumerate(range(0, len(images), chunk_size)):
         batch = images[start:start + chunk_size]
