@@ -3,7 +3,7 @@
 This one file is the whole program. It
 
   1. loads MNIST (70,000 labelled 28x28 images of handwritten digits) from the original
-     IDX files, or from CSV, downloading the IDX files if they are not there yet;
+     IDX files, or from CSV (the command line downloads and checks the IDX files first);
   2. builds a fully connected network: 784 pixels -> hidden layers -> 10 digit scores;
   3. trains it with mini-batch stochastic gradient descent, the gradients written out by hand
      (backpropagation) and checked against finite differences;
@@ -49,8 +49,8 @@ Sections:
     [2]  initialization                       [13] drawing a digit live
     [3]  forward pass                         [14] serving the network over HTTP
     [4]  loss                                 [15] the lesson as a notebook
-    [5]  backward pass                        [16] command line
-    [6]  gradient check
+    [5]  backward pass                        [16] getting the data: downloads, checksums
+    [6]  gradient check                       [17] command line
     [7]  training loop
     [8]  evaluation
     [9]  saving and loading a model
@@ -93,64 +93,12 @@ class UserError(Exception):
 #   then       the numbers themselves, big-endian, last dimension fastest (C order)
 #
 # So the training images start with 0x00000803 (unsigned bytes, 3 dimensions), then
-# 60000, 28, 28, and then 60000 * 28 * 28 bytes of pixels, 0 = white paper, 255 = black ink.
+# 60000, 28, 28, and then 60000 * 28 * 28 bytes of pixels. MNIST is white ink on black:
+# 0 is the background, 255 the middle of a stroke. The network reads each image as one row
+# of 784 numbers in [0, 1]. The files are published gzip-compressed (.gz);
+# `python mnist_from_scratch.py download` fetches them into data/ and checks them.
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-MNIST_FILES = {  # name -> SHA-256 of the decompressed IDX bytes (the same for every mirror)
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-MNIST_GZ_SHA256 = {  # SHA-256 of the .gz files exactly as the mirrors serve them
-    "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-MNIST_MIRRORS = [
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-]
-
-# Fashion-MNIST (Xiao, Rasul, Vollgraf, 2017, arXiv:1708.07747) is a drop-in replacement: four
-# files with the same names, format and sizes, showing clothes instead of digits. Its checksums
-# have the same roles as MNIST's. Some copies (Debian's package, for one) are compressed again,
-# so their .gz bytes differ while the images inside are the same: the SHA-256 of the
-# decompressed bytes is the one that decides.
-FASHION_FILES = {  # name -> SHA-256 of the decompressed IDX bytes
-    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-}
-FASHION_GZ_SHA256 = {  # SHA-256 of the .gz files as the project publishes them
-    "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-}
-FASHION_MIRRORS = [
-    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-]
-
-# Every data set the program knows, by the name `--dataset` takes. `folder` is where it is
-# downloaded to and looked for (unless --data-dir says otherwise), `csv` the file pairs that may
-# stand in for the IDX files, `classes` what the ten labels mean.
-DATASETS = {
-    "mnist": dict(title="MNIST", folder="data", files=MNIST_FILES, gz_sha256=MNIST_GZ_SHA256,
-                  mirrors=MNIST_MIRRORS, csv=[("mnist_train.csv", "mnist_test.csv"),
-                                              ("train.csv", "test.csv")],
-                  classes=[str(digit) for digit in range(10)]),
-    "fashion": dict(title="Fashion-MNIST", folder=os.path.join("data", "fashion"),
-                    files=FASHION_FILES, gz_sha256=FASHION_GZ_SHA256, mirrors=FASHION_MIRRORS,
-                    csv=[("fashion-mnist_train.csv", "fashion-mnist_test.csv")],
-                    classes=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                             "Shirt", "Sneaker", "Bag", "Ankle boot"]),
-}
 
 
 def parse_idx(raw, name="IDX data"):
@@ -187,8 +135,66 @@ def read_bytes(path):
 
 
 def load_idx(path):
-    """Read an IDX file (.gz or raw) of any type and any number of dimensions."""
+    """Read an IDX file (.gz or raw) of any type and any number of dimensions.
+    Needs: parse_idx, read_bytes, IDX_TYPES."""
     return parse_idx(read_bytes(path), path)
+
+
+def to_unit_float(pixels):
+    """uint8 pixels 0..255 -> float32 in [0, 1], the scale the network is trained on.
+
+    float32 rather than NumPy's default float64: half the memory, twice the speed of every
+    matrix product, and far more precision than 8-bit pixels carry.
+    """
+    return np.multiply(pixels, np.float32(1 / 255), dtype=np.float32)
+
+
+def images_and_labels(images, labels, name):
+    """Check that images (n, 28, 28) and labels (n,) belong together; return X (n, 784), y.
+
+    Each 28x28 image becomes one row of 784 numbers (row after row of pixels), and the pixels
+    go from bytes 0..255 to float32 in [0, 1]. Needs: to_unit_float.
+    """
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"{name}: images must be 28x28, got shape {images.shape}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"{name}: {len(images)} images but {labels.size} labels; "
+                         f"the image and label files do not belong together")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{name}: labels must be digits 0..9")
+    return to_unit_float(images.reshape(len(images), 784)), labels.astype(np.int64)
+
+
+def find_idx_file(data_dir, stem):
+    """The path of the IDX file `stem` in data_dir, compressed or not, or None."""
+    # As published (.gz), unpacked, or as some copies spell it (train-images.idx3-ubyte).
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+        if os.path.exists(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    return None
+
+
+def load_mnist(data_dir="data"):
+    """Return X_train (60000, 784), y_train, X_test (10000, 784), y_test from the four IDX
+    files in data_dir; X float32 in [0, 1], y int64 digits 0..9.
+
+    Fashion-MNIST's files have the same names, so load_mnist("data/fashion") reads it too.
+    Needs: find_idx_file, load_idx, images_and_labels, UserError.
+    """
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = [find_idx_file(data_dir, stem) for stem in stems]
+    for stem, path in zip(stems, paths):
+        if path is None:
+            raise UserError(f"{stem}.gz is not in {data_dir}/: run "
+                            f"`python mnist_from_scratch.py download` first")
+    images, labels, test_images, test_labels = [load_idx(path) for path in paths]
+    X_train, y_train = images_and_labels(images, labels, paths[0])
+    X_test, y_test = images_and_labels(test_images, test_labels, paths[2])
+    return X_train, y_train, X_test, y_test
+
+
+# MNIST is also passed around as CSV: one image per row, the label first, then 784 pixels.
 
 
 def load_csv(path):
@@ -223,192 +229,8 @@ def load_csv(path):
     return pixels.astype(np.uint8), None if labels is None else labels.astype(np.uint8)
 
 
-def write_atomically(path, write):
-    """Write a file via a temporary file in the same folder, renamed over the target when
-    complete: an interrupted run leaves the old file or the new one, never half of one."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # same folder: rename is atomic
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def download_mnist(data_dir, mirrors=None, timeout=10, deadline_seconds=30, dataset="mnist"):
-    """Fetch the four IDX .gz files of a data set (a key of DATASETS) into data_dir, trying
-    each of its mirrors in turn.
-
-    Every file is checked against its SHA-256 and written atomically (to a temporary file,
-    renamed when complete), so an interrupted download never leaves half a file behind.
-    """
-    import urllib.request
-    spec = DATASETS[dataset]
-    mirrors = spec["mirrors"] if mirrors is None else mirrors
-    os.makedirs(data_dir, exist_ok=True)
-    start = time.monotonic()
-    for name, sha in spec["gz_sha256"].items():
-        target = os.path.join(data_dir, name + ".gz")
-        if os.path.exists(target):
-            continue
-        errors = []
-        for mirror in mirrors:
-            if time.monotonic() - start > deadline_seconds:
-                break
-            url = mirror + name + ".gz"
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    size = int(response.headers.get("Content-Length") or 0)
-                    chunks, got = [], 0
-                    while True:
-                        chunk = response.read(1 << 16)
-                        if not chunk:
-                            break
-                        chunks.append(chunk)
-                        got += len(chunk)
-                        if size and sys.stderr.isatty():  # a line that counts up, on a terminal
-                            print(f"\rdownloading {name}.gz  {100 * got // size:3d} %",
-                                  end="", file=sys.stderr, flush=True)
-                if sys.stderr.isatty():
-                    print(file=sys.stderr)  # end the line that counted up
-                data = b"".join(chunks)
-            except Exception as e:  # no network, DNS failure, HTTP error, time-out ...
-                errors.append(f"{url}: {e}")
-                continue
-            # The .gz as published, or the same images compressed again (a different .gz).
-            if hashlib.sha256(data).hexdigest() != sha and not gzip_holds(data, spec["files"][name]):
-                errors.append(f"{url}: checksum does not match")
-                continue
-            write_atomically(target, lambda f: f.write(data))
-            print(f"downloaded {name}.gz ({len(data) / 1e6:.1f} MB, checksum correct)",
-                  file=sys.stderr)
-            break
-        if not os.path.exists(target):
-            why = errors[-1].split(": ", 1)[-1][:80] if errors else "time limit reached"
-            raise UserError(
-                f"could not download {name}.gz: no mirror answered (last: {why})\n"
-                f"copy {spec['title']}'s four .gz files into {data_dir}/ by hand (see the README), "
-                f"or point --data-dir at a folder that has them")
-
-
-def gzip_holds(data, sha256):
-    """True when the bytes `data` are a gzip file whose decompressed bytes have this SHA-256."""
-    try:
-        return hashlib.sha256(gzip.decompress(data)).hexdigest() == sha256
-    except (OSError, EOFError):  # not gzip at all, or cut off
-        return False
-
-
-def find_file(data_dir, names):
-    """The first of `names` that exists in data_dir, or None."""
-    for name in names:
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            return path
-    return None
-
-
-def to_unit_float(pixels):
-    """uint8 pixels 0..255 -> float32 in [0, 1], the scale the network is trained on.
-
-    float32 rather than NumPy's default float64: half the memory, twice the speed of every
-    matrix product, and far more precision than 8-bit pixels carry.
-    """
-    return np.multiply(pixels, np.float32(1 / 255), dtype=np.float32)
-
-
-def load_mnist(data_dir="data", download=True, dataset="mnist"):
-    """Return X_train (60000, 784), y_train, X_test (10000, 784), y_test; X float32 in [0, 1].
-
-    Looks in data_dir, in this order, for
-      1. the IDX files train-images-idx3-ubyte, ... (with or without .gz);
-      2. CSV files: mnist_train.csv + mnist_test.csv (label first, no header) or Kaggle's
-         train.csv + test.csv (a header; test.csv has no labels, so y_test is None);
-      3. nothing: it downloads the IDX files (unless download=False).
-    IDX files are checked against the SHA-256 of the real MNIST, so a damaged copy is caught.
-    dataset="fashion" loads Fashion-MNIST the same way (see DATASETS for its file names).
-    """
-    spec = DATASETS[dataset]
-    stems = list(spec["files"])
-
-    def idx_paths():  # the names MNIST's files go by, compressed or not
-        return [find_file(data_dir, [s + ".gz", s, s.replace("-idx", ".idx")]) for s in stems]
-
-    paths = idx_paths()
-    if not all(paths):
-        for train_csv, test_csv in spec["csv"]:
-            csv = (find_file(data_dir, [train_csv]), find_file(data_dir, [test_csv]))
-            if all(csv):
-                break
-        if all(csv):
-            X_train, y_train = load_csv(csv[0])
-            X_test, y_test = load_csv(csv[1])
-            if y_train is None:
-                raise ValueError(f"{csv[0]}: the training file has no label column")
-            return (to_unit_float(X_train), y_train.astype(np.int64), to_unit_float(X_test),
-                    None if y_test is None else y_test.astype(np.int64))
-        if not download:
-            raise UserError(f"{spec['title']} not found in {data_dir}/: run "
-                            f"`download{dataset_option(dataset)}`, or use --data-dir")
-        download_mnist(data_dir, dataset=dataset)  # fetches only the files that are missing
-        paths = idx_paths()
-    arrays = []
-    for stem, path in zip(stems, paths):
-        raw = read_bytes(path)
-        if hashlib.sha256(raw).hexdigest() != spec["files"][stem]:
-            raise ValueError(not_the_expected_file(path, raw, stem, dataset, data_dir))
-        arrays.append(parse_idx(raw, path))
-    X_train, y_train = images_and_labels(arrays[0], arrays[1], paths[0])
-    X_test, y_test = images_and_labels(arrays[2], arrays[3], paths[2])
-    return X_train, y_train, X_test, y_test
-
-
-def dataset_option(dataset):
-    """The words to add to a command for this data set: "" for MNIST, " --dataset fashion"."""
-    return "" if dataset == "mnist" else f" --dataset {dataset}"
-
-
-def not_the_expected_file(path, raw, stem, dataset, data_dir):
-    """Why the file at path (its bytes: raw) is not the expected file `stem` of `dataset`, in
-    one line: another data set's file says which option loads it; anything else is damaged."""
-    digest = hashlib.sha256(raw).hexdigest()
-    expected = DATASETS[dataset]["title"]
-    for other, spec in DATASETS.items():
-        for other_stem, sha in spec["files"].items():
-            if digest != sha:
-                continue
-            if other == dataset:  # the right data set, under another file's name
-                return (f"{path}: holds {expected}'s {other_stem}, not its {stem}; give the "
-                        f"four files their own names")
-            return (f"{path}: these are {spec['title']}'s files, not {expected}'s; use "
-                    f"--dataset {other} --data-dir {data_dir}")
-    return (f"{path}: not the real {expected} {stem} (checksum differs); delete it and run "
-            f"`download{dataset_option(dataset)}` again")
-
-
-def images_and_labels(images, labels, name):
-    """Check that images (n, 28, 28) and labels (n,) belong together; return X (n, 784), y.
-
-    Each 28x28 image becomes one row of 784 numbers (row after row of pixels), and the pixels
-    go from bytes 0..255 to float32 in [0, 1].
-    """
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{name}: images must be 28x28, got shape {images.shape}")
-    if labels.shape != (len(images),):
-        raise ValueError(f"{name}: {len(images)} images but {labels.size} labels; "
-                         f"the image and label files do not belong together")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{name}: labels must be digits 0..9")
-    return to_unit_float(images.reshape(len(images), 784)), labels.astype(np.int64)
-
-
-# Try it:
-#     X_train, y_train, X_test, y_test = load_mnist("data")  # downloads MNIST the first time
+# Try it: MNIST must be in data/ (`python mnist_from_scratch.py download` puts it there).
+#     X_train, y_train, X_test, y_test = load_mnist("data")
 #     print(X_train.shape, X_train.dtype, y_train[:10])      # (60000, 784) float32 [5 0 4 ...]
 
 
@@ -885,13 +707,32 @@ def format_confusion(confusion, class_names=None):
 # A model is one .npz file (NumPy's zip of arrays): W1, b1, W2, b2, ... and "meta", a JSON
 # string with the layer sizes, the activation, the training settings and results. It is loaded
 # with allow_pickle=False, so opening a model file can never run code hidden in it. It is
-# written with write_atomically (section [1]), so an interrupted save never leaves half a model.
+# written to a temporary file first and renamed when complete, so an interrupted save never
+# leaves half a model.
 
 MODEL_FORMAT = 1
 
 
+def write_atomically(path, write):
+    """Write a file via a temporary file in the same folder, renamed over the target when
+    complete: an interrupted run leaves the old file or the new one, never half of one."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # same folder: rename is atomic
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save_model(path, Ws, bs, meta):
-    """Save weights, biases and meta (a dict) to path as .npz, atomically."""
+    """Save weights, biases and meta (a dict) to path as .npz, atomically.
+    Needs: write_atomically, MODEL_FORMAT, UserError."""
     arrays = {}
     for l, (W, b) in enumerate(zip(Ws, bs), start=1):
         arrays[f"W{l}"], arrays[f"b{l}"] = W, b
@@ -3451,8 +3292,8 @@ def lesson_notebook(source):
     cells = [markdown("# A neural network from scratch in NumPy\n\n"
                       "The lesson of `mnist_from_scratch.py`: load MNIST, build a fully "
                       "connected network, write its gradients by hand, train it, evaluate it "
-                      "and save it. Run the cells from top to bottom; the first code cells "
-                      "download MNIST into `data/` if it is not there.")]
+                      "and save it. Run the cells from top to bottom, with MNIST in `data/` "
+                      "(`python mnist_from_scratch.py download` puts it there).")]
     for number, title, text in split_into_cells(source):
         if number not in LESSON_SECTIONS:
             continue
@@ -3469,7 +3310,218 @@ def lesson_notebook(source):
                          "language_info": {"name": "python"}}}
 
 
-# %% [16] Command line
+# %% [16] Getting the data: downloads and checksums
+#
+# The lesson's load_mnist (section [1]) reads the four IDX files; this section puts them there
+# and makes sure they are the real ones. The command line calls load_dataset, which
+#   1. downloads the files that are missing, trying each mirror in turn, and writes each one
+#      atomically (write_atomically, section [9]): an interrupted download leaves no half file;
+#   2. checks every file against the SHA-256 of the real data set, so that a damaged copy, or
+#      another data set's file, is refused with a reason a person can act on;
+#   3. reads them with load_mnist, or, when there are no IDX files, the CSV files with load_csv.
+
+MNIST_FILES = {  # name -> SHA-256 of the decompressed IDX bytes (the same for every mirror)
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MNIST_GZ_SHA256 = {  # SHA-256 of the .gz files exactly as the mirrors serve them
+    "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+MNIST_MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+
+# Fashion-MNIST (Xiao, Rasul, Vollgraf, 2017, arXiv:1708.07747) is a drop-in replacement: four
+# files with the same names, format and sizes, showing clothes instead of digits. Its checksums
+# have the same roles as MNIST's. Some copies (Debian's package, for one) are compressed again,
+# so their .gz bytes differ while the images inside are the same: the SHA-256 of the
+# decompressed bytes is the one that decides.
+FASHION_FILES = {  # name -> SHA-256 of the decompressed IDX bytes
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_GZ_SHA256 = {  # SHA-256 of the .gz files as the project publishes them
+    "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+FASHION_MIRRORS = [
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+]
+
+# Every data set the program knows, by the name `--dataset` takes. `folder` is where it is
+# downloaded to and looked for (unless --data-dir says otherwise), `csv` the file pairs that may
+# stand in for the IDX files, `classes` what the ten labels mean.
+DATASETS = {
+    "mnist": dict(title="MNIST", folder="data", files=MNIST_FILES, gz_sha256=MNIST_GZ_SHA256,
+                  mirrors=MNIST_MIRRORS, csv=[("mnist_train.csv", "mnist_test.csv"),
+                                              ("train.csv", "test.csv")],
+                  classes=[str(digit) for digit in range(10)]),
+    "fashion": dict(title="Fashion-MNIST", folder=os.path.join("data", "fashion"),
+                    files=FASHION_FILES, gz_sha256=FASHION_GZ_SHA256, mirrors=FASHION_MIRRORS,
+                    csv=[("fashion-mnist_train.csv", "fashion-mnist_test.csv")],
+                    classes=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                             "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+}
+
+
+def download_mnist(data_dir, mirrors=None, timeout=10, deadline_seconds=30, dataset="mnist"):
+    """Fetch the four IDX .gz files of a data set (a key of DATASETS) into data_dir, trying
+    each of its mirrors in turn.
+
+    Every file is checked against its SHA-256 and written atomically (to a temporary file,
+    renamed when complete), so an interrupted download never leaves half a file behind.
+    """
+    import urllib.request
+    spec = DATASETS[dataset]
+    mirrors = spec["mirrors"] if mirrors is None else mirrors
+    os.makedirs(data_dir, exist_ok=True)
+    start = time.monotonic()
+    for name, sha in spec["gz_sha256"].items():
+        target = os.path.join(data_dir, name + ".gz")
+        if os.path.exists(target):
+            continue
+        errors = []
+        for mirror in mirrors:
+            if time.monotonic() - start > deadline_seconds:
+                break
+            url = mirror + name + ".gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    size = int(response.headers.get("Content-Length") or 0)
+                    chunks, got = [], 0
+                    while True:
+                        chunk = response.read(1 << 16)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        got += len(chunk)
+                        if size and sys.stderr.isatty():  # a line that counts up, on a terminal
+                            print(f"\rdownloading {name}.gz  {100 * got // size:3d} %",
+                                  end="", file=sys.stderr, flush=True)
+                if sys.stderr.isatty():
+                    print(file=sys.stderr)  # end the line that counted up
+                data = b"".join(chunks)
+            except Exception as e:  # no network, DNS failure, HTTP error, time-out ...
+                errors.append(f"{url}: {e}")
+                continue
+            # The .gz as published, or the same images compressed again (a different .gz).
+            if hashlib.sha256(data).hexdigest() != sha and not gzip_holds(data, spec["files"][name]):
+                errors.append(f"{url}: checksum does not match")
+                continue
+            write_atomically(target, lambda f: f.write(data))
+            print(f"downloaded {name}.gz ({len(data) / 1e6:.1f} MB, checksum correct)",
+                  file=sys.stderr)
+            break
+        if not os.path.exists(target):
+            why = errors[-1].split(": ", 1)[-1][:80] if errors else "time limit reached"
+            raise UserError(
+                f"could not download {name}.gz: no mirror answered (last: {why})\n"
+                f"copy {spec['title']}'s four .gz files into {data_dir}/ by hand (see the README), "
+                f"or point --data-dir at a folder that has them")
+
+
+def gzip_holds(data, sha256):
+    """True when the bytes `data` are a gzip file whose decompressed bytes have this SHA-256."""
+    try:
+        return hashlib.sha256(gzip.decompress(data)).hexdigest() == sha256
+    except (OSError, EOFError):  # not gzip at all, or cut off
+        return False
+
+
+def find_file(data_dir, names):
+    """The first of `names` that exists in data_dir, or None."""
+    for name in names:
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def dataset_option(dataset):
+    """The words to add to a command for this data set: "" for MNIST, " --dataset fashion"."""
+    return "" if dataset == "mnist" else f" --dataset {dataset}"
+
+
+def not_the_expected_file(path, raw, stem, dataset, data_dir):
+    """Why the file at path (its bytes: raw) is not the expected file `stem` of `dataset`, in
+    one line: another data set's file says which option loads it; anything else is damaged."""
+    digest = hashlib.sha256(raw).hexdigest()
+    expected = DATASETS[dataset]["title"]
+    for other, spec in DATASETS.items():
+        for other_stem, sha in spec["files"].items():
+            if digest != sha:
+                continue
+            if other == dataset:  # the right data set, under another file's name
+                return (f"{path}: holds {expected}'s {other_stem}, not its {stem}; give the "
+                        f"four files their own names")
+            return (f"{path}: these are {spec['title']}'s files, not {expected}'s; use "
+                    f"--dataset {other} --data-dir {data_dir}")
+    return (f"{path}: not the real {expected} {stem} (checksum differs); delete it and run "
+            f"`download{dataset_option(dataset)}` again")
+
+
+def check_idx_files(data_dir, dataset="mnist"):
+    """Refuse, with a ValueError that says why in one line, any of the data set's four IDX files
+    in data_dir that is not the real one (its SHA-256 differs)."""
+    spec = DATASETS[dataset]
+    for stem, sha in spec["files"].items():
+        path = find_idx_file(data_dir, stem)
+        if path.endswith(".gz"):  # a .gz exactly as published holds the right bytes
+            try:
+                with open(path, "rb") as f:
+                    if hashlib.sha256(f.read()).hexdigest() == spec["gz_sha256"][stem]:
+                        continue
+            except OSError:
+                pass  # read_bytes below says what is wrong with the file
+        raw = read_bytes(path)
+        if hashlib.sha256(raw).hexdigest() != sha:
+            raise ValueError(not_the_expected_file(path, raw, stem, dataset, data_dir))
+
+
+def load_dataset(data_dir="data", download=True, dataset="mnist"):
+    """Return X_train (60000, 784), y_train, X_test (10000, 784), y_test; X float32 in [0, 1].
+
+    Looks in data_dir, in this order, for
+      1. the IDX files train-images-idx3-ubyte, ... (with or without .gz);
+      2. CSV files: mnist_train.csv + mnist_test.csv (label first, no header) or Kaggle's
+         train.csv + test.csv (a header; test.csv has no labels, so y_test is None);
+      3. nothing: it downloads the IDX files (unless download=False).
+    IDX files are checked against the SHA-256 of the real MNIST, so a damaged copy is caught,
+    and then read by load_mnist. dataset="fashion" loads Fashion-MNIST the same way (see
+    DATASETS for its file names).
+    """
+    spec = DATASETS[dataset]
+    if not all(find_idx_file(data_dir, stem) for stem in spec["files"]):
+        for train_csv, test_csv in spec["csv"]:
+            csv = (find_file(data_dir, [train_csv]), find_file(data_dir, [test_csv]))
+            if all(csv):
+                X_train, y_train = load_csv(csv[0])
+                X_test, y_test = load_csv(csv[1])
+                if y_train is None:
+                    raise ValueError(f"{csv[0]}: the training file has no label column")
+                return (to_unit_float(X_train), y_train.astype(np.int64), to_unit_float(X_test),
+                        None if y_test is None else y_test.astype(np.int64))
+        if not download:
+            raise UserError(f"{spec['title']} not found in {data_dir}/: run "
+                            f"`download{dataset_option(dataset)}`, or use --data-dir")
+        download_mnist(data_dir, dataset=dataset)  # fetches only the files that are missing
+    check_idx_files(data_dir, dataset)
+    return load_mnist(data_dir)
+
+
+# %% [17] Command line
 
 # The command line's defaults for `train` are the default arguments of train() (section [7]),
 # read from its signature, so each value is written in one place only.
@@ -3766,7 +3818,7 @@ def command_train(args):
     wall = time.perf_counter()
     dataset = with_dataset_defaults(args)
     previous = load_model(args.model)[2] if os.path.exists(args.model) else None  # checked
-    X_train, y_train, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
+    X_train, y_train, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
     if args.val_size >= len(X_train):
         raise UserError(f"--val-size {args.val_size} leaves no training images "
                         f"(there are {len(X_train)}); use a smaller value")
@@ -3849,7 +3901,7 @@ def command_evaluate(args):
         print(f"wrote {plot_history(meta['history'], args.plot_history, args.show)}")
         if not (args.plot or args.errors or args.json):
             return 0
-    _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
+    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
     if y_test is None:
         raise UserError(f"the test images in {args.data_dir}/ have no labels, so there is "
                         f"nothing to score against; use the IDX files")
@@ -3906,7 +3958,7 @@ def command_samples(args):
     dataset = with_dataset_defaults(args)
     if args.out is None:
         args.out = "samples" if dataset == "mnist" else os.path.join("samples", dataset)
-    _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
+    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
     if y_test is None:
         raise UserError("the test images have no labels; use the IDX files")
     class_names = None if dataset == "mnist" else DATASETS[dataset]["classes"]
@@ -4070,7 +4122,7 @@ def command_pictures(args):
     written = []
     if meta.get("history"):
         written.append(plot_history(meta["history"], out("training.png")))
-    _, _, X_test, y_test = load_mnist(args.data_dir, dataset=dataset)
+    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
     if y_test is not None:
         result = evaluate(X_test, y_test, Ws, bs, activation)
         written.append(plot_confusion(result["confusion"], out("confusion.png"),
@@ -4128,7 +4180,7 @@ def command_notebook(args):
 def command_download(args):
     dataset = with_dataset_defaults(args)
     download_mnist(args.data_dir, dataset=dataset)
-    load_mnist(args.data_dir, download=False, dataset=dataset)  # checks every file
+    load_dataset(args.data_dir, download=False, dataset=dataset)  # checks every file
     print(f"{DATASETS[dataset]['title']} is ready in {args.data_dir}/")
     return 0
 

@@ -56,7 +56,7 @@ def real_mnist():
     """The real MNIST, loaded once for all the tests that need it."""
     global _MNIST
     if _MNIST is None:
-        _MNIST = mnist.load_mnist(DATA_DIR, download=False)
+        _MNIST = mnist.load_dataset(DATA_DIR, download=False)
     return _MNIST
 
 
@@ -165,6 +165,27 @@ class TestLoadingTheData(unittest.TestCase):
         self.assertEqual((X.min(), X.max()), (0.0, 1.0))
         np.testing.assert_array_equal(X[0, -28:], 1.0)
 
+    def test_the_lessons_loader_reads_the_four_idx_files_compressed_or_not(self):
+        rng = np.random.default_rng(0)
+        images, labels = rng.integers(0, 256, (3, 28, 28)), np.array([7, 0, 9])
+        for stem, array in [("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels),
+                            ("t10k-images-idx3-ubyte", images[:2]), ("t10k-labels-idx1-ubyte", labels[:2])]:
+            opener, name = (gzip.open, stem + ".gz") if "images" in stem else (open, stem)
+            with opener(self.path(name), "wb") as f:
+                f.write(idx_bytes(array, 0x08))
+        X_train, y_train, X_test, y_test = mnist.load_mnist(self.tmp.name)
+        self.assertEqual((X_train.shape, X_train.dtype, X_test.shape), ((3, 784), np.float32, (2, 784)))
+        self.assertEqual((y_train.tolist(), y_test.tolist(), y_train.dtype), ([7, 0, 9], [7, 0], np.int64))
+        np.testing.assert_allclose(X_train, images.reshape(3, 784) / 255, rtol=1e-6)  # pixels / 255
+
+    def test_the_lessons_loader_says_in_one_line_how_to_get_missing_files(self):
+        with self.assertRaises(mnist.UserError) as caught:
+            mnist.load_mnist(self.tmp.name)
+        message = str(caught.exception)
+        self.assertEqual(len(message.splitlines()), 1)
+        self.assertIn("train-images-idx3-ubyte", message)
+        self.assertIn("`python mnist_from_scratch.py download`", message)
+
     def test_kaggle_csv_with_header_and_unlabelled_test_file(self):
         header = "label," + ",".join(f"pixel{i}" for i in range(784))
         rows = [f"{d}," + ",".join(str((d * 7 + i) % 256) for i in range(784)) for d in (3, 9)]
@@ -178,8 +199,8 @@ class TestLoadingTheData(unittest.TestCase):
         self.assertEqual(int(X[1, 2]), (9 * 7 + 2) % 256)
         X_test, y_test = mnist.load_csv(self.path("test.csv"))
         self.assertEqual((X_test.shape, y_test), ((1, 784), None))
-        # load_mnist falls back to the CSV files when there are no IDX files
-        X_train, y_train, X_test, y_test = mnist.load_mnist(self.tmp.name, download=False)
+        # load_dataset falls back to the CSV files when there are no IDX files
+        X_train, y_train, X_test, y_test = mnist.load_dataset(self.tmp.name, download=False)
         self.assertEqual((X_train.dtype, X_train.shape, y_test), (np.float32, (2, 784), None))
         self.assertAlmostEqual(float(X_test.max()), 1.0)
 
@@ -213,7 +234,7 @@ class TestLoadingTheData(unittest.TestCase):
             with open(self.path(stem), "wb") as f:
                 f.write(idx_bytes(np.zeros(shape), 0x08))
         with self.assertRaisesRegex(ValueError, "checksum differs"):
-            mnist.load_mnist(self.tmp.name, download=False)
+            mnist.load_dataset(self.tmp.name, download=False)
 
     def test_offline_download_fails_fast_with_one_clear_message(self):
         # a port on this machine where nothing listens: the connection is refused at once
@@ -666,7 +687,7 @@ class TestCommandLine(unittest.TestCase):
 
 
 def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
-    """A stand-in for MNIST in the CSV layout load_mnist reads (label, then 784 pixels): random
+    """A stand-in for MNIST in the CSV layout load_dataset reads (label, then 784 pixels): random
     pixels, so training on it takes milliseconds. Made at run time; no real image in it."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
@@ -918,7 +939,7 @@ class TestTheFileAsALesson(unittest.TestCase):
         with open(SCRIPT) as f:
             source = f.read()
         cells = source.split("\n# %% [")
-        self.assertGreaterEqual(len(cells), 18)  # the docstring, then cells [0] to [16]
+        self.assertGreaterEqual(len(cells), 19)  # the docstring, then cells [0] to [17]
         namespace = {"__name__": "notebook"}
         for cell in cells:  # as an editor's "run cell" does, one after the other
             exec(compile(("# %% [" if cell is not cells[0] else "") + cell, SCRIPT, "exec"),
@@ -3230,7 +3251,7 @@ def real_fashion():
     """The real Fashion-MNIST, loaded once for all the tests that need it."""
     global _FASHION
     if _FASHION is None:
-        _FASHION = mnist.load_mnist(FASHION_DIR, download=False, dataset="fashion")
+        _FASHION = mnist.load_dataset(FASHION_DIR, download=False, dataset="fashion")
     return _FASHION
 
 
@@ -3282,7 +3303,7 @@ class TestFashionMNIST(unittest.TestCase):
                 f.write(idx_bytes(np.zeros(shape), 0x08))
         with self.assertRaisesRegex(ValueError, "not the real Fashion-MNIST .*checksum differs.*"
                                                 "download --dataset fashion"):
-            mnist.load_mnist(folder, download=False, dataset="fashion")
+            mnist.load_dataset(folder, download=False, dataset="fashion")
 
     def test_fashion_kaggle_csv_files_load_with_dataset_fashion(self):
         folder = self.folder("csv")
@@ -3290,7 +3311,7 @@ class TestFashionMNIST(unittest.TestCase):
         for name, label in (("fashion-mnist_train.csv", 8), ("fashion-mnist_test.csv", 1)):
             with open(os.path.join(folder, name), "w") as f:
                 f.write(header + "\n" + f"{label}," + ",".join(["255"] * 784) + "\n")
-        X_train, y_train, X_test, y_test = mnist.load_mnist(folder, download=False, dataset="fashion")
+        X_train, y_train, X_test, y_test = mnist.load_dataset(folder, download=False, dataset="fashion")
         self.assertEqual((X_train.shape, y_train.tolist(), y_test.tolist()), ((1, 784), [8], [1]))
 
     @needs_fashion
@@ -3301,7 +3322,7 @@ class TestFashionMNIST(unittest.TestCase):
         mirror = "file://" + os.path.abspath(FASHION_DIR).replace(os.sep, "/") + "/"
         mnist.download_mnist(target, mirrors=[mirror], dataset="fashion")
         self.assertEqual(sorted(os.listdir(target)), sorted(n + ".gz" for n in mnist.FASHION_FILES))
-        X_train, y_train, _, _ = mnist.load_mnist(target, download=False, dataset="fashion")
+        X_train, y_train, _, _ = mnist.load_dataset(target, download=False, dataset="fashion")
         self.assertEqual(len(X_train), 60000)
 
     def test_download_refuses_a_mirror_whose_files_hold_other_images(self):
@@ -3323,14 +3344,14 @@ class TestFashionMNIST(unittest.TestCase):
         for name in os.listdir(FASHION_DIR):
             shutil.copy(os.path.join(FASHION_DIR, name), fashion_in_mnist_folder)
         with self.assertRaises(ValueError) as caught:
-            mnist.load_mnist(fashion_in_mnist_folder, download=False)
+            mnist.load_dataset(fashion_in_mnist_folder, download=False)
         message = str(caught.exception)
         self.assertIn("these are Fashion-MNIST's files, not MNIST's", message)
         self.assertIn(f"--dataset fashion --data-dir {fashion_in_mnist_folder}", message)
         self.assertNotIn("delete", message)
         with self.assertRaisesRegex(ValueError, "these are MNIST's files, not Fashion-MNIST's; "
                                                 "use --dataset mnist"):
-            mnist.load_mnist(DATA_DIR, download=False, dataset="fashion")
+            mnist.load_dataset(DATA_DIR, download=False, dataset="fashion")
 
     @needs_fashion
     def test_model_meta_keeps_the_dataset_its_class_names_and_fashions_own_defaults(self):
