@@ -338,12 +338,11 @@ def softmax(Z):
     return E / E.sum(axis=1, keepdims=True)
 
 
-def forward(X, Ws, bs, activation="relu", masks=None):
+def forward(X, Ws, bs, activation="relu"):
     """Run a batch through the network; return As = [X, A_1, ..., A_{L-1}, Z_L].
 
     As[l] are the activations of layer l (kept for the backward pass); the last entry is the
-    output layer's logits Z_L (m, 10), before softmax. `masks` (one (m, n) array per hidden
-    layer, from dropout_masks in section [10]) switches dropout on while training.
+    output layer's logits Z_L (m, 10), before softmax.
     Needs: ACTIVATIONS (and the functions it names: relu, sigmoid, tanh and their derivatives).
     """
     f = ACTIVATIONS[activation][0]
@@ -353,8 +352,6 @@ def forward(X, Ws, bs, activation="relu", masks=None):
         Z += b          # + (n_out,) added to every row; in place, no new (m, n_out) array
         if l < len(Ws) - 1:
             Z = f(Z)    # A = f(Z), overwriting Z
-            if masks is not None:
-                Z *= masks[l]  # A = A * mask (dropout)
         As.append(Z)
     return As
 
@@ -422,11 +419,10 @@ def accuracy(Z, y):
 # Every line works on the whole mini-batch at once: no Python loop over images.
 
 
-def backward(As, y, Ws, activation="relu", masks=None):
+def backward(As, y, Ws, activation="relu"):
     """Gradients of the mean cross-entropy: returns dWs, dbs shaped like Ws, bs.
 
-    As: the list forward() returned; y: integer labels (m,); masks: the dropout masks given to
-    forward(), if any. As[-1] (the logits) is overwritten: it becomes dZ_L.
+    As: the list forward() returned, left unchanged; y: integer labels (m,).
     Needs: softmax, ACTIVATIONS (and the functions it names).
     """
     derivative = ACTIVATIONS[activation][1]
@@ -442,13 +438,6 @@ def backward(As, y, Ws, activation="relu", masks=None):
         if l == 0:
             break                       # the pixels need no gradient: skip the biggest product
         dA = dZ @ Ws[l].T               # (m, n_out) @ (n_out, n_in) -> (m, n_in)
-        if masks is not None:
-            # forward() multiplied f(Z) by the mask, so the gradient is multiplied by it too:
-            # dropped units pass nothing back, kept ones are scaled by 1/keep. f' needs f(Z)
-            # itself, which is A_prev / mask where the unit was kept.
-            mask = masks[l - 1]
-            dA *= mask
-            A_prev = np.divide(A_prev, mask, out=np.zeros_like(A_prev), where=mask != 0)
         dA *= derivative(A_prev)        # dZ_prev = dA_prev * f'(Z_prev), in place
         dZ = dA
     return dWs, dbs
@@ -485,11 +474,11 @@ def relative_error(a, b):
     return float(np.linalg.norm(a - b) / denom) if denom > 0 else 0.0
 
 
-def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", dropout=0.0, seed=0):
+def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", seed=0):
     """Relative error of every parameter's analytic gradient; returns [(name, error), ...].
 
     Needs: init_params (with he_init, xavier_init), forward, backward, cross_entropy,
-    numerical_gradient, relative_error; and dropout_masks (section [10]) when dropout > 0.
+    numerical_gradient, relative_error.
     """
     rng = np.random.default_rng(seed)
     Ws, bs = init_params(list(sizes), activation, seed, dtype=np.float64)
@@ -497,12 +486,11 @@ def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", dropout=0.0, 
         b[:] = rng.normal(0, 0.1, b.shape)  # non-zero biases, so their gradients are tested too
     X = rng.random((m, sizes[0]))
     y = rng.integers(0, sizes[-1], m)
-    masks = dropout_masks(sizes, m, dropout, rng, np.float64) if dropout else None
 
     def loss_of():
-        return cross_entropy(forward(X, Ws, bs, activation, masks)[-1], y)
+        return cross_entropy(forward(X, Ws, bs, activation)[-1], y)
 
-    dWs, dbs = backward(forward(X, Ws, bs, activation, masks), y, Ws, activation, masks)
+    dWs, dbs = backward(forward(X, Ws, bs, activation), y, Ws, activation)
     errors = []
     for l in range(len(Ws)):
         errors.append((f"W{l + 1}", relative_error(dWs[l], numerical_gradient(loss_of, Ws[l]))))
@@ -579,8 +567,8 @@ def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", ep
     (interrupted=True) with the best weights so far. A loss that explodes (NaN, infinite, or
     above 1000) raises FloatingPointError.
     Needs: init_params, forward, backward, cross_entropy, sgd_step, learning_rate, logits,
-    accuracy (and what those need); dropout_masks when dropout > 0 and augment_batch when
-    augment is given (section [10]).
+    accuracy (and what those need); dropout_masks, forward_with_dropout and
+    backward_with_dropout when dropout > 0 and augment_batch when augment is given (section [10]).
     """
     sizes = [X.shape[1], *hidden, 10]
     Ws, bs = init_params(sizes, activation, seed)
@@ -618,7 +606,8 @@ def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", ep
             for i in range(0, n, batch_size):
                 X_batch, y_batch = shuffled[i:i + batch_size], y_shuffled[i:i + batch_size]
                 masks = dropout_masks(sizes, len(X_batch), dropout, rng) if dropout else None
-                As = forward(X_batch, Ws, bs, activation, masks)
+                As = (forward_with_dropout(X_batch, Ws, bs, masks, activation) if dropout
+                      else forward(X_batch, Ws, bs, activation))
                 loss = float(cross_entropy(As[-1], y_batch))
                 # A fresh network's loss is about log(10) = 2.3 and only falls from there; a
                 # loss of 1000 (or NaN, or infinity) means the steps are too big and it diverged.
@@ -628,7 +617,8 @@ def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", ep
                         f"{lr:g} is too high for this network; try --lr {lr / 10:g}")
                 loss_sum += loss * len(y_batch)
                 correct += int((As[-1].argmax(axis=1) == y_batch).sum())
-                dWs, dbs = backward(As, y_batch, Ws, activation, masks)
+                dWs, dbs = (backward_with_dropout(As, y_batch, Ws, masks, activation) if dropout
+                            else backward(As, y_batch, Ws, activation))
                 eta = learning_rate(schedule, lr, step, total_steps)
                 sgd_step(Ws, dWs, vWs, eta, momentum, weight_decay)
                 sgd_step(bs, dbs, vbs, eta, momentum)  # no weight decay on biases
@@ -1151,10 +1141,12 @@ AUGMENT_PRESETS = {
 }
 
 
-# Dropout (Srivastava et al., 2014). In every training step each hidden unit is switched off
-# at random, so no unit can rely on one particular other unit being there: the network learns
-# redundant features that generalise better. In forward() this is one line, A = A * mask;
-# backward() multiplies the gradient by the same mask. At test time nothing is dropped.
+# Dropout (Srivastava et al., 2014), in the forward and backward pass. While training, each
+# hidden unit's activation is multiplied by a random mask: 0 (dropped) or 1 / keep (kept),
+#     A = f(Z) * mask
+# and the backward pass multiplies the gradient by the same mask: a dropped unit passes
+# nothing back. The output layer is never dropped, and at test time nothing is: forward() of
+# section [3] is the network that is used.
 
 
 def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
@@ -1166,6 +1158,78 @@ def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
     """
     keep = 1.0 - rate
     return [(rng.random((m, n), dtype=dtype) < keep) * dtype(1 / keep) for n in sizes[1:-1]]
+
+
+def forward_with_dropout(X, Ws, bs, masks, activation="relu"):
+    """forward() of section [3] with dropout: returns As = [X, A_1, ..., A_{L-1}, Z_L] where
+    each hidden layer's A = f(Z) * mask, masks[l] (m, n) from dropout_masks.
+    Needs: ACTIVATIONS (and the functions it names)."""
+    f = ACTIVATIONS[activation][0]
+    As = [X]
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        Z = As[-1] @ W  # (m, n_in) @ (n_in, n_out) -> (m, n_out)
+        Z += b
+        if l < len(Ws) - 1:
+            Z = f(Z)
+            Z *= masks[l]  # A = f(Z) * mask: the one line dropout adds
+        As.append(Z)
+    return As
+
+
+def backward_with_dropout(As, y, Ws, masks, activation="relu"):
+    """backward() of section [5] for forward_with_dropout: returns dWs, dbs shaped like Ws, bs.
+    As: the list forward_with_dropout returned (left unchanged), masks the same masks.
+    Needs: softmax, ACTIVATIONS (and the functions it names)."""
+    derivative = ACTIVATIONS[activation][1]
+    m = len(y)
+    dZ = softmax(As[-1])                # P (m, 10)
+    dZ[np.arange(m), y] -= 1            # P - Y
+    dZ /= m                             # (P - Y) / m
+    dWs, dbs = [None] * len(Ws), [None] * len(Ws)
+    for l in range(len(Ws) - 1, -1, -1):
+        A_prev = As[l]
+        dWs[l] = A_prev.T @ dZ          # (n_in, m) @ (m, n_out) -> (n_in, n_out)
+        dbs[l] = dZ.sum(axis=0)         # (n_out,)
+        if l == 0:
+            break
+        dA = dZ @ Ws[l].T               # (m, n_out) @ (n_out, n_in) -> (m, n_in)
+        # A_prev = f(Z_prev) * mask, so dL/df(Z_prev) = dA * mask: dropped units pass nothing
+        # back, kept ones are scaled by 1/keep. f' needs f(Z_prev) itself, which is
+        # A_prev / mask where the unit was kept (and does not matter where it was dropped).
+        mask = masks[l - 1]
+        dA *= mask
+        A_prev = np.divide(A_prev, mask, out=np.zeros_like(A_prev), where=mask != 0)
+        dA *= derivative(A_prev)        # dZ_prev = dA * mask * f'(Z_prev)
+        dZ = dA
+    return dWs, dbs
+
+
+def gradient_check_with_dropout(sizes=(20, 16, 12, 10), m=8, activation="relu", rate=0.5,
+                                seed=0):
+    """gradient_check() of section [6] for the network with dropout: one set of random masks
+    is drawn and held fixed, and the gradients backward_with_dropout computes are compared
+    with finite differences of that network's loss; returns [(name, error), ...].
+    Needs: init_params (with he_init, xavier_init), dropout_masks, forward_with_dropout,
+    backward_with_dropout, cross_entropy, numerical_gradient, relative_error.
+    """
+    rng = np.random.default_rng(seed)
+    Ws, bs = init_params(list(sizes), activation, seed, dtype=np.float64)
+    for b in bs:
+        b[:] = rng.normal(0, 0.1, b.shape)
+    X = rng.random((m, sizes[0]))
+    y = rng.integers(0, sizes[-1], m)
+    masks = dropout_masks(sizes, m, rate, rng, np.float64)
+
+    def loss_of():
+        return cross_entropy(forward_with_dropout(X, Ws, bs, masks, activation)[-1], y)
+
+    dWs, dbs = backward_with_dropout(forward_with_dropout(X, Ws, bs, masks, activation), y, Ws,
+                                     masks, activation)
+    errors = []
+    for l in range(len(Ws)):
+        errors.append((f"W{l + 1}", relative_error(dWs[l], numerical_gradient(loss_of, Ws[l]))))
+        errors.append((f"b{l + 1}", relative_error(dbs[l], numerical_gradient(loss_of, bs[l]))))
+    return errors
 
 
 # Try it: the same digits, distorted three times; then a short training run with distortions.
@@ -4155,7 +4219,8 @@ def command_gradcheck(args):
     worst = 0.0
     for activation in ("relu", "sigmoid", "tanh"):
         for dropout in (0.0, 0.5):
-            errors = gradient_check(activation=activation, dropout=dropout, seed=args.seed)
+            errors = (gradient_check_with_dropout(activation=activation, rate=dropout, seed=args.seed)
+                      if dropout else gradient_check(activation=activation, seed=args.seed))
             print(f"{activation:>7}, dropout {dropout:.1f}:  "
                   + "  ".join(f"{name} {err:.1e}" for name, err in errors))
             worst = max(worst, max(err for _, err in errors))

@@ -271,12 +271,44 @@ class TestTheNetwork(unittest.TestCase):
 
     def test_gradients_match_finite_differences(self):
         for activation in mnist.ACTIVATIONS:
-            for dropout in (0.0, 0.3):
-                with self.subTest(activation=activation, dropout=dropout):
-                    errors = mnist.gradient_check(activation=activation, dropout=dropout)
+            with self.subTest(activation=activation):
+                errors = mnist.gradient_check(activation=activation)
+                self.assertEqual(len(errors), 6)  # W and b of three layers
+                for name, error in errors:
+                    self.assertLess(error, 1e-6, f"{name}: {error}")
+
+    def test_gradients_with_dropout_match_finite_differences(self):
+        for activation in mnist.ACTIVATIONS:
+            for rate in (0.3, 0.5):
+                with self.subTest(activation=activation, rate=rate):
+                    errors = mnist.gradient_check_with_dropout(activation=activation, rate=rate)
                     self.assertEqual(len(errors), 6)  # W and b of three layers
                     for name, error in errors:
                         self.assertLess(error, 1e-6, f"{name}: {error}")
+
+    def test_dropout_passes_with_every_unit_kept_are_the_plain_passes(self):
+        rng = np.random.default_rng(2)
+        Ws, bs = mnist.init_params([20, 12, 8, 10], seed=1, dtype=np.float64)
+        X, y = rng.random((6, 20)), rng.integers(0, 10, 6)
+        masks = mnist.dropout_masks([20, 12, 8, 10], 6, 0.0, rng, np.float64)  # all ones
+        As = mnist.forward_with_dropout(X, Ws, bs, masks)
+        for a, b in zip(As, mnist.forward(X, Ws, bs)):
+            np.testing.assert_array_equal(a, b)
+        dropped = mnist.backward_with_dropout(As, y, Ws, masks)
+        plain = mnist.backward(mnist.forward(X, Ws, bs), y, Ws)
+        for a, b in zip(dropped[0] + dropped[1], plain[0] + plain[1]):
+            np.testing.assert_array_equal(a, b)
+
+    def test_a_dropped_unit_passes_no_gradient_back(self):
+        rng = np.random.default_rng(3)
+        Ws, bs = mnist.init_params([20, 12, 10], seed=1, dtype=np.float64)
+        X, y = rng.random((1, 20)), rng.integers(0, 10, 1)  # one image, one mask
+        masks = mnist.dropout_masks([20, 12, 10], 1, 0.5, rng, np.float64)
+        dWs, _ = mnist.backward_with_dropout(mnist.forward_with_dropout(X, Ws, bs, masks), y, Ws, masks)
+        dropped = masks[0][0] == 0
+        self.assertGreater(int(dropped.sum()), 0)
+        np.testing.assert_array_equal(dWs[0][:, dropped], 0.0)  # their weights learn nothing
+        np.testing.assert_array_equal(dWs[1][dropped, :], 0.0)  # nor do the weights they feed
 
     def test_gradient_check_catches_a_wrong_gradient(self):
         wrong = dict(mnist.ACTIVATIONS, relu=(mnist.relu, lambda A: (A > 0) * 1.01))
@@ -1036,11 +1068,23 @@ class TestTheFileAsALesson(unittest.TestCase):
                 rng = np.random.default_rng(1)
                 Ws, bs = mnist.init_params([20, 12, 10], activation, seed=2, dtype=np.float64)
                 X, y = rng.random((6, 20)), rng.integers(0, 10, 6)
-                masks = mnist.dropout_masks([20, 12, 10], 6, 0.5, rng, np.float64)
-                expected = mnist.backward(mnist.forward(X, Ws, bs, activation, masks), y, Ws,
-                                          activation, masks)
-                got = lifted["backward"](lifted["forward"](X, Ws, bs, activation, masks), y, Ws,
-                                         activation, masks)
+                expected = mnist.backward(mnist.forward(X, Ws, bs, activation), y, Ws, activation)
+                got = lifted["backward"](lifted["forward"](X, Ws, bs, activation), y, Ws, activation)
+                for a, b in zip(expected[0] + expected[1], got[0] + got[1]):
+                    np.testing.assert_array_equal(a, b)
+
+    def test_dropout_passes_lifted_with_what_their_docstrings_name_give_the_same_gradients(self):
+        lifted = self.lift(["backward_with_dropout", "forward_with_dropout", "dropout_masks"])
+        for activation in ("relu", "sigmoid", "tanh"):
+            with self.subTest(activation=activation):
+                rng = np.random.default_rng(1)
+                Ws, bs = mnist.init_params([20, 12, 10], activation, seed=2, dtype=np.float64)
+                X, y = rng.random((6, 20)), rng.integers(0, 10, 6)
+                masks = lifted["dropout_masks"]([20, 12, 10], 6, 0.5, rng, np.float64)
+                expected = mnist.backward_with_dropout(
+                    mnist.forward_with_dropout(X, Ws, bs, masks, activation), y, Ws, masks, activation)
+                got = lifted["backward_with_dropout"](
+                    lifted["forward_with_dropout"](X, Ws, bs, masks, activation), y, Ws, masks, activation)
                 for a, b in zip(expected[0] + expected[1], got[0] + got[1]):
                     np.testing.assert_array_equal(a, b)
 
@@ -1056,6 +1100,7 @@ class TestTheFileAsALesson(unittest.TestCase):
                                  augment=mnist.AUGMENT_PRESETS["light"]),
             "augment_batch": lambda f: f(X.reshape(-1, 28, 28), np.random.default_rng(0)),
             "gradient_check": lambda f: f(),
+            "gradient_check_with_dropout": lambda f: f(),
             "evaluate": lambda f: f(X, y, *mnist.init_params([784, 8, 10])),
         }
         for name, call in calls.items():
