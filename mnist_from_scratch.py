@@ -506,14 +506,15 @@ def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", seed=0):
 # %% [7] Training loop
 #
 # One epoch = one pass over the training images in a random order, in mini-batches:
-#     for each batch:  forward -> backward -> step
+#     for each batch:  forward -> loss -> backward -> step
 # The step is stochastic gradient descent with momentum, the same rule as PyTorch's SGD:
 #     g = dW + λ W              L2 weight decay λ, added to the gradient (weights only)
 #     v = μ v + g               the velocity: a running sum of recent gradients
 #     W = W - η v               η: the learning rate
 # Momentum lets consistent gradient directions build up speed and noisy ones cancel out.
-# The learning rate follows a schedule: constant, or cosine, which glides from η to 0 over
-# the whole run: big steps early to make progress, small steps late to settle into a minimum.
+# After every epoch the network is measured on validation images, which it never learns from,
+# and the weights of the best epoch are kept: a network that trains too long starts to learn
+# its training images by heart and gets worse on new ones.
 
 
 def sgd_step(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
@@ -530,127 +531,73 @@ def sgd_step(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
         param -= grad                     # W = W - η v
 
 
-def learning_rate(schedule, lr, step, total_steps):
-    """η at a given step: constant, or cosine from lr down to 0. Needs: math."""
-    if schedule == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-    return lr
+def train_step(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum=0.9, weight_decay=0.0,
+               activation="relu"):
+    """One step on one mini-batch: forward, loss, backward, step.
 
-
-# The default settings were chosen on the 5,000 validation images and on real handwriting from
-# outside MNIST (USPS digits), never on the test images; see the README's Results. Batches of
-# 256 with lr 0.2 were as accurate as 128 with 0.1, and a sixth faster. With distorted digits
-# (validation, then USPS; mean of 5 seeds): 10 epochs 99.11 % and 98.79 %; centred inputs and
-# 9 epochs 99.18 % and 98.92 %, in a tenth less time (8 epochs: 99.12 % and 98.84 %).
-# 15 epochs, not centred, read 99.27 % and 98.96 % (3 seeds) in two thirds more time.
-# distortions=2048: 2,048 random distortions drawn per epoch and dealt out, rather than one per
-# image, distort in half the time (the epoch in five sixths) and read 99.13 % and 98.88 %
-# against 99.17 % and 98.91 % (10 seeds); 1,024 and 4,096 read 99.12 % and 98.87 %, 99.14 %
-# and 98.96 % (5 seeds), and 4,096 would take the command line's train past 500 MB of memory.
-def train(X, y, X_val=None, y_val=None, hidden=(512, 256), activation="relu", epochs=9,
-          batch_size=256, lr=0.2, momentum=0.9, weight_decay=5e-5, schedule="cosine",
-          dropout=0.0, augment=None, distortions=2048, center=True, seed=0, on_epoch=None,
-          on_progress=None):
-    """Train a network on X (n, 784), y (n,); return Ws, bs, history, interrupted.
-
-    After each epoch the network is measured on the validation images (if given) and the
-    weights of the best epoch so far are kept; those are returned. history has one dict per
-    epoch; its train_loss and train_acc are averages over the epoch's mini-batches, as the
-    network saw them (with dropout and distortions, when those are on). dropout: the fraction
-    of hidden units dropped; augment: None or a dict of augment_batch's strengths, e.g.
-    AUGMENT_PRESETS["light"] (both explained in section [10]); distortions: how many different
-    random distortions are drawn each epoch and dealt out to the shuffled images (augment_batch's
-    maps; 0 draws one for every image). center (on by default):
-    subtract the mean training image from every input while training; the returned network
-    has it folded into the first layer's biases, so it takes raw images like any other.
-    on_epoch(entry) and on_progress(epoch, fraction) let the caller print. Ctrl-C stops cleanly
-    (interrupted=True) with the best weights so far. A loss that explodes (NaN, infinite, or
-    above 1000) raises FloatingPointError.
-    Needs: init_params, forward, backward, cross_entropy, sgd_step, learning_rate, logits,
-    accuracy (and what those need); dropout_masks, forward_with_dropout and
-    backward_with_dropout when dropout > 0 and augment_batch when augment is given (section [10]).
+    Updates Ws, bs and their velocities vWs, vbs in place; returns the batch's mean loss and
+    how many of its images the network got right, both from before the step.
+    Needs: forward, backward, cross_entropy, sgd_step.
     """
-    sizes = [X.shape[1], *hidden, 10]
-    Ws, bs = init_params(sizes, activation, seed)
-    vWs = [np.zeros_like(W) for W in Ws]
+    As = forward(X_batch, Ws, bs, activation)
+    loss = float(cross_entropy(As[-1], y_batch))
+    correct = int((As[-1].argmax(axis=1) == y_batch).sum())
+    dWs, dbs = backward(As, y_batch, Ws, activation)
+    sgd_step(Ws, dWs, vWs, lr, momentum, weight_decay)
+    sgd_step(bs, dbs, vbs, lr, momentum)  # no weight decay on biases
+    return loss, correct
+
+
+def train(X, y, X_val, y_val,
+          hidden=(512, 256),  # two hidden layers, the command line's network
+          epochs=9,           # enough to pass the best validation accuracy; the best is kept
+          batch_size=256,     # images per step: big enough for fast matrix products
+          lr=0.1,             # η: twice as large learns no better here, ten times diverges
+          momentum=0.9,       # μ: the usual value
+          weight_decay=5e-5,  # λ: a little, against large weights
+          seed=0,             # the same seed and number of BLAS threads give the same model
+          on_epoch=None):     # called with each epoch's history entry, e.g. to print it
+    """Train a network on X (n, 784), y (n,); return Ws, bs, history.
+
+    The returned weights are those of the epoch with the best accuracy on X_val, y_val.
+    history has one dict per epoch: train_loss and train_acc (averages over the epoch's
+    mini-batches), val_loss, val_acc and seconds.
+    Needs: init_params, train_step, logits, cross_entropy, accuracy (and what those need).
+    """
+    Ws, bs = init_params([X.shape[1], *hidden, 10], seed=seed)
+    vWs = [np.zeros_like(W) for W in Ws]  # the velocities v start at 0
     vbs = [np.zeros_like(b) for b in bs]
-    rng = np.random.default_rng(seed + 1)
-    n = len(X)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
-    shuffled = np.empty_like(X)  # reused every epoch: one buffer, not a new 170 MB array
-    # Centring (LeCun et al., "Efficient BackProp", 1998): inputs that are all positive make the
-    # gradients of a unit's weights, dW = A_prev^T dZ, share one sign per unit and zig-zag;
-    # inputs centred on 0 do not. The network learns on X - mean, and as
-    #     (X - mean) @ W1 + b1 = X @ W1 + (b1 - mean @ W1),
-    # the biases b1 - mean @ W1 give the same outputs on the raw images (as_for_raw_images).
-    mean = X.mean(axis=0) if center else None
-
-    def as_for_raw_images(bs):
-        return [bs[0] - mean @ Ws[0], *bs[1:]] if center else bs
-
-    best, history, step = None, [], 0
-    try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            order = rng.permutation(n)
-            # Shuffle once per epoch into one contiguous array, so each mini-batch below is a
-            # slice (a view, no copy) instead of a gather of scattered rows.
-            np.take(X, order, axis=0, out=shuffled, mode="clip")  # "clip": no hidden temp copy
-            y_shuffled = y[order]
-            if augment:  # fresh random distortions every epoch, in place
-                augment_batch(shuffled, rng, **augment, maps=distortions or None, out=shuffled)
-            if center:
-                shuffled -= mean
-            loss_sum, correct = 0.0, 0
-            for i in range(0, n, batch_size):
-                X_batch, y_batch = shuffled[i:i + batch_size], y_shuffled[i:i + batch_size]
-                masks = dropout_masks(sizes, len(X_batch), dropout, rng) if dropout else None
-                As = (forward_with_dropout(X_batch, Ws, bs, masks, activation) if dropout
-                      else forward(X_batch, Ws, bs, activation))
-                loss = float(cross_entropy(As[-1], y_batch))
-                # A fresh network's loss is about log(10) = 2.3 and only falls from there; a
-                # loss of 1000 (or NaN, or infinity) means the steps are too big and it diverged.
-                if not loss < 1000:
-                    raise FloatingPointError(
-                        f"the loss exploded to {loss:.3g} in epoch {epoch}: the learning rate "
-                        f"{lr:g} is too high for this network; try --lr {lr / 10:g}")
-                loss_sum += loss * len(y_batch)
-                correct += int((As[-1].argmax(axis=1) == y_batch).sum())
-                dWs, dbs = (backward_with_dropout(As, y_batch, Ws, masks, activation) if dropout
-                            else backward(As, y_batch, Ws, activation))
-                eta = learning_rate(schedule, lr, step, total_steps)
-                sgd_step(Ws, dWs, vWs, eta, momentum, weight_decay)
-                sgd_step(bs, dbs, vbs, eta, momentum)  # no weight decay on biases
-                step += 1
-                if on_progress is not None:
-                    on_progress(epoch, (i + batch_size) / n)
-            seconds = time.perf_counter() - start
-            entry = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
-                     "val_loss": None, "val_acc": None, "seconds": seconds}
-            raw_bs = as_for_raw_images(bs)  # the biases for raw images, once per epoch
-            if X_val is not None and len(X_val):
-                Z_val = logits(X_val, Ws, raw_bs, activation)
-                entry["val_loss"] = float(cross_entropy(Z_val, y_val))
-                entry["val_acc"] = accuracy(Z_val, y_val)
-            history.append(entry)
-            if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
-                best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in raw_bs])
-            if on_epoch is not None:
-                on_epoch(entry)
-    except KeyboardInterrupt:
-        if best is None:
-            raise
-        return best[1], best[2], history, True
-    return best[1], best[2], history, False
+    rng = np.random.default_rng(seed + 1)  # the order of the images, epoch by epoch
+    best, history = None, []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        order = rng.permutation(len(X))  # shuffle: a new random order every epoch
+        X_epoch, y_epoch = X[order], y[order]
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(X), batch_size):  # mini-batches
+            X_batch, y_batch = X_epoch[i:i + batch_size], y_epoch[i:i + batch_size]
+            loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum,
+                                     weight_decay)
+            loss_sum += loss * len(y_batch)
+            correct += right
+        Z_val = logits(X_val, Ws, bs)  # measure on the validation images
+        entry = {"epoch": epoch, "train_loss": loss_sum / len(X), "train_acc": correct / len(X),
+                 "val_loss": float(cross_entropy(Z_val, y_val)), "val_acc": accuracy(Z_val, y_val),
+                 "seconds": time.perf_counter() - start}
+        history.append(entry)
+        if best is None or entry["val_acc"] > best[0]:  # keep the best epoch
+            best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in bs])
+        if on_epoch is not None:
+            on_epoch(entry)
+    return best[1], best[2], history
 
 
 # Try it: a small network on the first 10,000 images, 3 epochs, a few seconds. (The command
-# line's `train` trains the full network on all 55,000.)
+# line trains with distortions, section [10].)
 #     def show(entry):
 #         print(f"epoch {entry['epoch']}  validation accuracy {100 * entry['val_acc']:.2f} %")
-#     Ws, bs, history, _ = train(X_train[:10000], y_train[:10000], X_train[55000:],
-#                                y_train[55000:], hidden=(128,), epochs=3, on_epoch=show)
+#     Ws, bs, history = train(X_train[:10000], y_train[:10000], X_train[55000:],
+#                             y_train[55000:], hidden=(128,), epochs=3, on_epoch=show)
 
 
 # %% [8] Evaluation
@@ -1232,12 +1179,148 @@ def gradient_check_with_dropout(sizes=(20, 16, 12, 10), m=8, activation="relu", 
     return errors
 
 
-# Try it: the same digits, distorted three times; then a short training run with distortions.
+# Everything together: the training the command line runs. train_full is train() of section
+# [7] with distortions and dropout, and with what makes it faster and sturdier, each a few
+# lines around the same loop:
+#   - the learning rate follows a cosine (learning_rate), gliding from lr down to 0 over the
+#     run: big steps early to make progress, small steps late to settle into a minimum;
+#   - centred inputs (LeCun et al., "Efficient BackProp", 1998): inputs that are all positive
+#     make the gradients of a unit's weights, dW = A_prev^T dZ, share one sign and zig-zag;
+#     inputs centred on 0 do not. The network learns on X - mean, and as
+#         (X - mean) @ W1 + b1 = X @ W1 + (b1 - mean @ W1),
+#     the biases b1 - mean @ W1 give the same outputs on raw images, so that is what it returns;
+#   - one buffer for the shuffled images, distorted in place, instead of new copies each epoch;
+#   - a loss that explodes stops with an error that says what to do, Ctrl-C stops with the
+#     best weights so far, and on_progress lets the caller show how far an epoch has got.
+
+
+def learning_rate(schedule, lr, step, total_steps):
+    """η at a given step: constant, or cosine from lr down to 0. Needs: math."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return lr
+
+
+def train_step_with_dropout(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum, weight_decay,
+                            activation, rate, rng):
+    """train_step() of section [7] with dropout: fresh random masks for this batch, drawn
+    from rng, in the forward and the backward pass. Returns the batch's loss and how many it
+    got right. Needs: dropout_masks, forward_with_dropout, backward_with_dropout,
+    cross_entropy, sgd_step."""
+    sizes = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
+    masks = dropout_masks(sizes, len(X_batch), rate, rng)
+    As = forward_with_dropout(X_batch, Ws, bs, masks, activation)
+    loss = float(cross_entropy(As[-1], y_batch))
+    correct = int((As[-1].argmax(axis=1) == y_batch).sum())
+    dWs, dbs = backward_with_dropout(As, y_batch, Ws, masks, activation)
+    sgd_step(Ws, dWs, vWs, lr, momentum, weight_decay)
+    sgd_step(bs, dbs, vbs, lr, momentum)  # no weight decay on biases
+    return loss, correct
+
+
+def train_full(X, y, X_val=None, y_val=None,
+               hidden=(512, 256),   # two hidden layers, the network the command line trains
+               activation="relu",   # relu, sigmoid or tanh (section [3])
+               epochs=9,            # chosen on the validation images and USPS, see docs/results.md
+               batch_size=256,      # with lr 0.2 as accurate as 128 with 0.1, and faster
+               lr=0.2,              # η at the start of the cosine
+               momentum=0.9,        # μ: the usual value
+               weight_decay=5e-5,   # λ: a little, against large weights
+               schedule="cosine",   # or "constant": lr all the way
+               dropout=0.0,         # fraction of hidden units dropped; distortions do more
+               augment=None,        # None, or augment_batch's strengths: AUGMENT_PRESETS["light"]
+               distortions=2048,    # drawn per epoch and dealt out (0: one per image), as
+                                    # accurate in half the time, see docs/results.md
+               center=True,         # learn on centred inputs (above); off only for comparison
+               seed=0,              # the same seed and number of BLAS threads give the same model
+               on_epoch=None,       # called with each epoch's history entry
+               on_progress=None):   # called as on_progress(epoch, fraction) after every batch
+    """Train a network on X (n, 784), y (n,) as the command line does; return Ws, bs,
+    history, interrupted.
+
+    As train() of section [7]: the weights of the best epoch on X_val, y_val are returned (of
+    the last epoch when there are no validation images), and history has one dict per epoch
+    (its train_loss and train_acc as the network saw the images, distorted and with dropout).
+    The returned network takes raw images, also when it learned on centred ones. Ctrl-C stops
+    cleanly (interrupted=True) with the best weights so far. A loss that explodes (NaN,
+    infinite, or above 1000) raises FloatingPointError.
+    Needs: init_params, train_step, train_step_with_dropout, augment_batch, learning_rate,
+    logits, cross_entropy, accuracy (and what those need).
+    """
+    sizes = [X.shape[1], *hidden, 10]
+    Ws, bs = init_params(sizes, activation, seed)
+    vWs = [np.zeros_like(W) for W in Ws]
+    vbs = [np.zeros_like(b) for b in bs]
+    rng = np.random.default_rng(seed + 1)
+    n = len(X)
+    total_steps = epochs * math.ceil(n / batch_size)
+    shuffled = np.empty_like(X)  # reused every epoch: one buffer, not a new 170 MB array
+    mean = X.mean(axis=0) if center else None
+
+    def as_for_raw_images(bs):  # b1 - mean @ W1: the same outputs on raw images
+        return [bs[0] - mean @ Ws[0], *bs[1:]] if center else bs
+
+    best, history, step = None, [], 0
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            order = rng.permutation(n)
+            # Shuffled into the buffer, so each mini-batch below is a slice (a view, no copy).
+            np.take(X, order, axis=0, out=shuffled, mode="clip")  # "clip": no hidden temp copy
+            y_shuffled = y[order]
+            if augment:  # fresh random distortions every epoch, in place
+                augment_batch(shuffled, rng, **augment, maps=distortions or None, out=shuffled)
+            if center:
+                shuffled -= mean
+            loss_sum, correct = 0.0, 0
+            for i in range(0, n, batch_size):
+                X_batch, y_batch = shuffled[i:i + batch_size], y_shuffled[i:i + batch_size]
+                eta = learning_rate(schedule, lr, step, total_steps)
+                if dropout:
+                    loss, right = train_step_with_dropout(X_batch, y_batch, Ws, bs, vWs, vbs, eta,
+                                                          momentum, weight_decay, activation,
+                                                          dropout, rng)
+                else:
+                    loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, eta, momentum,
+                                             weight_decay, activation)
+                # A fresh network's loss is about log(10) = 2.3 and only falls from there; a
+                # loss of 1000 (or NaN, or infinity) means the steps are too big and it diverged.
+                if not loss < 1000:
+                    raise FloatingPointError(
+                        f"the loss exploded to {loss:.3g} in epoch {epoch}: the learning rate "
+                        f"{lr:g} is too high for this network; try --lr {lr / 10:g}")
+                loss_sum += loss * len(y_batch)
+                correct += right
+                step += 1
+                if on_progress is not None:
+                    on_progress(epoch, (i + batch_size) / n)
+            seconds = time.perf_counter() - start
+            entry = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
+                     "val_loss": None, "val_acc": None, "seconds": seconds}
+            raw_bs = as_for_raw_images(bs)  # the biases for raw images, once per epoch
+            if X_val is not None and len(X_val):
+                Z_val = logits(X_val, Ws, raw_bs, activation)
+                entry["val_loss"] = float(cross_entropy(Z_val, y_val))
+                entry["val_acc"] = accuracy(Z_val, y_val)
+            history.append(entry)
+            if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
+                best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in raw_bs])
+            if on_epoch is not None:
+                on_epoch(entry)
+    except KeyboardInterrupt:
+        if best is None:
+            raise
+        return best[1], best[2], history, True
+    return best[1], best[2], history, False
+
+
+# Try it: the same digits, distorted three times; then a short training run with distortions
+# and dropout. (`python mnist_from_scratch.py train` runs train_full on all 55,000 images.)
 #     distorted = augment_batch(np.repeat(X_train[:4], 3, axis=0), np.random.default_rng(0))
 #     print(distorted.shape, distorted.min(), distorted.max())
-#     Ws, bs, history, _ = train(X_train[:10000], y_train[:10000], X_train[55000:],
-#                                y_train[55000:], hidden=(128,), epochs=3, dropout=0.1,
-#                                augment=AUGMENT_PRESETS["light"], on_epoch=show)
+#     Ws, bs, history, _ = train_full(X_train[:10000], y_train[:10000], X_train[55000:],
+#                                     y_train[55000:], hidden=(128,), epochs=3, dropout=0.1,
+#                                     augment=AUGMENT_PRESETS["light"], on_epoch=show)
 
 
 # %% [11] Predicting one image: turning any image into an MNIST-like 28x28 input
@@ -3587,10 +3670,10 @@ def load_dataset(data_dir="data", download=True, dataset="mnist"):
 
 # %% [17] Command line
 
-# The command line's defaults for `train` are the default arguments of train() (section [7]),
-# read from its signature, so each value is written in one place only.
+# The command line's defaults for `train` are the default arguments of train_full() (section
+# [10]), read from its signature, so each value is written in one place only.
 TRAIN_DEFAULTS = {name: parameter.default
-                  for name, parameter in inspect.signature(train).parameters.items()}
+                  for name, parameter in inspect.signature(train_full).parameters.items()}
 VAL_SIZE = 5000         # training images held out to choose the best epoch
 DATA_DIR = "data"
 MODEL_PATH = "model.npz"
@@ -3913,7 +3996,7 @@ def command_train(args):
     # A loss that explodes is reported as one clear error by train(); NumPy's overflow
     # warnings on the way there would only be noise.
     with np.errstate(over="ignore", invalid="ignore"):
-        Ws, bs, history, interrupted = train(
+        Ws, bs, history, interrupted = train_full(
                 X_fit, y_fit, X_val, y_val, hidden=args.hidden, activation=args.activation,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
             weight_decay=args.weight_decay, schedule=args.schedule, dropout=args.dropout,

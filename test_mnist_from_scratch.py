@@ -377,7 +377,7 @@ class TestTraining(unittest.TestCase):
     @needs_mnist
     def test_short_training_on_real_mnist_is_far_above_chance(self):
         X_train, y_train, X_test, y_test = real_mnist()
-        Ws, bs, history, interrupted = mnist.train(
+        Ws, bs, history, interrupted = mnist.train_full(
             X_train[:6000], y_train[:6000], X_train[-1000:], y_train[-1000:], hidden=(64,),
             epochs=2, batch_size=64, lr=0.05, seed=0)
         result = mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)
@@ -390,12 +390,16 @@ class TestTraining(unittest.TestCase):
     def test_the_same_seed_gives_the_same_model_bit_for_bit(self):
         rng = np.random.default_rng(0)
         X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
-        a = mnist.train(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
-        b = mnist.train(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
-        c = mnist.train(X, y, hidden=(16,), epochs=2, batch_size=32, seed=6)
+        a = mnist.train_full(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
+        b = mnist.train_full(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
+        c = mnist.train_full(X, y, hidden=(16,), epochs=2, batch_size=32, seed=6)
         for Wa, Wb in zip(a[0] + a[1], b[0] + b[1]):
             np.testing.assert_array_equal(Wa, Wb)
         self.assertFalse(np.array_equal(a[0][0], c[0][0]))
+        d = mnist.train(X, y, X[:50], y[:50], hidden=(16,), epochs=2, batch_size=32, seed=5)
+        e = mnist.train(X, y, X[:50], y[:50], hidden=(16,), epochs=2, batch_size=32, seed=5)
+        for Wd, We in zip(d[0] + d[1], e[0] + e[1]):
+            np.testing.assert_array_equal(Wd, We)
 
     def test_best_validation_epoch_is_kept_not_the_last(self):
         # Random labels: the network memorises its training images, and its accuracy on other
@@ -404,8 +408,8 @@ class TestTraining(unittest.TestCase):
         rng = np.random.default_rng(0)
         X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
         X_val, y_val = rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200)
-        Ws, bs, history, _ = mnist.train(X, y, X_val, y_val, hidden=(32,), epochs=8,
-                                         batch_size=20, lr=0.05, schedule="constant", seed=1)
+        Ws, bs, history, _ = mnist.train_full(X, y, X_val, y_val, hidden=(32,), epochs=8,
+                                              batch_size=20, lr=0.05, schedule="constant", seed=1)
         accuracies = [e["val_acc"] for e in history]
         best = max(accuracies)
         self.assertLess(accuracies[-1], best)  # the setting is right: the last epoch is worse
@@ -417,14 +421,14 @@ class TestTraining(unittest.TestCase):
         X_train, y_train, X_test, y_test = real_mnist()
         X, y = X_train[:3000], y_train[:3000]
         common = dict(hidden=(64,), epochs=3, batch_size=50, lr=0.05, seed=0)
-        plain = mnist.train(X, y, **common)
-        decayed = mnist.train(X, y, weight_decay=0.01, **common)
+        plain = mnist.train_full(X, y, **common)
+        decayed = mnist.train_full(X, y, weight_decay=0.01, **common)
         variants = {"plain": plain, "decayed": decayed,
-                    "momentum 0.5": mnist.train(X, y, momentum=0.5, **common),
-                    "dropout": mnist.train(X, y, dropout=0.3, **common),
-                    "distortions": mnist.train(X, y, augment=AUGMENT_PRESETS["light"], **common),
-                    "one distortion per image": mnist.train(X, y, augment=AUGMENT_PRESETS["light"],
-                                                            distortions=0, **common)}
+                    "momentum 0.5": mnist.train_full(X, y, momentum=0.5, **common),
+                    "dropout": mnist.train_full(X, y, dropout=0.3, **common),
+                    "distortions": mnist.train_full(X, y, augment=AUGMENT_PRESETS["light"], **common),
+                    "one distortion per image": mnist.train_full(X, y, augment=AUGMENT_PRESETS["light"],
+                                                                 distortions=0, **common)}
         for name, (Ws, bs, history, _) in variants.items():
             with self.subTest(name):
                 self.assertGreater(mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)["accuracy"],
@@ -443,21 +447,55 @@ class TestTraining(unittest.TestCase):
         X_train, y_train, X_test, y_test = real_mnist()
         X, y, X_val, y_val = X_train[:3000], y_train[:3000], X_train[55000:56000], y_train[55000:56000]
         common = dict(hidden=(64,), epochs=3, batch_size=50, lr=0.05, seed=0)
-        Ws, bs, history, _ = mnist.train(X, y, X_val, y_val, center=True, **common)
+        Ws, bs, history, _ = mnist.train_full(X, y, X_val, y_val, center=True, **common)
         # What train measured on the centred images is what the returned network does on raw ones.
         best = max(e["val_acc"] for e in history)
         self.assertEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], best)
         self.assertGreater(mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)["accuracy"], 0.80)
         # The mean went into the first biases: far from the small biases of uncentred training.
-        plain = mnist.train(X, y, X_val, y_val, center=False, **common)
+        plain = mnist.train_full(X, y, X_val, y_val, center=False, **common)
         self.assertGreater(np.abs(bs[0]).mean(), 5 * np.abs(plain[1][0]).mean())
+
+    @needs_mnist
+    def test_the_plain_loop_on_real_mnist_is_far_above_chance(self):
+        X_train, y_train, X_test, y_test = real_mnist()
+        Ws, bs, history = mnist.train(X_train[:6000], y_train[:6000], X_train[-1000:],
+                                      y_train[-1000:], hidden=(64,), epochs=2, batch_size=64,
+                                      lr=0.05, seed=0)
+        result = mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)
+        self.assertGreater(result["accuracy"], 0.85)  # chance is 0.10
+        self.assertEqual([e["epoch"] for e in history], [1, 2])
+        self.assertLess(history[1]["train_loss"], history[0]["train_loss"])
+
+    def test_the_plain_loop_keeps_the_best_validation_epoch_not_the_last(self):
+        rng = np.random.default_rng(0)  # random labels, as in the test above
+        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
+        X_val, y_val = rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200)
+        Ws, bs, history = mnist.train(X, y, X_val, y_val, hidden=(32,), epochs=8, batch_size=20,
+                                      lr=0.05, seed=1)
+        accuracies = [e["val_acc"] for e in history]
+        self.assertLess(accuracies[-1], max(accuracies))  # the last epoch is worse
+        self.assertEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], max(accuracies))
+
+    def test_the_full_training_with_its_extras_off_is_the_plain_loop_bit_for_bit(self):
+        rng = np.random.default_rng(0)
+        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
+        X_val, y_val = rng.random((100, 784), dtype=np.float32), rng.integers(0, 10, 100)
+        common = dict(hidden=(16,), epochs=3, batch_size=32, lr=0.05, momentum=0.8,
+                      weight_decay=1e-4, seed=4)
+        plain = mnist.train(X, y, X_val, y_val, **common)
+        full = mnist.train_full(X, y, X_val, y_val, schedule="constant", center=False, **common)
+        self.assertEqual(len(plain[0]), 2)
+        for a, b in zip(plain[0] + plain[1], full[0] + full[1]):
+            np.testing.assert_array_equal(a, b)
+        self.assertEqual([e["val_loss"] for e in plain[2]], [e["val_loss"] for e in full[2]])
 
     def test_exploding_loss_stops_with_a_clear_error(self):
         rng = np.random.default_rng(0)
         X, y = rng.random((256, 784), dtype=np.float32) * 50, rng.integers(0, 10, 256)
         with np.errstate(all="ignore"):
             with self.assertRaisesRegex(FloatingPointError, "learning rate .* too high"):
-                mnist.train(X, y, hidden=(32,), epochs=3, lr=1e6, schedule="constant")
+                mnist.train_full(X, y, hidden=(32,), epochs=3, lr=1e6, schedule="constant")
 
 
 class TestSavingAndLoading(unittest.TestCase):
@@ -981,8 +1019,8 @@ class TestTheFileAsALesson(unittest.TestCase):
         X = 0.2 * rng.random((200, 784), dtype=np.float32)
         for i, k in enumerate(y):
             X[i, 78 * k: 78 * (k + 1)] += 0.8  # class k lights up its own tenth of the pixels
-        Ws, bs, history, _ = namespace["train"](X, y, X, y, hidden=(16,), epochs=5, batch_size=20,
-                                                lr=0.1, seed=0)
+        Ws, bs, history = namespace["train"](X, y, X, y, hidden=(16,), epochs=5, batch_size=20,
+                                             lr=0.1, seed=0)
         self.assertEqual(len(history), 5)
         self.assertGreater(history[-1]["val_acc"], 0.9)
 
@@ -1020,10 +1058,13 @@ class TestTheFileAsALesson(unittest.TestCase):
         X = 0.2 * rng.random((300, 784), dtype=np.float32)
         for i, k in enumerate(y):
             X[i, 78 * k: 78 * (k + 1)] += 0.8  # class k lights up its own tenth of the pixels
+        Ws, bs, history = namespace["train"](X, y, X, y, hidden=(16,), epochs=5, batch_size=20,
+                                             lr=0.1)
+        self.assertGreater(history[-1]["val_acc"], 0.9)
         for options in ({}, {"dropout": 0.2, "augment": namespace["AUGMENT_PRESETS"]["light"]}):
             with self.subTest(**{k: str(v) for k, v in options.items()}):
-                Ws, bs, history, _ = namespace["train"](X, y, X, y, hidden=(16,), epochs=5,
-                                                        batch_size=20, lr=0.1, **options)
+                Ws, bs, history, _ = namespace["train_full"](X, y, X, y, hidden=(16,), epochs=5,
+                                                             batch_size=20, lr=0.1, **options)
                 self.assertGreater(history[-1]["val_acc"], 0.9)
 
     def lift(self, names):
@@ -1096,8 +1137,9 @@ class TestTheFileAsALesson(unittest.TestCase):
             "cross_entropy": lambda f: f(rng.normal(size=(3, 10)), np.array([1, 2, 3])),
             "forward": lambda f: f(X, *mnist.init_params([784, 8, 10])),
             "sgd_step": lambda f: f([np.ones(3)], [np.ones(3)], [np.zeros(3)], 0.1),
-            "train": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10, dropout=0.2,
-                                 augment=mnist.AUGMENT_PRESETS["light"]),
+            "train": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10),
+            "train_full": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10, dropout=0.2,
+                                      augment=mnist.AUGMENT_PRESETS["light"]),
             "augment_batch": lambda f: f(X.reshape(-1, 28, 28), np.random.default_rng(0)),
             "gradient_check": lambda f: f(),
             "gradient_check_with_dropout": lambda f: f(),
@@ -1410,8 +1452,8 @@ def small_trained_model():
     """A small network trained here in a few seconds with the file's own training loop; returns
     its probabilities function."""
     X_train, y_train, _, _ = real_mnist()
-    Ws, bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
-                               batch_size=64, lr=0.05, seed=0)
+    Ws, bs, _, _ = mnist.train_full(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                    batch_size=64, lr=0.05, seed=0)
     return lambda X: mnist.predict_proba(X, Ws, bs)
 
 
@@ -1760,8 +1802,8 @@ class TestPredictingOneImage(unittest.TestCase):
     def test_accuracy_on_synthetic_images_is_close_to_clean_accuracy(self):
         # A small network trained here in a few seconds with the file's own training loop.
         X_train, y_train, _, _ = real_mnist()
-        Ws, bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
-                                   batch_size=64, lr=0.05, seed=0)
+        Ws, bs, _, _ = mnist.train_full(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                        batch_size=64, lr=0.05, seed=0)
 
         def probabilities(X):
             return mnist.predict_proba(X, Ws, bs)
@@ -2368,8 +2410,8 @@ class PicturesTest(unittest.TestCase):
 def tiny_model():
     """Softmax regression (no hidden layer) on the first 6000 training images, 4 epochs (~1 s)."""
     X_train, y_train, _, _ = real_mnist()
-    Ws, bs, _, _ = mnist.train(X_train[:6000], y_train[:6000], hidden=(), epochs=4,
-                               batch_size=100, lr=0.1, seed=0)
+    Ws, bs, _, _ = mnist.train_full(X_train[:6000], y_train[:6000], hidden=(), epochs=4,
+                                    batch_size=100, lr=0.1, seed=0)
     return Ws, bs
 
 
