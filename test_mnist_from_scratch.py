@@ -1067,6 +1067,19 @@ class TestTheFileAsALesson(unittest.TestCase):
                                                              batch_size=20, lr=0.1, **options)
                 self.assertGreater(history[-1]["val_acc"], 0.9)
 
+    def test_every_setting_of_a_lesson_function_has_a_literal_default(self):
+        import ast
+        tree = ast.parse(self.lesson_source())
+        functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+        self.assertGreater(len(functions), 40)
+        for function in functions:
+            for default in function.args.defaults + function.args.kw_defaults:
+                with self.subTest(function.name, default=ast.unparse(default)):
+                    if isinstance(default, ast.Attribute):  # a NumPy type such as np.float32
+                        self.assertEqual(ast.unparse(default.value), "np")
+                    else:
+                        ast.literal_eval(default)  # ValueError: a name, e.g. a module constant
+
     def lift(self, names):
         """The source of the named top-level definitions and of everything their docstrings'
         "Needs:" name (transitively), executed alone below `import numpy as np, math, time`."""
