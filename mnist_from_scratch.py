@@ -450,8 +450,8 @@ def backward(As, y, Ws, activation="relu"):
 #     dL/dθ ≈ (L(θ + ε) - L(θ - ε)) / (2 ε)      (central differences, error ~ ε²)
 # in float64 on a small network. The relative error |analytic - numeric| / (|analytic| +
 # |numeric|), over all entries of a parameter, should be tiny: about 1e-9 for ReLU, up to a
-# few times 1e-8 for sigmoid, whose curves make finite differences less exact. Above 1e-6
-# means a bug.
+# few times 1e-8 for sigmoid, whose gradients shrink layer by layer (f' <= 1/4), so that the
+# rounding error of the differences is a larger share of them. Above 1e-6 means a bug.
 
 
 def numerical_gradient(loss_of, theta, eps=1e-6):
