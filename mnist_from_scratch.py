@@ -123,7 +123,7 @@ def parse_idx(raw, name="IDX data"):
 
 
 def read_bytes(path):
-    """The bytes of a file, decompressed when its name ends in .gz."""
+    """The bytes of a file, decompressed when its name ends in .gz. Needs: gzip."""
     try:
         if path.endswith(".gz"):
             with gzip.open(path, "rb") as f:
@@ -166,7 +166,7 @@ def images_and_labels(images, labels, name):
 
 
 def find_idx_file(data_dir, stem):
-    """The path of the IDX file `stem` in data_dir, compressed or not, or None."""
+    """The path of the IDX file `stem` in data_dir, compressed or not, or None. Needs: os."""
     # As published (.gz), unpacked, or as some copies spell it (train-images.idx3-ubyte).
     for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
         if os.path.exists(os.path.join(data_dir, name)):
