@@ -729,9 +729,9 @@ def load_model(path):
 # %% [10] Better generalisation: distorted digits and dropout
 #
 # The plain network of section [7] gets nearly every training image right but fewer of the
-# test images, about 98 %: it has partly learned its training images by heart. Two
-# remedies make it generalise better. train_full, at the end of this section, uses them (it is
-# the training the command line runs):
+# test images, about 98 %: it has partly learned its training images by heart. Two remedies
+# make it generalise better. train_full, at the end of this section, uses them; it is the
+# training the command line runs.
 #
 # Distorted digits (data augmentation). People write the same "7" a little further left,
 # tilted, slanted, narrower, with a shaky stroke. Before every epoch each training image is
@@ -746,7 +746,7 @@ def load_model(path):
 # Dropout (Srivastava et al., 2014). In every training step each hidden unit is switched off
 # at random, so no unit can rely on one particular other unit being there: the network
 # learns redundant features, which generalise better. It changes one line of the forward
-# pass and one of the backward pass (forward_with_dropout, backward_with_dropout, below). At
+# pass and two of the backward pass (forward_with_dropout, backward_with_dropout, below). At
 # test time nothing is dropped.
 #
 # How a distortion is made. For every pixel (i, j) of the NEW image we compute where in the
@@ -870,7 +870,8 @@ def elastic_displacement(m, rng, alpha, sigma, size=28):
 
     # Gaussian smoothing as two matrix products. A 2-D Gaussian is separable,
     #   g(di, dj) = g(di) * g(dj),
-    # so the double sum above is G @ F @ G.T with G[i, a] = g(i - x_a), (size, k):
+    # so the smoothed field d[i, j] = sum_a sum_b g(i - x_a) g(j - x_b) F[a, b] is
+    # G @ F @ G.T with G[i, a] = g(i - x_a), (size, k):
     #   (G @ F)[i, b]   = sum_a g(i - x_a) F[a, b]    spreads down each column,
     #   (. @ G.T)[i, j] = sum_b .[i, b] g(j - x_b)    spreads along each row,
     # done by the fast matrix-product routine, for every field of the batch at once (matmul
@@ -1287,10 +1288,12 @@ def train_full(X, y, X_val=None, y_val=None,
     return best[1], best[2], history, False
 
 
-# Try it: the same digits, distorted three times; then a short training run with distortions
-# and dropout. (`python mnist_from_scratch.py train` runs train_full on all 55,000 images.)
+# Try it: the same digits, distorted three times; the gradients with dropout, checked (far
+# below 1e-6); then a short training run with distortions and dropout.
+# (`python mnist_from_scratch.py train` runs train_full on all 55,000 images.)
 #     distorted = augment_batch(np.repeat(X_train[:4], 3, axis=0), np.random.default_rng(0))
 #     print(distorted.shape, distorted.min(), distorted.max())
+#     print(max(error for _, error in gradient_check_with_dropout()))
 #     Ws, bs, history, _ = train_full(X_train[:10000], y_train[:10000], X_train[55000:],
 #                                     y_train[55000:], hidden=(128,), epochs=3, dropout=0.1,
 #                                     augment=AUGMENT_PRESETS["light"], on_epoch=show)
