@@ -102,7 +102,8 @@ IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 
 
 def parse_idx(raw, name="IDX data"):
-    """Turn the bytes of an IDX file into a NumPy array of the shape its header gives."""
+    """Turn the bytes of an IDX file into a NumPy array of the shape its header gives.
+    Needs: IDX_TYPES, math."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{name}: not an IDX file (the first two bytes must be zero)")
     type_code, ndim = raw[2], raw[3]
@@ -654,7 +655,8 @@ MODEL_FORMAT = 1
 
 def write_atomically(path, write):
     """Write a file via a temporary file in the same folder, renamed over the target when
-    complete: an interrupted run leaves the old file or the new one, never half of one."""
+    complete: an interrupted run leaves the old file or the new one, never half of one.
+    Needs: os."""
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # same folder: rename is atomic
     try:
@@ -671,7 +673,7 @@ def write_atomically(path, write):
 
 def save_model(path, Ws, bs, meta):
     """Save weights, biases and meta (a dict) to path as .npz, atomically.
-    Needs: write_atomically, MODEL_FORMAT, UserError."""
+    Needs: write_atomically, MODEL_FORMAT, UserError, json."""
     arrays = {}
     for l, (W, b) in enumerate(zip(Ws, bs), start=1):
         arrays[f"W{l}"], arrays[f"b{l}"] = W, b
@@ -685,7 +687,8 @@ def save_model(path, Ws, bs, meta):
 
 
 def load_model(path):
-    """Load a model saved by save_model; returns Ws, bs, meta. Refuses anything else."""
+    """Load a model saved by save_model; returns Ws, bs, meta. Refuses anything else.
+    Needs: MODEL_FORMAT, ACTIVATIONS, UserError, os, zipfile, json."""
     if not os.path.exists(path):
         raise UserError(f"no model at {path}: run `train` first, or give --model")
     if not zipfile.is_zipfile(path):  # an .npz is a zip archive of .npy files
@@ -858,7 +861,7 @@ def elastic_displacement(m, rng, alpha, sigma, size=28):
     apart, each weighted by h (it stands for h x h pixels): the Gaussian blurs away all detail
     finer than sigma anyway, so the field has the same spread (to 1e-4) and smoothness from
     6 x 6 random numbers instead of 28 x 28 when sigma = 5.
-    Returns (d_rows, d_cols), each (m, size, size) float32. Needs: gaussian_matrix.
+    Returns (d_rows, d_cols), each (m, size, size) float32. Needs: gaussian_matrix, math.
     """
     k = min(size, math.ceil(size / sigma))                    # control points per side
     h = size / k                                               # their spacing, <= sigma
