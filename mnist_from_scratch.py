@@ -595,8 +595,7 @@ def train(X, y, X_val, y_val,
     return best[1], best[2], history
 
 
-# Try it: a small network on the first 10,000 images, 3 epochs, a few seconds. (The command
-# line trains with distortions, section [10].)
+# Try it: a small network on the first 10,000 images, 3 epochs, a few seconds.
 #     def show(entry):
 #         print(f"epoch {entry['epoch']}  validation accuracy {100 * entry['val_acc']:.2f} %")
 #     Ws, bs, history = train(X_train[:10000], y_train[:10000], X_train[55000:],
@@ -1291,9 +1290,7 @@ def train_full(X, y, X_val=None, y_val=None,
     return best[1], best[2], history, False
 
 
-# Try it: the same digits, distorted three times; the gradients with dropout, checked (far
-# below 1e-6); then a short training run with distortions and dropout.
-# (`python mnist_from_scratch.py train` runs train_full on all 55,000 images.)
+# Try it: digits distorted, dropout's gradients checked, a short run of train_full with both.
 #     distorted = augment_batch(np.repeat(X_train[:4], 3, axis=0), np.random.default_rng(0))
 #     print(distorted.shape, distorted.min(), distorted.max())
 #     print(max(error for _, error in gradient_check_with_dropout()))
