@@ -187,8 +187,8 @@ def load_mnist(data_dir="data"):
     paths = [find_idx_file(data_dir, stem) for stem in stems]
     for stem, path in zip(stems, paths):
         if path is None:
-            raise UserError(f"{stem}.gz is not in {data_dir}/: run "
-                            f"`python mnist_from_scratch.py download` first")
+            raise UserError(f"{stem}.gz is not in {data_dir}/: run `python mnist_from_scratch.py "
+                            f"download` first (add --dataset fashion for Fashion-MNIST)")
     images, labels, test_images, test_labels = [load_idx(path) for path in paths]
     X_train, y_train = images_and_labels(images, labels, paths[0])
     X_test, y_test = images_and_labels(test_images, test_labels, paths[2])
