@@ -626,6 +626,38 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertIn("OK (limit 1e-6)", out)
 
+    def test_busy_machine_notice_says_what_to_do_only_when_the_cores_are_busy(self):
+        notice = mnist.busy_machine_notice(load=3.0, cores=2, environ={})
+        self.assertRegex(notice, r"^note: the cores are busy \(load average 3\.0 on 2 cores\)")
+        self.assertIn("OPENBLAS_NUM_THREADS=1", notice)
+        self.assertEqual(len(notice.splitlines()), 1)
+        self.assertIsNone(mnist.busy_machine_notice(load=0.5, cores=2, environ={}))
+        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=1, environ={}))  # one thread anyway
+        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=2, environ={"OPENBLAS_NUM_THREADS": "1"}))
+
+    def test_train_on_a_busy_machine_prints_the_notice_once_before_training(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        write_tiny_csv_mnist(os.path.join(folder, "data"))
+        argv = ["train", "--data-dir", os.path.join(folder, "data"), "--model", os.path.join(folder, "m.npz"),
+                "--epochs", "1", "--hidden", "4", "--val-size", "10"]
+        printed = {}
+        for load in (6.0, 0.1):  # the load average train reads when it starts
+            out = io.StringIO()
+            with mock.patch.object(mnist.os, "getloadavg", return_value=(load, load, load)), \
+                    mock.patch.object(mnist.os, "cpu_count", return_value=2), mock.patch.dict(os.environ), \
+                    contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                    os.environ.pop(name, None)
+                self.assertEqual(mnist.main(argv), 0)
+            printed[load] = out.getvalue().splitlines()
+        notices = [i for i, line in enumerate(printed[6.0]) if line.startswith("note: the cores are busy")]
+        training = next(i for i, line in enumerate(printed[6.0]) if line.startswith("training "))
+        self.assertEqual(len(notices), 1)
+        self.assertLess(notices[0], training)
+        self.assertIn("load average 6.0 on 2 cores", printed[6.0][notices[0]])
+        self.assertEqual([line for line in printed[0.1] if "cores are busy" in line], [])
+
     def assert_user_error(self, args, pattern):
         code, out, err = run_cli(*args)
         self.assertEqual(code, 2, (out, err))
