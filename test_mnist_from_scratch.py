@@ -3476,7 +3476,7 @@ class TestFashionMNIST(unittest.TestCase):
 
 
 # ----------------------------------------------------------------------------------------------
-# The photo table of the README (not a test: it takes about 20 minutes)
+# The synthetic photo table of docs/results.md (not a test: it takes about 20 minutes)
 # ----------------------------------------------------------------------------------------------
 MEASURED_KINDS = ["photo", "scan", "mouse", "rgba white", "rgba black", "mnist 28x28", "photo on a table",
                   "photo's drawing alone"]
@@ -3521,7 +3521,7 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
 
 
 # ----------------------------------------------------------------------------------------------
-# The served page and the server under load, for the README (not tests)
+# The served page for the README, and the server under load for docs/results.md (not tests)
 # ----------------------------------------------------------------------------------------------
 def start_serve_command(model_path):
     """`serve --port 0` in a child process, as a user starts it; returns (process, base URL)."""
