@@ -3672,9 +3672,10 @@ def busy_machine_notice(load=None, cores=None, environ=os.environ):
 
     NumPy's BLAS starts one thread per core, and each matrix product waits for its slowest
     thread: two default trainings at once on two cores took six times as long each as one
-    alone, and with one thread each about 1.5 times (docs/results.md). load: the load average over the last minute
-    (os.getloadavg, where the system has one); busy means at least half the cores' worth, as
-    one busy core of two was already enough. Nothing to say when the thread count is chosen.
+    alone, and with one thread each about 1.5 times (docs/results.md). load: the load average
+    over the last minute (os.getloadavg, where the system has one); busy means at least half
+    the cores' worth, as one busy core of two is already enough to slow BLAS down. Nothing to
+    say when the thread count is already chosen.
     """
     if any(environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")):
         return None
@@ -4176,15 +4177,14 @@ def build_parser():
                       help=f"folder with the data set's files (default: {DATASETS['mnist']['folder']} "
                            f"for MNIST, {DATASETS['fashion']['folder']} for Fashion-MNIST; "
                            f"downloaded there when missing)")
+    the_images = "the images: mnist (handwritten digits) or fashion (Fashion-MNIST, clothes)"
     images = argparse.ArgumentParser(add_help=False)
     images.add_argument("--dataset", choices=list(DATASETS), default="mnist",
-                        help="the images: mnist (handwritten digits) or fashion (Fashion-MNIST, "
-                             "clothes); default: mnist")
+                        help=the_images + "; default: mnist")
     saved_model = argparse.ArgumentParser(add_help=False)
     saved_model.add_argument("--dataset", choices=list(DATASETS),
-                             help="the images: mnist (handwritten digits) or fashion (Fashion-MNIST, "
-                                  "clothes); default: the one the model was trained on, which "
-                                  "also picks the default --model")
+                             help=the_images + "; default: the one the model was trained on, "
+                                               "which also picks the default --model")
     saved_model.add_argument("--model", metavar="FILE",
                              help=f"model file (default: {MODEL_FOR_DATASET['mnist']}, with "
                                   f"--dataset fashion {MODEL_FOR_DATASET['fashion']})")
@@ -4194,18 +4194,15 @@ def build_parser():
 
     # train: the options most runs use first, then one group per part of the lesson.
     p = parser.train_parser = add("train", "train a network on MNIST, report test accuracy and save it",
-                                  data, show)
+                                  images, data, show)
+    p.epilog = "--dataset fashion brings its own defaults: " + " ".join(
+        as_flag(name, value) for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items())
     D = TRAIN_DEFAULTS  # argparse fills in %(default)s in each help text
-    p.add_argument("--dataset", choices=list(DATASETS), default="mnist",
-                   help="the images: mnist (handwritten digits) or fashion (Fashion-MNIST, clothes); "
-                        "default: mnist; fashion brings its own defaults: " + " ".join(
-                            as_flag(name, value)
-                            for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items()))
     p.add_argument("--model", metavar="FILE",
                    help=f"model file to save (default: {MODEL_FOR_DATASET['mnist']}, with --dataset "
-                        f"fashion {MODEL_FOR_DATASET['fashion']}); a model already there is replaced "
-                        f"when training ends, and after Ctrl-C only by a run at least as accurate "
-                        f"(else saved beside it, model.npz as model.interrupted.npz)")
+                        f"fashion {MODEL_FOR_DATASET['fashion']}); a model there is replaced when "
+                        f"training ends (after Ctrl-C only by a run at least as accurate, else "
+                        f"saved beside it as NAME.interrupted.npz)")
     p.add_argument("--recipe", choices=list(RECIPES),
                    help="preset settings: `best` trains the most accurate network (minutes); "
                         "flags given as well override it")
