@@ -3842,6 +3842,27 @@ def check_declared_paths(args):
             PATH_CHECKS[kind](value, flag_name(dest))
 
 
+def busy_machine_notice(load=None, cores=None, environ=os.environ):
+    """One line of advice when other programs already keep the cores busy, else None.
+
+    NumPy's BLAS starts one thread per core, and each matrix product waits for its slowest
+    thread: two default trainings at once on two cores took six times as long each as one
+    alone, and with one thread each about 1.5 times (docs/results.md). load: the load average
+    over the last minute (os.getloadavg, where the system has one); busy means at least half
+    the cores' worth, as one busy core of two is already enough to slow BLAS down. Nothing to
+    say when the thread count is already chosen.
+    """
+    if any(environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return None
+    cores = cores or os.cpu_count() or 1
+    if load is None and hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+    if load is None or cores < 2 or load < cores / 2:
+        return None
+    return (f"note: the cores are busy (load average {load:.1f} on {cores} cores), which can make "
+            f"training many times slower; start it with OPENBLAS_NUM_THREADS=1 in front")
+
+
 def progress_printer(epochs):
     """A function that shows how far the current epoch is, on a terminal only."""
     if not sys.stderr.isatty():
@@ -3890,13 +3911,10 @@ def same_measure(new_meta, old_meta):
 
 
 # What `--dataset` changes besides the files. Each data set has its own model file, so training on
-# one does not overwrite the other's model, and may have its own training settings. Fashion-MNIST's
-# were chosen on its validation images (the last 5,000 training images; the README's results list
-# all that was tried). Two things helped: mirrored clothes (a mirrored shirt is still a shirt),
-# which pay off over longer training, and centred inputs. Validation accuracy, seeds 0 and 1:
-# 15 epochs 89.69 %, the same centred 89.98 %; mirrored for 40 epochs 90.31 %, and centred too
-# 90.60 %. They are written out so that a change to the digits' defaults does not move them.
-# Flags given on the command line override them.
+# one does not replace the other's model, and may have its own training settings: Fashion-MNIST's
+# were chosen on its validation images (mirrored clothes and centred inputs helped; see
+# docs/results.md), and are written out so that a change to the digits' defaults does not move
+# them. Flags given on the command line override them.
 MODEL_FOR_DATASET = {"mnist": MODEL_PATH, "fashion": "fashion_model.npz"}
 TRAIN_DEFAULTS_FOR_DATASET = {
     "fashion": dict(hidden=(512, 256), epochs=40, batch_size=128, lr=0.1, momentum=0.9,
@@ -3906,13 +3924,10 @@ TRAIN_DEFAULTS_FOR_DATASET = {
 
 
 def with_dataset_defaults(args):
-    """Fill in the options left out whose default depends on --dataset: --data-dir and --model."""
-    dataset = getattr(args, "dataset", None) or "mnist"
-    if getattr(args, "data_dir", "") is None:
-        args.data_dir = DATASETS[dataset]["folder"]
-    if getattr(args, "model", "") is None:
-        args.model = MODEL_FOR_DATASET[dataset]
-    return dataset
+    """The data set of a command that reads its images (--dataset); fills in --data-dir."""
+    if args.data_dir is None:
+        args.data_dir = DATASETS[args.dataset]["folder"]
+    return args.dataset
 
 
 def load_model_and_dataset(args):
@@ -3920,8 +3935,6 @@ def load_model_and_dataset(args):
     saved before there was a choice are MNIST's), which --dataset, when given, must match, and
     its class names (None for MNIST: the digits name themselves). Fills in --data-dir."""
     dataset = getattr(args, "dataset", None)
-    if args.model is None:
-        args.model = MODEL_FOR_DATASET[dataset or "mnist"]
     Ws, bs, meta = load_model(args.model)
     trained_on = meta.get("dataset", "mnist")
     if trained_on not in DATASETS:
@@ -3958,6 +3971,9 @@ def command_train(args):
     # A batch can hold no more than all the training images: then there is one step per epoch.
     batches = (f"batches of {args.batch_size}" if args.batch_size < n else
                f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
+    notice = busy_machine_notice()
+    if notice:
+        print(notice, flush=True)
     if previous is not None:
         print(f"note: {args.model} holds a model ({saved_accuracy(previous) or 'no accuracy saved'}); "
               f"this run replaces it when it ends (--model NAME.npz keeps both)", flush=True)
@@ -4309,7 +4325,18 @@ def command_download(args):
     return 0
 
 
+def as_flag(name, value):
+    """How a setting is written on the command line: ('center', False) -> '--no-center'."""
+    flag = flag_name(name)
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
+
+
 def build_parser():
+    """The command line: one command per task. Each option's type= refuses a bad value as it is
+    read; each command declares in set_defaults the function that runs it (run) and which of its
+    options name a file or folder, and how it uses them (paths: see the guard above)."""
     parser = OneLineParser(
         prog="mnist_from_scratch.py",
         description="A neural network for handwritten digits, from scratch in NumPy.",
@@ -4317,149 +4344,133 @@ def build_parser():
                "`COMMAND --help` explains each command.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
-    def add(name, help_text):
-        return commands.add_parser(name, help=help_text, description=help_text)
+    def add(name, help_text, *parents):
+        return commands.add_parser(name, help=help_text, description=help_text, parents=parents)
 
-    def data_flag(p):
-        p.add_argument("--data-dir", default=None, metavar="DIR",
-                       help=f"folder with the data set's files (default: "
-                            f"{DATASETS['mnist']['folder']} for MNIST, "
-                            f"{DATASETS['fashion']['folder']} for Fashion-MNIST; downloaded "
-                            f"there when missing)")
+    # Options several commands share, each written once: a command lists them in parents.
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--data-dir", metavar="DIR",
+                      help=f"folder with the data set's files (default: {DATASETS['mnist']['folder']} "
+                           f"for MNIST, {DATASETS['fashion']['folder']} for Fashion-MNIST; "
+                           f"downloaded there when missing)")
+    the_images = "the images: mnist (handwritten digits) or fashion (Fashion-MNIST, clothes)"
+    images = argparse.ArgumentParser(add_help=False)
+    images.add_argument("--dataset", choices=list(DATASETS), default="mnist",
+                        help=the_images + "; default: mnist")
+    saved_model = argparse.ArgumentParser(add_help=False)
+    saved_model.add_argument("--dataset", choices=list(DATASETS),
+                             help=the_images + "; default: the one the model was trained on, "
+                                               "which also picks the default --model")
+    saved_model.add_argument("--model", metavar="FILE",
+                             help=f"model file (default: {MODEL_FOR_DATASET['mnist']}, with "
+                                  f"--dataset fashion {MODEL_FOR_DATASET['fashion']})")
+    show = argparse.ArgumentParser(add_help=False)
+    show.add_argument("--show", action="store_true",
+                      help="also open the pictures in a window (when there is a display)")
 
-    def dataset_flag(p, for_a_model=False, note=""):
-        p.add_argument("--dataset", choices=list(DATASETS), default=None if for_a_model else "mnist",
-                       help="the images: mnist (handwritten digits) or fashion (Fashion-MNIST, "
-                            "clothes); " + ("default: the one the model was trained on, which "
-                                            "also picks the default --model" if for_a_model
-                                            else "default: mnist") + note)
-
-    def show_flag(p):
-        p.add_argument("--show", action="store_true",
-                       help="also open the pictures in a window (when there is a display)")
-
-    def model_flag(p, more=""):
-        p.add_argument("--model", default=None, metavar="FILE",
-                       help=f"model file (default: {MODEL_FOR_DATASET['mnist']}, with "
-                            f"--dataset fashion {MODEL_FOR_DATASET['fashion']}){more}")
-
-    p = add("train", "train a network on MNIST, report test accuracy and save it")
-    parser.train_parser = p
-    def as_flag(name, value):  # how the option would be written on the command line
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            return flag if value else "--no-" + flag[2:]
-        return f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
-
-    dataset_flag(p, note="; fashion brings its own defaults: " + " ".join(
-        as_flag(name, value) for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items()))
-    data_flag(p)
-    model_flag(p, "; a model already there is replaced when training ends, and after Ctrl-C only "
-                  "by a run at least as accurate (else saved beside it, model.npz as "
-                  "model.interrupted.npz)")
+    # train: the options most runs use first, then one group per part of the lesson.
+    p = parser.train_parser = add("train", "train a network on MNIST, report test accuracy and save it",
+                                  images, data, show)
+    p.epilog = "--dataset fashion brings its own defaults: " + " ".join(
+        as_flag(name, value) for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items())
     D = TRAIN_DEFAULTS  # argparse fills in %(default)s in each help text
-    p.add_argument("--epochs", type=positive_int, default=D["epochs"],
-                   help="passes over the training images (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=D["batch_size"],
-                   help="images per gradient step (default: %(default)s)")
-    p.add_argument("--lr", type=positive_float, default=D["lr"],
-                   help="learning rate at the start (default: %(default)s)")
-    p.add_argument("--momentum", type=fraction_below_one, default=D["momentum"],
-                   help="momentum, 0 for plain SGD (default: %(default)s)")
-    p.add_argument("--weight-decay", type=non_negative_float, default=D["weight_decay"],
-                   metavar="L2", help="L2 weight decay (default: %(default)g)")
-    p.add_argument("--schedule", choices=["cosine", "constant"], default=D["schedule"],
-                   help="learning-rate schedule (default: %(default)s)")
-    p.add_argument("--hidden", type=layer_sizes, default=D["hidden"], metavar="SIZES",
-                   help=f"hidden layer sizes, e.g. 128 or 128,64 "
-                        f"(default: {','.join(map(str, D['hidden']))})")
-    p.add_argument("--activation", choices=list(ACTIVATIONS), default=D["activation"],
-                   help="hidden-layer nonlinearity (default: %(default)s)")
-    p.add_argument("--dropout", type=fraction_below_one, default=D["dropout"], metavar="RATE",
-                   help="fraction of hidden units dropped while training, 0 = off "
-                        "(default: %(default)g)")
-    p.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="light",
-                   help="random distortions (shift, rotation, scale, shear, elastic) of the "
-                        "training images every epoch, none to switch them off; mirror turns "
-                        "half of them left to right instead, for clothes (default: light)")
-    p.add_argument("--distortions", type=non_negative_int, default=D["distortions"], metavar="N",
-                   help="how many different random distortions are drawn each epoch (rounded "
-                        "up to a multiple of 256) and dealt out to the shuffled training images; "
-                        "0 draws one for every image, about half a second more per epoch "
-                        "(default: %(default)s)")
-    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=D["center"],
-                   help="learn on images minus the mean training image, folded into the first "
-                        "layer's biases when training ends (default: "
-                        + as_flag("center", D["center"]) + ")")
-    p.add_argument("--val-size", type=non_negative_int, default=VAL_SIZE, metavar="N",
-                   help="training images held out to pick the best epoch (default: %(default)s)")
-    p.add_argument("--seed", type=non_negative_int, default=D["seed"],
-                   help="random seed; the same seed gives the same model (default: %(default)s)")
+    p.add_argument("--model", metavar="FILE",
+                   help=f"model file to save (default: {MODEL_FOR_DATASET['mnist']}, with --dataset "
+                        f"fashion {MODEL_FOR_DATASET['fashion']}); a model there is replaced when "
+                        f"training ends (after Ctrl-C only by a run at least as accurate, else "
+                        f"saved beside it as NAME.interrupted.npz)")
     p.add_argument("--recipe", choices=list(RECIPES),
                    help="preset settings: `best` trains the most accurate network (minutes); "
                         "flags given as well override it")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw the loss and accuracy per epoch when training ends")
-    show_flag(p)
+    network = p.add_argument_group("the network")
+    network.add_argument("--hidden", type=layer_sizes, default=D["hidden"], metavar="SIZES",
+                         help=f"hidden layer sizes, e.g. 128 or 128,64 "
+                              f"(default: {','.join(map(str, D['hidden']))})")
+    network.add_argument("--activation", choices=list(ACTIVATIONS), default=D["activation"],
+                         help="hidden-layer nonlinearity (default: %(default)s)")
+    steps = p.add_argument_group("the training loop")
+    steps.add_argument("--epochs", type=positive_int, default=D["epochs"], metavar="N",
+                       help="passes over the training images (default: %(default)s)")
+    steps.add_argument("--batch-size", type=positive_int, default=D["batch_size"], metavar="N",
+                       help="images per gradient step (default: %(default)s)")
+    steps.add_argument("--lr", type=positive_float, default=D["lr"],
+                       help="learning rate at the start (default: %(default)s)")
+    steps.add_argument("--momentum", type=fraction_below_one, default=D["momentum"],
+                       help="momentum, 0 for plain SGD (default: %(default)s)")
+    steps.add_argument("--weight-decay", type=non_negative_float, default=D["weight_decay"],
+                       metavar="L2", help="L2 weight decay (default: %(default)g)")
+    steps.add_argument("--schedule", choices=["cosine", "constant"], default=D["schedule"],
+                       help="learning-rate schedule (default: %(default)s)")
+    steps.add_argument("--center", action=argparse.BooleanOptionalAction, default=D["center"],
+                       help="learn on images minus the mean training image, folded into the first "
+                            "layer's biases when training ends (default: "
+                            + as_flag("center", D["center"]) + ")")
+    steps.add_argument("--val-size", type=non_negative_int, default=VAL_SIZE, metavar="N",
+                       help="training images held out to pick the best epoch (default: %(default)s)")
+    steps.add_argument("--seed", type=non_negative_int, default=D["seed"],
+                       help="random seed; the same seed and the same number of BLAS threads "
+                            "(OPENBLAS_NUM_THREADS) give the same model (default: %(default)s)")
+    generalise = p.add_argument_group("distortions and dropout")
+    generalise.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="light",
+                            help="random distortions (shift, rotation, scale, shear, elastic) of the "
+                                 "training images every epoch, none to switch them off; mirror turns "
+                                 "half of them left to right instead, for clothes (default: light)")
+    generalise.add_argument("--distortions", type=non_negative_int, default=D["distortions"],
+                            metavar="N",
+                            help="how many different random distortions are drawn each epoch (rounded "
+                                 "up to a multiple of 256) and dealt out to the shuffled training "
+                                 "images; 0 draws one for every image, about half a second more per "
+                                 "epoch (default: %(default)s)")
+    generalise.add_argument("--dropout", type=fraction_below_one, default=D["dropout"], metavar="RATE",
+                            help="fraction of hidden units dropped while training, 0 = off "
+                                 "(default: %(default)g)")
     p.set_defaults(run=command_train, paths={"data_dir": "data folder", "model": "model to write",
                                              "plot": "picture to write"})
 
-    p = add("evaluate", "measure a saved model on the 10,000 test images")
-    dataset_flag(p, for_a_model=True)
-    data_flag(p)
-    model_flag(p)
+    p = add("evaluate", "measure a saved model on the 10,000 test images", saved_model, data, show)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix as a heat map")
     p.add_argument("--errors", metavar="FILE.png",
                    help="draw the test digits the network got most confidently wrong")
     p.add_argument("--plot-history", metavar="FILE.png",
                    help="draw the loss and accuracy per epoch saved in the model")
-    show_flag(p)
     p.set_defaults(run=command_evaluate, paths={
         "data_dir": "data folder", "model": "model to read", "plot": "picture to write",
         "errors": "picture to write", "plot_history": "picture to write"})
 
-    p = add("weights", "draw the first layer's weights: what each hidden unit looks for")
-    dataset_flag(p, for_a_model=True)
-    model_flag(p)
+    p = add("weights", "draw the first layer's weights: what each hidden unit looks for",
+            saved_model, show)
     p.add_argument("--out", default="weights.png", metavar="FILE.png",
-                   help="picture to write (default: weights.png)")
-    show_flag(p)
-    p.set_defaults(run=command_weights, paths={"model": "model to read",
-                                               "out": "picture to write"})
+                   help="picture to write (default: %(default)s)")
+    p.set_defaults(run=command_weights, paths={"model": "model to read", "out": "picture to write"})
 
-    p = add("samples", "write a few test digits as PNG files, to try `predict` on")
-    dataset_flag(p)
-    data_flag(p)
-    p.add_argument("--out", default=None, metavar="DIR",
+    p = add("samples", "write a few test digits as PNG files, to try `predict` on", images, data)
+    p.add_argument("--out", metavar="DIR",
                    help="folder to write them to (default: samples, for Fashion-MNIST "
                         "samples/fashion)")
-    p.set_defaults(run=command_samples, paths={"data_dir": "data folder",
-                                               "out": "folder to write"})
+    p.set_defaults(run=command_samples, paths={"data_dir": "data folder", "out": "folder to write"})
 
     p = add("predict", "recognise the digit in images (PNG or JPEG, or folders of them); "
-                       "files named like 7.png or 7_anna.jpg are also scored")
+                       "files named like 7.png or 7_anna.jpg are also scored", saved_model, show)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    dataset_flag(p, for_a_model=True)
-    model_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw the image, the 28x28 input the network saw and its probabilities "
                         "(with several images: FILE_<image>.png each)")
     p.add_argument("--steps", action="store_true",
                    help="with --plot: also draw every preprocessing step as its own panel")
-    show_flag(p)
     p.set_defaults(run=command_predict, paths={"model": "model to read", "images": "images to read",
                                                "plot": "picture to write"})
 
-    p = add("draw", "draw a digit with the mouse and watch the network's guess change live")
-    dataset_flag(p, for_a_model=True)
-    model_flag(p)
+    p = add("draw", "draw a digit with the mouse and watch the network's guess change live",
+            saved_model)
     p.set_defaults(run=command_draw, paths={"model": "model to read"})
 
     p = add("serve", "serve a page to draw on in a web browser, and the network as a JSON API "
                      "(POST /predict), over HTTP")
-    model_flag(p)
+    p.add_argument("--model", metavar="FILE", help=f"model file (default: {MODEL_PATH})")
     p.add_argument("--host", default=SERVE_HOST,
                    help=f"address to listen on (default: {SERVE_HOST}, this machine only; "
                         f"0.0.0.0: every network the machine is on)")
@@ -4469,52 +4480,51 @@ def build_parser():
     p.set_defaults(run=command_serve, paths={"model": "model to read"})
 
     p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
-                        "a prediction, the drawing window) from a trained model")
-    dataset_flag(p, for_a_model=True)
-    data_flag(p)
-    model_flag(p)
-    p.add_argument("--out", default=None, metavar="DIR",
+                        "a prediction, the drawing window) from a trained model", saved_model, data)
+    p.add_argument("--out", metavar="DIR",
                    help="folder to write them to (default: docs, for a Fashion-MNIST model "
                         "docs/fashion)")
     p.set_defaults(run=command_pictures, paths={"data_dir": "data folder", "model": "model to read",
                                                 "out": "folder to write"})
 
     p = add("gradcheck", "compare the hand-written gradients with finite differences")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(run=command_gradcheck)
 
     p = add("notebook", "write the lesson (loading to saving) as a Jupyter notebook")
     p.add_argument("--out", default="mnist_from_scratch.ipynb", metavar="FILE.ipynb",
-                   help="notebook to write (default: mnist_from_scratch.ipynb)")
+                   help="notebook to write (default: %(default)s)")
     p.set_defaults(run=command_notebook, paths={"out": "notebook to write"})
 
-    p = add("download", "download MNIST without training")
-    dataset_flag(p)
-    data_flag(p)
+    p = add("download", "download MNIST without training", images, data)
     p.set_defaults(run=command_download, paths={"data_dir": "data folder"})
     return parser
 
 
-def main(argv=None):
+def parse_command_line(argv):
+    """The command line read into args. --dataset and --recipe are read first, as they change the
+    defaults of train's other options (flags given as well still win); then the model file left
+    out is filled in: each data set has its own (MODEL_FOR_DATASET)."""
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    for i, word in enumerate(argv):  # a data set's settings only change defaults
-        name = word.split("=", 1)[1] if word.startswith("--dataset=") else (
-            argv[i + 1] if word == "--dataset" and i + 1 < len(argv) else None)
-        if name in TRAIN_DEFAULTS_FOR_DATASET:
-            parser.train_parser.set_defaults(**TRAIN_DEFAULTS_FOR_DATASET[name])
-    for i, word in enumerate(argv):  # a recipe only changes defaults: explicit flags still win
-        name = word.split("=", 1)[1] if word.startswith("--recipe=") else (
-            argv[i + 1] if word == "--recipe" and i + 1 < len(argv) else None)
-        if name in RECIPES:
-            parser.train_parser.set_defaults(**RECIPES[name])
+    steering = argparse.ArgumentParser(add_help=False)
+    steering.add_argument("--dataset", nargs="?")
+    steering.add_argument("--recipe", nargs="?")
+    chosen = steering.parse_known_args(argv)[0]
+    parser.train_parser.set_defaults(**TRAIN_DEFAULTS_FOR_DATASET.get(chosen.dataset, {}))
+    parser.train_parser.set_defaults(**RECIPES.get(chosen.recipe, {}))  # a recipe wins over the data set
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
+    elif getattr(args, "model", "") is None:
+        args.model = MODEL_FOR_DATASET[getattr(args, "dataset", None) or "mnist"]
+    return args
+
+
+def main(argv=None):
+    args = parse_command_line(sys.argv[1:] if argv is None else list(argv))
+    if args.command is None:
         return 2
     try:
-        if getattr(args, "model", "") is None:  # the default model file depends on --dataset
-            args.model = MODEL_FOR_DATASET[getattr(args, "dataset", None) or "mnist"]
         check_declared_paths(args)  # every file and folder, before any work (see the guard above)
         status = args.run(args)
         # Output into a pipe is buffered until the end: a reader that has gone away (`| head`)

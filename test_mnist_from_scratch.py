@@ -717,6 +717,38 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertIn("OK (limit 1e-6)", out)
 
+    def test_busy_machine_notice_says_what_to_do_only_when_the_cores_are_busy(self):
+        notice = mnist.busy_machine_notice(load=3.0, cores=2, environ={})
+        self.assertRegex(notice, r"^note: the cores are busy \(load average 3\.0 on 2 cores\)")
+        self.assertIn("OPENBLAS_NUM_THREADS=1", notice)
+        self.assertEqual(len(notice.splitlines()), 1)
+        self.assertIsNone(mnist.busy_machine_notice(load=0.5, cores=2, environ={}))
+        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=1, environ={}))  # one thread anyway
+        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=2, environ={"OPENBLAS_NUM_THREADS": "1"}))
+
+    def test_train_on_a_busy_machine_prints_the_notice_once_before_training(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        write_tiny_csv_mnist(os.path.join(folder, "data"))
+        argv = ["train", "--data-dir", os.path.join(folder, "data"), "--model", os.path.join(folder, "m.npz"),
+                "--epochs", "1", "--hidden", "4", "--val-size", "10"]
+        printed = {}
+        for load in (6.0, 0.1):  # the load average train reads when it starts
+            out = io.StringIO()
+            with mock.patch.object(mnist.os, "getloadavg", return_value=(load, load, load)), \
+                    mock.patch.object(mnist.os, "cpu_count", return_value=2), mock.patch.dict(os.environ), \
+                    contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                    os.environ.pop(name, None)
+                self.assertEqual(mnist.main(argv), 0)
+            printed[load] = out.getvalue().splitlines()
+        notices = [i for i, line in enumerate(printed[6.0]) if line.startswith("note: the cores are busy")]
+        training = next(i for i, line in enumerate(printed[6.0]) if line.startswith("training "))
+        self.assertEqual(len(notices), 1)
+        self.assertLess(notices[0], training)
+        self.assertIn("load average 6.0 on 2 cores", printed[6.0][notices[0]])
+        self.assertEqual([line for line in printed[0.1] if "cores are busy" in line], [])
+
     def assert_user_error(self, args, pattern):
         code, out, err = run_cli(*args)
         self.assertEqual(code, 2, (out, err))
@@ -3588,7 +3620,7 @@ class TestFashionMNIST(unittest.TestCase):
 
 
 # ----------------------------------------------------------------------------------------------
-# The photo table of the README (not a test: it takes about 20 minutes)
+# The synthetic photo table of docs/results.md (not a test: it takes about 20 minutes)
 # ----------------------------------------------------------------------------------------------
 MEASURED_KINDS = ["photo", "scan", "mouse", "rgba white", "rgba black", "mnist 28x28", "photo on a table",
                   "photo's drawing alone"]
@@ -3633,7 +3665,7 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
 
 
 # ----------------------------------------------------------------------------------------------
-# The served page and the server under load, for the README (not tests)
+# The served page for the README, and the server under load for docs/results.md (not tests)
 # ----------------------------------------------------------------------------------------------
 def start_serve_command(model_path):
     """`serve --port 0` in a child process, as a user starts it; returns (process, base URL)."""
@@ -3911,11 +3943,109 @@ def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kin
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
+
+# ----------------------------------------------------------------------------------------------
+# One training epoch beside PyTorch's, for docs/results.md (not a test: minutes)
+# ----------------------------------------------------------------------------------------------
+# (hidden layers, batch size): the from-scratch tutorials' two networks, then the default's width.
+SPEED_NETWORKS = [((128,), 64), ((128, 64), 64), ((512, 256), 128)]
+
+
+def blas_threads():
+    """The number of threads NumPy's BLAS starts: what OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS)
+    says, else one per core. PyTorch is given as many, so both sides use the same cores."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return os.cpu_count() or 1
+
+
+def epoch_seconds_of_this_file(hidden, batch_size, epochs, seed, lr=0.05, momentum=0.9):
+    """Seconds per epoch of `train` run as a user runs it, with the work PyTorch's side does too:
+    no distortions, no centring, no validation, a constant learning rate, no weight decay. The
+    times are read from the model's history: the training pass of each epoch alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        model = os.path.join(folder, "speed.npz")
+        code, out, err = run_cli("train", "--data-dir", DATA_DIR, "--model", model, "--epochs", str(epochs),
+                                 "--hidden", ",".join(map(str, hidden)), "--batch-size", str(batch_size),
+                                 "--lr", str(lr), "--momentum", str(momentum), "--weight-decay", "0",
+                                 "--schedule", "constant", "--augment", "none", "--no-center",
+                                 "--val-size", "0", "--seed", str(seed))
+        if code != 0:
+            raise SystemExit(f"train failed:\n{out}{err}")
+        return [entry["seconds"] for entry in mnist.load_model(model)[2]["history"]]
+
+
+def epoch_seconds_of_pytorch(torch, X, y, hidden, batch_size, epochs, seed, lr=0.05, momentum=0.9):
+    """The same network and optimizer in PyTorch: Linear layers with ReLU between them, softmax
+    cross-entropy, SGD with momentum; each epoch a fresh random order and every mini-batch step."""
+    torch.manual_seed(seed)
+    sizes = [784, *hidden, 10]
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
+    network = torch.nn.Sequential(*layers[:-1])  # no ReLU after the output layer
+    optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=momentum)
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(X))
+        for first in range(0, len(X), batch_size):
+            rows = order[first:first + batch_size]
+            loss = torch.nn.functional.cross_entropy(network(X[rows]), y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure_speed(epochs=2, repeats=3):
+    """Print, for each network of SPEED_NETWORKS, the seconds of one training epoch of this file
+    and of PyTorch on the same 60,000 MNIST training images (data/), the same cores and the same
+    settings, and their ratio (below 1: this file is faster). The two sides take turns, `repeats`
+    times `epochs` epochs each, so that a machine whose speed drifts slows both alike; the figure
+    is each side's fastest epoch. Without PyTorch, this file's epochs alone.
+
+        python test_mnist_from_scratch.py --measure-speed [EPOCHS [REPEATS]]
+    """
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("PyTorch is not installed, so only this file's epochs are timed; for the comparison:\n"
+              "  pip install torch==2.13.0      # the CPU build, for this measurement only", flush=True)
+    threads = blas_threads()
+    print(f"{threads} BLAS thread(s) on {os.cpu_count()} cores; {repeats} x {epochs} epochs per side, "
+          f"taking turns; the fastest epoch of each side", flush=True)
+    if torch is not None:
+        torch.set_num_threads(threads)
+        X_train, y_train, _, _ = mnist.load_mnist(DATA_DIR, download=False)
+        X = torch.from_numpy(X_train)  # all 60,000, as train learns from with --val-size 0
+        y = torch.from_numpy(y_train.astype(np.int64))
+        print(f"PyTorch {torch.__version__}", flush=True)
+    print("| network | batch | this file, s/epoch | PyTorch, s/epoch | ratio |\n|---|---|---|---|---|",
+          flush=True)
+    for hidden, batch_size in SPEED_NETWORKS:
+        ours, theirs = [], []
+        for repeat in range(repeats):
+            ours += epoch_seconds_of_this_file(hidden, batch_size, epochs, seed=repeat)
+            if torch is not None:
+                theirs += epoch_seconds_of_pytorch(torch, X, y, hidden, batch_size, epochs, seed=repeat)
+        name = "-".join(map(str, [784, *hidden, 10]))
+        if theirs:
+            print(f"| {name} | {batch_size} | {min(ours):.3f} | {min(theirs):.3f} | "
+                  f"{min(ours) / min(theirs):.2f} |", flush=True)
+        else:
+            print(f"| {name} | {batch_size} | {min(ours):.3f} | - | - |", flush=True)
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--measure-serve"]:
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
+    elif sys.argv[1:2] == ["--measure-speed"]:
+        measure_speed(*[int(n) for n in sys.argv[2:4]])
     elif sys.argv[1:2] == ["--serve-screenshot"]:
         serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
     elif sys.argv[1:2] == ["--measure-usps"]:
