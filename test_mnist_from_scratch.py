@@ -1050,53 +1050,6 @@ class TestTheFileAsALesson(unittest.TestCase):
         np.testing.assert_allclose(W, [0.95, 0.95])  # W - η v with v = 0.5
         np.testing.assert_allclose(v, [0.5, 0.5])
 
-    def test_notebook_is_valid_nbformat_4_json_with_the_lesson_cells(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "lesson.ipynb")
-            code, out, err = run_cli("notebook", "--out", path)
-            self.assertEqual(code, 0, err)
-            with open(path, encoding="utf-8") as f:
-                notebook = json.load(f)
-        self.assertEqual(notebook["nbformat"], 4)
-        self.assertEqual(notebook["metadata"]["kernelspec"]["name"], "python3")
-        for cell in notebook["cells"]:
-            self.assertIn(cell["cell_type"], ("markdown", "code"))
-            self.assertIsInstance(cell["source"], list)
-            self.assertTrue(all(isinstance(line, str) for line in cell["source"]))
-            if cell["cell_type"] == "code":
-                self.assertEqual((cell["outputs"], cell["execution_count"]), ([], None))
-        headings = ["".join(c["source"]).split("\n")[0] for c in notebook["cells"]
-                    if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## ")]
-        self.assertEqual([h.split("]")[0] for h in headings], [f"## [{n}" for n in range(11)])
-        code = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
-        for name in ("def backward(", "def train(", "def save_model(", "load_mnist(\"data\")"):
-            self.assertIn(name, code)
-        self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
-
-    @needs_mnist
-    def test_notebook_cells_run_in_order_and_train_on_a_slice_of_mnist(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "lesson.ipynb")
-            self.assertEqual(run_cli("notebook", "--out", path)[0], 0)
-            with open(path, encoding="utf-8") as f:
-                cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
-            os.symlink(DATA_DIR, os.path.join(tmp, "data"))
-            namespace, printed = {"__name__": "__main__"}, io.StringIO()
-            cwd = os.getcwd()
-            os.chdir(tmp)
-            try:
-                with contextlib.redirect_stdout(printed):
-                    for cell in cells:
-                        exec("".join(cell["source"]), namespace)
-            finally:
-                os.chdir(cwd)
-            self.assertTrue(os.path.exists(os.path.join(tmp, "my_model.npz")))
-        self.assertEqual(namespace["X_train"].shape, (60000, 784))
-        self.assertEqual(len(namespace["history"]), 3)
-        self.assertGreater(namespace["history"][-1]["val_acc"], 0.9)
-        self.assertGreater(namespace["result"]["accuracy"], 0.9)
-        self.assertIn("test accuracy", printed.getvalue())
-
 
 # ---- Predicting one image ----------------------------------------------------------
 def thin_to_skeleton(binary):
@@ -3215,6 +3168,262 @@ class TestServingInABrowser(unittest.TestCase):
         self.assertEqual(layouts["desktop"]["result"]["top"], layouts["desktop"]["canvas"]["top"])
         self.assertGreaterEqual(layouts["phone"]["result"]["top"], layouts["phone"]["drop"]["bottom"])
         self.assertGreaterEqual(layouts["phone"]["canvas"]["width"], 0.9 * 390)  # nearly the screen's width
+
+
+# ---- The lesson as a notebook, and the exercises -----------------------------------------------
+def missing_for_the_notebook_tests():
+    """What is missing to run a notebook in a real Jupyter kernel: [] when nothing is."""
+    missing = []
+    for package in ("nbformat", "nbclient", "ipykernel"):
+        try:
+            __import__(package)
+        except ImportError:
+            missing.append(package)
+    if not missing:
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+        try:
+            KernelSpecManager().get_kernel_spec("python3")
+        except NoSuchKernel:
+            missing.append("a python3 kernel (python -m ipykernel install --sys-prefix)")
+    return missing
+
+
+def write_notebook(*options):
+    """The notebook that `notebook [--exercises]` writes, as a dict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "n.ipynb")
+        code, out, err = run_cli("notebook", "--out", path, *options)
+        if code != 0:
+            raise AssertionError(err)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def cell_text(cell):
+    return "".join(cell["source"])
+
+
+def cell_output(cell):
+    """Everything a code cell printed (and the messages of its errors), as one string."""
+    return "".join("".join(o.get("text", "")) + o.get("evalue", "") for o in cell.get("outputs", []))
+
+
+def with_reference_bodies(exercises, lesson):
+    """The exercise notebook with the lesson's bodies of every exercise put in."""
+    reference = {c["metadata"]["exercise"]: c["source"] for c in lesson["cells"]
+                 if c["metadata"].get("exercise")}
+    notebook = json.loads(json.dumps(exercises))
+    for cell in notebook["cells"]:
+        if cell["metadata"].get("exercise"):
+            cell["source"] = reference[cell["metadata"]["exercise"]]
+    return notebook
+
+
+def execute_notebook(notebook, until_check=None, allow_errors=False):
+    """Run a notebook (a dict) in a fresh Jupyter kernel, in a new empty folder holding only
+    MNIST in data/, as a student who saved it there would; return (the executed notebook as a
+    dict, the file names in the folder afterwards, seconds). until_check: stop after the check
+    cell of that exercise."""
+    import nbclient
+    import nbformat
+    cells = notebook["cells"]
+    if until_check:
+        cells = cells[:1 + next(i for i, c in enumerate(cells)
+                                if c["metadata"].get("check") == until_check)]
+    notebook = nbformat.reads(json.dumps(dict(notebook, cells=cells)), as_version=4)
+    with tempfile.TemporaryDirectory() as folder:
+        os.mkdir(os.path.join(folder, "data"))
+        for name in mnist.MNIST_FILES:
+            shutil.copy(os.path.join(DATA_DIR, name + ".gz"), os.path.join(folder, "data"))
+        start = time.perf_counter()
+        client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                         allow_errors=allow_errors,
+                                         resources={"metadata": {"path": folder}})
+        env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+        with mock.patch.dict(os.environ, env, clear=True):
+            client.execute()
+        seconds = time.perf_counter() - start
+        files = sorted(os.path.relpath(os.path.join(root, name), folder)
+                       for root, _, names in os.walk(folder) for name in names)
+    return json.loads(nbformat.writes(notebook)), files, seconds
+
+
+def pictures_in(notebook):
+    return sum("image/png" in o.get("data", {}) for c in notebook["cells"]
+               for o in c.get("outputs", []))
+
+
+class TestTheNotebookAsWritten(unittest.TestCase):
+    """The notebooks' text: made from the lesson's cells, short cells, LaTeX, valid nbformat."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lesson, cls.exercises = write_notebook(), write_notebook("--exercises")
+
+    def test_both_notebooks_are_nbformat_4_with_empty_code_cells(self):
+        for notebook in (self.lesson, self.exercises):
+            self.assertEqual((notebook["nbformat"], notebook["metadata"]["kernelspec"]["name"]),
+                             (4, "python3"))
+            for cell in notebook["cells"]:
+                self.assertIn(cell["cell_type"], ("markdown", "code"))
+                self.assertTrue(all(isinstance(line, str) for line in cell["source"]))
+                if cell["cell_type"] == "code":
+                    self.assertEqual((cell["outputs"], cell["execution_count"]), ([], None))
+
+    @unittest.skipIf(missing_for_the_notebook_tests(), "nbformat is not installed (pip install nbformat)")
+    def test_nbformats_validator_accepts_both_notebooks(self):
+        import nbformat
+        for notebook in (self.lesson, self.exercises):
+            nbformat.validate(nbformat.reads(json.dumps(notebook), as_version=4))  # raises if not
+            self.assertGreater(len(notebook["cells"]), 50)
+
+    def test_the_lesson_sections_appear_in_order_with_their_code_from_the_file(self):
+        headings = [cell_text(c).split("\n")[0] for c in self.lesson["cells"]
+                    if c["cell_type"] == "markdown" and cell_text(c).startswith("## [")]
+        self.assertEqual([h.split("]")[0] for h in headings], [f"## [{n}" for n in range(11)])
+        with open(SCRIPT) as f:
+            source = f.read()
+        for cell in self.lesson["cells"]:
+            if cell["cell_type"] == "code" and cell_text(cell).startswith("def backward("):
+                self.assertIn(cell_text(cell), source)  # the lesson's own code, unchanged
+        code = "".join(cell_text(c) for c in self.lesson["cells"] if c["cell_type"] == "code")
+        for name in ("def backward(", "def train(", "def save_model(", "load_mnist(\"data\")"):
+            self.assertIn(name, code)
+        self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
+
+    def test_the_first_code_cell_fetches_mnist_into_data_checking_every_files_sha256(self):
+        first = cell_text(next(c for c in self.lesson["cells"] if c["cell_type"] == "code"))
+        for sha in mnist.MNIST_GZ_SHA256.values():
+            self.assertIn(sha, first)
+        self.assertIn('os.makedirs("data"', first)
+        self.assertIn("Colab", first)  # says what to do offline, in notebook terms
+        self.assertLessEqual(len(first.split("\n")), 40)
+
+    def test_formulas_are_latex_and_numbered_lines_are_markdown_lists(self):
+        markdown = [cell_text(c) for c in self.lesson["cells"] if c["cell_type"] == "markdown"]
+        equations = [line for text in markdown for line in text.split("\n") if line.startswith("$$")]
+        self.assertGreaterEqual(len(equations), 8)
+        self.assertTrue(any(r"A_{prev}\,W + b" in e and r"\to (m, n_{out})" in e for e in equations))
+        lists = [line for text in markdown for line in text.split("\n") if re.match(r"\d+\. ", line)]
+        self.assertGreaterEqual(len(lists), 4)
+        code_blocks = "".join(re.findall(r"```.*?```", "\n".join(markdown), re.S))
+        self.assertNotIn("1. an affine map", code_blocks)
+
+    def test_try_it_captions_are_whole_sentences(self):
+        captions = [cell_text(c) for c in self.lesson["cells"] if cell_text(c).startswith("**Try it**")]
+        self.assertGreaterEqual(len(captions), 6)
+        for caption in captions:
+            self.assertRegex(caption, r"(\*\*Try it\*\*|[.):])$")
+
+    def test_it_ends_with_a_summary_and_where_next(self):
+        ending = cell_text(self.lesson["cells"][-1])
+        self.assertIn("## Summary", ending)
+        self.assertIn("## Where next", ending)
+        self.assertIn("Fashion-MNIST", ending)
+
+    def test_each_exercise_keeps_its_docstring_and_says_your_code_here_followed_by_a_check(self):
+        cells = self.exercises["cells"]
+        stubs = [i for i, c in enumerate(cells) if c["metadata"].get("exercise")]
+        self.assertEqual([cells[i]["metadata"]["exercise"] for i in stubs], list(mnist.EXERCISES))
+        for i in stubs:
+            name, text = cells[i]["metadata"]["exercise"], cell_text(cells[i])
+            self.assertIn(getattr(mnist, name).__doc__.split("\n")[0], text)
+            self.assertIn("# your code here", text)
+            self.assertIn("raise NotImplementedError", text)
+            self.assertEqual(cells[i + 1]["metadata"].get("check"), name)
+        self.assertIn("(m, n_in) @ (n_in, n_out)", cell_text(cells[stubs[4]]))  # forward's shapes
+
+
+@needs_mnist
+@unittest.skipIf(missing_for_the_notebook_tests(), "the notebook tests run notebooks in a Jupyter kernel "
+                 "(pip install nbclient ipykernel nbformat); missing: "
+                 + ", ".join(missing_for_the_notebook_tests()))
+class TestTheNotebookInAKernel(unittest.TestCase):
+    """The notebooks executed in a real Jupyter kernel, as a student runs them."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lesson, cls.exercises = write_notebook(), write_notebook("--exercises")
+        cls.solved = with_reference_bodies(cls.exercises, cls.lesson)
+
+    def test_lesson_runs_from_an_empty_folder_without_error_showing_pictures_and_accuracy(self):
+        notebook, files, _ = execute_notebook(self.lesson)
+        errors = [o for c in notebook["cells"] for o in c.get("outputs", [])
+                  if o["output_type"] == "error"]
+        self.assertEqual(errors, [])
+        self.assertGreaterEqual(pictures_in(notebook), 5)
+        printed = "".join(cell_output(c) for c in notebook["cells"])
+        self.assertGreater(float(re.search(r"test accuracy ([\d.]+) %", printed).group(1)), 90)
+        self.assertIn("my_model.npz", files)  # what it writes stays in its own folder
+        self.assertIn(os.path.join("pictures", "confusion.png"), files)
+
+    def test_exercises_as_written_say_the_first_exercise_is_unfinished(self):
+        notebook, _, _ = execute_notebook(self.exercises, allow_errors=True)
+        checks = [c for c in notebook["cells"] if c["metadata"].get("check")]
+        self.assertEqual(checks[0]["metadata"]["check"], list(mnist.EXERCISES)[0])
+        self.assertIn("exercise 1, he_init: unfinished", cell_output(checks[0]))
+        self.assertEqual(sum("✓" in cell_output(c) for c in checks), 0)
+
+    def test_exercises_with_the_reference_bodies_pass_every_check_and_train_to_90_percent(self):
+        notebook, _, _ = execute_notebook(self.solved)
+        checks = [c for c in notebook["cells"] if c["metadata"].get("check")]
+        self.assertEqual(len(checks), len(mnist.EXERCISES))
+        for check in checks:
+            self.assertIn(": correct.", cell_output(check))
+        printed = "".join(cell_output(c) for c in notebook["cells"])
+        self.assertIn("All exercises pass", printed)
+        self.assertGreater(float(re.search(r"test accuracy ([\d.]+) %", printed).group(1)), 90)
+        self.assertGreaterEqual(pictures_in(notebook), 5)
+
+    def check_says(self, name, mistake, *replacements):
+        """The output of exercise `name`'s check, with the reference body changed by
+        replacements (old, new), each of which must apply."""
+        notebook = json.loads(json.dumps(self.solved))
+        cell = next(c for c in notebook["cells"] if c["metadata"].get("exercise") == name)
+        text = cell_text(cell)
+        for old, new in replacements:
+            self.assertIn(old, text, f"the mistake {mistake!r} no longer applies to {name}")
+            text = text.replace(old, new)
+        cell["source"] = text.splitlines(True)
+        executed, _, _ = execute_notebook(notebook, until_check=name)
+        said = cell_output(executed["cells"][-1])
+        self.assertIn(f"{name}: wrong", said)
+        return said
+
+    def test_cross_entropy_without_the_1_over_m_is_told_the_1_over_m_is_missing(self):
+        self.assertIn("1/m is missing", self.check_says("cross_entropy", "sum", (".mean()", ".sum()")))
+
+    def test_backward_without_the_1_over_m_is_told_the_1_over_m_is_missing(self):
+        self.assertIn("1/m is missing", self.check_says("backward", "no 1/m", ("dZ /= m", "pass")))
+
+    def test_backward_with_a_transposed_dW_is_told_of_the_transpose(self):
+        self.assertIn("transpose", self.check_says("backward", "transpose",
+                                                    ("A_prev.T @ dZ", "dZ.T @ A_prev")))
+
+    def test_backward_summing_db_over_the_wrong_axis_is_told_the_axis(self):
+        self.assertIn("axis 0", self.check_says("backward", "axis", ("dZ.sum(axis=0)", "dZ.sum(axis=1)")))
+
+    def test_forward_with_a_transposed_weight_is_told_of_the_transpose(self):
+        self.assertIn("transpose", self.check_says("forward", "transpose", ("@ W", "@ W.T")))
+
+    def test_softmax_without_the_maximum_subtracted_is_told_it_overflows(self):
+        self.assertIn("overflows", self.check_says(
+            "softmax", "overflow", ("np.exp(Z - Z.max(axis=1, keepdims=True))", "np.exp(Z)")))
+
+    def test_softmax_summing_over_the_wrong_axis_is_told_the_axis(self):
+        self.assertIn("wrong axis", self.check_says(
+            "softmax", "axis", ("E.sum(axis=1, keepdims=True)", "E.sum(axis=0, keepdims=True)")))
+
+    def test_relu_derivative_returning_the_activation_is_told_it_is_the_wrong_thing(self):
+        self.assertIn("derivative of the wrong thing",
+                      self.check_says("relu_derivative", "A", ("return A > 0", "return A")))
+
+    def test_sgd_step_going_uphill_is_told_the_step_is_in_the_wrong_direction(self):
+        self.assertIn("wrong direction", self.check_says("sgd_step", "+=", ("param -= grad", "param += grad")))
+
+    def test_sgd_step_making_new_arrays_is_told_the_update_is_not_in_place(self):
+        self.assertIn("not in place", self.check_says(
+            "sgd_step", "new array", ("param -= grad", "param = param - grad")))
 
 
 # ---- Fashion-MNIST: the second data set ------------------------------------------------------
