@@ -56,7 +56,7 @@ def real_mnist():
     """The real MNIST, loaded once for all the tests that need it."""
     global _MNIST
     if _MNIST is None:
-        _MNIST = mnist.load_mnist(DATA_DIR, download=False)
+        _MNIST = mnist.load_dataset(DATA_DIR, download=False)
     return _MNIST
 
 
@@ -165,6 +165,27 @@ class TestLoadingTheData(unittest.TestCase):
         self.assertEqual((X.min(), X.max()), (0.0, 1.0))
         np.testing.assert_array_equal(X[0, -28:], 1.0)
 
+    def test_the_lessons_loader_reads_the_four_idx_files_compressed_or_not(self):
+        rng = np.random.default_rng(0)
+        images, labels = rng.integers(0, 256, (3, 28, 28)), np.array([7, 0, 9])
+        for stem, array in [("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels),
+                            ("t10k-images-idx3-ubyte", images[:2]), ("t10k-labels-idx1-ubyte", labels[:2])]:
+            opener, name = (gzip.open, stem + ".gz") if "images" in stem else (open, stem)
+            with opener(self.path(name), "wb") as f:
+                f.write(idx_bytes(array, 0x08))
+        X_train, y_train, X_test, y_test = mnist.load_mnist(self.tmp.name)
+        self.assertEqual((X_train.shape, X_train.dtype, X_test.shape), ((3, 784), np.float32, (2, 784)))
+        self.assertEqual((y_train.tolist(), y_test.tolist(), y_train.dtype), ([7, 0, 9], [7, 0], np.int64))
+        np.testing.assert_allclose(X_train, images.reshape(3, 784) / 255, rtol=1e-6)  # pixels / 255
+
+    def test_the_lessons_loader_says_in_one_line_how_to_get_missing_files(self):
+        with self.assertRaises(mnist.UserError) as caught:
+            mnist.load_mnist(self.tmp.name)
+        message = str(caught.exception)
+        self.assertEqual(len(message.splitlines()), 1)
+        self.assertIn("train-images-idx3-ubyte", message)
+        self.assertIn("`python mnist_from_scratch.py download`", message)
+
     def test_kaggle_csv_with_header_and_unlabelled_test_file(self):
         header = "label," + ",".join(f"pixel{i}" for i in range(784))
         rows = [f"{d}," + ",".join(str((d * 7 + i) % 256) for i in range(784)) for d in (3, 9)]
@@ -178,8 +199,8 @@ class TestLoadingTheData(unittest.TestCase):
         self.assertEqual(int(X[1, 2]), (9 * 7 + 2) % 256)
         X_test, y_test = mnist.load_csv(self.path("test.csv"))
         self.assertEqual((X_test.shape, y_test), ((1, 784), None))
-        # load_mnist falls back to the CSV files when there are no IDX files
-        X_train, y_train, X_test, y_test = mnist.load_mnist(self.tmp.name, download=False)
+        # load_dataset falls back to the CSV files when there are no IDX files
+        X_train, y_train, X_test, y_test = mnist.load_dataset(self.tmp.name, download=False)
         self.assertEqual((X_train.dtype, X_train.shape, y_test), (np.float32, (2, 784), None))
         self.assertAlmostEqual(float(X_test.max()), 1.0)
 
@@ -213,7 +234,7 @@ class TestLoadingTheData(unittest.TestCase):
             with open(self.path(stem), "wb") as f:
                 f.write(idx_bytes(np.zeros(shape), 0x08))
         with self.assertRaisesRegex(ValueError, "checksum differs"):
-            mnist.load_mnist(self.tmp.name, download=False)
+            mnist.load_dataset(self.tmp.name, download=False)
 
     def test_offline_download_fails_fast_with_one_clear_message(self):
         # a port on this machine where nothing listens: the connection is refused at once
@@ -250,12 +271,44 @@ class TestTheNetwork(unittest.TestCase):
 
     def test_gradients_match_finite_differences(self):
         for activation in mnist.ACTIVATIONS:
-            for dropout in (0.0, 0.3):
-                with self.subTest(activation=activation, dropout=dropout):
-                    errors = mnist.gradient_check(activation=activation, dropout=dropout)
+            with self.subTest(activation=activation):
+                errors = mnist.gradient_check(activation=activation)
+                self.assertEqual(len(errors), 6)  # W and b of three layers
+                for name, error in errors:
+                    self.assertLess(error, 1e-6, f"{name}: {error}")
+
+    def test_gradients_with_dropout_match_finite_differences(self):
+        for activation in mnist.ACTIVATIONS:
+            for rate in (0.3, 0.5):
+                with self.subTest(activation=activation, rate=rate):
+                    errors = mnist.gradient_check_with_dropout(activation=activation, rate=rate)
                     self.assertEqual(len(errors), 6)  # W and b of three layers
                     for name, error in errors:
                         self.assertLess(error, 1e-6, f"{name}: {error}")
+
+    def test_dropout_passes_with_every_unit_kept_are_the_plain_passes(self):
+        rng = np.random.default_rng(2)
+        Ws, bs = mnist.init_params([20, 12, 8, 10], seed=1, dtype=np.float64)
+        X, y = rng.random((6, 20)), rng.integers(0, 10, 6)
+        masks = mnist.dropout_masks([20, 12, 8, 10], 6, 0.0, rng, np.float64)  # all ones
+        As = mnist.forward_with_dropout(X, Ws, bs, masks)
+        for a, b in zip(As, mnist.forward(X, Ws, bs)):
+            np.testing.assert_array_equal(a, b)
+        dropped = mnist.backward_with_dropout(As, y, Ws, masks)
+        plain = mnist.backward(mnist.forward(X, Ws, bs), y, Ws)
+        for a, b in zip(dropped[0] + dropped[1], plain[0] + plain[1]):
+            np.testing.assert_array_equal(a, b)
+
+    def test_a_dropped_unit_passes_no_gradient_back(self):
+        rng = np.random.default_rng(3)
+        Ws, bs = mnist.init_params([20, 12, 10], seed=1, dtype=np.float64)
+        X, y = rng.random((1, 20)), rng.integers(0, 10, 1)  # one image, one mask
+        masks = mnist.dropout_masks([20, 12, 10], 1, 0.5, rng, np.float64)
+        dWs, _ = mnist.backward_with_dropout(mnist.forward_with_dropout(X, Ws, bs, masks), y, Ws, masks)
+        dropped = masks[0][0] == 0
+        self.assertGreater(int(dropped.sum()), 0)
+        np.testing.assert_array_equal(dWs[0][:, dropped], 0.0)  # their weights learn nothing
+        np.testing.assert_array_equal(dWs[1][dropped, :], 0.0)  # nor do the weights they feed
 
     def test_gradient_check_catches_a_wrong_gradient(self):
         wrong = dict(mnist.ACTIVATIONS, relu=(mnist.relu, lambda A: (A > 0) * 1.01))
@@ -324,7 +377,7 @@ class TestTraining(unittest.TestCase):
     @needs_mnist
     def test_short_training_on_real_mnist_is_far_above_chance(self):
         X_train, y_train, X_test, y_test = real_mnist()
-        Ws, bs, history, interrupted = mnist.train(
+        Ws, bs, history, interrupted = mnist.train_full(
             X_train[:6000], y_train[:6000], X_train[-1000:], y_train[-1000:], hidden=(64,),
             epochs=2, batch_size=64, lr=0.05, seed=0)
         result = mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)
@@ -337,12 +390,16 @@ class TestTraining(unittest.TestCase):
     def test_the_same_seed_gives_the_same_model_bit_for_bit(self):
         rng = np.random.default_rng(0)
         X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
-        a = mnist.train(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
-        b = mnist.train(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
-        c = mnist.train(X, y, hidden=(16,), epochs=2, batch_size=32, seed=6)
+        a = mnist.train_full(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
+        b = mnist.train_full(X, y, hidden=(16,), epochs=2, batch_size=32, seed=5)
+        c = mnist.train_full(X, y, hidden=(16,), epochs=2, batch_size=32, seed=6)
         for Wa, Wb in zip(a[0] + a[1], b[0] + b[1]):
             np.testing.assert_array_equal(Wa, Wb)
         self.assertFalse(np.array_equal(a[0][0], c[0][0]))
+        d = mnist.train(X, y, X[:50], y[:50], hidden=(16,), epochs=2, batch_size=32, seed=5)
+        e = mnist.train(X, y, X[:50], y[:50], hidden=(16,), epochs=2, batch_size=32, seed=5)
+        for Wd, We in zip(d[0] + d[1], e[0] + e[1]):
+            np.testing.assert_array_equal(Wd, We)
 
     def test_best_validation_epoch_is_kept_not_the_last(self):
         # Random labels: the network memorises its training images, and its accuracy on other
@@ -351,8 +408,8 @@ class TestTraining(unittest.TestCase):
         rng = np.random.default_rng(0)
         X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
         X_val, y_val = rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200)
-        Ws, bs, history, _ = mnist.train(X, y, X_val, y_val, hidden=(32,), epochs=8,
-                                         batch_size=20, lr=0.05, schedule="constant", seed=1)
+        Ws, bs, history, _ = mnist.train_full(X, y, X_val, y_val, hidden=(32,), epochs=8,
+                                              batch_size=20, lr=0.05, schedule="constant", seed=1)
         accuracies = [e["val_acc"] for e in history]
         best = max(accuracies)
         self.assertLess(accuracies[-1], best)  # the setting is right: the last epoch is worse
@@ -364,14 +421,14 @@ class TestTraining(unittest.TestCase):
         X_train, y_train, X_test, y_test = real_mnist()
         X, y = X_train[:3000], y_train[:3000]
         common = dict(hidden=(64,), epochs=3, batch_size=50, lr=0.05, seed=0)
-        plain = mnist.train(X, y, **common)
-        decayed = mnist.train(X, y, weight_decay=0.01, **common)
+        plain = mnist.train_full(X, y, **common)
+        decayed = mnist.train_full(X, y, weight_decay=0.01, **common)
         variants = {"plain": plain, "decayed": decayed,
-                    "momentum 0.5": mnist.train(X, y, momentum=0.5, **common),
-                    "dropout": mnist.train(X, y, dropout=0.3, **common),
-                    "distortions": mnist.train(X, y, augment=AUGMENT_PRESETS["light"], **common),
-                    "one distortion per image": mnist.train(X, y, augment=AUGMENT_PRESETS["light"],
-                                                            distortions=0, **common)}
+                    "momentum 0.5": mnist.train_full(X, y, momentum=0.5, **common),
+                    "dropout": mnist.train_full(X, y, dropout=0.3, **common),
+                    "distortions": mnist.train_full(X, y, augment=AUGMENT_PRESETS["light"], **common),
+                    "one distortion per image": mnist.train_full(X, y, augment=AUGMENT_PRESETS["light"],
+                                                                 distortions=0, **common)}
         for name, (Ws, bs, history, _) in variants.items():
             with self.subTest(name):
                 self.assertGreater(mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)["accuracy"],
@@ -390,21 +447,55 @@ class TestTraining(unittest.TestCase):
         X_train, y_train, X_test, y_test = real_mnist()
         X, y, X_val, y_val = X_train[:3000], y_train[:3000], X_train[55000:56000], y_train[55000:56000]
         common = dict(hidden=(64,), epochs=3, batch_size=50, lr=0.05, seed=0)
-        Ws, bs, history, _ = mnist.train(X, y, X_val, y_val, center=True, **common)
+        Ws, bs, history, _ = mnist.train_full(X, y, X_val, y_val, center=True, **common)
         # What train measured on the centred images is what the returned network does on raw ones.
         best = max(e["val_acc"] for e in history)
         self.assertEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], best)
         self.assertGreater(mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)["accuracy"], 0.80)
         # The mean went into the first biases: far from the small biases of uncentred training.
-        plain = mnist.train(X, y, X_val, y_val, center=False, **common)
+        plain = mnist.train_full(X, y, X_val, y_val, center=False, **common)
         self.assertGreater(np.abs(bs[0]).mean(), 5 * np.abs(plain[1][0]).mean())
+
+    @needs_mnist
+    def test_the_plain_loop_on_real_mnist_is_far_above_chance(self):
+        X_train, y_train, X_test, y_test = real_mnist()
+        Ws, bs, history = mnist.train(X_train[:6000], y_train[:6000], X_train[-1000:],
+                                      y_train[-1000:], hidden=(64,), epochs=2, batch_size=64,
+                                      lr=0.05, seed=0)
+        result = mnist.evaluate(X_test[:2000], y_test[:2000], Ws, bs)
+        self.assertGreater(result["accuracy"], 0.85)  # chance is 0.10
+        self.assertEqual([e["epoch"] for e in history], [1, 2])
+        self.assertLess(history[1]["train_loss"], history[0]["train_loss"])
+
+    def test_the_plain_loop_keeps_the_best_validation_epoch_not_the_last(self):
+        rng = np.random.default_rng(0)  # random labels, as in the test above
+        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
+        X_val, y_val = rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200)
+        Ws, bs, history = mnist.train(X, y, X_val, y_val, hidden=(32,), epochs=8, batch_size=20,
+                                      lr=0.05, seed=1)
+        accuracies = [e["val_acc"] for e in history]
+        self.assertLess(accuracies[-1], max(accuracies))  # the last epoch is worse
+        self.assertEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], max(accuracies))
+
+    def test_the_full_training_with_its_extras_off_is_the_plain_loop_bit_for_bit(self):
+        rng = np.random.default_rng(0)
+        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
+        X_val, y_val = rng.random((100, 784), dtype=np.float32), rng.integers(0, 10, 100)
+        common = dict(hidden=(16,), epochs=3, batch_size=32, lr=0.05, momentum=0.8,
+                      weight_decay=1e-4, seed=4)
+        plain = mnist.train(X, y, X_val, y_val, **common)
+        full = mnist.train_full(X, y, X_val, y_val, schedule="constant", center=False, **common)
+        self.assertEqual(len(plain[0]), 2)
+        for a, b in zip(plain[0] + plain[1], full[0] + full[1]):
+            np.testing.assert_array_equal(a, b)
+        self.assertEqual([e["val_loss"] for e in plain[2]], [e["val_loss"] for e in full[2]])
 
     def test_exploding_loss_stops_with_a_clear_error(self):
         rng = np.random.default_rng(0)
         X, y = rng.random((256, 784), dtype=np.float32) * 50, rng.integers(0, 10, 256)
         with np.errstate(all="ignore"):
             with self.assertRaisesRegex(FloatingPointError, "learning rate .* too high"):
-                mnist.train(X, y, hidden=(32,), epochs=3, lr=1e6, schedule="constant")
+                mnist.train_full(X, y, hidden=(32,), epochs=3, lr=1e6, schedule="constant")
 
 
 class TestSavingAndLoading(unittest.TestCase):
@@ -666,7 +757,7 @@ class TestCommandLine(unittest.TestCase):
 
 
 def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
-    """A stand-in for MNIST in the CSV layout load_mnist reads (label, then 784 pixels): random
+    """A stand-in for MNIST in the CSV layout load_dataset reads (label, then 784 pixels): random
     pixels, so training on it takes milliseconds. Made at run time; no real image in it."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
@@ -918,7 +1009,7 @@ class TestTheFileAsALesson(unittest.TestCase):
         with open(SCRIPT) as f:
             source = f.read()
         cells = source.split("\n# %% [")
-        self.assertGreaterEqual(len(cells), 18)  # the docstring, then cells [0] to [16]
+        self.assertGreaterEqual(len(cells), 19)  # the docstring, then cells [0] to [17]
         namespace = {"__name__": "notebook"}
         for cell in cells:  # as an editor's "run cell" does, one after the other
             exec(compile(("# %% [" if cell is not cells[0] else "") + cell, SCRIPT, "exec"),
@@ -928,8 +1019,8 @@ class TestTheFileAsALesson(unittest.TestCase):
         X = 0.2 * rng.random((200, 784), dtype=np.float32)
         for i, k in enumerate(y):
             X[i, 78 * k: 78 * (k + 1)] += 0.8  # class k lights up its own tenth of the pixels
-        Ws, bs, history, _ = namespace["train"](X, y, X, y, hidden=(16,), epochs=5, batch_size=20,
-                                                lr=0.1, seed=0)
+        Ws, bs, history = namespace["train"](X, y, X, y, hidden=(16,), epochs=5, batch_size=20,
+                                             lr=0.1, seed=0)
         self.assertEqual(len(history), 5)
         self.assertGreater(history[-1]["val_acc"], 0.9)
 
@@ -967,10 +1058,13 @@ class TestTheFileAsALesson(unittest.TestCase):
         X = 0.2 * rng.random((300, 784), dtype=np.float32)
         for i, k in enumerate(y):
             X[i, 78 * k: 78 * (k + 1)] += 0.8  # class k lights up its own tenth of the pixels
+        Ws, bs, history = namespace["train"](X, y, X, y, hidden=(16,), epochs=5, batch_size=20,
+                                             lr=0.1)
+        self.assertGreater(history[-1]["val_acc"], 0.9)
         for options in ({}, {"dropout": 0.2, "augment": namespace["AUGMENT_PRESETS"]["light"]}):
             with self.subTest(**{k: str(v) for k, v in options.items()}):
-                Ws, bs, history, _ = namespace["train"](X, y, X, y, hidden=(16,), epochs=5,
-                                                        batch_size=20, lr=0.1, **options)
+                Ws, bs, history, _ = namespace["train_full"](X, y, X, y, hidden=(16,), epochs=5,
+                                                             batch_size=20, lr=0.1, **options)
                 self.assertGreater(history[-1]["val_acc"], 0.9)
 
     def lift(self, names):
@@ -1015,11 +1109,23 @@ class TestTheFileAsALesson(unittest.TestCase):
                 rng = np.random.default_rng(1)
                 Ws, bs = mnist.init_params([20, 12, 10], activation, seed=2, dtype=np.float64)
                 X, y = rng.random((6, 20)), rng.integers(0, 10, 6)
-                masks = mnist.dropout_masks([20, 12, 10], 6, 0.5, rng, np.float64)
-                expected = mnist.backward(mnist.forward(X, Ws, bs, activation, masks), y, Ws,
-                                          activation, masks)
-                got = lifted["backward"](lifted["forward"](X, Ws, bs, activation, masks), y, Ws,
-                                         activation, masks)
+                expected = mnist.backward(mnist.forward(X, Ws, bs, activation), y, Ws, activation)
+                got = lifted["backward"](lifted["forward"](X, Ws, bs, activation), y, Ws, activation)
+                for a, b in zip(expected[0] + expected[1], got[0] + got[1]):
+                    np.testing.assert_array_equal(a, b)
+
+    def test_dropout_passes_lifted_with_what_their_docstrings_name_give_the_same_gradients(self):
+        lifted = self.lift(["backward_with_dropout", "forward_with_dropout", "dropout_masks"])
+        for activation in ("relu", "sigmoid", "tanh"):
+            with self.subTest(activation=activation):
+                rng = np.random.default_rng(1)
+                Ws, bs = mnist.init_params([20, 12, 10], activation, seed=2, dtype=np.float64)
+                X, y = rng.random((6, 20)), rng.integers(0, 10, 6)
+                masks = lifted["dropout_masks"]([20, 12, 10], 6, 0.5, rng, np.float64)
+                expected = mnist.backward_with_dropout(
+                    mnist.forward_with_dropout(X, Ws, bs, masks, activation), y, Ws, masks, activation)
+                got = lifted["backward_with_dropout"](
+                    lifted["forward_with_dropout"](X, Ws, bs, masks, activation), y, Ws, masks, activation)
                 for a, b in zip(expected[0] + expected[1], got[0] + got[1]):
                     np.testing.assert_array_equal(a, b)
 
@@ -1031,10 +1137,12 @@ class TestTheFileAsALesson(unittest.TestCase):
             "cross_entropy": lambda f: f(rng.normal(size=(3, 10)), np.array([1, 2, 3])),
             "forward": lambda f: f(X, *mnist.init_params([784, 8, 10])),
             "sgd_step": lambda f: f([np.ones(3)], [np.ones(3)], [np.zeros(3)], 0.1),
-            "train": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10, dropout=0.2,
-                                 augment=mnist.AUGMENT_PRESETS["light"]),
+            "train": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10),
+            "train_full": lambda f: f(X, y, X, y, hidden=(8,), epochs=1, batch_size=10, dropout=0.2,
+                                      augment=mnist.AUGMENT_PRESETS["light"]),
             "augment_batch": lambda f: f(X.reshape(-1, 28, 28), np.random.default_rng(0)),
             "gradient_check": lambda f: f(),
+            "gradient_check_with_dropout": lambda f: f(),
             "evaluate": lambda f: f(X, y, *mnist.init_params([784, 8, 10])),
         }
         for name, call in calls.items():
@@ -1297,8 +1405,8 @@ def small_trained_model():
     """A small network trained here in a few seconds with the file's own training loop; returns
     its probabilities function."""
     X_train, y_train, _, _ = real_mnist()
-    Ws, bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
-                               batch_size=64, lr=0.05, seed=0)
+    Ws, bs, _, _ = mnist.train_full(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                    batch_size=64, lr=0.05, seed=0)
     return lambda X: mnist.predict_proba(X, Ws, bs)
 
 
@@ -1647,8 +1755,8 @@ class TestPredictingOneImage(unittest.TestCase):
     def test_accuracy_on_synthetic_images_is_close_to_clean_accuracy(self):
         # A small network trained here in a few seconds with the file's own training loop.
         X_train, y_train, _, _ = real_mnist()
-        Ws, bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
-                                   batch_size=64, lr=0.05, seed=0)
+        Ws, bs, _, _ = mnist.train_full(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                        batch_size=64, lr=0.05, seed=0)
 
         def probabilities(X):
             return mnist.predict_proba(X, Ws, bs)
@@ -2255,8 +2363,8 @@ class PicturesTest(unittest.TestCase):
 def tiny_model():
     """Softmax regression (no hidden layer) on the first 6000 training images, 4 epochs (~1 s)."""
     X_train, y_train, _, _ = real_mnist()
-    Ws, bs, _, _ = mnist.train(X_train[:6000], y_train[:6000], hidden=(), epochs=4,
-                               batch_size=100, lr=0.1, seed=0)
+    Ws, bs, _, _ = mnist.train_full(X_train[:6000], y_train[:6000], hidden=(), epochs=4,
+                                    batch_size=100, lr=0.1, seed=0)
     return Ws, bs
 
 
@@ -3439,7 +3547,7 @@ def real_fashion():
     """The real Fashion-MNIST, loaded once for all the tests that need it."""
     global _FASHION
     if _FASHION is None:
-        _FASHION = mnist.load_mnist(FASHION_DIR, download=False, dataset="fashion")
+        _FASHION = mnist.load_dataset(FASHION_DIR, download=False, dataset="fashion")
     return _FASHION
 
 
@@ -3491,7 +3599,7 @@ class TestFashionMNIST(unittest.TestCase):
                 f.write(idx_bytes(np.zeros(shape), 0x08))
         with self.assertRaisesRegex(ValueError, "not the real Fashion-MNIST .*checksum differs.*"
                                                 "download --dataset fashion"):
-            mnist.load_mnist(folder, download=False, dataset="fashion")
+            mnist.load_dataset(folder, download=False, dataset="fashion")
 
     def test_fashion_kaggle_csv_files_load_with_dataset_fashion(self):
         folder = self.folder("csv")
@@ -3499,7 +3607,7 @@ class TestFashionMNIST(unittest.TestCase):
         for name, label in (("fashion-mnist_train.csv", 8), ("fashion-mnist_test.csv", 1)):
             with open(os.path.join(folder, name), "w") as f:
                 f.write(header + "\n" + f"{label}," + ",".join(["255"] * 784) + "\n")
-        X_train, y_train, X_test, y_test = mnist.load_mnist(folder, download=False, dataset="fashion")
+        X_train, y_train, X_test, y_test = mnist.load_dataset(folder, download=False, dataset="fashion")
         self.assertEqual((X_train.shape, y_train.tolist(), y_test.tolist()), ((1, 784), [8], [1]))
 
     @needs_fashion
@@ -3510,7 +3618,7 @@ class TestFashionMNIST(unittest.TestCase):
         mirror = "file://" + os.path.abspath(FASHION_DIR).replace(os.sep, "/") + "/"
         mnist.download_mnist(target, mirrors=[mirror], dataset="fashion")
         self.assertEqual(sorted(os.listdir(target)), sorted(n + ".gz" for n in mnist.FASHION_FILES))
-        X_train, y_train, _, _ = mnist.load_mnist(target, download=False, dataset="fashion")
+        X_train, y_train, _, _ = mnist.load_dataset(target, download=False, dataset="fashion")
         self.assertEqual(len(X_train), 60000)
 
     def test_download_refuses_a_mirror_whose_files_hold_other_images(self):
@@ -3532,14 +3640,14 @@ class TestFashionMNIST(unittest.TestCase):
         for name in os.listdir(FASHION_DIR):
             shutil.copy(os.path.join(FASHION_DIR, name), fashion_in_mnist_folder)
         with self.assertRaises(ValueError) as caught:
-            mnist.load_mnist(fashion_in_mnist_folder, download=False)
+            mnist.load_dataset(fashion_in_mnist_folder, download=False)
         message = str(caught.exception)
         self.assertIn("these are Fashion-MNIST's files, not MNIST's", message)
         self.assertIn(f"--dataset fashion --data-dir {fashion_in_mnist_folder}", message)
         self.assertNotIn("delete", message)
         with self.assertRaisesRegex(ValueError, "these are MNIST's files, not Fashion-MNIST's; "
                                                 "use --dataset mnist"):
-            mnist.load_mnist(DATA_DIR, download=False, dataset="fashion")
+            mnist.load_dataset(DATA_DIR, download=False, dataset="fashion")
 
     @needs_fashion
     def test_model_meta_keeps_the_dataset_its_class_names_and_fashions_own_defaults(self):
