@@ -2631,7 +2631,7 @@ def plot_digits(images, titles, path, columns=8, show=False):
 
 
 def plot_probabilities(images, probabilities, path, show=False):
-    """Draw up to 8 digits, each above the bars of its ten probabilities (800 x 330 px PNG).
+    """Draw up to 8 digits, each above the bars of its ten probabilities (800 x 360 px PNG).
 
     images: (k, 784) or (k, 28, 28), white digit on black in [0, 1]; probabilities: (k, 10),
     e.g. predict_proba's. The most probable digit's bar is orange.
@@ -2639,8 +2639,8 @@ def plot_probabilities(images, probabilities, path, show=False):
     _check_png_path(path)
     images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)[:8]
     probabilities = np.asarray(probabilities, dtype=float)[:8]
-    figure = _new_figure(800, 330, show)
-    grid = figure.subplots(2, len(images), squeeze=False, height_ratios=[1, 1.2])
+    figure = _new_figure(800, 360, show)
+    grid = figure.subplots(2, len(images), squeeze=False)
     for k, (image, p) in enumerate(zip(images, probabilities)):
         grid[0, k].imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         grid[0, k].set_axis_off()
@@ -4053,8 +4053,19 @@ NOTEBOOK_ENDING = """\
   web page. Section [11] of the file shows how a photo becomes a 28 × 28 input."""
 
 
+# What the lesson says in the command line's terms, in a notebook's.
+NOTEBOOK_WORDS = {
+    "`python mnist_from_scratch.py download` puts it there": "the first code cell put it there",
+    "`python mnist_from_scratch.py download` fetches them into data/ and checks them":
+        "the first code cell of this notebook fetched them into `data` and checked them",
+}
+
+
 def notebook_cell(kind, text, **metadata):
     """One nbformat 4 cell: kind "markdown" or "code"."""
+    if kind == "markdown":
+        for words, instead in NOTEBOOK_WORDS.items():
+            text = text.replace(words, instead)
     cell = {"cell_type": kind, "metadata": metadata, "source": text.strip("\n").splitlines(True)}
     if kind == "code":
         cell.update(execution_count=None, outputs=[])
@@ -4114,7 +4125,7 @@ def definitions(source, names):
 def lesson_notebook(source, exercises=False):
     """The lesson cells of `source` (this file's text) as a notebook, a dict in the nbformat 4
     layout ready for json.dump; with exercises=True the assignment (see EXERCISES)."""
-    folded = {"jupyter": {"source_hidden": True}}
+    folded = {"jupyter": {"source_hidden": True}, "tags": ["hide-input"]}  # run, not read
     cells = [notebook_cell("markdown", EXERCISES_TITLE if exercises else NOTEBOOK_TITLE),
              notebook_cell("markdown", "## Before we start: the data, and the pictures\n\n"
                            "Run these cells first. The first one gets MNIST (it needs the "
