@@ -1067,6 +1067,19 @@ class TestTheFileAsALesson(unittest.TestCase):
                                                              batch_size=20, lr=0.1, **options)
                 self.assertGreater(history[-1]["val_acc"], 0.9)
 
+    def test_every_setting_of_a_lesson_function_has_a_literal_default(self):
+        import ast
+        tree = ast.parse(self.lesson_source())
+        functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+        self.assertGreater(len(functions), 40)
+        for function in functions:
+            for default in function.args.defaults + function.args.kw_defaults:
+                with self.subTest(function.name, default=ast.unparse(default)):
+                    if isinstance(default, ast.Attribute):  # a NumPy type such as np.float32
+                        self.assertEqual(ast.unparse(default.value), "np")
+                    else:
+                        ast.literal_eval(default)  # ValueError: a name, e.g. a module constant
+
     def lift(self, names):
         """The source of the named top-level definitions and of everything their docstrings'
         "Needs:" name (transitively), executed alone below `import numpy as np, math, time`."""
@@ -1089,15 +1102,19 @@ class TestTheFileAsALesson(unittest.TestCase):
                 words = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
             return [w for w in words if w in defined]
 
-        chosen, todo = [], list(names)
+        chosen, todo, modules = [], list(names), set()
         while todo:
             name = todo.pop()
             if name not in chosen:
                 chosen.append(name)
                 todo.extend(needs(defined[name]))
+                doc = ast.get_docstring(defined[name]) if isinstance(defined[name], ast.FunctionDef) else ""
+                modules |= set(re.findall(r"\b(gzip|os|json|zipfile)\b", (doc or "").partition("Needs:")[2]))
         nodes = sorted((defined[name] for name in chosen), key=lambda n: n.lineno)
         namespace = {}
         exec("import numpy as np, math, time", namespace)
+        for module in sorted(modules):  # a standard-library module a "Needs:" line names
+            exec(f"import {module}", namespace)
         for node in nodes:
             exec(compile(ast.get_source_segment(source, node), "lifted", "exec"), namespace)
         return namespace
@@ -1132,7 +1149,14 @@ class TestTheFileAsALesson(unittest.TestCase):
     def test_each_teaching_function_runs_with_only_what_its_docstring_names(self):
         rng = np.random.default_rng(0)
         X, y = rng.random((40, 784), dtype=np.float32), rng.integers(0, 10, 40)
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)
+        for stem, array in [("train-images-idx3-ubyte", np.zeros((3, 28, 28))), ("train-labels-idx1-ubyte", np.arange(3)),
+                            ("t10k-images-idx3-ubyte", np.zeros((2, 28, 28))), ("t10k-labels-idx1-ubyte", np.arange(2))]:
+            with gzip.open(os.path.join(folder.name, stem + ".gz"), "wb") as f:
+                f.write(idx_bytes(array, 0x08))
         calls = {
+            "load_mnist": lambda f: self.assertEqual(f(folder.name)[0].shape, (3, 784)),
             "softmax": lambda f: f(rng.normal(size=(3, 10))),
             "cross_entropy": lambda f: f(rng.normal(size=(3, 10)), np.array([1, 2, 3])),
             "forward": lambda f: f(X, *mnist.init_params([784, 8, 10])),
