@@ -3413,7 +3413,8 @@ def run_server(server, host):
 # A notebook is a JSON file (the nbformat 4 layout), so the standard library's json writes it.
 
 LESSON_SECTIONS = range(0, 11)  # the lesson: sections [0] to [10]
-CELL_LINES = 40                 # a code cell that fits on one screen
+CELL_LINES = 40   # a code cell that fits on one screen; longer ones give their docstring to the text
+FOLD_LINES = 50   # a function still longer than this is folded: run, and read in the file
 
 # The lesson's indented formulas in LaTeX, by their ASCII form; a formula not listed here stays
 # a code block in the notebook, as it is written above.
@@ -4158,8 +4159,13 @@ def lesson_notebook(source, exercises=False):
                 code_text, aside = docstring_aside(text, CELL_LINES)
                 if aside:
                     cells.append(notebook_cell("markdown", aside))
+                long = len(code_text.split("\n")) > FOLD_LINES
+                if long:
+                    cells.append(notebook_cell("markdown", f"*`{name}` takes more than a screen "
+                                               f"({len(code_text.splitlines())} lines): its code "
+                                               f"is folded; unfold it, or read it in the file.*"))
                 cells.append(notebook_cell("code", code_text, **(
-                    {"exercise": name} if name in EXERCISES else {})))
+                    {"exercise": name} if name in EXERCISES else folded if long else {})))
         for addition in [a for a in additions if a[0] in names]:
             cells.append(notebook_cell(addition[1], addition[2]))
             additions.remove(addition)

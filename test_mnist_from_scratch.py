@@ -3423,6 +3423,32 @@ class TestTheNotebookAsWritten(unittest.TestCase):
             self.assertIn(name, code)
         self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
 
+    def test_every_code_cell_shown_is_at_most_50_lines_and_only_longer_functions_are_folded(self):
+        import ast
+        with open(SCRIPT) as f:
+            tree = ast.parse(f.read())
+        too_long = set()  # functions of the lesson over 50 lines even without their docstring
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                doc = node.body[0]
+                lines = (node.end_lineno - node.lineno + 1) - (doc.end_lineno - doc.lineno)
+                if lines > mnist.FOLD_LINES:
+                    too_long.add(node.name)
+        for notebook in (self.lesson, self.exercises):
+            shown = [c for c in notebook["cells"] if c["cell_type"] == "code"
+                     and not c["metadata"].get("jupyter", {}).get("source_hidden")]
+            longest = max((len(cell_text(c).split("\n")), cell_text(c)[:60]) for c in shown)
+            self.assertLessEqual(longest[0], mnist.FOLD_LINES, longest[1])
+            self.assertGreaterEqual(len(shown), 60)
+            folded = [c for c in notebook["cells"] if c["cell_type"] == "code"
+                      and c["metadata"].get("jupyter", {}).get("source_hidden")]
+            for cell in folded:
+                name = re.match(r"(def |class )?(\w+)", cell_text(cell)).group(2)
+                self.assertTrue(name in too_long or name in mnist.PICTURE_TOOLS + mnist.CHECK_TOOLS
+                                or name.startswith(("import", "check_", "exercise_")), name)
+                self.assertLessEqual(len(cell_text(cell).split("\n")),
+                                     mnist.CELL_LINES if name not in too_long else 200)
+
     def test_the_first_code_cell_fetches_mnist_into_data_checking_every_files_sha256(self):
         first = cell_text(next(c for c in self.lesson["cells"] if c["cell_type"] == "code"))
         for sha in mnist.MNIST_GZ_SHA256.values():
