@@ -4051,15 +4051,15 @@ def notebook_cell(kind, text, **metadata):
 
 def data_cell():
     """The notebook's first code cell: MNIST into `data` beside the notebook, with checksums."""
-    files = "".join(f'    "{name}.gz": "{sha}",\n' for name, sha in MNIST_GZ_SHA256.items())
+    files = "".join(f'    "{name}.gz": "{sha}",\n' for name, sha in MNIST_FILES.items())
     mirrors = "".join(f'    "{url}",\n' for url in MNIST_MIRRORS)
     return f'''\
 # MNIST: four files (11 MB) into the folder `data` beside this notebook, unless they are there.
-import hashlib, os, urllib.request
+import gzip, hashlib, os, urllib.request
 
 MIRRORS = [
 {mirrors}]
-FILES = {{  # name -> SHA-256: a download is kept only if it is complete and genuine
+FILES = {{  # name -> SHA-256 of its contents: a download is kept only if complete and genuine
 {files}}}
 os.makedirs("data", exist_ok=True)
 for name, sha256 in FILES.items():
@@ -4070,10 +4070,11 @@ for name, sha256 in FILES.items():
         try:
             with urllib.request.urlopen(mirror + name, timeout=30) as response:
                 data = response.read()
-        except OSError as error:
+            genuine = hashlib.sha256(gzip.decompress(data)).hexdigest() == sha256
+        except (OSError, EOFError) as error:  # no network, or a cut-off file
             print(f"{{mirror}}: {{error}}")
             continue
-        if hashlib.sha256(data).hexdigest() == sha256:
+        if genuine:
             with open(path + ".part", "wb") as f:
                 f.write(data)
             os.replace(path + ".part", path)

@@ -3451,11 +3451,62 @@ class TestTheNotebookAsWritten(unittest.TestCase):
 
     def test_the_first_code_cell_fetches_mnist_into_data_checking_every_files_sha256(self):
         first = cell_text(next(c for c in self.lesson["cells"] if c["cell_type"] == "code"))
-        for sha in mnist.MNIST_GZ_SHA256.values():
+        for sha in mnist.MNIST_FILES.values():  # of the contents, however compressed
             self.assertIn(sha, first)
         self.assertIn('os.makedirs("data"', first)
         self.assertIn("Colab", first)  # says what to do offline, in notebook terms
         self.assertLessEqual(len(first.split("\n")), 40)
+
+    def run_first_cell(self, folder, mirrors):
+        """Run the notebook's first code cell in `folder`, with these mirrors instead of the real ones."""
+        first = cell_text(next(c for c in self.lesson["cells"] if c["cell_type"] == "code"))
+        first = re.sub(r"MIRRORS = \[.*?\]", f"MIRRORS = {mirrors!r}", first, flags=re.S)
+        cwd = os.getcwd()
+        os.chdir(folder)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                exec(first, {"__name__": "__main__"})
+        finally:
+            os.chdir(cwd)
+        return printed.getvalue()
+
+    @needs_mnist
+    def test_the_first_cell_downloads_mnist_into_data_keeping_only_files_whose_sha256_matches(self):
+        import http.server
+        with tempfile.TemporaryDirectory() as served, tempfile.TemporaryDirectory() as folder:
+            for mirror in ("damaged", "good"):
+                os.mkdir(os.path.join(served, mirror))
+            for name in mnist.MNIST_FILES:
+                with open(os.path.join(DATA_DIR, name + ".gz"), "rb") as f:
+                    data = f.read()
+                with open(os.path.join(served, "good", name + ".gz"), "wb") as f:
+                    f.write(data)
+                with open(os.path.join(served, "damaged", name + ".gz"), "wb") as f:
+                    f.write(data[:len(data) // 2])  # cut off halfway
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
+            handler.log_message = lambda *args: None
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                url = f"http://127.0.0.1:{server.server_address[1]}/"
+                printed = self.run_first_cell(folder, [url + "damaged/", url + "good/"])
+            finally:
+                server.shutdown()
+                server.server_close()
+            self.assertEqual(sorted(os.listdir(os.path.join(folder, "data"))),
+                             sorted(name + ".gz" for name in mnist.MNIST_FILES))  # no .part left
+            X_train, y_train, _, _ = mnist.load_mnist(os.path.join(folder, "data"))
+        self.assertEqual(X_train.shape, (60000, 784))
+        self.assertIn("MNIST is in", printed)
+        self.assertEqual(printed.count("damaged/:"), 4)  # each cut-off copy was refused
+
+    def test_the_first_cell_offline_says_where_to_put_the_files_in_jupyter_and_colab(self):
+        with tempfile.TemporaryDirectory() as folder:
+            with self.assertRaises(RuntimeError) as raised:
+                self.run_first_cell(folder, ["http://127.0.0.1:9/"])  # port 9: nobody answers
+        self.assertIn("could not download train-images-idx3-ubyte.gz", str(raised.exception))
+        for words in ("Offline?", "folder 'data' beside this notebook", "Upload", "Colab"):
+            self.assertIn(words, str(raised.exception))
 
     def test_formulas_are_latex_and_numbered_lines_are_markdown_lists(self):
         markdown = [cell_text(c) for c in self.lesson["cells"] if c["cell_type"] == "markdown"]
