@@ -3621,8 +3621,8 @@ EXERCISES = {
 
 
 # The checks. Each check_NAME(NAME, ...) runs the student's function on fixed small inputs
-# whose answers are written here as numbers (they do not show how to compute them), prints one
-# verdict and returns True when the function is right.
+# whose answers are written here as numbers (they do not show how to compute them), and prints
+# one verdict: "✓ ... correct", "✗ ... wrong" or "… unfinished".
 
 class ExerciseWrong(Exception):
     """What a check found: the message says what was expected, what came out, and a hint."""
@@ -3642,8 +3642,8 @@ def run_check(name, test):
     except NotImplementedError as e:
         where = traceback.extract_tb(e.__traceback__)[-1].name
         if where == name:
-            print(f"… exercise {number}, {name}: unfinished. This is the exercise to do now: "
-                  f"write the body of {name} in the cell above, run it, then run this check.")
+            print(f"… exercise {number}, {name}: unfinished. Write the body of {name} in the "
+                  f"cell above (instead of its `raise` line), run it, then run this check again.")
         else:
             print(f"… exercise {number}, {name}: cannot be checked yet: it calls {where}, which "
                   f"is unfinished. Finish {where} first (if you have, run again the cells from "
@@ -3693,7 +3693,7 @@ def check_he_init(he_init):
         if not np.array_equal(W, again):
             raise ExerciseWrong("two calls with the same seed gave different weights. Hint: draw "
                                 "from the rng given (rng.standard_normal), not from np.random.")
-    return run_check("he_init", test)
+    run_check("he_init", test)
 
 
 def check_relu(relu):
@@ -3703,7 +3703,7 @@ def check_relu(relu):
         expect("relu(Z) for Z = [[-2, -0.5, 0], [0.5, 3, -1]]", [[0, 0, 0], [0.5, 3, 0]],
                relu(Z.copy()), "Hint: compare each entry with 0, keeping the shape (np.max "
                "reduces along an axis; np.maximum works entry by entry).")
-    return run_check("relu", test)
+    run_check("relu", test)
 
 
 def check_relu_derivative(relu_derivative):
@@ -3717,7 +3717,7 @@ def check_relu_derivative(relu_derivative):
                     "dA/dZ (0 or 1), not the activation.")
         expect("relu_derivative(A) for A = [[0, 0.5, 3], [0, 0, 2]]", [[0, 1, 1], [0, 0, 1]], got,
                hint)
-    return run_check("relu_derivative", test)
+    run_check("relu_derivative", test)
 
 
 def check_softmax(softmax):
@@ -3735,7 +3735,7 @@ def check_softmax(softmax):
                softmax(np.array([[1000.0, 1001.0, 1002.0]])),
                "Hint: e^1000 overflows to infinity (inf / inf = nan). Subtract each row's "
                "maximum from Z first: it cancels out, and the largest power becomes e^0 = 1.")
-    return run_check("softmax", test)
+    run_check("softmax", test)
 
 
 def check_forward(forward):
@@ -3760,7 +3760,7 @@ def check_forward(forward):
         expect("As[2], the logits Z_2 = A_1 W2 + b2", logits, As[2],
                "Hint: the last layer has no relu: its Z are the logits, negative ones too."
                if np.all(np.asarray(As[2]) >= 0) else "Hint: Z = A_prev W + b with the bias.")
-    return run_check("forward", test)
+    run_check("forward", test)
 
 
 def check_cross_entropy(cross_entropy):
@@ -3783,7 +3783,7 @@ def check_cross_entropy(cross_entropy):
                cross_entropy(np.array([[1000.0, 0.0, -1000.0]]), np.array([1])),
                "Hint: softmax overflowed or P rounded to 0 and log(0) = -inf: compute log P "
                "with log_softmax, which never overflows.")
-    return run_check("cross_entropy", test)
+    run_check("cross_entropy", test)
 
 
 def finite_differences(loss_of, theta, eps=1e-6):
@@ -3845,7 +3845,7 @@ def check_backward(backward, forward, cross_entropy):
                         f"cross_entropy (relative error {error:.1e}, should be below 1e-6): "
                         f"expected {np.round(numeric, 4).ravel()[:4].tolist()} ..., got "
                         f"{np.round(got, 4).ravel()[:4].tolist()} ... Hint: {hint}.")
-    return run_check("backward", test)
+    run_check("backward", test)
 
 
 def check_sgd_step(sgd_step):
@@ -3875,12 +3875,12 @@ def check_sgd_step(sgd_step):
         sgd_step([W], [dW.copy()], [np.zeros_like(W)], 0.1, 0.9, weight_decay=0.1)
         expect("W after one step with weight_decay 0.1", [[0.94, 2.03], [2.87, 3.96]], W,
                "Hint: weight decay adds weight_decay * W to the gradient: g = grad + λ W.")
-    return run_check("sgd_step", test)
+    run_check("sgd_step", test)
 
 
 def exercise_progress(namespace):
     """Run every exercise's check quietly on the functions in namespace (the notebook's
-    globals()); print one line per exercise and what to do next. True when all pass."""
+    globals()); print one line per exercise and what to do next."""
     import contextlib
     import inspect
     import io
@@ -3888,13 +3888,12 @@ def exercise_progress(namespace):
     for name in EXERCISES:
         check = namespace["check_" + name]
         with contextlib.redirect_stdout(io.StringIO()) as said:
-            passed = check(*[namespace[n] for n in inspect.signature(check).parameters])
-        done.append(passed)
+            check(*[namespace[n] for n in inspect.signature(check).parameters])
+        done.append(said.getvalue().startswith("✓"))
         print(said.getvalue().split(". ")[0].split(": wrong")[0].rstrip("."))
     todo = [name for name, passed in zip(EXERCISES, done) if not passed]
     print("All exercises pass: the network trained below is yours." if not todo else
           f"To do next: {todo[0]} ({len(todo)} of {len(EXERCISES)} exercises left).")
-    return not todo
 
 
 # The notebook's own cells. The pictures, questions and the ending are placed after the

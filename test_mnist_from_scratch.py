@@ -3530,6 +3530,18 @@ class TestTheNotebookAsWritten(unittest.TestCase):
         self.assertIn("## Where next", ending)
         self.assertIn("Fashion-MNIST", ending)
 
+    def test_every_check_passes_the_files_own_functions_and_fails_a_wrong_one(self):
+        import inspect
+        for name in mnist.EXERCISES:
+            check = getattr(mnist, "check_" + name)
+            functions = [getattr(mnist, n) for n in inspect.signature(check).parameters]
+            with contextlib.redirect_stdout(io.StringIO()) as said:
+                check(*functions)
+            self.assertTrue(said.getvalue().startswith(f"✓ exercise "), said.getvalue())
+            with contextlib.redirect_stdout(io.StringIO()) as said:
+                check(lambda *args, **kwargs: np.zeros((2, 3)), *functions[1:])
+            self.assertIn(f"{name}: wrong", said.getvalue())
+
     def test_each_exercise_keeps_its_docstring_and_says_your_code_here_followed_by_a_check(self):
         cells = self.exercises["cells"]
         stubs = [i for i, c in enumerate(cells) if c["metadata"].get("exercise")]
@@ -4185,8 +4197,34 @@ def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kin
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# The notebooks: how long each takes in a Jupyter kernel, and what is in it
+# ----------------------------------------------------------------------------------------------
+def measure_notebooks(runs=3):
+    """Write both notebooks, run each `runs` times in a fresh kernel (the exercises as written
+    and with the reference bodies put in), and print their seconds, cells and pictures."""
+    lesson, exercises = write_notebook(), write_notebook("--exercises")
+    for name, notebook, allow_errors in (("lesson", lesson, False),
+                                         ("exercises as written", exercises, True),
+                                         ("exercises, reference bodies", with_reference_bodies(exercises, lesson), False)):
+        seconds = []
+        for _ in range(runs):
+            executed, _, took = execute_notebook(notebook, allow_errors=allow_errors)
+            seconds.append(took)
+        code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+        folded = [c for c in code if c["metadata"].get("jupyter", {}).get("source_hidden")]
+        shown = [len(cell_text(c).split("\n")) for c in code if c not in folded]
+        print(f"{name}: {len(notebook['cells'])} cells ({len(code)} code, {len(folded)} of them "
+              f"folded, {len(notebook['cells']) - len(code)} markdown); code cells shown: median "
+              f"{sorted(shown)[len(shown) // 2]} lines, longest {max(shown)}; "
+              f"{pictures_in(executed)} pictures; seconds in a kernel, {runs} runs: "
+              f"{', '.join(f'{s:.1f}' for s in seconds)} (median {sorted(seconds)[runs // 2]:.1f})")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--measure-photos"]:
+    if sys.argv[1:2] == ["--measure-notebooks"]:
+        measure_notebooks(*[int(n) for n in sys.argv[2:3]])
+    elif sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--measure-serve"]:
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
