@@ -102,7 +102,8 @@ IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 
 
 def parse_idx(raw, name="IDX data"):
-    """Turn the bytes of an IDX file into a NumPy array of the shape its header gives."""
+    """Turn the bytes of an IDX file into a NumPy array of the shape its header gives.
+    Needs: IDX_TYPES, math."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{name}: not an IDX file (the first two bytes must be zero)")
     type_code, ndim = raw[2], raw[3]
@@ -186,8 +187,8 @@ def load_mnist(data_dir="data"):
     paths = [find_idx_file(data_dir, stem) for stem in stems]
     for stem, path in zip(stems, paths):
         if path is None:
-            raise UserError(f"{stem}.gz is not in {data_dir}/: run "
-                            f"`python mnist_from_scratch.py download` first")
+            raise UserError(f"{stem}.gz is not in {data_dir}/: run `python mnist_from_scratch.py "
+                            f"download` first (add --dataset fashion for Fashion-MNIST)")
     images, labels, test_images, test_labels = [load_idx(path) for path in paths]
     X_train, y_train = images_and_labels(images, labels, paths[0])
     X_test, y_test = images_and_labels(test_images, test_labels, paths[2])
@@ -594,8 +595,7 @@ def train(X, y, X_val, y_val,
     return best[1], best[2], history
 
 
-# Try it: a small network on the first 10,000 images, 3 epochs, a few seconds. (The command
-# line trains with distortions, section [10].)
+# Try it: a small network on the first 10,000 images, 3 epochs, a few seconds.
 #     def show(entry):
 #         print(f"epoch {entry['epoch']}  validation accuracy {100 * entry['val_acc']:.2f} %")
 #     Ws, bs, history = train(X_train[:10000], y_train[:10000], X_train[55000:],
@@ -654,7 +654,8 @@ MODEL_FORMAT = 1
 
 def write_atomically(path, write):
     """Write a file via a temporary file in the same folder, renamed over the target when
-    complete: an interrupted run leaves the old file or the new one, never half of one."""
+    complete: an interrupted run leaves the old file or the new one, never half of one.
+    Needs: os."""
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # same folder: rename is atomic
     try:
@@ -671,7 +672,7 @@ def write_atomically(path, write):
 
 def save_model(path, Ws, bs, meta):
     """Save weights, biases and meta (a dict) to path as .npz, atomically.
-    Needs: write_atomically, MODEL_FORMAT, UserError."""
+    Needs: write_atomically, MODEL_FORMAT, UserError, json."""
     arrays = {}
     for l, (W, b) in enumerate(zip(Ws, bs), start=1):
         arrays[f"W{l}"], arrays[f"b{l}"] = W, b
@@ -685,7 +686,8 @@ def save_model(path, Ws, bs, meta):
 
 
 def load_model(path):
-    """Load a model saved by save_model; returns Ws, bs, meta. Refuses anything else."""
+    """Load a model saved by save_model; returns Ws, bs, meta. Refuses anything else.
+    Needs: MODEL_FORMAT, ACTIVATIONS, UserError, os, zipfile, json."""
     if not os.path.exists(path):
         raise UserError(f"no model at {path}: run `train` first, or give --model")
     if not zipfile.is_zipfile(path):  # an .npz is a zip archive of .npy files
@@ -858,7 +860,7 @@ def elastic_displacement(m, rng, alpha, sigma, size=28):
     apart, each weighted by h (it stands for h x h pixels): the Gaussian blurs away all detail
     finer than sigma anyway, so the field has the same spread (to 1e-4) and smoothness from
     6 x 6 random numbers instead of 28 x 28 when sigma = 5.
-    Returns (d_rows, d_cols), each (m, size, size) float32. Needs: gaussian_matrix.
+    Returns (d_rows, d_cols), each (m, size, size) float32. Needs: gaussian_matrix, math.
     """
     k = min(size, math.ceil(size / sigma))                    # control points per side
     h = size / k                                               # their spacing, <= sigma
@@ -1288,9 +1290,7 @@ def train_full(X, y, X_val=None, y_val=None,
     return best[1], best[2], history, False
 
 
-# Try it: the same digits, distorted three times; the gradients with dropout, checked (far
-# below 1e-6); then a short training run with distortions and dropout.
-# (`python mnist_from_scratch.py train` runs train_full on all 55,000 images.)
+# Try it: digits distorted, dropout's gradients checked, a short run of train_full with both.
 #     distorted = augment_batch(np.repeat(X_train[:4], 3, axis=0), np.random.default_rng(0))
 #     print(distorted.shape, distorted.min(), distorted.max())
 #     print(max(error for _, error in gradient_check_with_dropout()))

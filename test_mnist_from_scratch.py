@@ -1082,7 +1082,8 @@ class TestTheFileAsALesson(unittest.TestCase):
 
     def lift(self, names):
         """The source of the named top-level definitions and of everything their docstrings'
-        "Needs:" name (transitively), executed alone below `import numpy as np, math, time`."""
+        "Needs:" name (transitively), executed alone below `import numpy as np, math, time`
+        and the standard-library modules those "Needs:" lines name."""
         import ast
         with open(SCRIPT) as f:
             source = f.read()
@@ -1109,7 +1110,7 @@ class TestTheFileAsALesson(unittest.TestCase):
                 chosen.append(name)
                 todo.extend(needs(defined[name]))
                 doc = ast.get_docstring(defined[name]) if isinstance(defined[name], ast.FunctionDef) else ""
-                modules |= set(re.findall(r"\b(gzip|os|json|zipfile)\b", (doc or "").partition("Needs:")[2]))
+                modules |= set(re.findall(r"\b(gzip|os|json|zipfile|math)\b", (doc or "").partition("Needs:")[2]))
         nodes = sorted((defined[name] for name in chosen), key=lambda n: n.lineno)
         namespace = {}
         exec("import numpy as np, math, time", namespace)
@@ -1172,6 +1173,17 @@ class TestTheFileAsALesson(unittest.TestCase):
         for name, call in calls.items():
             with self.subTest(name):
                 call(self.lift([name])[name])  # a NameError here: "Needs:" is incomplete
+
+    def test_save_and_load_lifted_with_what_their_docstrings_name_give_back_the_model(self):
+        lifted = self.lift(["save_model", "load_model"])
+        Ws, bs = mnist.init_params([784, 8, 10], seed=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "m.npz")
+            lifted["save_model"](path, Ws, bs, {"activation": "relu"})
+            Ws2, bs2, meta = lifted["load_model"](path)
+        self.assertEqual(meta["sizes"], [784, 8, 10])
+        for a, b in zip(Ws + bs, Ws2 + bs2):
+            np.testing.assert_array_equal(a, b)
 
     def test_relu_and_sgd_step_work_in_place_as_their_docstrings_say(self):
         Z = np.array([[-1.0, 2.0]])
