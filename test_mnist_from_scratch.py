@@ -4226,7 +4226,9 @@ def measure_notebooks(runs=3):
         code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
         folded = [c for c in code if c["metadata"].get("jupyter", {}).get("source_hidden")]
         shown = [len(cell_text(c).split("\n")) for c in code if c not in folded]
-        print(f"{name}: {len(notebook['cells'])} cells ({len(code)} code, {len(folded)} of them "
+        accuracy = re.search(r"test accuracy ([\d.]+ %)", "".join(map(cell_output, executed["cells"])))
+        print(f"{name}: test accuracy {accuracy.group(1) if accuracy else '-'}; "
+              f"{len(notebook['cells'])} cells ({len(code)} code, {len(folded)} of them "
               f"folded, {len(notebook['cells']) - len(code)} markdown); code cells shown: median "
               f"{sorted(shown)[len(shown) // 2]} lines, longest {max(shown)}; "
               f"{pictures_in(executed)} pictures; seconds in a kernel, {runs} runs: "
