@@ -3416,8 +3416,8 @@ LESSON_SECTIONS = range(0, 11)  # the lesson: sections [0] to [10]
 CELL_LINES = 40   # a code cell that fits on one screen; longer ones give their docstring to the text
 FOLD_LINES = 50   # a function still longer than this is folded: run, and read in the file
 
-# The lesson's indented formulas in LaTeX, by their ASCII form; a formula not listed here stays
-# a code block in the notebook, as it is written above.
+# The lesson's indented formulas in LaTeX, by their ASCII form (the formula, or the whole line);
+# a formula not listed here stays a code block in the notebook, as it is written above.
 LESSON_LATEX = {
     "Z = A_prev W + b": r"Z = A_{prev}\,W + b",
     "A = f(Z)": r"A = f(Z)",
@@ -3431,6 +3431,10 @@ LESSON_LATEX = {
     "g = dW + λ W": r"g = dW + \lambda W",
     "v = μ v + g": r"v = \mu v + g",
     "W = W - η v": r"W = W - \eta v",
+    "q = A (p - c) + c + t, A = R(theta) @ H(h) @ S(s_row, s_col) (2x2)":
+        r"q = A\,(p - c) + c + t, \qquad A = R(\theta)\, H(h)\, S(s_{row}, s_{col}) \quad (2 \times 2)",
+    "p = A^-1 (q - c - t) + c": r"p = A^{-1}\,(q - c - t) + c",
+    "A = f(Z) * mask": r"A = f(Z) \odot \mathrm{mask}",
 }
 
 
@@ -3448,16 +3452,20 @@ def latex_equation(line):
     """An indented formula line, "formula    shapes or words", as a LaTeX display equation, or
     None when LESSON_LATEX does not know the formula."""
     import re
+    whole = " ".join(line.split())
+    if whole in LESSON_LATEX:  # a line written out whole, shapes and all
+        return "$$" + LESSON_LATEX[whole] + "$$"
     formula, *notes = re.split(r"\s{2,}", line.strip())
     if formula not in LESSON_LATEX:
         return None
     parts = [LESSON_LATEX[formula]]
     for note in notes:
-        if re.fullmatch(r"[\w\s(),@+\->]*\([\w\s(),@+\->]*", note):  # shapes: (m, n_in) @ ...
+        if not re.sub(r"n_in|n_out|m|\d+|[\s(),@+]|->", "", note):  # shapes: (m, n_in) @ ...
             parts.append(re.sub(r"n_(in|out)", r"n_{\1}", note).replace("@", r"\cdot")
                          .replace("->", r"\to"))
         else:
-            parts.append(r"\text{" + note.replace("_", r"\_").replace("%", r"\%") + "}")
+            parts.append(r"\text{" + note.replace("_", r"\_").replace("%", r"\%")
+                         .replace("~", "∼") + "}")
     return "$$" + r" \qquad ".join(parts) + "$$"
 
 
