@@ -4107,10 +4107,12 @@ def definitions(source, names):
     return [found[name] for name in names if name in found]
 
 
-def lesson_notebook(source, exercises=False):
-    """The lesson cells of `source` (this file's text) as a notebook, a dict in the nbformat 4
-    layout ready for json.dump; with exercises=True the assignment (see EXERCISES)."""
-    folded = {"jupyter": {"source_hidden": True}, "tags": ["hide-input"]}  # run, not read
+FOLDED = {"jupyter": {"source_hidden": True}, "tags": ["hide-input"]}  # a cell to run, not read
+
+
+def setup_cells(source, exercises):
+    """The cells before the lesson: the title, the data, the picture functions of section [12]
+    (and, for the exercises, their checks), all but the data folded."""
     cells = [notebook_cell("markdown", EXERCISES_TITLE if exercises else NOTEBOOK_TITLE),
              notebook_cell("markdown", "## Before we start: the data, and the pictures\n\n"
                            "Run these cells first. The first one gets MNIST (it needs the "
@@ -4124,24 +4126,54 @@ def lesson_notebook(source, exercises=False):
                            'os.makedirs("pictures", exist_ok=True)\n\n\n'
                            "def show_picture(path):\n"
                            '    """Show below the cell the PNG file a picture function wrote."""\n'
-                           "    display(Image(filename=path))", **folded)]
-    lesson = [(n, title, text) for n, title, text in split_into_cells(source)
-              if n in LESSON_SECTIONS]
+                           "    display(Image(filename=path))", **FOLDED)]
     for tool in definitions(source, PICTURE_TOOLS):  # even one the lesson defines later
-        tool = docstring_aside(tool, 0, note="")[0]  # a tool to run, not to read: kept short
-        cells.append(notebook_cell("code", "\n".join(filter(str.strip, tool.split("\n"))), **folded))
+        tool = docstring_aside(tool, 0, note="")[0]  # to run, not to read: kept short
+        cells.append(notebook_cell("code", "\n".join(filter(str.strip, tool.split("\n"))), **FOLDED))
     if exercises:
         cells.append(notebook_cell("markdown", "The checks of the exercises (no need to read "
                                    "them: the check cells below call them)."))
-        template = [f"import numpy as np\n\nEXERCISES = {list(EXERCISES)!r}"]
-        for tool in definitions(source, CHECK_TOOLS + [f"check_{n}" for n in EXERCISES]
-                                + ["exercise_progress"]):
-            template.append(tool)
-        cells += [notebook_cell("code", tool, **folded) for tool in template]
+        checks = CHECK_TOOLS + [f"check_{name}" for name in EXERCISES] + ["exercise_progress"]
+        cells.append(notebook_cell("code", f"import numpy as np\n\nEXERCISES = {list(EXERCISES)!r}",
+                                   **FOLDED))
+        cells += [notebook_cell("code", check, **FOLDED) for check in definitions(source, checks)]
+    return cells
 
-    additions = list(NOTEBOOK_ADDITIONS)
-    numbers = {name: i + 1 for i, name in enumerate(EXERCISES)}
-    for number, title, text in lesson:
+
+def exercise_cells(name, source):
+    """An exercise: its heading, the function with "your code here" for a body, its check."""
+    import inspect
+    number = list(EXERCISES).index(name) + 1
+    call = ", ".join(inspect.signature(globals()["check_" + name]).parameters)
+    cells = [notebook_cell("markdown", f"### Exercise {number}: `{name}`"),
+             notebook_cell("code", exercise_stub(source, number), exercise=name),
+             notebook_cell("code", f"check_{name}({call})", check=name)]
+    if number == len(EXERCISES):
+        cells += [notebook_cell("markdown", "### All exercises done?"),
+                  notebook_cell("code", "exercise_progress(globals())")]
+    return cells
+
+
+def function_cells(name, source):
+    """A function (or a run of statements) of the lesson as it is: a code cell, its docstring
+    moved to the text above when it is long, folded when it is longer than a screen anyway."""
+    code, aside = docstring_aside(source, CELL_LINES)
+    cells = [notebook_cell("markdown", aside)] if aside else []
+    if len(code.split("\n")) > FOLD_LINES:
+        cells.append(notebook_cell("markdown", f"*`{name}` takes more than a screen "
+                                   f"({len(code.splitlines())} lines): its code is folded; "
+                                   f"unfold it, or read it in the file.*"))
+        return cells + [notebook_cell("code", code, **FOLDED)]
+    return cells + [notebook_cell("code", code, **({"exercise": name} if name in EXERCISES else {}))]
+
+
+def lesson_notebook(source, exercises=False):
+    """The lesson cells of `source` (this file's text) as a notebook, a dict in the nbformat 4
+    layout ready for json.dump; with exercises=True the assignment (see EXERCISES)."""
+    cells, additions = setup_cells(source, exercises), list(NOTEBOOK_ADDITIONS)
+    for number, title, text in split_into_cells(source):
+        if number not in LESSON_SECTIONS:
+            continue
         intro, code = split_cell(text)
         cells.append(notebook_cell("markdown", f"## [{number}] {title}\n\n"
                                    + comment_to_markdown(intro)))
@@ -4154,27 +4186,10 @@ def lesson_notebook(source, exercises=False):
             elif kind == "markdown":
                 cells.append(notebook_cell("markdown", text))
             elif exercises and name in EXERCISES:
-                cells.append(notebook_cell("markdown", f"### Exercise {numbers[name]}: `{name}`"))
-                cells.append(notebook_cell("code", exercise_stub(text, numbers[name]),
-                                           exercise=name))
-                check = globals()["check_" + name]
-                call = ", ".join(inspect.signature(check).parameters)
-                cells.append(notebook_cell("code", f"check_{name}({call})", check=name))
-                if name == list(EXERCISES)[-1]:
-                    cells.append(notebook_cell("markdown", "### All exercises done?"))
-                    cells.append(notebook_cell("code", "exercise_progress(globals())"))
+                cells += exercise_cells(name, text)
             else:
-                code_text, aside = docstring_aside(text, CELL_LINES)
-                if aside:
-                    cells.append(notebook_cell("markdown", aside))
-                long = len(code_text.split("\n")) > FOLD_LINES
-                if long:
-                    cells.append(notebook_cell("markdown", f"*`{name}` takes more than a screen "
-                                               f"({len(code_text.splitlines())} lines): its code "
-                                               f"is folded; unfold it, or read it in the file.*"))
-                cells.append(notebook_cell("code", code_text, **(
-                    {"exercise": name} if name in EXERCISES else folded if long else {})))
-        for addition in [a for a in additions if a[0] in names]:
+                cells += function_cells(name, text)
+        for addition in [a for a in additions if a[0] in names]:  # after the section
             cells.append(notebook_cell(addition[1], addition[2]))
             additions.remove(addition)
     cells += [notebook_cell(kind, text) for _, kind, text in additions]

@@ -3495,8 +3495,11 @@ class TestTheNotebookAsWritten(unittest.TestCase):
                     f.write(data)
                 with open(os.path.join(served, "damaged", name + ".gz"), "wb") as f:
                     f.write(data[:len(data) // 2])  # cut off halfway
-            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
-            handler.log_message = lambda *args: None
+            class QuietHandler(http.server.SimpleHTTPRequestHandler):
+                def log_message(self, *args):
+                    pass
+
+            handler = functools.partial(QuietHandler, directory=served)
             server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             try:
