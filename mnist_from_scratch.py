@@ -3732,7 +3732,12 @@ def check_softmax(softmax):
     """Exercise softmax: known answers, rows summing to 1, and large scores."""
     def test():
         Z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 4.0]])
-        P = softmax(Z.copy())
+        try:
+            P = softmax(Z.copy())
+        except ValueError as e:  # (2, 3) / (2,) cannot be broadcast
+            raise ExerciseWrong(f"softmax(Z) of a (2, 3) Z raised ValueError: {e}. Hint: a sum "
+                                f"over axis=1 gives shape (2,); keepdims=True keeps it (2, 1), "
+                                f"a column that divides each row by its own sum.") from None
         hint = "Hint: e^Z divided by the sum of e^Z over each row (axis=1, keepdims=True)."
         if P is not None and np.shape(P) == Z.shape and np.allclose(np.sum(P, axis=0), 1):
             hint = ("Hint: each column sums to 1: the sum is over the wrong axis. A row is one "
@@ -3824,7 +3829,8 @@ def backward_hint(name, got, numeric, last_layer):
         return "the sign is reversed: dZ_L = P - Y, not Y - P"
     if not last_layer:
         return ("the last layer is right, so the error is on the way back: dA_prev = dZ W^T, "
-                "then times f'(A_prev) element by element")
+                "then times f'(A_prev) element by element, the derivative taken at the "
+                "layer's activations A_prev (not at the gradient dA)")
     return "dZ_L = (P - Y) / m, with P = softmax(Z_L)"
 
 

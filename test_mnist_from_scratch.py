@@ -3639,6 +3639,10 @@ class TestTheNotebookInAKernel(unittest.TestCase):
     def test_backward_summing_db_over_the_wrong_axis_is_told_the_axis(self):
         self.assertIn("axis 0", self.check_says("backward", "axis", ("dZ.sum(axis=0)", "dZ.sum(axis=1)")))
 
+    def test_backward_taking_the_derivative_of_the_gradient_is_told_where_to_take_it(self):
+        self.assertIn("derivative taken at the layer's activations A_prev", self.check_says(
+            "backward", "f'(dA)", ("derivative(A_prev)", "derivative(dA)")))
+
     def test_forward_with_a_transposed_weight_is_told_of_the_transpose(self):
         self.assertIn("transpose", self.check_says("forward", "transpose", ("@ W", "@ W.T")))
 
@@ -3649,6 +3653,10 @@ class TestTheNotebookInAKernel(unittest.TestCase):
     def test_softmax_summing_over_the_wrong_axis_is_told_the_axis(self):
         self.assertIn("wrong axis", self.check_says(
             "softmax", "axis", ("E.sum(axis=1, keepdims=True)", "E.sum(axis=0, keepdims=True)")))
+
+    def test_softmax_dividing_without_keepdims_is_told_to_keep_the_sum_a_column(self):
+        self.assertIn("keepdims=True", self.check_says(
+            "softmax", "keepdims", ("E.sum(axis=1, keepdims=True)", "E.sum(axis=1)")))
 
     def test_relu_derivative_returning_the_activation_is_told_it_is_the_wrong_thing(self):
         self.assertIn("derivative of the wrong thing",
