@@ -3435,6 +3435,19 @@ class TestTheNotebookAsWritten(unittest.TestCase):
             self.assertIn(name, code)
         self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
 
+    def test_a_change_to_the_lesson_changes_both_notebooks(self):
+        with open(SCRIPT) as f:
+            source = f.read()
+        old = "dZ /= m                             # (P - Y) / m"
+        self.assertIn(old, source)
+        changed = source.replace(old, "dZ = dZ / m                         # (P - Y) / m, anew", 1)
+        changed = changed.replace("# Cross-entropy", "# The cross-entropy", 1)
+        for exercises in (False, True):
+            notebook = mnist.lesson_notebook(changed, exercises=exercises)
+            text = "".join(cell_text(c) for c in notebook["cells"])
+            self.assertIn("The cross-entropy", text)
+            self.assertEqual("(P - Y) / m, anew" in text, not exercises)  # backward is an exercise
+
     def test_every_code_cell_shown_is_at_most_50_lines_and_only_longer_functions_are_folded(self):
         import ast
         with open(SCRIPT) as f:
