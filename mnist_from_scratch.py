@@ -3401,11 +3401,13 @@ def run_server(server, host):
 #   * each cell's comment introduction becomes text (markdown): its lists become lists, and
 #     its indented formulas LaTeX equations where LESSON_LATEX knows them (code blocks where not);
 #   * its code is cut, with Python's own parser (ast), into one code cell per function or
-#     group of statements, and a comment between them becomes text;
+#     group of statements, and a comment between them becomes text; a function longer than a
+#     screen gives its docstring to the text above it, and is folded if it is still too long;
 #   * its "Try it" block becomes a caption and a code cell that runs what the section built.
 # What only a notebook needs comes from here: the first cell, which fetches MNIST into a
-# `data` folder beside the notebook; the picture functions of section [12], with a picture
-# where a student would rather look than read; questions; and an ending. In the exercises the
+# `data` folder beside the notebook; the picture functions of section [12] (folded, and tagged
+# "hide-input" for nbconvert), with a picture where a student would rather look than read;
+# questions; and an ending. In the exercises the
 # student writes the bodies of the functions in EXERCISES; after each one a check cell runs
 # the check_* function below on it, and says "correct", "wrong" (what was expected, what came
 # out, and a hint for the usual mistakes) or "unfinished". The checks are ordinary functions
