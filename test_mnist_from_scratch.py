@@ -3414,7 +3414,8 @@ class TestTheNotebookAsWritten(unittest.TestCase):
                 if cell["cell_type"] == "code":
                     self.assertEqual((cell["outputs"], cell["execution_count"]), ([], None))
 
-    @unittest.skipIf(missing_for_the_notebook_tests(), "nbformat is not installed (pip install nbformat)")
+    @unittest.skipIf("nbformat" in missing_for_the_notebook_tests(), "nbformat is not installed "
+                     "(pip install nbformat)")
     def test_nbformats_validator_accepts_both_notebooks(self):
         import nbformat
         for notebook in (self.lesson, self.exercises):
