@@ -3315,21 +3315,19 @@ class TestServingInABrowser(unittest.TestCase):
 
 
 # ---- The lesson as a notebook, and the exercises -----------------------------------------------
+@functools.lru_cache(maxsize=None)
 def missing_for_the_notebook_tests():
-    """What is missing to run a notebook in a real Jupyter kernel: [] when nothing is."""
-    missing = []
-    for package in ("nbformat", "nbclient", "ipykernel"):
-        try:
-            __import__(package)
-        except ImportError:
-            missing.append(package)
-    if not missing:
-        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-        try:
-            KernelSpecManager().get_kernel_spec("python3")
-        except NoSuchKernel:
+    """What is missing to run a notebook in a real Jupyter kernel: () when nothing is."""
+    import importlib.util
+    # Looked up, not imported: importing ipykernel here would make this process look like a
+    # notebook kernel to display_available().
+    missing = [package for package in ("nbformat", "nbclient", "ipykernel")
+               if importlib.util.find_spec(package) is None]
+    if not missing:  # in a process of its own, for the same reason
+        find = "from jupyter_client.kernelspec import KernelSpecManager as K; K().get_kernel_spec('python3')"
+        if subprocess.run([sys.executable, "-c", find], capture_output=True, timeout=60).returncode:
             missing.append("a python3 kernel (python -m ipykernel install --sys-prefix)")
-    return missing
+    return tuple(missing)
 
 
 def write_notebook(*options):
@@ -3363,33 +3361,47 @@ def with_reference_bodies(exercises, lesson):
     return notebook
 
 
+RUN_NOTEBOOK = """
+import sys, nbclient, nbformat
+path, allow_errors = sys.argv[1], sys.argv[2] == "1"
+notebook = nbformat.read(path, as_version=4)
+try:
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=allow_errors,
+                            resources={"metadata": {"path": sys.argv[3]}}).execute()
+finally:
+    nbformat.write(notebook, path)
+"""
+
+
 def execute_notebook(notebook, until_check=None, allow_errors=False):
     """Run a notebook (a dict) in a fresh Jupyter kernel, in a new empty folder holding only
     MNIST in data/, as a student who saved it there would; return (the executed notebook as a
     dict, the file names in the folder afterwards, seconds). until_check: stop after the check
-    cell of that exercise."""
-    import nbclient
-    import nbformat
+    cell of that exercise. nbclient runs in a process of its own, which keeps ipykernel out of
+    this one (display_available() would take this process for a notebook kernel)."""
     cells = notebook["cells"]
     if until_check:
         cells = cells[:1 + next(i for i, c in enumerate(cells)
                                 if c["metadata"].get("check") == until_check)]
-    notebook = nbformat.reads(json.dumps(dict(notebook, cells=cells)), as_version=4)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryDirectory() as folder:
         os.mkdir(os.path.join(folder, "data"))
         for name in mnist.MNIST_FILES:
             shutil.copy(os.path.join(DATA_DIR, name + ".gz"), os.path.join(folder, "data"))
-        start = time.perf_counter()
-        client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                         allow_errors=allow_errors,
-                                         resources={"metadata": {"path": folder}})
+        path = os.path.join(scratch, "notebook.ipynb")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(dict(notebook, cells=cells), f)
         env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-        with mock.patch.dict(os.environ, env, clear=True):
-            client.execute()
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-c", RUN_NOTEBOOK, path, str(int(allow_errors)), folder],
+                             capture_output=True, text=True, env=env, timeout=600)
         seconds = time.perf_counter() - start
+        if run.returncode:
+            raise AssertionError(f"the notebook stopped with an error:\n{run.stderr[-3000:]}")
+        with open(path, encoding="utf-8") as f:
+            executed = json.load(f)
         files = sorted(os.path.relpath(os.path.join(root, name), folder)
                        for root, _, names in os.walk(folder) for name in names)
-    return json.loads(nbformat.writes(notebook)), files, seconds
+    return executed, files, seconds
 
 
 def pictures_in(notebook):
