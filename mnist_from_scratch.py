@@ -5064,6 +5064,9 @@ def command_gradcheck(args):
 
 
 def command_notebook(args):
+    if args.out is None:
+        args.out = f"mnist_from_scratch{'_exercises' if args.exercises else ''}.ipynb"
+        PATH_CHECKS["notebook to write"](args.out, "--out")
     with open(os.path.abspath(__file__), encoding="utf-8") as f:
         notebook = lesson_notebook(f.read(), exercises=args.exercises)
     text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
@@ -5259,9 +5262,10 @@ def build_parser():
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     p.set_defaults(run=command_gradcheck)
 
-    p = add("notebook", "write the lesson (loading to saving) as a Jupyter notebook")
-    p.add_argument("--out", default="mnist_from_scratch.ipynb", metavar="FILE.ipynb",
-                   help="notebook to write (default: mnist_from_scratch.ipynb)")
+    p = add("notebook", "write the lesson as a Jupyter notebook, or (--exercises) the assignment")
+    p.add_argument("--out", metavar="FILE.ipynb",
+                   help="notebook to write (default: mnist_from_scratch.ipynb, with --exercises "
+                        "mnist_from_scratch_exercises.ipynb)")
     p.add_argument("--exercises", action="store_true",
                    help="write the assignment: the student writes the core functions, and a "
                         "check after each one says whether it is right")

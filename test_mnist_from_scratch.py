@@ -3448,6 +3448,15 @@ class TestTheNotebookAsWritten(unittest.TestCase):
             self.assertIn(name, code)
         self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
 
+    def test_the_exercises_go_to_a_file_of_their_own_beside_the_lesson(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for options in ([], ["--exercises"]):
+                self.assertEqual(run_cli("notebook", *options, cwd=tmp)[0], 0)
+            self.assertEqual(sorted(os.listdir(tmp)),
+                             ["mnist_from_scratch.ipynb", "mnist_from_scratch_exercises.ipynb"])
+            with open(os.path.join(tmp, "mnist_from_scratch_exercises.ipynb"), encoding="utf-8") as f:
+                self.assertEqual(json.load(f)["cells"][0]["source"], self.exercises["cells"][0]["source"])
+
     def test_a_change_to_the_lesson_changes_both_notebooks(self):
         with open(SCRIPT) as f:
             source = f.read()
