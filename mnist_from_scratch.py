@@ -2326,7 +2326,8 @@ def plot_history(history, path, show=False):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle(f"training history: {len(history)} epochs in {total_seconds:.0f} s")
+    seconds = f"{total_seconds:.1f}" if total_seconds < 10 else f"{total_seconds:.0f}"  # not "0 s"
+    figure.suptitle(f"training history: {len(history)} epochs in {seconds} s")
     return _save_figure(figure, path)
 
 
