@@ -2326,7 +2326,8 @@ def plot_history(history, path, show=False):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle(f"training history: {len(history)} epochs in {total_seconds:.0f} s")
+    seconds = f"{total_seconds:.1f}" if total_seconds < 10 else f"{total_seconds:.0f}"  # not "0 s"
+    figure.suptitle(f"training history: {len(history)} epochs in {seconds} s")
     return _save_figure(figure, path)
 
 
@@ -2583,6 +2584,49 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     bar_axes.set_title("the network's answer", fontsize=9)
     answer = class_names[digit] if class_names else digit
     figure.suptitle(f"prediction: {answer} ({100 * probabilities[digit]:.1f} % sure)")
+    return _save_figure(figure, path)
+
+
+def plot_digits(images, titles, path, columns=8, show=False):
+    """Draw digits in a grid of `columns`, each with its title above (800 px wide, 40 + 110 px per row).
+
+    images: (k, 784) or (k, 28, 28), white digit on black in [0, 1]; titles: k strings, e.g. the
+    labels, or "original" / "distorted" for a digit beside its distorted copies.
+    """
+    _check_png_path(path)
+    images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
+    if len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles: give one title per image")
+    rows = max(1, -(-len(images) // columns))  # ceil(k / columns)
+    figure = _new_figure(800, 40 + 110 * rows, show)
+    for index, axes in enumerate(figure.subplots(rows, columns, squeeze=False).ravel()):
+        axes.set_axis_off()
+        if index < len(images):
+            axes.imshow(images[index], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes.set_title(titles[index], fontsize=9)
+    return _save_figure(figure, path)
+
+
+def plot_probabilities(images, probabilities, path, show=False):
+    """Draw up to 8 digits, each above the bars of its ten probabilities (800 x 360 px PNG).
+
+    images: (k, 784) or (k, 28, 28), white digit on black in [0, 1]; probabilities: (k, 10),
+    e.g. predict_proba's. The most probable digit's bar is orange.
+    """
+    _check_png_path(path)
+    images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)[:8]
+    probabilities = np.asarray(probabilities, dtype=float)[:8]
+    figure = _new_figure(800, 360, show)
+    grid = figure.subplots(2, len(images), squeeze=False)
+    for k, (image, p) in enumerate(zip(images, probabilities)):
+        grid[0, k].imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        grid[0, k].set_axis_off()
+        colours = ["tab:orange" if digit == p.argmax() else "tab:gray" for digit in range(10)]
+        grid[1, k].bar(range(10), p, color=colours)
+        grid[1, k].set_ylim(0, 1)
+        grid[1, k].set_xticks(range(10), [str(digit) for digit in range(10)], fontsize=6)
+        grid[1, k].tick_params(labelleft=k == 0)  # one probability scale, on the left
+    figure.suptitle("the probability of each digit, P = softmax(Z)")
     return _save_figure(figure, path)
 
 
@@ -3352,13 +3396,49 @@ def run_server(server, host):
 # %% [15] The lesson as a Jupyter notebook
 #
 # `python mnist_from_scratch.py notebook` writes the lesson, sections [0] to [10] of this very
-# file, as a Jupyter notebook that opens in Jupyter, JupyterLab, VS Code and Google Colab. Each
-# cell's comment block becomes a text (markdown) cell, its code a code cell, and its "Try it"
-# block a code cell that runs what the section built, so the notebook loads MNIST, trains,
-# evaluates and saves a network from top to bottom. A notebook is a JSON file (the nbformat 4
-# layout), so the standard library's json writes it.
+# file, as a Jupyter notebook (Jupyter, JupyterLab, VS Code, Google Colab); `notebook
+# --exercises` writes the same notebook as an assignment. Both are made from the cells above,
+# so a change to the lesson changes them too:
+#   * each cell's comment introduction becomes text (markdown): its lists become lists, and
+#     its indented formulas LaTeX equations where LESSON_LATEX knows them (code blocks where not);
+#   * its code is cut, with Python's own parser (ast), into one code cell per function or
+#     group of statements, and a comment between them becomes text; a function longer than a
+#     screen gives its docstring to the text above it, and is folded if it is still too long;
+#   * its "Try it" block becomes a caption and a code cell that runs what the section built.
+# What only a notebook needs comes from here: the first cell, which fetches MNIST into a
+# `data` folder beside the notebook; the picture functions of section [12] (folded, and tagged
+# "hide-input" for nbconvert), with a picture where a student would rather look than read;
+# questions; and an ending. In the exercises the
+# student writes the bodies of the functions in EXERCISES; after each one a check cell runs
+# the check_* function below on it, and says "correct", "wrong" (what was expected, what came
+# out, and a hint for the usual mistakes) or "unfinished". The checks are ordinary functions
+# of this file, copied into the notebook, so they can be read and tested here.
+# A notebook is a JSON file (the nbformat 4 layout), so the standard library's json writes it.
 
 LESSON_SECTIONS = range(0, 11)  # the lesson: sections [0] to [10]
+CELL_LINES = 40   # a code cell that fits on one screen; longer ones give their docstring to the text
+FOLD_LINES = 50   # a function still longer than this is folded: run, and read in the file
+
+# The lesson's indented formulas in LaTeX, by their ASCII form (the formula, or the whole line);
+# a formula not listed here stays a code block in the notebook, as it is written above.
+LESSON_LATEX = {
+    "Z = A_prev W + b": r"Z = A_{prev}\,W + b",
+    "A = f(Z)": r"A = f(Z)",
+    "dZ_L = (P - Y) / m": r"dZ_L = \frac{\partial L}{\partial Z_L} = \frac{1}{m}\,(P - Y)",
+    "dW = A_prev^T dZ": r"dW = \frac{\partial L}{\partial W} = A_{prev}^{\top}\, dZ",
+    "db = sum of dZ over the batch": r"db = \frac{\partial L}{\partial b} = \sum_{i=1}^{m} dZ_{i,:}",
+    "dA_prev = dZ W^T": r"dA_{prev} = dZ\, W^{\top}",
+    "dZ_prev = dA_prev * f'(A_prev)": r"dZ_{prev} = dA_{prev} \odot f'(A_{prev})",
+    "dL/dθ ≈ (L(θ + ε) - L(θ - ε)) / (2 ε)":
+        r"\frac{\partial L}{\partial \theta} \approx \frac{L(\theta + \varepsilon) - L(\theta - \varepsilon)}{2\,\varepsilon}",
+    "g = dW + λ W": r"g = dW + \lambda W",
+    "v = μ v + g": r"v = \mu v + g",
+    "W = W - η v": r"W = W - \eta v",
+    "q = A (p - c) + c + t, A = R(theta) @ H(h) @ S(s_row, s_col) (2x2)":
+        r"q = A\,(p - c) + c + t, \qquad A = R(\theta)\, H(h)\, S(s_{row}, s_{col}) \quad (2 \times 2)",
+    "p = A^-1 (q - c - t) + c": r"p = A^{-1}\,(q - c - t) + c",
+    "A = f(Z) * mask": r"A = f(Z) \odot \mathrm{mask}",
+}
 
 
 def split_into_cells(source):
@@ -3371,62 +3451,758 @@ def split_into_cells(source):
     return cells
 
 
-def comment_to_markdown(lines):
-    """Comment lines ('# text') -> markdown; indented lines (formulas, tables) become code
-    blocks, so their alignment survives."""
-    text = [line[2:] if line.startswith("# ") else line[1:] for line in lines]
-    markdown, in_block = [], False
-    for line in text:
-        indented = line.startswith("  ")
-        if indented != in_block:
-            markdown.append("```" if indented else "```")
-            in_block = indented
-        markdown.append(line)
-    if in_block:
+def latex_equation(line):
+    """An indented formula line, "formula    shapes or words", as a LaTeX display equation, or
+    None when LESSON_LATEX does not know the formula."""
+    import re
+    whole = " ".join(line.split())
+    if whole in LESSON_LATEX:  # a line written out whole, shapes and all
+        return "$$" + LESSON_LATEX[whole] + "$$"
+    formula, *notes = re.split(r"\s{2,}", line.strip())
+    if formula not in LESSON_LATEX:
+        return None
+    parts = [LESSON_LATEX[formula]]
+    for note in notes:
+        if not re.sub(r"n_in|n_out|m|\d+|[\s(),@+]|->", "", note):  # shapes: (m, n_in) @ ...
+            parts.append(re.sub(r"n_(in|out)", r"n_{\1}", note).replace("@", r"\cdot")
+                         .replace("->", r"\to"))
+        else:
+            parts.append(r"\text{" + note.replace("_", r"\_").replace("%", r"\%")
+                         .replace("~", "∼") + "}")
+    return "$$" + r" \qquad ".join(parts) + "$$"
+
+
+def text_to_markdown(lines):
+    """Plain text lines (a comment's or a docstring's) -> markdown: paragraphs stay text,
+    indented "1." / "*" lines become lists, indented formulas LaTeX (see latex_equation),
+    and other indented or column-aligned lines code blocks, so their alignment survives."""
+    import re
+    markdown, in_code, in_list = [], False, False
+    for line in lines:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip(" "))
+        item = indent >= 2 and re.match(r"(\d+\.|\*|-)\s", stripped)
+        equation = latex_equation(line) if indent >= 4 and not in_list else None
+        preformatted = not item and not equation and not (in_list and indent >= 4) and (
+            indent >= 4 or (indent >= 2 and "  " in stripped))
+        if in_code and not preformatted:
+            markdown.append("```")
+            in_code = False
+        if not stripped:
+            in_list = False
+            markdown.append("")
+        elif item:
+            markdown.append(("" if in_list else "\n") + stripped)
+            in_list = True
+        elif in_list and indent >= 2:
+            markdown.append("   " + stripped)  # the item goes on
+        elif equation:
+            markdown.append("\n" + equation + "\n")
+        elif preformatted:
+            if not in_code:
+                markdown.append("```")
+                in_code = True
+            markdown.append(line[2:])
+        else:
+            in_list = False
+            markdown.append(stripped)
+    if in_code:
         markdown.append("```")
-    return "\n".join(markdown).strip()
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(markdown)).strip()
+
+
+def comment_to_markdown(lines):
+    """Comment lines ('# text') -> markdown (see text_to_markdown)."""
+    return text_to_markdown([line[2:] if line.startswith("# ") else line[1:] for line in lines])
 
 
 def split_cell(text):
-    """One cell's text -> (leading comment lines, code, the code of its "Try it" block)."""
+    """One cell's text -> (its leading comment lines, the rest)."""
     lines = text.strip("\n").split("\n")
     n = 0
     while n < len(lines) and lines[n].startswith("#"):
         n += 1
-    comment, rest = lines[:n], lines[n:]
-    try_at = next((i for i, line in enumerate(rest) if line.startswith("# Try it")), len(rest))
-    code = "\n".join(rest[:try_at]).strip("\n")
-    try_lines = rest[try_at:]
-    try_code = "\n".join(line[6:] for line in try_lines if line.startswith("#     "))
-    caption = try_lines[0][len("# Try it"):].lstrip(":").strip() if try_lines else ""
-    return comment, code, try_code, caption
+    return lines[:n], "\n".join(lines[n:])
 
 
-def lesson_notebook(source):
-    """The lesson cells of `source` (this file's text) as a notebook: a dict in the nbformat 4
-    layout, ready for json.dump."""
-    def markdown(text):
-        return {"cell_type": "markdown", "metadata": {}, "source": text.splitlines(True)}
+def comment_pieces(lines):
+    """Comment lines between statements -> pieces: ("markdown", text) for a comment, and
+    ("try", caption) + ("code", its code) for a "# Try it" block."""
+    pieces, block = [], []
+    for line in lines + [""]:
+        if line.startswith("#"):
+            block.append(line)
+            continue
+        if block and block[0].startswith("# Try it"):
+            code = [line[6:] for line in block if line.startswith("#     ")]
+            caption = [line for line in block if not line.startswith("#     ")]
+            caption = " ".join(line[2:] for line in caption)[len("Try it"):].lstrip(":").strip()
+            pieces += [("try", caption), ("code", "\n".join(code))]
+        elif block:
+            pieces.append(("markdown", comment_to_markdown(block)))
+        block = []
+    return pieces
 
-    def code(text):
-        return {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                "source": text.splitlines(True)}
 
-    cells = [markdown("# A neural network from scratch in NumPy\n\n"
-                      "The lesson of `mnist_from_scratch.py`: load MNIST, build a fully "
-                      "connected network, write its gradients by hand, train it, evaluate it "
-                      "and save it. Run the cells from top to bottom, with MNIST in `data/` "
-                      "(`python mnist_from_scratch.py download` puts it there).")]
+def code_pieces(code):
+    """A cell's code -> pieces in order: ("code", source, name) for each top-level function
+    or class and for each run of other statements (name None), and the comment pieces between
+    them (see comment_pieces)."""
+    import ast
+    lines = code.split("\n")
+    pieces, run, cursor = [], [], 0
+
+    def end_run():
+        if run:
+            pieces.append(("code", "\n".join(run).strip("\n"), None))
+            run.clear()
+
+    for node in ast.parse(code).body:
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
+        between = comment_pieces(lines[cursor:start])
+        if between:
+            end_run()
+            pieces += between
+        statement = "\n".join(lines[start:node.end_lineno])
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            end_run()
+            pieces.append(("code", statement, node.name))
+        else:
+            run.append(statement)
+        cursor = node.end_lineno
+    end_run()
+    return pieces + comment_pieces(lines[cursor:])
+
+
+def docstring_aside(source, keep_lines, note=" (more in the text above)"):
+    """A function's source whose docstring is cut to its first paragraph, ending in `note`
+    (when the function is longer than keep_lines), and the markdown of the whole docstring;
+    or (source, None)."""
+    import ast
+    lines = source.split("\n")
+    node = ast.parse(source).body[0]
+    doc = ast.get_docstring(node) if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else None
+    if len(lines) <= keep_lines or not doc:
+        return source, None
+    first = doc.split("\n\n")[0].split("\n")
+    indent = " " * node.body[0].col_offset
+    short = [indent + '"""' + first[0]] + [indent + line for line in first[1:]]
+    short[-1] += note + '"""'
+    kept = lines[:node.body[0].lineno - 1] + short + lines[node.body[0].end_lineno:]
+    return "\n".join(kept), f"**`{node.name}`**: " + text_to_markdown(doc.split("\n"))
+
+
+def exercise_stub(source, number):
+    """A function's source with its body replaced by "your code here": the signature, the
+    docstring and the equations with their shapes (EXERCISES) stay."""
+    import ast
+    node = ast.parse(source).body[0]
+    lines = source.split("\n")
+    indent = " " * node.body[0].col_offset
+    hints = [indent + "# " + line for line in EXERCISES[node.name].split("\n")]
+    return "\n".join(lines[:node.body[0].end_lineno] + hints + [
+        indent + "# your code here",
+        indent + f'raise NotImplementedError("exercise {number}: write the body of {node.name}")'])
+
+
+# What the student writes in `notebook --exercises`, in the lesson's order, each with the
+# equations and shapes that stand in its cell for the body.
+EXERCISES = {
+    "he_init": "W ~ Normal(0, std = sqrt(2 / n_in)), shape (n_in, n_out), drawn with rng",
+    "relu": "A = max(0, Z), element by element: Z (m, n) -> A (m, n)",
+    "relu_derivative": "dA/dZ = 1 where the unit is on (A > 0), 0 where it is off: A (m, n) -> (m, n)",
+    "softmax": "P[i, k] = e^Z[i, k] / sum_j e^Z[i, j], row by row: Z (m, 10) -> P (m, 10)\n"
+               "e^1000 overflows: subtract each row's maximum first (it cancels out)",
+    "forward": "A_0 = X;  Z = A_prev W + b   (m, n_in) @ (n_in, n_out) + (n_out,) -> (m, n_out)\n"
+               "A = f(Z) for every layer but the last, whose Z are the logits\n"
+               "f = ACTIVATIONS[activation][0]; return As = [X, A_1, ..., Z_L]",
+    "cross_entropy": "L = -(1/m) sum_i log P[i, y_i]: Z (m, 10), y (m,) -> one number\n"
+                     "log P = log_softmax(Z) (stable: no log(0))",
+    "backward": "dZ_L = (P - Y) / m   (m, 10), P = softmax(Z_L), Y one-hot\n"
+                "for each layer l from the last down:\n"
+                "    dW = A_prev^T dZ      (n_in, m) @ (m, n_out) -> (n_in, n_out)\n"
+                "    db = sum of dZ over the batch (axis 0) -> (n_out,)\n"
+                "    dA_prev = dZ W^T      (m, n_out) @ (n_out, n_in) -> (m, n_in)\n"
+                "    dZ_prev = dA_prev * f'(A_prev),  f' = ACTIVATIONS[activation][1]\n"
+                "return dWs, dbs (lists shaped like Ws, bs)",
+    "sgd_step": "for each param, grad, v:  g = grad + weight_decay * param\n"
+                "    v = momentum * v + g;  param = param - lr * v\n"
+                "both IN PLACE (v *= ..., param -= ...): the lists hold the same arrays after",
+}
+
+
+# The checks. Each check_NAME(NAME, ...) runs the student's function on fixed small inputs
+# whose answers are written here as numbers (they do not show how to compute them), and prints
+# one verdict: "✓ ... correct", "✗ ... wrong" or "… unfinished".
+
+class ExerciseWrong(Exception):
+    """What a check found: the message says what was expected, what came out, and a hint."""
+
+
+def run_check(name, test):
+    """Run test(), the check of exercise `name`, and print its verdict; True when it passed.
+    Needs: EXERCISES (the order), ExerciseWrong."""
+    import traceback
+    names = list(EXERCISES)
+    number = names.index(name) + 1
+    after = (f"Next: exercise {number + 1}, {names[number]}." if number < len(names)
+             else "That was the last exercise: run the rest of the notebook to train your network.")
+    try:
+        with np.errstate(all="ignore"):  # overflows show up in the answer, not as warnings
+            test()
+    except NotImplementedError as e:
+        where = traceback.extract_tb(e.__traceback__)[-1].name
+        if where == name:
+            print(f"… exercise {number}, {name}: unfinished. Write the body of {name} in the "
+                  f"cell above (instead of its `raise` line), run it, then run this check again.")
+        else:
+            print(f"… exercise {number}, {name}: cannot be checked yet: it calls {where}, which "
+                  f"is unfinished. Finish {where} first (if you have, run again the cells from "
+                  f"{where}'s down to here: they still hold the unfinished one).")
+        return False
+    except ExerciseWrong as e:
+        print(f"✗ exercise {number}, {name}: wrong. {e}")
+        return False
+    except Exception as e:
+        shape_hint = (" Hint: a shape error often means a transpose, or a sum over the wrong "
+                      "axis; print the .shape of each array." if "shape" in str(e)
+                      or "broadcast" in str(e) or "mismatch" in str(e) else "")
+        print(f"✗ exercise {number}, {name}: wrong: it raised {type(e).__name__}: {e}.{shape_hint}")
+        return False
+    print(f"✓ exercise {number}, {name}: correct. {after}")
+    return True
+
+
+def expect(what, expected, got, hint=""):
+    """Raise ExerciseWrong unless got has expected's shape and values (to 4 decimals)."""
+    expected = np.asarray(expected, dtype=float)
+    if got is None:
+        raise ExerciseWrong(f"{what} returned None: is the `return` missing?")
+    got = np.asarray(got, dtype=float)
+    if got.shape != expected.shape:
+        raise ExerciseWrong(f"{what}: expected shape {expected.shape}, got {got.shape}. {hint}")
+    if not np.allclose(got, expected, atol=1e-4):
+        raise ExerciseWrong(f"{what}: expected {np.round(expected, 4).tolist()}, got "
+                            f"{np.round(got, 4).tolist()}. {hint}")
+
+
+def check_he_init(he_init):
+    """Exercise he_init: the shape, the spread sqrt(2 / n_in), and the rng it is given."""
+    def test():
+        W = he_init(500, 200, np.random.default_rng(0))
+        expect("he_init(500, 200, rng).shape", (500, 200), np.shape(W),
+               "Hint: a transpose: one row per input, one column per unit, (n_in, n_out).")
+        std, wanted = float(np.std(W)), np.sqrt(2 / 500)
+        if not abs(std - wanted) < 0.05 * wanted:
+            hint = {0.1: "sqrt(2 / n_out) uses the outputs; the rule counts the inputs, n_in.",
+                    0.004: "2 / n_in is the variance; the standard deviation is its square root."}
+            said = min(hint, key=lambda s: abs(std - s))
+            raise ExerciseWrong(f"the weights' standard deviation: expected {wanted:.4f}, got "
+                                f"{std:.4f}. Hint: " + (hint[said] if abs(std - said) < 0.1 * said
+                                                        else "Normal(0, 1) times sqrt(2 / n_in)."))
+        again = he_init(500, 200, np.random.default_rng(0))
+        if not np.array_equal(W, again):
+            raise ExerciseWrong("two calls with the same seed gave different weights. Hint: draw "
+                                "from the rng given (rng.standard_normal), not from np.random.")
+    run_check("he_init", test)
+
+
+def check_relu(relu):
+    """Exercise relu: known answers."""
+    def test():
+        Z = np.array([[-2.0, -0.5, 0.0], [0.5, 3.0, -1.0]])
+        expect("relu(Z) for Z = [[-2, -0.5, 0], [0.5, 3, -1]]", [[0, 0, 0], [0.5, 3, 0]],
+               relu(Z.copy()), "Hint: compare each entry with 0, keeping the shape (np.max "
+               "reduces along an axis; np.maximum works entry by entry).")
+    run_check("relu", test)
+
+
+def check_relu_derivative(relu_derivative):
+    """Exercise relu_derivative: known answers, from A = relu(Z)."""
+    def test():
+        A = np.array([[0.0, 0.5, 3.0], [0.0, 0.0, 2.0]])
+        got = relu_derivative(A.copy())
+        hint = "Hint: the slope of max(0, Z) is 1 where the unit is on (A > 0) and 0 where off."
+        if got is not None and np.shape(got) == A.shape and np.allclose(np.asarray(got, float), A):
+            hint = ("Hint: that is A itself, the derivative of the wrong thing: return the slope "
+                    "dA/dZ (0 or 1), not the activation.")
+        expect("relu_derivative(A) for A = [[0, 0.5, 3], [0, 0, 2]]", [[0, 1, 1], [0, 0, 1]], got,
+               hint)
+    run_check("relu_derivative", test)
+
+
+def check_softmax(softmax):
+    """Exercise softmax: known answers, rows summing to 1, and large scores."""
+    def test():
+        Z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 4.0]])
+        try:
+            P = softmax(Z.copy())
+        except ValueError as e:  # (2, 3) / (2,) cannot be broadcast
+            raise ExerciseWrong(f"softmax(Z) of a (2, 3) Z raised ValueError: {e}. Hint: a sum "
+                                f"over axis=1 gives shape (2,); keepdims=True keeps it (2, 1), "
+                                f"a column that divides each row by its own sum.") from None
+        hint = "Hint: e^Z divided by the sum of e^Z over each row (axis=1, keepdims=True)."
+        if P is not None and np.shape(P) == Z.shape and np.allclose(np.sum(P, axis=0), 1):
+            hint = ("Hint: each column sums to 1: the sum is over the wrong axis. A row is one "
+                    "image: sum over axis=1, with keepdims=True to divide row by row.")
+        expect("softmax(Z) for Z = [[1, 2, 3], [0, 0, 4]]",
+               [[0.0900, 0.2447, 0.6652], [0.0177, 0.0177, 0.9647]], P, hint)
+        expect("softmax of large scores [[1000, 1001, 1002]]", [[0.0900, 0.2447, 0.6652]],
+               softmax(np.array([[1000.0, 1001.0, 1002.0]])),
+               "Hint: e^1000 overflows to infinity (inf / inf = nan). Subtract each row's "
+               "maximum from Z first: it cancels out, and the largest power becomes e^0 = 1.")
+    run_check("softmax", test)
+
+
+def check_forward(forward):
+    """Exercise forward: a 3 -> 4 -> 5 network with known weights and known outputs."""
+    def test():
+        X = np.array([[1.0, 2.0, 0.0], [0.0, -1.0, 1.0]])
+        Ws = [np.array([[0.5, -1.0, 0.25, 1.0], [-0.5, 0.5, 1.0, 0.0], [1.0, 0.0, -0.5, 0.5]]),
+              np.array([[1.0, -1.0, 0.5, 0.0, 2.0], [0.5, 1.0, -1.0, 1.0, 0.0],
+                        [-1.0, 0.5, 1.0, -0.5, 1.0], [0.0, 1.0, 0.0, -1.0, 0.5]])]
+        bs = [np.array([0.1, 0.2, -0.3, 0.0]), np.array([0.0, -0.5, 0.5, 0.1, -0.2])]
+        As = forward(X, Ws, bs)
+        if not isinstance(As, (list, tuple)):
+            raise ExerciseWrong(f"forward returned a {type(As).__name__}; expected the list As = "
+                                f"[X, A_1, Z_2]: backward needs every layer's output.")
+        if len(As) != 3:
+            raise ExerciseWrong(f"expected As = [X, A_1, Z_2], 3 arrays, got {len(As)}. Hint: As "
+                                f"starts with X and gets one entry per layer.")
+        expect("As[1], the hidden layer's A = relu(X W1 + b1)",
+               [[0.0, 0.2, 1.95, 1.0], [1.6, 0.0, 0.0, 0.5]], As[1],
+               "Hint: Z = A_prev W + b, (m, n_in) @ (n_in, n_out); no transpose; then relu.")
+        logits = np.array([[-1.85, 1.675, 2.25, -1.675, 2.25], [1.6, -1.6, 1.3, -0.4, 3.25]])
+        expect("As[2], the logits Z_2 = A_1 W2 + b2", logits, As[2],
+               "Hint: the last layer has no relu: its Z are the logits, negative ones too."
+               if np.all(np.asarray(As[2]) >= 0) else "Hint: Z = A_prev W + b with the bias.")
+    run_check("forward", test)
+
+
+def check_cross_entropy(cross_entropy):
+    """Exercise cross_entropy: a known loss, and very sure (right and wrong) scores."""
+    def test():
+        Z = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3], [1.0, 1.0, 1.0], [0.0, 3.0, -1.0]])
+        y = np.array([0, 2, 1, 1])
+        L, expected = cross_entropy(Z.copy(), y), 1.0003939
+        if L is not None and np.size(L) != 1:
+            raise ExerciseWrong(f"expected one number, the mean loss; got an array of shape "
+                                f"{np.shape(L)}. Hint: pick, in row i, log P[i, y[i]] "
+                                f"(P[np.arange(m), y]), then take the mean.")
+        hint = "Hint: L = -(1/m) sum over the images of log P[i, y_i]."
+        if L is not None and abs(float(L) - 4 * expected) < 1e-3:
+            hint = "Hint: 4 times too large: the 1/m is missing (the mean, not the sum, over m images)."
+        elif L is not None and abs(float(L) + expected) < 1e-3:
+            hint = "Hint: the sign: the loss is -log P, never negative."
+        expect("cross_entropy(Z, y) for 4 images", expected, L, hint)
+        expect("cross_entropy of very sure scores [[1000, 0, -1000]], true label 1", 1000.0,
+               cross_entropy(np.array([[1000.0, 0.0, -1000.0]]), np.array([1])),
+               "Hint: softmax overflowed or P rounded to 0 and log(0) = -inf: compute log P "
+               "with log_softmax, which never overflows.")
+    run_check("cross_entropy", test)
+
+
+def finite_differences(loss_of, theta, eps=1e-6):
+    """(L(θ + ε) - L(θ - ε)) / 2ε for every entry of the array theta, changed in place and
+    restored: the numerical gradient of the scalar function loss_of()."""
+    grad = np.zeros_like(theta)
+    for i in np.ndindex(theta.shape):
+        old = theta[i]
+        theta[i] = old + eps
+        plus = float(loss_of())
+        theta[i] = old - eps
+        minus = float(loss_of())
+        theta[i] = old
+        grad[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def backward_hint(name, got, numeric, last_layer):
+    """The likely mistake behind a gradient `got` of parameter `name` (e.g. "W2") that
+    differs from the numerical gradient."""
+    if got.shape != numeric.shape:
+        return ("a transpose: dW = A_prev^T dZ, (n_in, m) @ (m, n_out)"
+                if got.shape == numeric.T.shape else
+                "db sums dZ over the batch, axis 0, giving (n_out,)"
+                if name[0] == "b" else "dW has W's shape, (n_in, n_out)")
+    ratio = float(np.sum(got * numeric) / np.sum(numeric * numeric))
+    if abs(ratio - 6) < 0.1:
+        return "6 times too large: the 1/m is missing (dZ_L = (P - Y) / m, m = 6)"
+    if abs(ratio + 1) < 0.05:
+        return "the sign is reversed: dZ_L = P - Y, not Y - P"
+    if not last_layer:
+        return ("the last layer is right, so the error is on the way back: dA_prev = dZ W^T, "
+                "then times f'(A_prev) element by element, the derivative taken at the "
+                "layer's activations A_prev (not at the gradient dA)")
+    return "dZ_L = (P - Y) / m, with P = softmax(Z_L)"
+
+
+def check_backward(backward, forward, cross_entropy):
+    """Exercise backward: its gradients against the numerical gradient of your own forward and
+    cross_entropy on a 5 -> 4 -> 3 network (so a transpose shows as a wrong shape).
+    Needs: finite_differences, backward_hint."""
+    def test():
+        rng = np.random.default_rng(0)
+        X, y = rng.random((6, 5)), np.array([0, 2, 1, 1, 0, 2])
+        Ws = [rng.normal(0, 0.5, (5, 4)), rng.normal(0, 0.5, (4, 3))]
+        bs = [rng.normal(0, 0.1, 4), rng.normal(0, 0.1, 3)]
+        dWs, dbs = backward(forward(X, Ws, bs), y, Ws)
+        for l in (1, 0):  # the last layer first: its gradient is the simpler one
+            for name, param, got in ((f"W{l + 1}", Ws[l], dWs[l]), (f"b{l + 1}", bs[l], dbs[l])):
+                got = np.asarray(got, dtype=float)
+                numeric = finite_differences(lambda: cross_entropy(forward(X, Ws, bs)[-1], y), param)
+                hint = backward_hint(name, got, numeric, last_layer=l == 1)
+                if got.shape != numeric.shape:
+                    raise ExerciseWrong(f"d{name}: expected shape {numeric.shape} like {name}, "
+                                        f"got {got.shape}. Hint: {hint}.")
+                error = np.linalg.norm(got - numeric) / (np.linalg.norm(got) + np.linalg.norm(numeric))
+                if error > 1e-6:
+                    raise ExerciseWrong(
+                        f"d{name} differs from the numerical gradient of your forward and "
+                        f"cross_entropy (relative error {error:.1e}, should be below 1e-6): "
+                        f"expected {np.round(numeric, 4).ravel()[:4].tolist()} ..., got "
+                        f"{np.round(got, 4).ravel()[:4].tolist()} ... Hint: {hint}.")
+    run_check("backward", test)
+
+
+def check_sgd_step(sgd_step):
+    """Exercise sgd_step: two steps with momentum, then weight decay, on known numbers."""
+    def test():
+        W, b = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.5, -0.5])
+        dW, db = np.array([[0.5, -0.5], [1.0, 0.0]]), np.array([1.0, 2.0])
+        vW, vb = np.zeros_like(W), np.zeros_like(b)
+        returned = sgd_step([W, b], [dW.copy(), db.copy()], [vW, vb], 0.1, 0.9)
+        if np.array_equal(W, [[1.0, 2.0], [3.0, 4.0]]):
+            raise ExerciseWrong(
+                "W is unchanged after the step: the update is not in place. `param = param - "
+                "...` makes a new array and the list still holds the old one; change the array "
+                "itself: param -= ..., v *= ... (sgd_step returns nothing"
+                + (f", but it returned a {type(returned).__name__})" if returned is not None else ")"))
+        if np.allclose(W, [[1.05, 1.95], [3.1, 4.0]]):
+            raise ExerciseWrong("expected W = [[0.95, 2.05], [2.9, 4.0]], got "
+                                f"{np.round(W, 4).tolist()}: a step in the wrong direction. "
+                                "Hint: the gradient points uphill; descend: W = W - lr * v.")
+        expect("W after one step (lr 0.1, momentum 0.9)", [[0.95, 2.05], [2.9, 4.0]], W,
+               "Hint: v = momentum * v + grad, then W = W - lr * v.")
+        expect("b after one step", [0.4, -0.7], b, "Hint: the biases are stepped like the weights.")
+        sgd_step([W, b], [dW.copy(), db.copy()], [vW, vb], 0.1, 0.9)
+        expect("W after a second step with the same gradient", [[0.855, 2.145], [2.71, 4.0]], W,
+               "Hint: the velocity must carry over: update v in place (v *= momentum; v += g).")
+        W = np.array([[1.0, 2.0], [3.0, 4.0]])
+        sgd_step([W], [dW.copy()], [np.zeros_like(W)], 0.1, 0.9, weight_decay=0.1)
+        expect("W after one step with weight_decay 0.1", [[0.94, 2.03], [2.87, 3.96]], W,
+               "Hint: weight decay adds weight_decay * W to the gradient: g = grad + λ W.")
+    run_check("sgd_step", test)
+
+
+def exercise_progress(namespace):
+    """Run every exercise's check quietly on the functions in namespace (the notebook's
+    globals()); print one line per exercise and what to do next."""
+    import contextlib
+    import inspect
+    import io
+    done = []
+    for name in EXERCISES:
+        check = namespace["check_" + name]
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            check(*[namespace[n] for n in inspect.signature(check).parameters])
+        done.append(said.getvalue().startswith("✓"))
+        print(said.getvalue().split(". ")[0].split(": wrong")[0].rstrip("."))
+    todo = [name for name, passed in zip(EXERCISES, done) if not passed]
+    print("All exercises pass: the network trained below is yours." if not todo else
+          f"To do next: {todo[0]} ({len(todo)} of {len(EXERCISES)} exercises left).")
+
+
+# The notebook's own cells. The pictures, questions and the ending are placed after the
+# section that defines the function named first (or at the end, if none does).
+PICTURE_TOOLS = ["PLOT_DPI", "display_available", "_new_figure", "_check_png_path",
+                 "_save_figure", "write_atomically", "plot_digits", "plot_probabilities",
+                 "plot_history", "plot_confusion", "worst_errors",
+                 "plot_errors", "smoothness", "plot_weights"]
+CHECK_TOOLS = ["ExerciseWrong", "run_check", "expect", "finite_differences", "backward_hint"]
+
+NOTEBOOK_ADDITIONS = [
+    ("load_mnist", "markdown", "### What the digits look like\n\nThe first 16 training images "
+     "with their labels. Each one is a row of 784 numbers in $[0, 1]$, drawn here as 28 × 28 "
+     "pixels."),
+    ("load_mnist", "code", 'show_picture(plot_digits(X_train[:16], [f"label {k}" for k in y_train[:16]], '
+     '"pictures/digits.png"))'),
+    ("load_mnist", "markdown", "**Question.** How many numbers does the network see in one pass "
+     "over the training images?\n\n<details><summary>Answer</summary>\n\n$60\\,000 \\times 784 "
+     "= 47\\,040\\,000$ pixels, and 60,000 labels.\n</details>"),
+    ("predict_proba", "markdown", "### What the untrained network says\n\nThe first six "
+     "training images, and the probabilities the random network gives to each digit:"),
+    ("predict_proba", "code", 'show_picture(plot_probabilities(X_train[:6], predict_proba(X_train[:6], '
+     'Ws, bs),\n                                "pictures/untrained.png"))'),
+    ("predict_proba", "markdown", "**Question.** Why is every probability close to $0.1$?\n\n"
+     "<details><summary>Answer</summary>\n\nThe random weights are small, so the ten logits "
+     "are close to each other; softmax of ten nearly equal scores is nearly $1/10$ each. "
+     "Training has to make the true digit's score stand out.\n</details>"),
+    ("cross_entropy", "markdown", "**Question.** A network gives the true digit probability "
+     "$0.5$ on every image. What is its loss? And one that is sure and right, $P = 1$?\n\n"
+     "<details><summary>Answer</summary>\n\n$-\\log 0.5 = 0.69$, and $-\\log 1 = 0$. The "
+     "untrained network's $2.30 = -\\log 0.1$.\n</details>"),
+    ("backward", "markdown", "**Question.** Why does the gradient of the output layer's "
+     "scores come out as simply $P - Y$?\n\n<details><summary>Answer</summary>\n\n"
+     "$\\partial L / \\partial Z_k$ for one image is $P_k - [k = y]$: the derivative of "
+     "$\\log \\sum_j e^{Z_j}$ is softmax itself, and that of $-Z_y$ is $-1$ at the true digit. "
+     "The $1/m$ comes from the mean over the batch.\n</details>"),
+    ("gradient_check", "markdown", "**Question.** If `backward` forgot the $1/m$, what relative "
+     "error would the check show for a batch of $m = 8$?\n\n<details><summary>Answer</summary>"
+     "\n\nEvery gradient would be 8 times too large: $|8g - g| / (|8g| + |g|) = 7/9 \\approx "
+     "0.78$, far above $10^{-6}$.\n</details>"),
+    ("train", "markdown", "### Loss and accuracy, epoch by epoch"),
+    ("train", "code", 'show_picture(plot_history(history, "pictures/history.png"))'),
+    ("train", "markdown", "**Question.** Is this network overfitting? What would the curves "
+     "look like if it were?\n\n<details><summary>Answer</summary>\n\nNot yet: both losses "
+     "fall. Overfitting shows as a training loss that keeps falling while the validation loss "
+     "turns up.\n</details>"),
+    ("evaluate", "markdown", "### Which digits it mixes up\n\nRow: the true digit; column: "
+     "the network's answer. The diagonal holds the right answers."),
+    ("evaluate", "code", 'show_picture(plot_confusion(result["confusion"], "pictures/confusion.png"))'),
+    ("evaluate", "markdown", "### The mistakes it was most sure about\n\nSome of them are "
+     "hard to read for people too; a few are labelled wrong in MNIST itself."),
+    ("evaluate", "code", "probabilities = predict_proba(X_test, Ws, bs)\n"
+     "worst = worst_errors(probabilities, y_test, 16)\n"
+     "show_picture(plot_errors(X_test[worst], y_test[worst], probabilities[worst].argmax(axis=1),\n"
+     '                 probabilities[worst].max(axis=1), "pictures/mistakes.png", n=16))'),
+    ("evaluate", "markdown", "### What the first layer learned\n\nEach tile is one hidden "
+     "unit's 784 weights, what training added to its random start: red pixels push the unit "
+     "up, blue ones down."),
+    ("evaluate", "code", 'start = init_params([784, 128, 10], seed=0)[0][0]  # the start '
+     'train() drew\nshow_picture(plot_weights(Ws[0], "pictures/weights.png", start=start))'),
+    ("augment_batch", "markdown", "### Distorted digits beside their originals\n\nEach row: "
+     "two digits, each as it is in MNIST and three random distortions of it. The label "
+     "stays: a distorted 7 is still a 7."),
+    ("augment_batch", "code", "originals = X_train[:6]\n"
+     "distorted = augment_batch(np.repeat(originals, 3, axis=0), np.random.default_rng(1))\n"
+     "shown = np.concatenate([np.vstack([o, d]) for o, d in zip(originals, distorted.reshape(6, 3, 784))])\n"
+     'show_picture(plot_digits(shown, ["original", "distorted", "distorted", "distorted"] * 6,\n'
+     '                 "pictures/distorted.png"))'),
+]
+
+NOTEBOOK_TITLE = """\
+# A neural network from scratch in NumPy
+
+In this notebook you build, one piece at a time, a neural network that reads handwritten digits:
+
+1. load MNIST, 70,000 labelled 28 × 28 pictures of digits;
+2. give a network random weights, and run images through it (the forward pass);
+3. measure how wrong it is (the loss), and work out by hand how each weight should change
+   (backpropagation), checked against the definition of a derivative;
+4. train it, evaluate it on images it never saw, save it;
+5. make it generalise better with distorted digits and dropout.
+
+The only library is NumPy (and matplotlib, for the pictures). Run the cells from top to
+bottom: the whole notebook takes well under a minute. The code is the lesson of
+[`mnist_from_scratch.py`](mnist_from_scratch.py), sections [0] to [10], cell by cell.
+
+**Notation.** $X$ $(m, 784)$: a batch of $m$ images, one per row. $W, b$: a layer's weights
+$(n_{in}, n_{out})$ and biases $(n_{out})$. $Z = A_{prev} W + b$, $A = f(Z)$. $P =
+\\mathrm{softmax}(Z_L)$: the ten probabilities. $Y$: the labels one-hot. $L = -\\frac{1}{m}
+\\sum_i \\log P_{i, y_i}$: the loss. $dZ, dW, db$: the gradients $\\frac{\\partial L}{\\partial Z}$,
+$\\frac{\\partial L}{\\partial W}$, $\\frac{\\partial L}{\\partial b}$."""
+
+EXERCISES_TITLE = """\
+# Exercises: a neural network from scratch in NumPy
+
+You write the heart of a neural network that reads handwritten digits: the initialization,
+ReLU and its derivative, softmax, the forward pass, the loss, backpropagation and the
+gradient descent step. Each exercise is a function whose body says `# your code here`; its
+docstring, the text above it and the comments in it give the equations and the shapes.
+
+1. Write the body (delete the `raise NotImplementedError` line), and run the cell.
+2. Run the check cell below it. It says **✓ correct**, **✗ wrong** (what was expected, what
+   came out, and a hint), or **… unfinished**.
+3. When every check passes, run the rest: the notebook trains *your* network on MNIST and
+   shows how well it reads digits it never saw.
+
+Use NumPy only (`np.exp`, `np.maximum`, `@`, `.sum(axis=...)`, ...), and no Python loop over
+the images: every line works on the whole batch at once."""
+
+NOTEBOOK_ENDING = """\
+## Summary: what you built
+
+- A loader for the IDX files of MNIST, giving images as rows of 784 numbers in $[0, 1]$.
+- A fully connected network: $Z = A_{prev} W + b$, $A = \\mathrm{ReLU}(Z)$, softmax at the end,
+  with He initialization.
+- The cross-entropy loss, computed stably with log-sum-exp.
+- Backpropagation written by hand, $dZ_L = (P - Y)/m$, $dW = A_{prev}^\\top dZ$,
+  $dA_{prev} = dZ\\,W^\\top$, and checked against finite differences.
+- Mini-batch SGD with momentum and a cosine learning rate; evaluation with a confusion matrix;
+  saving a model to one `.npz` file.
+- Distorted training digits and dropout, which make it generalise better.
+
+## Where next
+
+- **Experiment**: change `hidden=(128,)` to `(512, 256)`, the learning rate `lr`, `epochs`,
+  `activation="tanh"`, `dropout=0.2`, and watch the curves and the confusion matrix change.
+  Train on all 55,000 training images (a minute or two).
+- **Fashion-MNIST**: the same network on pictures of clothes (`python mnist_from_scratch.py
+  train --dataset fashion`). How much harder is it?
+- **The command line**: `python mnist_from_scratch.py train` trains the full network
+  (about 99 % on the test images); `predict my_digit.png` reads a photo of your own
+  handwriting, `draw` lets you draw digits and watch the network guess, `serve` puts it on a
+  web page. Section [11] of the file shows how a photo becomes a 28 × 28 input."""
+
+
+# What the lesson says in the command line's terms, in a notebook's.
+NOTEBOOK_WORDS = {
+    "`python mnist_from_scratch.py download` puts it there": "the first code cell put it there",
+    "`python mnist_from_scratch.py download` fetches them into data/ and checks them":
+        "the first code cell of this notebook fetched them into `data` and checked them",
+}
+
+
+def notebook_cell(kind, text, **metadata):
+    """One nbformat 4 cell: kind "markdown" or "code"."""
+    if kind == "markdown":
+        for words, instead in NOTEBOOK_WORDS.items():
+            text = text.replace(words, instead)
+    cell = {"cell_type": kind, "metadata": metadata, "source": text.strip("\n").splitlines(True)}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
+
+
+def data_cell():
+    """The notebook's first code cell: MNIST into `data` beside the notebook, with checksums."""
+    files = "".join(f'    "{name}.gz": "{sha}",\n' for name, sha in MNIST_FILES.items())
+    mirrors = "".join(f'    "{url}",\n' for url in MNIST_MIRRORS)
+    return f'''\
+# MNIST: four files (11 MB) into the folder `data` beside this notebook, unless they are there.
+import gzip, hashlib, os, urllib.request
+
+MIRRORS = [
+{mirrors}]
+FILES = {{  # name -> SHA-256 of its contents: a download is kept only if complete and genuine
+{files}}}
+os.makedirs("data", exist_ok=True)
+for name, sha256 in FILES.items():
+    path = os.path.join("data", name)
+    for mirror in MIRRORS:
+        if os.path.exists(path) or os.path.exists(path[:-3]):
+            break
+        try:
+            with urllib.request.urlopen(mirror + name, timeout=30) as response:
+                data = response.read()
+            genuine = hashlib.sha256(gzip.decompress(data)).hexdigest() == sha256
+        except (OSError, EOFError) as error:  # no network, or a cut-off file
+            print(f"{{mirror}}: {{error}}")
+            continue
+        if genuine:
+            with open(path + ".part", "wb") as f:
+                f.write(data)
+            os.replace(path + ".part", path)
+    if not (os.path.exists(path) or os.path.exists(path[:-3])):
+        raise RuntimeError(f"could not download {{name}}. Offline? Put the four MNIST .gz files "
+                           f"in the folder 'data' beside this notebook (Jupyter: the file "
+                           f"browser's Upload button; Colab: the Files panel on the left), "
+                           f"then run this cell again.")
+print("MNIST is in", os.path.abspath("data"))'''
+
+
+def definitions(source, names):
+    """The source of the named top-level definitions (functions, classes, assignments) of
+    `source`, in the order of `names`."""
+    import ast
+    lines, found = source.split("\n"), {}
+    for node in ast.parse(source).body:
+        name = getattr(node, "name", None) or (
+            node.targets[0].id if isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name) else None)
+        if name in names:
+            found[name] = "\n".join(lines[node.lineno - 1:node.end_lineno])
+    return [found[name] for name in names if name in found]
+
+
+FOLDED = {"jupyter": {"source_hidden": True}, "tags": ["hide-input"]}  # a cell to run, not read
+
+
+def setup_cells(source, exercises):
+    """The cells before the lesson: the title, the data, the picture functions of section [12]
+    (and, for the exercises, their checks), all but the data folded."""
+    cells = [notebook_cell("markdown", EXERCISES_TITLE if exercises else NOTEBOOK_TITLE),
+             notebook_cell("markdown", "## Before we start: the data, and the pictures\n\n"
+                           "Run these cells first. The first one gets MNIST (it needs the "
+                           "internet once, or the four files in `data`); the next ones hold "
+                           "the picture functions of the program's section [12], which draw "
+                           "into a folder `pictures` beside the notebook (not part of the "
+                           "lesson: no need to read them)."),
+             notebook_cell("code", data_cell()),
+             notebook_cell("code", "import os, sys, textwrap\n"
+                           "from IPython.display import Image, display\n\n"
+                           'os.makedirs("pictures", exist_ok=True)\n\n\n'
+                           "def show_picture(path):\n"
+                           '    """Show below the cell the PNG file a picture function wrote."""\n'
+                           "    display(Image(filename=path))", **FOLDED)]
+    for tool in definitions(source, PICTURE_TOOLS):  # even one the lesson defines later
+        tool = docstring_aside(tool, 0, note="")[0]  # to run, not to read: kept short
+        cells.append(notebook_cell("code", "\n".join(filter(str.strip, tool.split("\n"))), **FOLDED))
+    if exercises:
+        cells.append(notebook_cell("markdown", "The checks of the exercises (no need to read "
+                                   "them: the check cells below call them)."))
+        checks = CHECK_TOOLS + [f"check_{name}" for name in EXERCISES] + ["exercise_progress"]
+        cells.append(notebook_cell("code", f"import numpy as np\n\nEXERCISES = {list(EXERCISES)!r}",
+                                   **FOLDED))
+        cells += [notebook_cell("code", check, **FOLDED) for check in definitions(source, checks)]
+    return cells
+
+
+def exercise_cells(name, source):
+    """An exercise: its heading, the function with "your code here" for a body, its check."""
+    import inspect
+    number = list(EXERCISES).index(name) + 1
+    call = ", ".join(inspect.signature(globals()["check_" + name]).parameters)
+    cells = [notebook_cell("markdown", f"### Exercise {number}: `{name}`"),
+             notebook_cell("code", exercise_stub(source, number), exercise=name),
+             notebook_cell("code", f"check_{name}({call})", check=name)]
+    if number == len(EXERCISES):
+        cells += [notebook_cell("markdown", "### All exercises done?"),
+                  notebook_cell("code", "exercise_progress(globals())")]
+    return cells
+
+
+def function_cells(name, source):
+    """A function (or a run of statements) of the lesson as it is: a code cell, its docstring
+    moved to the text above when it is long, folded when it is longer than a screen anyway."""
+    code, aside = docstring_aside(source, CELL_LINES)
+    cells = [notebook_cell("markdown", aside)] if aside else []
+    if len(code.split("\n")) > FOLD_LINES:
+        cells.append(notebook_cell("markdown", f"*`{name}` takes more than a screen "
+                                   f"({len(code.splitlines())} lines): its code is folded; "
+                                   f"unfold it, or read it in the file.*"))
+        return cells + [notebook_cell("code", code, **FOLDED)]
+    return cells + [notebook_cell("code", code, **({"exercise": name} if name in EXERCISES else {}))]
+
+
+def lesson_notebook(source, exercises=False):
+    """The lesson cells of `source` (this file's text) as a notebook, a dict in the nbformat 4
+    layout ready for json.dump; with exercises=True the assignment (see EXERCISES)."""
+    cells, additions = setup_cells(source, exercises), list(NOTEBOOK_ADDITIONS)
     for number, title, text in split_into_cells(source):
         if number not in LESSON_SECTIONS:
             continue
-        comment, body, try_code, caption = split_cell(text)
-        cells.append(markdown(f"## [{number}] {title}\n\n" + comment_to_markdown(comment)))
-        if body:
-            cells.append(code(body))
-        if try_code:
-            cells.append(markdown("**Try it**" + (f": {caption}" if caption else "")))
-            cells.append(code(try_code))
+        intro, code = split_cell(text)
+        cells.append(notebook_cell("markdown", f"## [{number}] {title}\n\n"
+                                   + comment_to_markdown(intro)))
+        names = set()
+        for kind, text, *name in code_pieces(code):
+            name = name[0] if name else None
+            names.add(name)
+            if kind == "try":
+                cells.append(notebook_cell("markdown", "**Try it**" + (f": {text}" if text else "")))
+            elif kind == "markdown":
+                cells.append(notebook_cell("markdown", text))
+            elif exercises and name in EXERCISES:
+                cells += exercise_cells(name, text)
+            else:
+                cells += function_cells(name, text)
+        for addition in [a for a in additions if a[0] in names]:  # after the section
+            cells.append(notebook_cell(addition[1], addition[2]))
+            additions.remove(addition)
+    cells += [notebook_cell(kind, text) for _, kind, text in additions]
+    cells.append(notebook_cell("markdown", NOTEBOOK_ENDING))
     return {"nbformat": 4, "nbformat_minor": 4, "cells": cells,
             "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                         "language": "python"},
@@ -4305,14 +5081,18 @@ def command_gradcheck(args):
 
 
 def command_notebook(args):
+    if args.out is None:
+        args.out = f"mnist_from_scratch{'_exercises' if args.exercises else ''}.ipynb"
+        PATH_CHECKS["notebook to write"](args.out, "--out")
     with open(os.path.abspath(__file__), encoding="utf-8") as f:
-        notebook = lesson_notebook(f.read())
+        notebook = lesson_notebook(f.read(), exercises=args.exercises)
     text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
     try:
         write_atomically(args.out, lambda f: f.write(text.encode("utf-8")))
     except OSError as e:
         raise UserError(f"cannot write {args.out}: {e.strerror}; choose another path with --out")
-    print(f"wrote {args.out} ({len(notebook['cells'])} cells); open it with Jupyter, "
+    what = "the exercises" if args.exercises else "the lesson"
+    print(f"wrote {what} to {args.out} ({len(notebook['cells'])} cells); open it with Jupyter, "
           f"JupyterLab, VS Code or Google Colab")
     return 0
 
@@ -4491,9 +5271,13 @@ def build_parser():
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(run=command_gradcheck)
 
-    p = add("notebook", "write the lesson (loading to saving) as a Jupyter notebook")
-    p.add_argument("--out", default="mnist_from_scratch.ipynb", metavar="FILE.ipynb",
-                   help="notebook to write (default: %(default)s)")
+    p = add("notebook", "write the lesson as a Jupyter notebook, or (--exercises) the assignment")
+    p.add_argument("--out", metavar="FILE.ipynb",
+                   help="notebook to write (default: mnist_from_scratch.ipynb, with --exercises "
+                        "mnist_from_scratch_exercises.ipynb)")
+    p.add_argument("--exercises", action="store_true",
+                   help="write the assignment: the student writes the core functions, and a "
+                        "check after each one says whether it is right")
     p.set_defaults(run=command_notebook, paths={"out": "notebook to write"})
 
     p = add("download", "download MNIST without training", images, data)

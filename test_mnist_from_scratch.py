@@ -1226,53 +1226,6 @@ class TestTheFileAsALesson(unittest.TestCase):
         np.testing.assert_allclose(W, [0.95, 0.95])  # W - η v with v = 0.5
         np.testing.assert_allclose(v, [0.5, 0.5])
 
-    def test_notebook_is_valid_nbformat_4_json_with_the_lesson_cells(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "lesson.ipynb")
-            code, out, err = run_cli("notebook", "--out", path)
-            self.assertEqual(code, 0, err)
-            with open(path, encoding="utf-8") as f:
-                notebook = json.load(f)
-        self.assertEqual(notebook["nbformat"], 4)
-        self.assertEqual(notebook["metadata"]["kernelspec"]["name"], "python3")
-        for cell in notebook["cells"]:
-            self.assertIn(cell["cell_type"], ("markdown", "code"))
-            self.assertIsInstance(cell["source"], list)
-            self.assertTrue(all(isinstance(line, str) for line in cell["source"]))
-            if cell["cell_type"] == "code":
-                self.assertEqual((cell["outputs"], cell["execution_count"]), ([], None))
-        headings = ["".join(c["source"]).split("\n")[0] for c in notebook["cells"]
-                    if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## ")]
-        self.assertEqual([h.split("]")[0] for h in headings], [f"## [{n}" for n in range(11)])
-        code = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
-        for name in ("def backward(", "def train(", "def save_model(", "load_mnist(\"data\")"):
-            self.assertIn(name, code)
-        self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
-
-    @needs_mnist
-    def test_notebook_cells_run_in_order_and_train_on_a_slice_of_mnist(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "lesson.ipynb")
-            self.assertEqual(run_cli("notebook", "--out", path)[0], 0)
-            with open(path, encoding="utf-8") as f:
-                cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
-            os.symlink(DATA_DIR, os.path.join(tmp, "data"))
-            namespace, printed = {"__name__": "__main__"}, io.StringIO()
-            cwd = os.getcwd()
-            os.chdir(tmp)
-            try:
-                with contextlib.redirect_stdout(printed):
-                    for cell in cells:
-                        exec("".join(cell["source"]), namespace)
-            finally:
-                os.chdir(cwd)
-            self.assertTrue(os.path.exists(os.path.join(tmp, "my_model.npz")))
-        self.assertEqual(namespace["X_train"].shape, (60000, 784))
-        self.assertEqual(len(namespace["history"]), 3)
-        self.assertGreater(namespace["history"][-1]["val_acc"], 0.9)
-        self.assertGreater(namespace["result"]["accuracy"], 0.9)
-        self.assertIn("test accuracy", printed.getvalue())
-
 
 # ---- Predicting one image ----------------------------------------------------------
 def thin_to_skeleton(binary):
@@ -3393,6 +3346,397 @@ class TestServingInABrowser(unittest.TestCase):
         self.assertGreaterEqual(layouts["phone"]["canvas"]["width"], 0.9 * 390)  # nearly the screen's width
 
 
+# ---- The lesson as a notebook, and the exercises -----------------------------------------------
+@functools.lru_cache(maxsize=None)
+def missing_for_the_notebook_tests():
+    """What is missing to run a notebook in a real Jupyter kernel: () when nothing is."""
+    import importlib.util
+    # Looked up, not imported: importing ipykernel here would make this process look like a
+    # notebook kernel to display_available().
+    missing = [package for package in ("nbformat", "nbclient", "ipykernel")
+               if importlib.util.find_spec(package) is None]
+    if not missing:  # in a process of its own, for the same reason
+        find = "from jupyter_client.kernelspec import KernelSpecManager as K; K().get_kernel_spec('python3')"
+        if subprocess.run([sys.executable, "-c", find], capture_output=True, timeout=60).returncode:
+            missing.append("a python3 kernel (python -m ipykernel install --sys-prefix)")
+    return tuple(missing)
+
+
+def write_notebook(*options):
+    """The notebook that `notebook [--exercises]` writes, as a dict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "n.ipynb")
+        code, out, err = run_cli("notebook", "--out", path, *options)
+        if code != 0:
+            raise AssertionError(err)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def cell_text(cell):
+    return "".join(cell["source"])
+
+
+def cell_output(cell):
+    """Everything a code cell printed (and the messages of its errors), as one string."""
+    return "".join("".join(o.get("text", "")) + o.get("evalue", "") for o in cell.get("outputs", []))
+
+
+def with_reference_bodies(exercises, lesson):
+    """The exercise notebook with the lesson's bodies of every exercise put in."""
+    reference = {c["metadata"]["exercise"]: c["source"] for c in lesson["cells"]
+                 if c["metadata"].get("exercise")}
+    notebook = json.loads(json.dumps(exercises))
+    for cell in notebook["cells"]:
+        if cell["metadata"].get("exercise"):
+            cell["source"] = reference[cell["metadata"]["exercise"]]
+    return notebook
+
+
+RUN_NOTEBOOK = """
+import sys, nbclient, nbformat
+path, allow_errors = sys.argv[1], sys.argv[2] == "1"
+notebook = nbformat.read(path, as_version=4)
+try:
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=allow_errors,
+                            resources={"metadata": {"path": sys.argv[3]}}).execute()
+finally:
+    nbformat.write(notebook, path)
+"""
+
+
+def execute_notebook(notebook, until_check=None, allow_errors=False):
+    """Run a notebook (a dict) in a fresh Jupyter kernel, in a new empty folder holding only
+    MNIST in data/, as a student who saved it there would; return (the executed notebook as a
+    dict, the file names in the folder afterwards, seconds). until_check: stop after the check
+    cell of that exercise. nbclient runs in a process of its own, which keeps ipykernel out of
+    this one (display_available() would take this process for a notebook kernel)."""
+    cells = notebook["cells"]
+    if until_check:
+        cells = cells[:1 + next(i for i, c in enumerate(cells)
+                                if c["metadata"].get("check") == until_check)]
+    with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryDirectory() as folder:
+        os.mkdir(os.path.join(folder, "data"))
+        for name in mnist.MNIST_FILES:
+            shutil.copy(os.path.join(DATA_DIR, name + ".gz"), os.path.join(folder, "data"))
+        path = os.path.join(scratch, "notebook.ipynb")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(dict(notebook, cells=cells), f)
+        env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-c", RUN_NOTEBOOK, path, str(int(allow_errors)), folder],
+                             capture_output=True, text=True, env=env, timeout=600)
+        seconds = time.perf_counter() - start
+        if run.returncode:
+            raise AssertionError(f"the notebook stopped with an error:\n{run.stderr[-3000:]}")
+        with open(path, encoding="utf-8") as f:
+            executed = json.load(f)
+        files = sorted(os.path.relpath(os.path.join(root, name), folder)
+                       for root, _, names in os.walk(folder) for name in names)
+    return executed, files, seconds
+
+
+def pictures_in(notebook):
+    return sum("image/png" in o.get("data", {}) for c in notebook["cells"]
+               for o in c.get("outputs", []))
+
+
+class TestTheNotebookAsWritten(unittest.TestCase):
+    """The notebooks' text: made from the lesson's cells, short cells, LaTeX, valid nbformat."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lesson, cls.exercises = write_notebook(), write_notebook("--exercises")
+
+    def test_both_notebooks_are_nbformat_4_with_empty_code_cells(self):
+        for notebook in (self.lesson, self.exercises):
+            self.assertEqual((notebook["nbformat"], notebook["metadata"]["kernelspec"]["name"]),
+                             (4, "python3"))
+            for cell in notebook["cells"]:
+                self.assertIn(cell["cell_type"], ("markdown", "code"))
+                self.assertTrue(all(isinstance(line, str) for line in cell["source"]))
+                if cell["cell_type"] == "code":
+                    self.assertEqual((cell["outputs"], cell["execution_count"]), ([], None))
+
+    @unittest.skipIf("nbformat" in missing_for_the_notebook_tests(), "nbformat is not installed "
+                     "(pip install nbformat)")
+    def test_nbformats_validator_accepts_both_notebooks(self):
+        import nbformat
+        for notebook in (self.lesson, self.exercises):
+            nbformat.validate(nbformat.reads(json.dumps(notebook), as_version=4))  # raises if not
+            self.assertGreater(len(notebook["cells"]), 50)
+
+    def test_the_lesson_sections_appear_in_order_with_their_code_from_the_file(self):
+        headings = [cell_text(c).split("\n")[0] for c in self.lesson["cells"]
+                    if c["cell_type"] == "markdown" and cell_text(c).startswith("## [")]
+        self.assertEqual([h.split("]")[0] for h in headings], [f"## [{n}" for n in range(11)])
+        with open(SCRIPT) as f:
+            source = f.read()
+        for cell in self.lesson["cells"]:
+            if cell["cell_type"] == "code" and cell_text(cell).startswith("def backward("):
+                self.assertIn(cell_text(cell), source)  # the lesson's own code, unchanged
+        code = "".join(cell_text(c) for c in self.lesson["cells"] if c["cell_type"] == "code")
+        for name in ("def backward(", "def train(", "def save_model(", "load_mnist(\"data\")"):
+            self.assertIn(name, code)
+        self.assertNotIn("def image_to_mnist(", code)  # the application is not in the lesson
+
+    def test_the_exercises_go_to_a_file_of_their_own_beside_the_lesson(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for options in ([], ["--exercises"]):
+                self.assertEqual(run_cli("notebook", *options, cwd=tmp)[0], 0)
+            self.assertEqual(sorted(os.listdir(tmp)),
+                             ["mnist_from_scratch.ipynb", "mnist_from_scratch_exercises.ipynb"])
+            with open(os.path.join(tmp, "mnist_from_scratch_exercises.ipynb"), encoding="utf-8") as f:
+                self.assertEqual(json.load(f)["cells"][0]["source"], self.exercises["cells"][0]["source"])
+
+    def test_a_change_to_the_lesson_changes_both_notebooks(self):
+        with open(SCRIPT) as f:
+            source = f.read()
+        old = "dZ /= m                             # (P - Y) / m"
+        self.assertIn(old, source)
+        changed = source.replace(old, "dZ = dZ / m                         # (P - Y) / m, anew", 1)
+        changed = changed.replace("# Cross-entropy", "# The cross-entropy", 1)
+        for exercises in (False, True):
+            notebook = mnist.lesson_notebook(changed, exercises=exercises)
+            text = "".join(cell_text(c) for c in notebook["cells"])
+            self.assertIn("The cross-entropy", text)
+            self.assertEqual("(P - Y) / m, anew" in text, not exercises)  # backward is an exercise
+
+    def test_every_code_cell_shown_is_at_most_50_lines_and_only_longer_functions_are_folded(self):
+        import ast
+        with open(SCRIPT) as f:
+            tree = ast.parse(f.read())
+        too_long = set()  # functions of the lesson over 50 lines even without their docstring
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                doc = node.body[0]
+                lines = (node.end_lineno - node.lineno + 1) - (doc.end_lineno - doc.lineno)
+                if lines > mnist.FOLD_LINES:
+                    too_long.add(node.name)
+        for notebook in (self.lesson, self.exercises):
+            shown = [c for c in notebook["cells"] if c["cell_type"] == "code"
+                     and not c["metadata"].get("jupyter", {}).get("source_hidden")]
+            longest = max((len(cell_text(c).split("\n")), cell_text(c)[:60]) for c in shown)
+            self.assertLessEqual(longest[0], mnist.FOLD_LINES, longest[1])
+            self.assertGreaterEqual(len(shown), 60)
+            folded = [c for c in notebook["cells"] if c["cell_type"] == "code"
+                      and c["metadata"].get("jupyter", {}).get("source_hidden")]
+            for cell in folded:
+                name = re.match(r"(def |class )?(\w+)", cell_text(cell)).group(2)
+                self.assertTrue(name in too_long or name in mnist.PICTURE_TOOLS + mnist.CHECK_TOOLS
+                                or name.startswith(("import", "check_", "exercise_")), name)
+                self.assertLessEqual(len(cell_text(cell).split("\n")),
+                                     mnist.CELL_LINES if name not in too_long else 200)
+
+    def test_the_first_code_cell_fetches_mnist_into_data_checking_every_files_sha256(self):
+        first = cell_text(next(c for c in self.lesson["cells"] if c["cell_type"] == "code"))
+        for sha in mnist.MNIST_FILES.values():  # of the contents, however compressed
+            self.assertIn(sha, first)
+        self.assertIn('os.makedirs("data"', first)
+        self.assertIn("Colab", first)  # says what to do offline, in notebook terms
+        self.assertLessEqual(len(first.split("\n")), 40)
+
+    def run_first_cell(self, folder, mirrors):
+        """Run the notebook's first code cell in `folder`, with these mirrors instead of the real ones."""
+        first = cell_text(next(c for c in self.lesson["cells"] if c["cell_type"] == "code"))
+        first = re.sub(r"MIRRORS = \[.*?\]", f"MIRRORS = {mirrors!r}", first, flags=re.S)
+        cwd = os.getcwd()
+        os.chdir(folder)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                exec(first, {"__name__": "__main__"})
+        finally:
+            os.chdir(cwd)
+        return printed.getvalue()
+
+    @needs_mnist
+    def test_the_first_cell_downloads_mnist_into_data_keeping_only_files_whose_sha256_matches(self):
+        import http.server
+        with tempfile.TemporaryDirectory() as served, tempfile.TemporaryDirectory() as folder:
+            for mirror in ("damaged", "good"):
+                os.mkdir(os.path.join(served, mirror))
+            for name in mnist.MNIST_FILES:
+                with open(os.path.join(DATA_DIR, name + ".gz"), "rb") as f:
+                    data = f.read()
+                with open(os.path.join(served, "good", name + ".gz"), "wb") as f:
+                    f.write(data)
+                with open(os.path.join(served, "damaged", name + ".gz"), "wb") as f:
+                    f.write(data[:len(data) // 2])  # cut off halfway
+            class QuietHandler(http.server.SimpleHTTPRequestHandler):
+                def log_message(self, *args):
+                    pass
+
+            handler = functools.partial(QuietHandler, directory=served)
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                url = f"http://127.0.0.1:{server.server_address[1]}/"
+                printed = self.run_first_cell(folder, [url + "damaged/", url + "good/"])
+            finally:
+                server.shutdown()
+                server.server_close()
+            self.assertEqual(sorted(os.listdir(os.path.join(folder, "data"))),
+                             sorted(name + ".gz" for name in mnist.MNIST_FILES))  # no .part left
+            X_train, y_train, _, _ = mnist.load_mnist(os.path.join(folder, "data"))
+        self.assertEqual(X_train.shape, (60000, 784))
+        self.assertIn("MNIST is in", printed)
+        self.assertEqual(printed.count("damaged/:"), 4)  # each cut-off copy was refused
+
+    def test_the_first_cell_offline_says_where_to_put_the_files_in_jupyter_and_colab(self):
+        with tempfile.TemporaryDirectory() as folder:
+            with self.assertRaises(RuntimeError) as raised:
+                self.run_first_cell(folder, ["http://127.0.0.1:9/"])  # port 9: nobody answers
+        self.assertIn("could not download train-images-idx3-ubyte.gz", str(raised.exception))
+        for words in ("Offline?", "folder 'data' beside this notebook", "Upload", "Colab"):
+            self.assertIn(words, str(raised.exception))
+
+    def test_formulas_are_latex_and_numbered_lines_are_markdown_lists(self):
+        markdown = [cell_text(c) for c in self.lesson["cells"] if c["cell_type"] == "markdown"]
+        equations = [line for text in markdown for line in text.split("\n") if line.startswith("$$")]
+        self.assertGreaterEqual(len(equations), 8)
+        self.assertTrue(any(r"A_{prev}\,W + b" in e and r"\to (m, n_{out})" in e for e in equations))
+        lists = [line for text in markdown for line in text.split("\n") if re.match(r"\d+\. ", line)]
+        self.assertGreaterEqual(len(lists), 4)
+        code_blocks = "".join(re.findall(r"```.*?```", "\n".join(markdown), re.S))
+        self.assertNotIn("1. an affine map", code_blocks)
+
+    def test_try_it_captions_are_whole_sentences(self):
+        captions = [cell_text(c) for c in self.lesson["cells"] if cell_text(c).startswith("**Try it**")]
+        self.assertGreaterEqual(len(captions), 6)
+        for caption in captions:
+            self.assertRegex(caption, r"(\*\*Try it\*\*|[.):])$")
+
+    def test_it_ends_with_a_summary_and_where_next(self):
+        ending = cell_text(self.lesson["cells"][-1])
+        self.assertIn("## Summary", ending)
+        self.assertIn("## Where next", ending)
+        self.assertIn("Fashion-MNIST", ending)
+
+    def test_every_check_passes_the_files_own_functions_and_fails_a_wrong_one(self):
+        import inspect
+        for name in mnist.EXERCISES:
+            check = getattr(mnist, "check_" + name)
+            functions = [getattr(mnist, n) for n in inspect.signature(check).parameters]
+            with contextlib.redirect_stdout(io.StringIO()) as said:
+                check(*functions)
+            self.assertTrue(said.getvalue().startswith(f"✓ exercise "), said.getvalue())
+            with contextlib.redirect_stdout(io.StringIO()) as said:
+                check(lambda *args, **kwargs: np.zeros((2, 3)), *functions[1:])
+            self.assertIn(f"{name}: wrong", said.getvalue())
+
+    def test_each_exercise_keeps_its_docstring_and_says_your_code_here_followed_by_a_check(self):
+        cells = self.exercises["cells"]
+        stubs = [i for i, c in enumerate(cells) if c["metadata"].get("exercise")]
+        self.assertEqual([cells[i]["metadata"]["exercise"] for i in stubs], list(mnist.EXERCISES))
+        for i in stubs:
+            name, text = cells[i]["metadata"]["exercise"], cell_text(cells[i])
+            self.assertIn(getattr(mnist, name).__doc__.split("\n")[0], text)
+            self.assertIn("# your code here", text)
+            self.assertIn("raise NotImplementedError", text)
+            self.assertEqual(cells[i + 1]["metadata"].get("check"), name)
+        self.assertIn("(m, n_in) @ (n_in, n_out)", cell_text(cells[stubs[4]]))  # forward's shapes
+
+
+@needs_mnist
+@unittest.skipIf(missing_for_the_notebook_tests(), "the notebook tests run notebooks in a Jupyter kernel "
+                 "(pip install nbclient ipykernel nbformat); missing: "
+                 + ", ".join(missing_for_the_notebook_tests()))
+class TestTheNotebookInAKernel(unittest.TestCase):
+    """The notebooks executed in a real Jupyter kernel, as a student runs them."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lesson, cls.exercises = write_notebook(), write_notebook("--exercises")
+        cls.solved = with_reference_bodies(cls.exercises, cls.lesson)
+
+    def test_lesson_runs_from_an_empty_folder_without_error_showing_pictures_and_accuracy(self):
+        notebook, files, _ = execute_notebook(self.lesson)
+        errors = [o for c in notebook["cells"] for o in c.get("outputs", [])
+                  if o["output_type"] == "error"]
+        self.assertEqual(errors, [])
+        self.assertGreaterEqual(pictures_in(notebook), 5)
+        printed = "".join(cell_output(c) for c in notebook["cells"])
+        self.assertGreater(float(re.search(r"test accuracy ([\d.]+) %", printed).group(1)), 90)
+        self.assertIn("my_model.npz", files)  # what it writes stays in its own folder
+        self.assertIn(os.path.join("pictures", "confusion.png"), files)
+
+    def test_exercises_as_written_say_the_first_exercise_is_unfinished(self):
+        notebook, _, _ = execute_notebook(self.exercises, allow_errors=True)
+        checks = [c for c in notebook["cells"] if c["metadata"].get("check")]
+        self.assertEqual(checks[0]["metadata"]["check"], list(mnist.EXERCISES)[0])
+        self.assertIn("exercise 1, he_init: unfinished", cell_output(checks[0]))
+        self.assertEqual(sum("✓" in cell_output(c) for c in checks), 0)
+
+    def test_exercises_with_the_reference_bodies_pass_every_check_and_train_to_90_percent(self):
+        notebook, _, _ = execute_notebook(self.solved)
+        checks = [c for c in notebook["cells"] if c["metadata"].get("check")]
+        self.assertEqual(len(checks), len(mnist.EXERCISES))
+        for check in checks:
+            self.assertIn(": correct.", cell_output(check))
+        printed = "".join(cell_output(c) for c in notebook["cells"])
+        self.assertIn("All exercises pass", printed)
+        self.assertGreater(float(re.search(r"test accuracy ([\d.]+) %", printed).group(1)), 90)
+        self.assertGreaterEqual(pictures_in(notebook), 5)
+
+    def check_says(self, name, mistake, *replacements):
+        """The output of exercise `name`'s check, with the reference body changed by
+        replacements (old, new), each of which must apply."""
+        notebook = json.loads(json.dumps(self.solved))
+        cell = next(c for c in notebook["cells"] if c["metadata"].get("exercise") == name)
+        text = cell_text(cell)
+        for old, new in replacements:
+            self.assertIn(old, text, f"the mistake {mistake!r} no longer applies to {name}")
+            text = text.replace(old, new)
+        cell["source"] = text.splitlines(True)
+        executed, _, _ = execute_notebook(notebook, until_check=name)
+        said = cell_output(executed["cells"][-1])
+        self.assertIn(f"{name}: wrong", said)
+        return said
+
+    def test_cross_entropy_without_the_1_over_m_is_told_the_1_over_m_is_missing(self):
+        self.assertIn("1/m is missing", self.check_says("cross_entropy", "sum", (".mean()", ".sum()")))
+
+    def test_backward_without_the_1_over_m_is_told_the_1_over_m_is_missing(self):
+        self.assertIn("1/m is missing", self.check_says("backward", "no 1/m", ("dZ /= m", "pass")))
+
+    def test_backward_with_a_transposed_dW_is_told_of_the_transpose(self):
+        self.assertIn("transpose", self.check_says("backward", "transpose",
+                                                    ("A_prev.T @ dZ", "dZ.T @ A_prev")))
+
+    def test_backward_summing_db_over_the_wrong_axis_is_told_the_axis(self):
+        self.assertIn("axis 0", self.check_says("backward", "axis", ("dZ.sum(axis=0)", "dZ.sum(axis=1)")))
+
+    def test_backward_taking_the_derivative_of_the_gradient_is_told_where_to_take_it(self):
+        self.assertIn("derivative taken at the layer's activations A_prev", self.check_says(
+            "backward", "f'(dA)", ("derivative(A_prev)", "derivative(dA)")))
+
+    def test_forward_with_a_transposed_weight_is_told_of_the_transpose(self):
+        self.assertIn("transpose", self.check_says("forward", "transpose", ("@ W", "@ W.T")))
+
+    def test_softmax_without_the_maximum_subtracted_is_told_it_overflows(self):
+        self.assertIn("overflows", self.check_says(
+            "softmax", "overflow", ("np.exp(Z - Z.max(axis=1, keepdims=True))", "np.exp(Z)")))
+
+    def test_softmax_summing_over_the_wrong_axis_is_told_the_axis(self):
+        self.assertIn("wrong axis", self.check_says(
+            "softmax", "axis", ("E.sum(axis=1, keepdims=True)", "E.sum(axis=0, keepdims=True)")))
+
+    def test_softmax_dividing_without_keepdims_is_told_to_keep_the_sum_a_column(self):
+        self.assertIn("keepdims=True", self.check_says(
+            "softmax", "keepdims", ("E.sum(axis=1, keepdims=True)", "E.sum(axis=1)")))
+
+    def test_relu_derivative_returning_the_activation_is_told_it_is_the_wrong_thing(self):
+        self.assertIn("derivative of the wrong thing",
+                      self.check_says("relu_derivative", "A", ("return A > 0", "return A")))
+
+    def test_sgd_step_going_uphill_is_told_the_step_is_in_the_wrong_direction(self):
+        self.assertIn("wrong direction", self.check_says("sgd_step", "+=", ("param -= grad", "param += grad")))
+
+    def test_sgd_step_making_new_arrays_is_told_the_update_is_not_in_place(self):
+        self.assertIn("not in place", self.check_says(
+            "sgd_step", "new array", ("param -= grad", "param = param - grad")))
+
+
 # ---- Fashion-MNIST: the second data set ------------------------------------------------------
 FASHION_DIR = os.path.join(DATA_DIR, "fashion")
 HAVE_FASHION = all(os.path.exists(os.path.join(FASHION_DIR, name + ".gz"))
@@ -4020,7 +4364,7 @@ def measure_speed(epochs=2, repeats=3):
           f"taking turns; the fastest epoch of each side", flush=True)
     if torch is not None:
         torch.set_num_threads(threads)
-        X_train, y_train, _, _ = mnist.load_mnist(DATA_DIR, download=False)
+        X_train, y_train, _, _ = mnist.load_mnist(DATA_DIR)
         X = torch.from_numpy(X_train)  # all 60,000, as train learns from with --val-size 0
         y = torch.from_numpy(y_train.astype(np.int64))
         print(f"PyTorch {torch.__version__}", flush=True)
@@ -4039,8 +4383,36 @@ def measure_speed(epochs=2, repeats=3):
         else:
             print(f"| {name} | {batch_size} | {min(ours):.3f} | - | - |", flush=True)
 
+# ----------------------------------------------------------------------------------------------
+# The notebooks: how long each takes in a Jupyter kernel, and what is in it
+# ----------------------------------------------------------------------------------------------
+def measure_notebooks(runs=3):
+    """Write both notebooks, run each `runs` times in a fresh kernel (the exercises as written
+    and with the reference bodies put in), and print their seconds, cells and pictures."""
+    lesson, exercises = write_notebook(), write_notebook("--exercises")
+    for name, notebook, allow_errors in (("lesson", lesson, False),
+                                         ("exercises as written", exercises, True),
+                                         ("exercises, reference bodies", with_reference_bodies(exercises, lesson), False)):
+        seconds = []
+        for _ in range(runs):
+            executed, _, took = execute_notebook(notebook, allow_errors=allow_errors)
+            seconds.append(took)
+        code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+        folded = [c for c in code if c["metadata"].get("jupyter", {}).get("source_hidden")]
+        shown = [len(cell_text(c).split("\n")) for c in code if c not in folded]
+        accuracy = re.search(r"test accuracy ([\d.]+ %)", "".join(map(cell_output, executed["cells"])))
+        print(f"{name}: test accuracy {accuracy.group(1) if accuracy else '-'}; "
+              f"{len(notebook['cells'])} cells ({len(code)} code, {len(folded)} of them "
+              f"folded, {len(notebook['cells']) - len(code)} markdown); code cells shown: median "
+              f"{sorted(shown)[len(shown) // 2]} lines, longest {max(shown)}; "
+              f"{pictures_in(executed)} pictures; seconds in a kernel, {runs} runs: "
+              f"{', '.join(f'{s:.1f}' for s in seconds)} (median {sorted(seconds)[runs // 2]:.1f})")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--measure-photos"]:
+    if sys.argv[1:2] == ["--measure-notebooks"]:
+        measure_notebooks(*[int(n) for n in sys.argv[2:3]])
+    elif sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--measure-serve"]:
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
