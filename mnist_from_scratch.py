@@ -1376,47 +1376,130 @@ def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
 WORKING_MAX_SIDE = 640          # larger photos are shrunk first: a digit needs far fewer pixels
 
 
-def read_image(path):
+EXIF_ORIENTATION = 0x0112  # the EXIF tag in which a camera says how the picture is turned
+# What each EXIF orientation asks for, as array operations (those of Pillow's exif_transpose).
+UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.T,
+           6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T, 8: lambda a: np.rot90(a)}
+
+
+def read_image(path, max_side=WORKING_MAX_SIDE):
     """Read an image file of any size and mode (RGB, RGBA, L, LA, palette, 16-bit, JPEG, ...).
 
     Returns (gray, alpha): gray is a float32 (height, width) array in [0, 1] (0 = black,
     1 = white); alpha is a float32 array of the same shape in [0, 1] (0 = fully transparent),
     or None when the image has no transparent pixels.
+    An image with a side longer than max_side is shrunk as it is read, by the whole factor
+    ceil(longest side / max_side): each pixel of the result is the mean of a factor x factor block,
+    as shrink_by_block_mean makes it. A JPEG is decoded at 1/2, 1/4 or 1/8 of its size where the
+    factor allows (libjpeg averages in its own transform, nearly for free), and the rest is
+    averaged a strip of rows at a time, so no image of millions of pixels ever becomes a float
+    array: memory and time stay bounded whatever the pixel count. max_side=None keeps every pixel.
     Raises ValueError with a one-line message when the file cannot be read.
     """
-    from PIL import Image, ImageOps  # Pillow is only needed here, so it is imported here
+    from PIL import Image  # Pillow is only needed here, so it is imported here
 
     try:
-        with Image.open(path) as opened:  # "with": the file is closed even when reading fails
+        with Image.open(path) as image:  # "with": the file is closed even when reading fails
             # Phone cameras store "rotate me" in the EXIF data instead of rotating the pixels.
-            image = ImageOps.exif_transpose(opened)
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            width, height = image.size
+            factor = -(-max(width, height) // max_side) if max_side else 1   # ceil, at least 1
+            size = (max(1, width // factor), max(1, height // factor))       # a side under factor: 1
+            decoded_at = 1
+            if image.format == "JPEG" and factor > 1:
+                decoded_at = max(s for s in (8, 4, 2, 1) if factor % s == 0 and s <= min(width, height))
+                image.draft("L", (width // decoded_at, height // decoded_at))  # the gray channel only
             image.load()
+            gray, alpha = shrink_while_reading(image, factor // decoded_at, size)
     except FileNotFoundError:
         raise ValueError(f"image file not found: {path}") from None
     except Exception as error:  # Pillow raises several kinds of errors for broken files
         raise ValueError(f"cannot read image {path}: {error} (is it a PNG or JPEG?)") from None
+    turn = UPRIGHT.get(orientation, lambda a: a)
+    gray = np.ascontiguousarray(turn(np.clip(gray, 0.0, 1.0)))
+    return gray, None if alpha is None else np.ascontiguousarray(turn(alpha))
 
-    alpha = None
-    has_transparency = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if has_transparency:
+
+def has_transparency(image):
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+
+
+def luma(red, green, blue):
+    """ITU-R 601 luma, the same weights Pillow uses to convert colour to gray ("L")."""
+    return red * 0.299 + green * 0.587 + blue * 0.114
+
+
+def gray_and_alpha(image, largest=255.0):
+    """A decoded Pillow image (or a tile of one) -> float32 gray and alpha (or None) in [0, 1]."""
+    if has_transparency(image):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        alpha = rgba[:, :, 3]
-        # ITU-R 601 luma, the same weights Pillow uses to convert colour to gray ("L").
-        gray = rgba[:, :, 0] * 0.299 + rgba[:, :, 1] * 0.587 + rgba[:, :, 2] * 0.114
-        if alpha.min() > 0.99:  # an alpha channel that is opaque everywhere carries no information
-            alpha = None
-    elif image.mode.startswith("I") or image.mode == "F":
-        # 16-bit or 32-bit gray: scale by the largest value the file's bit depth allows.
-        gray = np.asarray(image, dtype=np.float32)
-        largest = 65535.0 if image.mode.startswith("I;16") or gray.max() > 255 else 255.0
-        if image.mode == "F":
-            largest = max(1.0, float(gray.max()))
-        gray = gray / largest
-    else:
-        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if gray.ndim != 2 or min(gray.shape) < 1:
-        raise ValueError(f"cannot read image {path}: unexpected shape {gray.shape}")
-    return np.clip(gray, 0.0, 1.0).astype(np.float32), alpha
+        return luma(rgba[:, :, 0], rgba[:, :, 1], rgba[:, :, 2]), rgba[:, :, 3]
+    if image.mode.startswith("I") or image.mode == "F":
+        return np.asarray(image, dtype=np.float32) / largest, None
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, None
+
+
+def block_sums(pixels, block_y, block_x):
+    """The sum over each block_y x block_x block of an (h, w) or (h, w, channels) integer array,
+    in integers, so exactly (and several times faster than a mean over floats)."""
+    rows, cols = pixels.shape[0] // block_y, pixels.shape[1] // block_x
+    blocks = pixels.reshape(rows, block_y, cols, block_x, *pixels.shape[2:])
+    return blocks.sum(axis=(1, 3), dtype=np.uint64)
+
+
+def shrink_while_reading(image, factor, size):
+    """A decoded Pillow image -> (gray, alpha) of `size` (width, height), each pixel the mean of a
+    factor x factor block (fewer along a side shorter than factor), converted a tile at a time.
+
+    With transparency, gray is averaged weighted by alpha, sum(alpha * gray) / sum(alpha), so
+    that putting the result on a background (composite_alpha) gives the mean of the blocks put
+    on it; alpha is None when it is opaque everywhere.
+    """
+    width, height = size
+    block_y, block_x = min(factor, image.size[1] // height), min(factor, image.size[0] // width)
+    n = block_y * block_x                  # pixels averaged into one
+    transparent, largest = has_transparency(image), 255.0
+    deep = image.mode.startswith("I") or image.mode == "F"   # 16 or 32 bits a pixel
+    if deep:  # scaled by the largest value the file's bit depth allows
+        high = image.getextrema()[1]
+        largest = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+        largest = max(1.0, float(high)) if image.mode == "F" else largest
+
+    gray = np.empty((height, width), np.float32)
+    alpha, weighted = (np.empty_like(gray), np.empty_like(gray)) if transparent else (None, None)
+    opaque = True
+    # Tiles of about a megapixel of the image at a time (a tile of a very wide image is a part
+    # of its rows, not all of them).
+    cols = min(width, max(1, 2 ** 20 // n))
+    rows = max(1, 2 ** 20 // (cols * n))
+    for top in range(0, height, rows):
+        for left in range(0, width, cols):
+            out = np.s_[top:min(height, top + rows), left:min(width, left + cols)]
+            tile = image.crop((out[1].start * block_x, out[0].start * block_y,
+                               out[1].stop * block_x, out[0].stop * block_y))
+            if n == 1:            # every pixel kept
+                gray[out], tile_alpha = gray_and_alpha(tile, largest)
+                if transparent:
+                    alpha[out] = tile_alpha
+                    opaque = opaque and tile_alpha.min() > 0.99   # opaque alpha: no information
+            elif deep:            # 16 or 32 bits: the block means in floats
+                tile_gray, (tile_rows, tile_cols) = gray_and_alpha(tile, largest)[0], gray[out].shape
+                gray[out] = tile_gray.reshape(tile_rows, block_y, tile_cols, block_x).mean(axis=(1, 3))
+            elif transparent:     # 8-bit colour: block sums of each channel, and of alpha x colour
+                rgba = np.asarray(tile.convert("RGBA"))
+                sums = block_sums(rgba, block_y, block_x) / np.float32(255 * n)
+                gray[out], alpha[out] = luma(sums[..., 0], sums[..., 1], sums[..., 2]), sums[..., 3]
+                products = block_sums(rgba[..., :3] * rgba[..., 3:].astype(np.uint32), block_y, block_x)
+                weighted[out] = luma(*np.moveaxis(products / np.float32(255 * 255 * n), -1, 0))
+                opaque = opaque and rgba[..., 3].min() > 252                  # alpha above 0.99
+            else:                 # 8-bit gray
+                sums = block_sums(np.asarray(tile.convert("L")), block_y, block_x)
+                gray[out] = sums / np.float32(255 * n)
+    if not transparent or opaque:
+        return gray, None
+    if n > 1:   # a block transparent throughout: its gray does not matter
+        gray = np.where(alpha > 0, weighted / np.maximum(alpha, 1e-12), 0.0).astype(np.float32)
+    return gray, alpha
 
 
 def composite_alpha(gray, alpha):
@@ -2056,7 +2139,8 @@ def find_the_digit(ink, paper):
     # computer (a drawing, a digit cut out of a data set) has no noise to average: most of its
     # neighbouring pixels are exactly equal. It stays sharp, and so does a picture under 40 px:
     # the blur widens strokes by 2 px, and MNIST's are a tenth of the digit, 4 px at 40 px.
-    noiseless = np.mean(np.diff(ink, axis=1) == 0) > 0.5 or max(ink.shape) < 40
+    # (A picture one pixel wide has no neighbours side by side: it stays sharp as well.)
+    noiseless = ink.shape[1] < 2 or np.mean(np.diff(ink, axis=1) == 0) > 0.5 or max(ink.shape) < 40
     smooth = ink if noiseless else box_blur(ink, 1)
     nothing = np.zeros(ink.shape, dtype=bool)
 

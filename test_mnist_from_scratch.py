@@ -25,6 +25,7 @@ import threading
 import time
 import unittest
 import urllib.error
+import warnings
 import urllib.request
 from types import SimpleNamespace
 from unittest import mock
@@ -1594,14 +1595,72 @@ class TestPredictingOneImage(unittest.TestCase):
         self.assertIsNone(digit_from_filename("12.png"))
 
     @needs_mnist
-    def test_large_photo_is_shrunk_and_prepared(self):
+    def test_large_photo_is_shrunk_as_it_is_read_and_prepared(self):
         # Speed is measured by measure_photos, not asserted: machines differ.
         data = synthetic_photo(self.test_images[4], np.random.default_rng(4), size_range=(1000, 1001))
+        self.assertEqual(read_image(io.BytesIO(data), max_side=None)[0].shape, (1000, 1000))
         gray, alpha = read_image(io.BytesIO(data))
-        self.assertEqual(gray.shape, (1000, 1000))
+        self.assertEqual(gray.shape, (500, 500))  # shrunk by 2 to at most 640 pixels
         x28, steps = image_to_mnist(gray, alpha)
-        self.assertEqual(steps["gray"].shape, (500, 500))  # shrunk by 2 to at most 640 pixels
+        self.assertEqual(steps["gray"].shape, (500, 500))
         self.assertEqual(x28.shape, (28, 28))
+
+    def test_a_large_png_read_shrunk_is_the_block_mean_of_every_pixel(self):
+        rng = np.random.default_rng(8)
+        for mode, shape in (("L", (1300, 1000)), ("RGB", (700, 900, 3)), ("RGBA", (700, 900, 4))):
+            pixels = (rng.random(shape) * 255).astype(np.uint8)
+            if mode == "RGBA":
+                pixels[..., 3] = np.where(rng.random(shape[:2]) < 0.5, 0, 255)
+            data = encode(pixels / 255.0, mode, "PNG")
+            shrunk, full = read_image(io.BytesIO(data)), read_image(io.BytesIO(data), max_side=None)
+            shrunk, full = (mnist.composite_alpha(*shrunk), mnist.composite_alpha(*full)) if mode == "RGBA" \
+                else (shrunk[0], full[0])
+            expected = mnist.shrink_by_block_mean(full, 3 if mode == "L" else 2)
+            self.assertEqual(shrunk.shape, expected.shape, mode)
+            # RGBA: the background colour is estimated from the opaque pixels of either size
+            self.assertLess(float(np.abs(shrunk - expected).max()), 1e-6 if mode != "RGBA" else 2e-3, mode)
+
+    def test_a_large_jpeg_is_decoded_at_a_fraction_of_its_size_close_to_the_block_mean(self):
+        from PIL.JpegImagePlugin import JpegImageFile
+        rng = np.random.default_rng(9)
+        photo = np.clip(0.8 + 0.05 * rng.standard_normal((2560, 2560)), 0, 1)
+        photo[800:1800, 1200:1400] = 0.2                       # a thick dark stroke
+        data = encode(photo, "L", "JPEG", 92)
+        decoded = []
+        draft = JpegImageFile.draft
+        with mock.patch.object(JpegImageFile, "draft", autospec=True,
+                               side_effect=lambda image, *args: (draft(image, *args), decoded.append(image.size))[0]):
+            gray, _ = read_image(io.BytesIO(data))
+        self.assertEqual(decoded, [(640, 640)])                 # 2560 / 640: a factor 4, decoded at 1/4
+        expected = mnist.shrink_by_block_mean(read_image(io.BytesIO(data), max_side=None)[0], 4)
+        self.assertEqual(gray.shape, (640, 640))
+        self.assertLess(float(np.abs(gray - expected).mean()), 0.01)
+
+    def test_exif_orientation_turns_the_image_as_pillow_does(self):
+        from PIL import Image, ImageOps
+        pixels = (np.random.default_rng(10).random((30, 50)) * 255).astype(np.uint8)
+        for orientation in range(1, 9):
+            image = Image.fromarray(pixels, "L")
+            exif = image.getexif()
+            exif[mnist.EXIF_ORIENTATION] = orientation
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG", exif=exif.tobytes())
+            upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue())))
+            np.testing.assert_array_equal(read_image(io.BytesIO(buffer.getvalue()))[0],
+                                          np.asarray(upright, np.float32) / 255, str(orientation))
+
+    def test_images_of_any_shape_get_a_digit_or_no_digit_found(self):
+        for shape in ((1, 20000), (20000, 1), (1, 1), (2, 3), (1, 25_000_000), (5, 4000)):
+            for content in ("plain", "stripes"):
+                pixels = np.full(shape, 230, np.uint8)
+                if content == "stripes":
+                    pixels.flat[::7] = 20
+                gray, alpha = read_image(io.BytesIO(encode(pixels / 255.0, "L", "PNG")))
+                self.assertLessEqual(max(gray.shape), mnist.WORKING_MAX_SIDE, shape)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")                  # no RuntimeWarning either
+                    x28, steps = image_to_mnist(gray, alpha)
+                self.assertTrue(x28 is None and steps["reason"] or x28.shape == (28, 28), (shape, content))
 
     def test_pen_stroke_along_a_printed_line_is_kept(self):
         # Light ruled lines every 40 rows; a dark "7" whose top bar lies exactly on one line.
