@@ -2936,13 +2936,13 @@ class TestServingOverHTTP(unittest.TestCase):
 
     def test_a_body_over_10_mb_is_413_json_before_it_is_read(self):
         # Only the headers are sent: had the server waited for the 11 MB, no answer would come.
-        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                                              b"Content-Length: 11534336\r\n\r\n")
         self.assertEqual(status, 413)
         self.assertIn("limit is 10 MB", answer["error"])
 
     def test_a_request_without_content_length_is_411_json(self):
-        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                                              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         self.assertEqual(status, 411)
         self.assertIn("Content-Length", answer["error"])
