@@ -2784,11 +2784,11 @@ def tiny_model_meta():
     return {"activation": "relu", "sizes": [784, 10], "test_accuracy": 0.9}
 
 
-def start_server(test_case, Ws, bs, meta):
+def start_server(test_case, Ws, bs, meta, **options):
     """A server on a free port in a thread of this process; stopped when the test (class) ends.
-    Returns (base URL, its log: a StringIO)."""
+    options go to make_server (short deadlines, a small cap). Returns (base URL, its log: a StringIO)."""
     log = io.StringIO()
-    server = mnist.make_server(Ws, bs, meta, host="127.0.0.1", port=0, log=log)
+    server = mnist.make_server(Ws, bs, meta, host="127.0.0.1", port=0, log=log, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
@@ -2903,6 +2903,7 @@ class TestServingOverHTTP(unittest.TestCase):
             self.assertIn(needle, page)
         for outside in ("http:", "https:", "src=", "href=", "@import", "url("):
             self.assertNotIn(outside, page)
+        self.assertNotIn('"/predict"', page)      # the API is found beside the page, under any path
         self.assertIn("default-src 'none'", headers["Content-Security-Policy"])
 
     def test_an_unknown_path_or_a_file_on_disk_is_404_json(self):
@@ -2996,6 +2997,197 @@ class TestServingOverHTTP(unittest.TestCase):
         self.assertEqual(answers, [expected[image] for image in jobs])
 
 
+def exchange(port, data, timeout=10, pause=None):
+    """Send bytes (a list of pieces: `pause` seconds between them) on a fresh connection and
+    read until the server closes; returns (every byte of the answer, seconds until closed)."""
+    import socket
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        try:
+            for piece in ([data] if isinstance(data, bytes) else data):
+                connection.sendall(piece)
+                if pause:
+                    time.sleep(pause)
+        except OSError:             # the server closed while we were still sending
+            pass
+        answer = b""
+        try:
+            while True:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer, time.monotonic() - start
+
+
+def status_of(answer):
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else None
+
+
+def png_of_size(width, height):
+    """A plain light gray PNG of this size, with a few dark pixels."""
+    from PIL import Image
+    image = Image.new("L", (width, height), 220)
+    for k in range(0, min(width * height, 5000), 7):
+        image.putpixel((k % width, (k // width) % height), 20)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class TestServingUnderAttack(unittest.TestCase):
+    """Slow, hostile and odd clients against a server with short deadlines (1 s) and a small cap
+    (4 connections): each gets its status, none a 500, and the server answers afterwards."""
+
+    SECONDS = 1.0
+    CAP = 4
+
+    @classmethod
+    def setUpClass(cls):
+        cls.url, cls.log = start_server(cls, *tiny_model(), tiny_model_meta(), request_seconds=cls.SECONDS,
+                                        max_connections=cls.CAP)
+        cls.port = int(cls.url.rsplit(":", 1)[1])
+
+    def tearDown(self):
+        status, _, answer = http("GET", self.url + "/health", timeout=5)   # still answering
+        self.assertEqual((status, answer["status"]), (200, "ok"))
+        self.assertNotIn(" 500 ", self.log.getvalue())
+
+    def post_head(self, length, extra=b""):
+        return (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                b"Content-Length: " + length + b"\r\n" + extra + b"\r\n")
+
+    def test_a_stalled_body_gets_408_at_the_deadline(self):
+        answer, seconds = exchange(self.port, self.post_head(b"1000") + b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(status_of(answer), 408)
+        self.assertIn(b"not sent within 1 seconds", answer)
+        self.assertLess(seconds, self.SECONDS + 1.5)
+
+    def test_headers_trickled_byte_by_byte_are_cut_at_the_deadline_for_the_whole_request(self):
+        head = self.post_head(b"10")
+        answer, seconds = exchange(self.port, [head[k:k + 1] for k in range(len(head))], pause=0.1)
+        self.assertEqual(status_of(answer), 408)   # every byte came within 0.1 s; the whole took longer
+        self.assertLess(seconds, len(head) * 0.1)
+
+    def test_an_idle_connection_is_closed_at_the_deadline(self):
+        answer, seconds = exchange(self.port, b"")
+        self.assertEqual(status_of(answer), 408)
+        self.assertLess(seconds, self.SECONDS + 1.5)
+
+    def test_beyond_the_cap_the_connection_waiting_longest_is_closed_and_a_new_client_answered(self):
+        import socket
+        idle = []
+        for _ in range(self.CAP):
+            idle.append(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+            idle[-1].sendall(b"GET /health HTTP/1.1\r\n")        # headers begun, never finished
+            time.sleep(0.05)
+        try:
+            start = time.monotonic()
+            status, _, answer = http("GET", self.url + "/health", timeout=5)
+            self.assertEqual(status, 200)
+            self.assertLess(time.monotonic() - start, 0.5)
+            self.assertEqual(idle[0].recv(100), b"")            # the oldest was closed, unanswered
+        finally:
+            for connection in idle:
+                connection.close()
+
+    def test_when_every_connection_is_being_answered_a_new_one_gets_503_at_once(self):
+        import socket
+        busy = []
+        for _ in range(self.CAP):       # headers complete, body stalled: being answered (till 408)
+            busy.append(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+            busy[-1].sendall(self.post_head(b"1000") + b"\x89PNG")
+        time.sleep(0.2)
+        try:
+            answer, seconds = exchange(self.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            self.assertEqual(status_of(answer), 503)
+            self.assertLess(seconds, 0.5)
+            self.assertIn(b"Retry-After: 1", answer)
+            self.assertEqual([status_of(connection.recv(1000)) for connection in busy], [408] * self.CAP)
+        finally:
+            for connection in busy:
+                connection.close()
+
+    def test_control_characters_in_the_request_are_escaped_in_the_log(self):
+        before = len(self.log.getvalue())
+        answer, _ = exchange(self.port, b"GET /\x1b[31mred\rforged-line HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.assertEqual(status_of(answer), 400)                # the CR splits the request line: 4 words
+        logged = self.log.getvalue()[before:]
+        self.assertIn("\\x1b[31mred\\x0dforged-line", logged)
+        self.assertNotIn("\x1b", logged)
+        self.assertNotIn("\r", logged)
+
+    def test_the_log_lines_of_parallel_requests_stay_whole(self):
+        before = len(self.log.getvalue())
+        threads = [threading.Thread(target=http, args=("GET", self.url + "/health")) for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        lines = self.log.getvalue()[before:].splitlines()
+        whole = [line for line in lines if re.fullmatch(r'127\.0\.0\.1 \[[^]]+\] "GET /health HTTP/1\.1" 200 -', line)]
+        self.assertEqual((len(whole), len(lines)), (24, 24))
+
+    def test_a_host_that_is_not_this_machine_is_400_and_this_machine_by_any_name_is_answered(self):
+        for host, status in ((b"evil.example", 400), (b"evil.example:80", 400), (b"192.168.1.5", 400),
+                             (b"localhost", 200), (b"LOCALHOST.:8000", 200), (b"127.0.0.1:8000", 200),
+                             (b"[::1]:8000", 200), (b"app.localhost", 200)):
+            answer, _ = exchange(self.port, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            self.assertEqual(status_of(answer), status, host)
+        self.assertIn(b"--allow-host evil.example", exchange(self.port, b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n")[0])
+
+    def test_an_allowed_host_name_is_answered(self):
+        url, _ = start_server(self, *tiny_model(), tiny_model_meta(), allowed_hosts=["Hub.example"])
+        port = int(url.rsplit(":", 1)[1])
+        for host, status in ((b"hub.example", 200), (b"other.example", 400)):
+            answer, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            self.assertEqual(status_of(answer), status, host)
+
+    def test_a_content_length_that_is_not_ascii_digits_is_400(self):
+        for length in ("\u00b2".encode("utf-8"), "\u0661\u0662".encode("utf-8"), b"+5", b"1_0", b"-1", b"0x10"):
+            answer, _ = exchange(self.port, self.post_head(length))
+            self.assertEqual(status_of(answer), 400, length)
+        answer, _ = exchange(self.port, self.post_head(b"10", b"Content-Length: 20\r\n") + b"0123456789")
+        self.assertEqual(status_of(answer), 400)           # two different sizes
+
+    def test_a_body_over_the_limit_is_413_that_urllib_reads(self):
+        status, _, answer = http("POST", self.url + "/predict", b"\x89PNG\r\n\x1a\n" + bytes(11 * 2 ** 20), "image/png")
+        self.assertEqual(status, 413)
+        self.assertIn("limit is 10 MB", answer["error"])
+
+    def test_expect_100_continue_gets_the_refusal_without_continue_and_an_image_gets_continue(self):
+        answer, _ = exchange(self.port, self.post_head(b"11534336", b"Expect: 100-continue\r\n"))
+        self.assertEqual(status_of(answer), 413)
+        self.assertNotIn(b"100 Continue", answer)
+        png = encode(np.zeros((28, 28)), "L", "PNG")
+        import socket
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as connection:
+            connection.sendall(self.post_head(str(len(png)).encode(), b"Expect: 100-continue\r\n"))
+            self.assertTrue(connection.recv(1000).startswith(b"HTTP/1.1 100 Continue\r\n"))
+            connection.sendall(png)
+            self.assertEqual(status_of(connection.recv(10000)), 200)
+
+    def test_images_of_odd_shapes_get_a_digit_or_no_digit_found(self):
+        for width, height in ((20000, 1), (1, 20000), (25_000_000, 1), (1, 1), (3, 2)):
+            status, _, answer = http("POST", self.url + "/predict", png_of_size(width, height), "image/png")
+            self.assertEqual(status, 200, (width, height))
+            self.assertTrue(answer["digit"] is None and answer["reason"] or answer["digit"] in range(10))
+
+    def test_the_server_header_names_no_python_version(self):
+        _, headers, _ = http("GET", self.url + "/health")
+        self.assertEqual(headers["Server"], "mnist_from_scratch")
+
+    def test_a_request_line_or_headers_too_long_are_414_and_431(self):
+        answer, _ = exchange(self.port, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+        self.assertEqual(status_of(answer), 414)
+        answer, _ = exchange(self.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n")
+        self.assertEqual(status_of(answer), 431)
+        answer, _ = exchange(self.port, b"GET / HTTP/1.1\r\n" + b"X: 1\r\n" * 120 + b"\r\n")
+        self.assertEqual(status_of(answer), 431)
+
+
 @needs_mnist
 class TestServeCommand(unittest.TestCase):
     """`serve` run as a user runs it."""
@@ -3043,6 +3235,25 @@ class TestServeCommand(unittest.TestCase):
         app = self.start("--host", "0.0.0.0", "--port", "0")
         self.assertRegex(app.stderr.readline(), r"^warning: listening on 0\.0\.0\.0:\d+: anyone who can reach")
         self.assertIn("serving on http://0.0.0.0:", app.stdout.readline())
+
+    def test_an_empty_host_exits_2_with_one_line_naming_the_addresses_to_give(self):
+        status, out, errors = run_cli("serve", "--model", self.model, "--host", "", "--port", "0",
+                                      cwd=self.folder.name)
+        self.assertEqual((status, out, len(errors.strip().splitlines())), (2, "", 1))
+        self.assertIn("127.0.0.1", errors)
+        self.assertIn("0.0.0.0", errors)
+
+    def test_odd_images_leave_only_request_lines_in_the_log_no_warnings(self):
+        app = self.start("--port", "0")
+        url = app.stdout.readline().split()[2].rstrip("/")
+        for width, height in ((20000, 1), (1, 20000), (1, 1), (2, 1)):
+            status, _, answer = http("POST", url + "/predict", png_of_size(width, height), "image/png")
+            self.assertEqual(status, 200, (width, height))
+        app.terminate()
+        _, errors = app.communicate(timeout=20)
+        lines = errors.splitlines()
+        self.assertEqual(len(lines), 4, errors)
+        self.assertEqual([line for line in lines if '"POST /predict HTTP/1.1" 200 -' in line], lines)
 
     def test_a_port_in_use_a_bad_port_or_model_exit_2_with_one_line_before_serving(self):
         import socket
