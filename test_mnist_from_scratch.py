@@ -3345,6 +3345,56 @@ def densify(stroke, step=4.0):
     return [tuple(point) for point in points]
 
 
+def start_prefix_proxy(test_case, backend_url, prefix):
+    """A reverse proxy (standard library only) that serves backend_url under a path prefix, as
+    jupyter-server-proxy serves /user/NAME/proxy/8000/: prefix + "x" -> backend "/x". Other paths
+    are 404. Returns (its base URL, the list of paths it was asked for)."""
+    import http.client
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    backend = backend_url.split("//", 1)[1]
+    asked = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def forward(self):
+            asked.append(f"{self.command} {self.path}")
+            if not (self.path + "/").startswith(prefix):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            connection = http.client.HTTPConnection(backend, timeout=60)
+            connection.request(self.command, "/" + self.path[len(prefix):], body,
+                               {name: value for name, value in self.headers.items() if name.lower() != "host"})
+            answer = connection.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("server", "date", "connection"):
+                    self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            connection.close()
+
+        do_GET = do_POST = forward
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(10)
+    test_case.addCleanup(stop)
+    return f"http://127.0.0.1:{proxy.server_address[1]}", asked
+
+
 @needs_mnist
 @unittest.skipIf(missing_for_the_browser_test(), "the browser test needs Chromium, its driver and selenium "
                  "(apt-get install chromium chromium-driver; pip install selenium); missing: "
@@ -3445,6 +3495,17 @@ class TestServingInABrowser(unittest.TestCase):
             "    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
             base64.b64encode(png).decode("ascii"))
         self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
+
+    def test_under_a_path_prefix_the_page_predicts_through_the_proxy(self):
+        prefix = "/user/anna/proxy/8000/"
+        proxy_url, asked = start_prefix_proxy(self, self.url, prefix)
+        for page in (prefix, prefix.rstrip("/")):           # with and without the final slash
+            self.driver.get(proxy_url + page)
+            draw_on_page(self.driver, ONE)
+            self.wait_until_settled()
+            self.assertEqual(self.text("digit"), "1", page)
+            self.assertIn(f"POST {prefix}predict", asked)
+        self.assertEqual([request for request in asked if not request.split()[1].startswith(prefix.rstrip("/"))], [])
 
     def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
         layouts = {}
