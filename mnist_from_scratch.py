@@ -1465,6 +1465,8 @@ def shrink_while_reading(image, factor, size):
         largest = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
         largest = max(1.0, float(high)) if image.mode == "F" else largest
 
+    if transparent and n > 1 and image.mode in ("RGBA", "LA") and image.getextrema()[-1][0] > 252:
+        transparent = False   # opaque everywhere (alpha above 0.99): its luma, rounded to 8 bits, averaged
     gray = np.empty((height, width), np.float32)
     alpha, weighted = (np.empty_like(gray), np.empty_like(gray)) if transparent else (None, None)
     opaque = True
@@ -1485,12 +1487,12 @@ def shrink_while_reading(image, factor, size):
             elif deep:            # 16 or 32 bits: the block means in floats
                 tile_gray, (tile_rows, tile_cols) = gray_and_alpha(tile, largest)[0], gray[out].shape
                 gray[out] = tile_gray.reshape(tile_rows, block_y, tile_cols, block_x).mean(axis=(1, 3))
-            elif transparent:     # 8-bit colour: block sums of each channel, and of alpha x colour
-                rgba = np.asarray(tile.convert("RGBA"))
-                sums = block_sums(rgba, block_y, block_x) / np.float32(255 * n)
-                gray[out], alpha[out] = luma(sums[..., 0], sums[..., 1], sums[..., 2]), sums[..., 3]
-                products = block_sums(rgba[..., :3] * rgba[..., 3:].astype(np.uint32), block_y, block_x)
-                weighted[out] = luma(*np.moveaxis(products / np.float32(255 * 255 * n), -1, 0))
+            elif transparent:     # 8-bit colour: block sums of luma, alpha and alpha x luma
+                rgba = np.asarray(tile.convert("RGBA")).astype(np.uint32)
+                luma_1000 = 299 * rgba[..., 0] + 587 * rgba[..., 1] + 114 * rgba[..., 2]  # luma x 1000, exact
+                gray[out] = block_sums(luma_1000, block_y, block_x) / np.float32(255_000 * n)
+                alpha[out] = block_sums(rgba[..., 3], block_y, block_x) / np.float32(255 * n)
+                weighted[out] = block_sums(luma_1000 * rgba[..., 3], block_y, block_x) / np.float32(255 * 255_000 * n)
                 opaque = opaque and rgba[..., 3].min() > 252                  # alpha above 0.99
             else:                 # 8-bit gray
                 sums = block_sums(np.asarray(tile.convert("L")), block_y, block_x)
@@ -3099,6 +3101,7 @@ MAX_IMAGE_PIXELS = 25_000_000       # a 24-megapixel camera photo (6000x4000) fi
                                     # kB can claim billions of pixels, gigabytes once decoded
 PIXELS_DECODED_AT_ONCE = 2 * MAX_IMAGE_PIXELS   # two of the largest images (decoded: at most 4
                                     # bytes a pixel, 200 MB), or hundreds of drawings, at a time
+LARGE_IMAGE_PIXELS = 1_000_000      # above: a photo, not a drawing of the page (280x280)
 SECONDS_TO_SEND_A_REQUEST = 30      # headers and body together: 10 MB over a slow 3 Mbit/s phone link
 MAX_CONNECTIONS = 64                # handled at once, a thread each: a class of 30 with a tab or two each
 MAX_DISCARDED_BYTES = 32 * 1024 * 1024   # a refused body is read and dropped up to this size, so
@@ -3373,24 +3376,29 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
     for array in (*Ws, *bs):
         array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
     # Images are prepared at most one per CPU core at a time: more at once would not finish
-    # sooner, they would only hold more decoded pixels in memory together.
-    one_per_core = threading.BoundedSemaphore(os.cpu_count() or 1)
-    # And whatever the number of cores, no more than PIXELS_DECODED_AT_ONCE pixels are decoded
-    # at a time: a large image waits for room, while drawings (78,400 pixels) go on.
+    # sooner, they would only hold more decoded pixels in memory together. Large images (photos)
+    # leave one core to the drawings, so that a drawing never waits for two photos; and whatever
+    # the number of cores, no more than PIXELS_DECODED_AT_ONCE pixels are decoded at a time.
+    cores = os.cpu_count() or 1
+    one_per_core = threading.BoundedSemaphore(cores)
+    large_ones = threading.BoundedSemaphore(max(1, cores - 1))
     pixels_decoding, room_changed = [0], threading.Condition()
 
     @contextlib.contextmanager
     def room_for(pixels):
+        """Wait for the turn of an image of this many pixels: memory, then a core."""
         pixels = min(pixels, PIXELS_DECODED_AT_ONCE)
-        with room_changed:
-            room_changed.wait_for(lambda: pixels_decoding[0] + pixels <= PIXELS_DECODED_AT_ONCE)
-            pixels_decoding[0] += pixels
-        try:
-            yield
-        finally:
+        with large_ones if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
             with room_changed:
-                pixels_decoding[0] -= pixels
-                room_changed.notify_all()
+                room_changed.wait_for(lambda: pixels_decoding[0] + pixels <= PIXELS_DECODED_AT_ONCE)
+                pixels_decoding[0] += pixels
+            try:
+                with one_per_core:
+                    yield
+            finally:
+                with room_changed:
+                    pixels_decoding[0] -= pixels
+                    room_changed.notify_all()
 
     page = SERVE_PAGE.encode("utf-8")
     health = json.dumps(health_answer(meta)).encode("utf-8")
@@ -3522,8 +3530,7 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
                     self.answer(200, health)
                 else:
                     body = self.read_image_body()
-                    with one_per_core:
-                        answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for)
+                    answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for)
                     self.answer_json(200, answer)
             except HTTPError as refusal:
                 self.close_connection = True          # a refused request's body may be left unread

@@ -3120,13 +3120,13 @@ class TestServingUnderAttack(unittest.TestCase):
         self.assertNotIn("\r", logged)
 
     def test_the_log_lines_of_parallel_requests_stay_whole(self):
-        before = len(self.log.getvalue())
-        threads = [threading.Thread(target=http, args=("GET", self.url + "/health")) for _ in range(24)]
+        url, log = start_server(self, *tiny_model(), tiny_model_meta())    # the default cap: 64
+        threads = [threading.Thread(target=http, args=("GET", url + "/health")) for _ in range(24)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(30)
-        lines = self.log.getvalue()[before:].splitlines()
+        lines = log.getvalue().splitlines()
         whole = [line for line in lines if re.fullmatch(r'127\.0\.0\.1 \[[^]]+\] "GET /health HTTP/1\.1" 200 -', line)]
         self.assertEqual((len(whole), len(lines)), (24, 24))
 
@@ -3900,6 +3900,170 @@ def measure_serve(model_path, threads=8, requests_per_thread=100, distinct_image
     return sum(right) == sent
 
 
+def process_status(pid, field):
+    """A number from /proc/PID/status (Linux): VmHWM (peak memory, kB), VmRSS, Threads."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise SystemExit(f"no {field} in /proc/{pid}/status (this measure needs Linux)")
+
+
+def rgba_png(width, height):
+    """A width x height RGBA PNG, opaque black with a white bar: small to send, large decoded."""
+    from PIL import Image
+    pixels = np.zeros((height, width, 4), np.uint8)
+    pixels[..., 3] = 255
+    pixels[height * 2 // 5:height * 3 // 5, width * 12 // 25:width * 13 // 25, :3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def measure_serve_memory(model_path, side=5000, at_once=2):
+    """Peak memory of `serve` answering `at_once` RGBA PNGs of side x side pixels (25 megapixels,
+    the limit) sent together, and how long a drawing sent meanwhile waited.
+
+        python test_mnist_from_scratch.py --measure-serve-memory [MODEL] [SIDE] [AT_ONCE]
+    """
+    png, drawing = rgba_png(side, side), encode(drawn_canvas(ONE), "L", "PNG")
+    app, url = start_serve_command(model_path)
+    try:
+        http("GET", url + "/health")
+        idle_kb = process_status(app.pid, "VmHWM")
+        answers, seconds = [], {}
+
+        def send(name, body):
+            start = time.perf_counter()
+            answers.append((name, http("POST", url + "/predict", body, "image/png", timeout=300)[:3:2]))
+            seconds[name] = time.perf_counter() - start
+        start = time.perf_counter()
+        senders = [threading.Thread(target=send, args=(f"large {k}", png)) for k in range(at_once)]
+        for sender in senders:
+            sender.start()
+        time.sleep(0.2)
+        send("drawing", drawing)
+        for sender in senders:
+            sender.join()
+        wall = time.perf_counter() - start
+        peak_kb = process_status(app.pid, "VmHWM")
+    finally:
+        app.terminate()
+        app.wait(20)
+    print(f"{at_once} RGBA PNGs of {side}x{side} ({len(png) // 1024} kB each) at once: peak memory of serve "
+          f"{peak_kb / 1024:.0f} MB ({idle_kb / 1024:.0f} MB after start); all answered in {wall:.1f} s; "
+          f"a drawing sent meanwhile: {1000 * seconds['drawing']:.0f} ms")
+    for name, (status, answer) in sorted(answers):
+        print(f"  {name}: {status} {answer.get('digit', answer)}")
+
+
+def measure_predict_photo(model_path, width=4000, height=3000, repeats=5):
+    """Peak memory and time of `predict` on a width x height phone-like JPEG (12 megapixels),
+    written into a temporary folder: the whole command, and read_image + predict_image inside
+    one process (the median of `repeats`).
+
+        python test_mnist_from_scratch.py --measure-predict-photo [MODEL] [WIDTH] [HEIGHT]
+    """
+    import resource
+    from PIL import Image, ImageDraw
+    rng = np.random.default_rng(12)
+    photo = Image.new("RGB", (width, height), (200, 195, 185))
+    ImageDraw.Draw(photo).line([(width * 0.45, height * 0.3), (width * 0.55, height * 0.3), (width * 0.47, height * 0.7)],
+                               fill=(30, 30, 40), width=max(4, width // 60))
+    noisy = np.asarray(photo).astype(np.int16) + rng.integers(-8, 8, (height, width, 1)).astype(np.int16)
+    Ws, bs, meta = mnist.load_model(model_path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "7_photo.jpg")
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=92)
+        del photo, noisy
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, SCRIPT, "predict", "--model", model_path, path],
+                             capture_output=True, text=True)
+        command_seconds = time.perf_counter() - start
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        inside = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            x, p, steps = mnist.predict_image(*read_image(path), Ws, bs, meta["activation"])
+            inside.append(time.perf_counter() - start)
+        print(f"predict on a {width}x{height} JPEG ({os.path.getsize(path) // 1024} kB): peak memory "
+              f"{peak_kb / 1024:.0f} MB, {command_seconds:.2f} s for the whole command (Python, NumPy, Pillow "
+              f"and the model loaded included); read_image + predict_image: {np.median(inside):.2f} s "
+              f"(median of {repeats}); it says: {run.stdout.splitlines()[0] if run.stdout else run.stderr.strip()}")
+
+
+def measure_slow_clients(model_path, clients=200, seconds_between_bytes=1.0):
+    """`clients` connections to `serve` each sending its request a byte at a time, while a fresh
+    client asks GET /health every half second: when each slow client was dropped, the slowest
+    /health answer, and the most threads the server had.
+
+        python test_mnist_from_scratch.py --measure-slow-clients [MODEL] [CLIENTS]
+    """
+    import socket
+    app, url = start_serve_command(model_path)
+    port = int(url.rsplit(":", 1)[1])
+    request = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n" + b"X-Pad: a\r\n" * 200
+    health, threads, dropped = [], [], {}
+    stop = threading.Event()
+
+    def ask_health():
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                status = http("GET", url + "/health", timeout=10)[0]
+            except Exception as error:
+                status = type(error).__name__
+            health.append((time.perf_counter() - start, status))
+            threads.append(process_status(app.pid, "Threads"))
+            stop.wait(0.5)
+    try:
+        start = time.monotonic()
+        slow = {}
+        for number in range(clients):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+            connection.setblocking(False)
+            slow[number] = connection
+        prober = threading.Thread(target=ask_health)
+        prober.start()
+        sent = 0
+        limit = mnist.SECONDS_TO_SEND_A_REQUEST + 15          # the loop stops by itself
+        while slow and time.monotonic() - start < limit and sent < len(request):
+            for number, connection in list(slow.items()):
+                try:
+                    if connection.recv(4096) is not None:     # an answer (408) or the end: dropped
+                        dropped[number] = time.monotonic() - start
+                        connection.close()
+                        del slow[number]
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    dropped[number] = time.monotonic() - start
+                    connection.close()
+                    del slow[number]
+                    continue
+                try:
+                    connection.send(request[sent:sent + 1])
+                except OSError:
+                    pass
+            sent += 1
+            time.sleep(seconds_between_bytes)
+        for connection in slow.values():
+            connection.close()
+        stop.set()
+        prober.join()
+    finally:
+        stop.set()
+        app.terminate()
+        app.wait(20)
+    statuses = sorted({str(status) for _, status in health})
+    print(f"{clients} clients sending a byte every {seconds_between_bytes:g} s: {len(dropped)} dropped by the server, "
+          f"the last after {max(dropped.values(), default=float('nan')):.1f} s (deadline "
+          f"{mnist.SECONDS_TO_SEND_A_REQUEST} s, cap {mnist.MAX_CONNECTIONS} connections), {len(slow)} still open")
+    print(f"GET /health from a fresh client, {len(health)} times: answers {', '.join(statuses)}; slowest "
+          f"{1000 * max(seconds for seconds, _ in health):.0f} ms; the server's threads at most {max(threads)}")
+
+
 THREE = [[(140 + 55 * np.cos(a), 88 - 48 * np.sin(a)) for a in np.radians(np.arange(160, -95, -10))]
          + [(140 + 62 * np.cos(a), 192 - 58 * np.sin(a)) for a in np.radians(np.arange(90, -165, -10))]]
 
@@ -4103,6 +4267,12 @@ if __name__ == "__main__":
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--measure-serve"]:
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
+    elif sys.argv[1:2] == ["--measure-serve-memory"]:
+        measure_serve_memory(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]])
+    elif sys.argv[1:2] == ["--measure-predict-photo"]:
+        measure_predict_photo(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]])
+    elif sys.argv[1:2] == ["--measure-slow-clients"]:
+        measure_slow_clients(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--serve-screenshot"]:
         serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
     elif sys.argv[1:2] == ["--measure-usps"]:
