@@ -3964,7 +3964,6 @@ def measure_predict_photo(model_path, width=4000, height=3000, repeats=5):
 
         python test_mnist_from_scratch.py --measure-predict-photo [MODEL] [WIDTH] [HEIGHT]
     """
-    import resource
     from PIL import Image, ImageDraw
     rng = np.random.default_rng(12)
     photo = Image.new("RGB", (width, height), (200, 195, 185))
@@ -3976,11 +3975,16 @@ def measure_predict_photo(model_path, width=4000, height=3000, repeats=5):
         path = os.path.join(folder, "7_photo.jpg")
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=92)
         del photo, noisy
+        # The command, and at its end its own peak memory (VmHWM: of this program alone, not of
+        # the process it was started from).
+        report_peak = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], "
+                       "run_name='__main__')\nfinally:\n    print([line for line in open('/proc/self/status') "
+                       "if line.startswith('VmHWM')][0].split()[1], file=sys.stderr)")
         start = time.perf_counter()
-        run = subprocess.run([sys.executable, SCRIPT, "predict", "--model", model_path, path],
+        run = subprocess.run([sys.executable, "-c", report_peak, SCRIPT, "predict", "--model", model_path, path],
                              capture_output=True, text=True)
         command_seconds = time.perf_counter() - start
-        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        peak_kb = int(run.stderr.split()[-1])
         inside = []
         for _ in range(repeats):
             start = time.perf_counter()
