@@ -3093,6 +3093,13 @@ def run_drawing_app(network, to_mnist):
 #    made read-only, and everything a request computes lives in that request's own variables
 #    (`read_image`, `image_to_mnist` and `predict_proba` are pure functions), so the threads of
 #    ThreadingHTTPServer (one per connection) can answer at the same time without locks.
+# 4. Bounded, whoever the clients are. A request has SECONDS_TO_SEND_A_REQUEST for its headers
+#    and body together (then 408); at most MAX_CONNECTIONS are handled at once (the one waiting
+#    longest for a request makes room for a new one, or 503 at once when all are being
+#    answered); images are shrunk as they are read, and no more than PIXELS_DECODED_AT_ONCE
+#    pixels are decoded at a time. On a loopback address only requests for this machine's
+#    names are answered (--allow-host adds a proxy's); the page finds its API beside itself,
+#    so it works under any path a proxy serves it at. Control characters never reach the log.
 
 SERVE_HOST = "127.0.0.1"            # this machine only; --host 0.0.0.0 opens it to the network
 SERVE_PORT = 8000
