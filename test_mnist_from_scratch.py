@@ -3175,6 +3175,34 @@ class TestServingUnderAttack(unittest.TestCase):
             self.assertEqual(status, 200, (width, height))
             self.assertTrue(answer["digit"] is None and answer["reason"] or answer["digit"] in range(10))
 
+    def test_no_more_pixels_than_the_budget_are_decoded_at_once(self):
+        drawing = encode(drawn_canvas(ONE), "L", "PNG")
+        read, at_once, most = mnist.read_image, [0], [0]
+        lock = threading.Lock()
+
+        def slow_read(*args, **kwargs):
+            with lock:
+                at_once[0] += 1
+                most[0] = max(most[0], at_once[0])
+            time.sleep(0.1)
+            try:
+                return read(*args, **kwargs)
+            finally:
+                with lock:
+                    at_once[0] -= 1
+        for budget, expected in ((CANVAS_SIZE ** 2, 1), (2 * CANVAS_SIZE ** 2, 2)):
+            most[0] = 0
+            with mock.patch.object(mnist, "PIXELS_DECODED_AT_ONCE", budget), \
+                    mock.patch.object(mnist, "read_image", slow_read), mock.patch("os.cpu_count", return_value=4):
+                url, _ = start_server(self, *tiny_model(), tiny_model_meta())     # 4 cores: the budget decides
+                threads = [threading.Thread(target=http, args=("POST", url + "/predict", drawing, "image/png"))
+                           for _ in range(6)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(30)
+            self.assertEqual(most[0], expected, budget)
+
     def test_the_server_header_names_no_python_version(self):
         _, headers, _ = http("GET", self.url + "/health")
         self.assertEqual(headers["Server"], "mnist_from_scratch")
