@@ -3954,11 +3954,19 @@ def measure_serve_memory(model_path, side=5000, at_once=2):
 
         python test_mnist_from_scratch.py --measure-serve-memory [MODEL] [SIDE] [AT_ONCE]
     """
+    from PIL import Image
     png, drawing = rgba_png(side, side), encode(drawn_canvas(ONE), "L", "PNG")
+    whole = io.BytesIO()
+    Image.new("L", (side, side), 128).save(whole, "JPEG")
+    whole = whole.getvalue()
+    claim = whole[:whole.index(b"\xff\xda") + 16] + b"\xff\xd9"   # its header, a scrap of data: truncated
     app, url = start_serve_command(model_path)
     try:
         http("GET", url + "/health")
         idle_kb = process_status(app.pid, "VmHWM")
+        start = time.perf_counter()
+        claim_status = http("POST", url + "/predict", claim, "image/jpeg")[0]
+        claim_seconds, claim_kb = time.perf_counter() - start, process_status(app.pid, "VmHWM")
         answers, seconds = [], {}
 
         def send(name, body):
@@ -3978,6 +3986,8 @@ def measure_serve_memory(model_path, side=5000, at_once=2):
     finally:
         app.terminate()
         app.wait(20)
+    print(f"a {len(claim)}-byte JPEG whose header claims {side}x{side}: {claim_status} in {1000 * claim_seconds:.0f} ms, "
+          f"peak memory of serve {claim_kb / 1024:.0f} MB")
     print(f"{at_once} RGBA PNGs of {side}x{side} ({len(png) // 1024} kB each) at once: peak memory of serve "
           f"{peak_kb / 1024:.0f} MB ({idle_kb / 1024:.0f} MB after start); all answered in {wall:.1f} s; "
           f"a drawing sent meanwhile: {1000 * seconds['drawing']:.0f} ms")
