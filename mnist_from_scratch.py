@@ -1392,8 +1392,9 @@ def read_image(path, max_side=WORKING_MAX_SIDE):
     ceil(longest side / max_side): each pixel of the result is the mean of a factor x factor block,
     as shrink_by_block_mean makes it. A JPEG is decoded at 1/2, 1/4 or 1/8 of its size where the
     factor allows (libjpeg averages in its own transform, nearly for free), and the rest is
-    averaged a strip of rows at a time, so no image of millions of pixels ever becomes a float
-    array: memory and time stay bounded whatever the pixel count. max_side=None keeps every pixel.
+    averaged in integer block sums a tile at a time, so no image of millions of pixels ever
+    becomes a float array: memory and time stay bounded whatever the pixel count.
+    max_side=None keeps every pixel.
     Raises ValueError with a one-line message when the file cannot be read.
     """
     from PIL import Image  # Pillow is only needed here, so it is imported here
@@ -1406,7 +1407,7 @@ def read_image(path, max_side=WORKING_MAX_SIDE):
             factor = -(-max(width, height) // max_side) if max_side else 1   # ceil, at least 1
             size = (max(1, width // factor), max(1, height // factor))       # a side under factor: 1
             decoded_at = 1
-            if image.format == "JPEG" and factor > 1:
+            if image.format in ("JPEG", "MPO") and factor > 1:   # MPO: a phone's JPEG with extras
                 decoded_at = max(s for s in (8, 4, 2, 1) if factor % s == 0 and s <= min(width, height))
                 image.draft("L", (width // decoded_at, height // decoded_at))  # the gray channel only
             image.load()
@@ -1421,6 +1422,7 @@ def read_image(path, max_side=WORKING_MAX_SIDE):
 
 
 def has_transparency(image):
+    """Whether a Pillow image can hold transparent pixels."""
     return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
 
 
