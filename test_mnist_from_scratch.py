@@ -3156,6 +3156,26 @@ class TestServingUnderAttack(unittest.TestCase):
         status, _, answer = http("POST", self.url + "/predict", b"\x89PNG\r\n\x1a\n" + bytes(11 * 2 ** 20), "image/png")
         self.assertEqual(status, 413)
         self.assertIn("limit is 10 MB", answer["error"])
+        status, _, answer = http("POST", self.url + "/nothing", bytes(5 * 2 ** 20), "image/png")
+        self.assertEqual(status, 404)                     # any refusal of a body not read
+
+    def test_fuzzed_png_and_jpeg_bodies_get_200_or_400_never_500(self):
+        rng = np.random.default_rng(11)
+        photo = synthetic_photo(real_mnist()[2][0].reshape(28, 28), rng, (300, 400)) if HAVE_MNIST else None
+        originals = [encode(drawn_canvas(ONE), "L", "PNG"), encode(1 - 0.8 * drawn_canvas(ONE), "L", "JPEG")]
+        originals += [photo] if photo else []
+        statuses = []
+        for original in originals:
+            for _ in range(20):
+                body = bytearray(original)
+                for position in rng.integers(8, len(body), rng.integers(1, 20)):
+                    body[position] = rng.integers(0, 256)
+                if rng.random() < 0.3:
+                    body = body[:rng.integers(9, len(body))]        # cut short
+                content_type = "image/png" if original[:4] == b"\x89PNG" else "image/jpeg"
+                statuses.append(http("POST", self.url + "/predict", bytes(body), content_type, timeout=30)[0])
+        self.assertEqual(set(statuses) - {200, 400, 413}, set())
+        self.assertGreaterEqual(len(statuses), 40)
 
     def test_expect_100_continue_gets_the_refusal_without_continue_and_an_image_gets_continue(self):
         answer, _ = exchange(self.port, self.post_head(b"11534336", b"Expect: 100-continue\r\n"))
@@ -3270,6 +3290,13 @@ class TestServeCommand(unittest.TestCase):
         self.assertEqual((status, out, len(errors.strip().splitlines())), (2, "", 1))
         self.assertIn("127.0.0.1", errors)
         self.assertIn("0.0.0.0", errors)
+
+    def test_allow_host_answers_for_a_proxy_s_name_and_still_refuses_others(self):
+        app = self.start("--port", "0", "--allow-host", "hub.example")
+        port = int(app.stdout.readline().split()[2].rsplit(":", 1)[1].strip("/"))
+        for host, status in ((b"hub.example", 200), (b"other.example", 400), (b"localhost", 200)):
+            answer, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            self.assertEqual(status_of(answer), status, host)
 
     def test_odd_images_leave_only_request_lines_in_the_log_no_warnings(self):
         app = self.start("--port", "0")
