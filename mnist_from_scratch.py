@@ -1343,9 +1343,10 @@ def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
 # before the network can recognise it. That preparation, the MNIST recipe, is what every image
 # goes through (image_to_mnist):
 #
-#   read_image            file -> gray values in [0, 1] (+ transparency, if any)
+#   read_image            file -> gray values in [0, 1] (+ transparency, if any), a large photo
+#                         shrunk as it is read to at most WORKING_MAX_SIDE pixels (memory, speed)
 #   composite_alpha       transparent background -> an ordinary background of the right colour
-#   shrink_by_block_mean  very large photos -> at most WORKING_MAX_SIDE pixels (speed)
+#   shrink_by_block_mean  the same shrinking for an image given as an array
 #   decide_polarity       which is the background: the light or the dark? MNIST is white on black
 #   remove_background     ink strength = how much darker than the paper around it a pixel is
 #   find_the_digit        ink / not ink (Otsu), and the pixels that make up the digit
