@@ -3431,20 +3431,25 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
 
     class DeadlineReader(io.RawIOBase):
         """A connection's incoming bytes, each wait limited to the time left until `deadline`
-        (time.monotonic()): the deadline holds for the whole request, not for each read."""
+        (time.monotonic()): the deadline holds for the whole request, not for each read. It
+        is set by the request's first bytes (None until then: waiting for a request, on a kept-
+        alive connection, is limited to request_seconds on its own)."""
 
         def __init__(self, connection):
-            self.connection, self.deadline = connection, math.inf
+            self.connection, self.deadline = connection, None
 
         def readable(self):
             return True
 
         def readinto(self, buffer):
-            left = self.deadline - time.monotonic()
+            left = request_seconds if self.deadline is None else self.deadline - time.monotonic()
             if left <= 0:
                 raise socket.timeout("the request was not sent in time")
-            self.connection.settimeout(min(left, request_seconds))
-            return self.connection.recv_into(buffer)
+            self.connection.settimeout(left)
+            count = self.connection.recv_into(buffer)
+            if self.deadline is None:
+                self.deadline = time.monotonic() + request_seconds
+            return count
 
     class DigitRequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"             # keep-alive: a drawing asks many times in a row
@@ -3466,8 +3471,9 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
             return True            # "100 Continue" is sent only once the request is accepted
 
         def handle_one_request(self):
-            """One request, from its first byte to its answer, in request_seconds at most."""
-            self.reader.deadline = time.monotonic() + request_seconds
+            """One request: request_seconds to wait for it, and request_seconds from its first byte
+            to the end of its body."""
+            self.reader.deadline = None           # set by the request's first bytes
             self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
             self.body_read = False
             self.server.note(self.connection, waiting=True)
@@ -3476,6 +3482,8 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
                 if not self.raw_requestline:      # the client closed the connection
                     self.close_connection = True
                     return
+                if self.reader.deadline is None:  # the request line came with the one before
+                    self.reader.deadline = time.monotonic() + request_seconds
                 if len(self.raw_requestline) > 65536:
                     self.send_error(414)
                     return

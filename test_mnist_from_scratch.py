@@ -3071,6 +3071,15 @@ class TestServingUnderAttack(unittest.TestCase):
         self.assertEqual(status_of(answer), 408)   # every byte came within 0.1 s; the whole took longer
         self.assertLess(seconds, len(head) * 0.1)
 
+    def test_the_deadline_counts_from_the_request_s_first_byte_after_waiting_for_it(self):
+        import socket
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as connection:
+            time.sleep(0.7 * self.SECONDS)              # waiting for a request (as a kept-alive page does)
+            connection.sendall(b"GET /health HTTP/1.1\r\n")
+            time.sleep(0.5 * self.SECONDS)              # 1.2 deadlines after connecting, 0.5 after the first byte
+            connection.sendall(b"Host: 127.0.0.1\r\n\r\n")
+            self.assertEqual(status_of(connection.recv(10000)), 200)
+
     def test_an_idle_connection_is_closed_at_the_deadline(self):
         answer, seconds = exchange(self.port, b"")
         self.assertEqual(status_of(answer), 408)
