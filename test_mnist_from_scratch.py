@@ -3883,6 +3883,37 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
         print(f"| {kind} | {no_digit_per_kind} | {found} |", flush=True)
 
 
+def measure_large_photos(model_path, count=90, size_range=(1600, 4100)):
+    """The synthetic photos of the photo table (photo, on a table, drawing alone), made 1600 to
+    4100 pixels on a side, prepared two ways: read shrunk (read_image as it is) and read with
+    every pixel, then shrunk by image_to_mnist. Prints the accuracy of each, how far apart their
+    28x28 inputs are, and the seconds per image of each.
+
+        python test_mnist_from_scratch.py --measure-large-photos [MODEL] [IMAGES]
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    _, _, X_test, labels = real_mnist()
+    rng = np.random.default_rng(77)
+    kinds = ["photo", "photo on a table", "photo's drawing alone"]
+    right, seconds, differences = {"shrunk": [], "every pixel": []}, {"shrunk": 0.0, "every pixel": 0.0}, []
+    for number, index in enumerate(rng.choice(len(X_test), count, replace=False)):
+        data = make_image(kinds[number % 3], X_test[index].reshape(28, 28), rng, photo_size_range=size_range)
+        inputs = {}
+        for way, max_side in (("shrunk", mnist.WORKING_MAX_SIDE), ("every pixel", None)):
+            start = time.perf_counter()
+            inputs[way], _ = image_to_mnist(*read_image(io.BytesIO(data), max_side=max_side))
+            seconds[way] += time.perf_counter() - start
+            digit = None if inputs[way] is None else int(
+                mnist.predict_proba(inputs[way].reshape(1, 784), Ws, bs, meta["activation"])[0].argmax())
+            right[way].append(digit == labels[index])
+        if inputs["shrunk"] is not None and inputs["every pixel"] is not None:
+            differences.append(float(np.abs(inputs["shrunk"] - inputs["every pixel"]).max()))
+    print(f"{count} synthetic photos of {size_range[0]}-{size_range[1]} px ({', '.join(kinds)}): "
+          + "; ".join(f"{way}: {100 * np.mean(right[way]):.1f} %, {seconds[way] / count:.2f} s per image"
+                      for way in right)
+          + f"; the 28x28 inputs differ by at most {max(differences):.3f} (median {np.median(differences):.3f})")
+
+
 # ----------------------------------------------------------------------------------------------
 # The served page and the server under load, for the README (not tests)
 # ----------------------------------------------------------------------------------------------
@@ -4345,6 +4376,8 @@ if __name__ == "__main__":
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--measure-serve"]:
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
+    elif sys.argv[1:2] == ["--measure-large-photos"]:
+        measure_large_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--measure-serve-memory"]:
         measure_serve_memory(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]])
     elif sys.argv[1:2] == ["--measure-predict-photo"]:
