@@ -1307,9 +1307,10 @@ def train_full(X, y, X_val=None, y_val=None,
 # before the network can recognise it. That preparation, the MNIST recipe, is what every image
 # goes through (image_to_mnist):
 #
-#   read_image            file -> gray values in [0, 1] (+ transparency, if any)
+#   read_image            file -> gray values in [0, 1] (+ transparency, if any), a large photo
+#                         shrunk as it is read to at most WORKING_MAX_SIDE pixels (memory, speed)
 #   composite_alpha       transparent background -> an ordinary background of the right colour
-#   shrink_by_block_mean  very large photos -> at most WORKING_MAX_SIDE pixels (speed)
+#   shrink_by_block_mean  the same shrinking for an image given as an array
 #   decide_polarity       which is the background: the light or the dark? MNIST is white on black
 #   remove_background     ink strength = how much darker than the paper around it a pixel is
 #   find_the_digit        ink / not ink (Otsu), and the pixels that make up the digit
@@ -1340,47 +1341,134 @@ def train_full(X, y, X_val=None, y_val=None,
 WORKING_MAX_SIDE = 640          # larger photos are shrunk first: a digit needs far fewer pixels
 
 
-def read_image(path):
+EXIF_ORIENTATION = 0x0112  # the EXIF tag in which a camera says how the picture is turned
+# What each EXIF orientation asks for, as array operations (those of Pillow's exif_transpose).
+UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.T,
+           6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T, 8: lambda a: np.rot90(a)}
+
+
+def read_image(path, max_side=WORKING_MAX_SIDE):
     """Read an image file of any size and mode (RGB, RGBA, L, LA, palette, 16-bit, JPEG, ...).
 
     Returns (gray, alpha): gray is a float32 (height, width) array in [0, 1] (0 = black,
     1 = white); alpha is a float32 array of the same shape in [0, 1] (0 = fully transparent),
     or None when the image has no transparent pixels.
+    An image with a side longer than max_side is shrunk as it is read, by the whole factor
+    ceil(longest side / max_side): each pixel of the result is the mean of a factor x factor block,
+    as shrink_by_block_mean makes it. A JPEG is decoded at 1/2, 1/4 or 1/8 of its size where the
+    factor allows (libjpeg averages in its own transform, nearly for free), and the rest is
+    averaged in integer block sums a tile at a time, so no image of millions of pixels ever
+    becomes a float array: memory and time stay bounded whatever the pixel count.
+    max_side=None keeps every pixel.
     Raises ValueError with a one-line message when the file cannot be read.
     """
-    from PIL import Image, ImageOps  # Pillow is only needed here, so it is imported here
+    from PIL import Image  # Pillow is only needed here, so it is imported here
 
     try:
-        with Image.open(path) as opened:  # "with": the file is closed even when reading fails
+        with Image.open(path) as image:  # "with": the file is closed even when reading fails
             # Phone cameras store "rotate me" in the EXIF data instead of rotating the pixels.
-            image = ImageOps.exif_transpose(opened)
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            width, height = image.size
+            factor = -(-max(width, height) // max_side) if max_side else 1   # ceil, at least 1
+            size = (max(1, width // factor), max(1, height // factor))       # a side under factor: 1
+            decoded_at = 1
+            if image.format in ("JPEG", "MPO") and factor > 1:   # MPO: a phone's JPEG with extras
+                decoded_at = max(s for s in (8, 4, 2, 1) if factor % s == 0 and s <= min(width, height))
+                image.draft("L", (width // decoded_at, height // decoded_at))  # the gray channel only
             image.load()
+            gray, alpha = shrink_while_reading(image, factor // decoded_at, size)
     except FileNotFoundError:
         raise ValueError(f"image file not found: {path}") from None
     except Exception as error:  # Pillow raises several kinds of errors for broken files
         raise ValueError(f"cannot read image {path}: {error} (is it a PNG or JPEG?)") from None
+    turn = UPRIGHT.get(orientation, lambda a: a)
+    gray = np.ascontiguousarray(turn(np.clip(gray, 0.0, 1.0)))
+    return gray, None if alpha is None else np.ascontiguousarray(turn(alpha))
 
-    alpha = None
-    has_transparency = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if has_transparency:
+
+def has_transparency(image):
+    """Whether a Pillow image can hold transparent pixels."""
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+
+
+def luma(red, green, blue):
+    """ITU-R 601 luma, the same weights Pillow uses to convert colour to gray ("L")."""
+    return red * 0.299 + green * 0.587 + blue * 0.114
+
+
+def gray_and_alpha(image, largest=255.0):
+    """A decoded Pillow image (or a tile of one) -> float32 gray and alpha (or None) in [0, 1]."""
+    if has_transparency(image):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        alpha = rgba[:, :, 3]
-        # ITU-R 601 luma, the same weights Pillow uses to convert colour to gray ("L").
-        gray = rgba[:, :, 0] * 0.299 + rgba[:, :, 1] * 0.587 + rgba[:, :, 2] * 0.114
-        if alpha.min() > 0.99:  # an alpha channel that is opaque everywhere carries no information
-            alpha = None
-    elif image.mode.startswith("I") or image.mode == "F":
-        # 16-bit or 32-bit gray: scale by the largest value the file's bit depth allows.
-        gray = np.asarray(image, dtype=np.float32)
-        largest = 65535.0 if image.mode.startswith("I;16") or gray.max() > 255 else 255.0
-        if image.mode == "F":
-            largest = max(1.0, float(gray.max()))
-        gray = gray / largest
-    else:
-        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if gray.ndim != 2 or min(gray.shape) < 1:
-        raise ValueError(f"cannot read image {path}: unexpected shape {gray.shape}")
-    return np.clip(gray, 0.0, 1.0).astype(np.float32), alpha
+        return luma(rgba[:, :, 0], rgba[:, :, 1], rgba[:, :, 2]), rgba[:, :, 3]
+    if image.mode.startswith("I") or image.mode == "F":
+        return np.asarray(image, dtype=np.float32) / largest, None
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, None
+
+
+def block_sums(pixels, block_y, block_x):
+    """The sum over each block_y x block_x block of an (h, w) or (h, w, channels) integer array,
+    in integers, so exactly (and several times faster than a mean over floats)."""
+    rows, cols = pixels.shape[0] // block_y, pixels.shape[1] // block_x
+    blocks = pixels.reshape(rows, block_y, cols, block_x, *pixels.shape[2:])
+    return blocks.sum(axis=(1, 3), dtype=np.uint64)
+
+
+def shrink_while_reading(image, factor, size):
+    """A decoded Pillow image -> (gray, alpha) of `size` (width, height), each pixel the mean of a
+    factor x factor block (fewer along a side shorter than factor), converted a tile at a time.
+
+    With transparency, gray is averaged weighted by alpha, sum(alpha * gray) / sum(alpha), so
+    that putting the result on a background (composite_alpha) gives the mean of the blocks put
+    on it; alpha is None when it is opaque everywhere.
+    """
+    width, height = size
+    block_y, block_x = min(factor, image.size[1] // height), min(factor, image.size[0] // width)
+    n = block_y * block_x                  # pixels averaged into one
+    transparent, largest = has_transparency(image), 255.0
+    deep = image.mode.startswith("I") or image.mode == "F"   # 16 or 32 bits a pixel
+    if deep:  # scaled by the largest value the file's bit depth allows
+        high = image.getextrema()[1]
+        largest = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+        largest = max(1.0, float(high)) if image.mode == "F" else largest
+
+    if transparent and n > 1 and image.mode in ("RGBA", "LA") and image.getextrema()[-1][0] > 252:
+        transparent = False   # opaque everywhere (alpha above 0.99): its luma, rounded to 8 bits, averaged
+    gray = np.empty((height, width), np.float32)
+    alpha, weighted = (np.empty_like(gray), np.empty_like(gray)) if transparent else (None, None)
+    opaque = True
+    # Tiles of about a megapixel of the image at a time (a tile of a very wide image is a part
+    # of its rows, not all of them).
+    cols = min(width, max(1, 2 ** 20 // n))
+    rows = max(1, 2 ** 20 // (cols * n))
+    for top in range(0, height, rows):
+        for left in range(0, width, cols):
+            out = np.s_[top:min(height, top + rows), left:min(width, left + cols)]
+            tile = image.crop((out[1].start * block_x, out[0].start * block_y,
+                               out[1].stop * block_x, out[0].stop * block_y))
+            if n == 1:            # every pixel kept
+                gray[out], tile_alpha = gray_and_alpha(tile, largest)
+                if transparent:
+                    alpha[out] = tile_alpha
+                    opaque = opaque and tile_alpha.min() > 0.99   # opaque alpha: no information
+            elif deep:            # 16 or 32 bits: the block means in floats
+                tile_gray, (tile_rows, tile_cols) = gray_and_alpha(tile, largest)[0], gray[out].shape
+                gray[out] = tile_gray.reshape(tile_rows, block_y, tile_cols, block_x).mean(axis=(1, 3))
+            elif transparent:     # 8-bit colour: block sums of luma, alpha and alpha x luma
+                rgba = np.asarray(tile.convert("RGBA")).astype(np.uint32)
+                luma_1000 = 299 * rgba[..., 0] + 587 * rgba[..., 1] + 114 * rgba[..., 2]  # luma x 1000, exact
+                gray[out] = block_sums(luma_1000, block_y, block_x) / np.float32(255_000 * n)
+                alpha[out] = block_sums(rgba[..., 3], block_y, block_x) / np.float32(255 * n)
+                weighted[out] = block_sums(luma_1000 * rgba[..., 3], block_y, block_x) / np.float32(255 * 255_000 * n)
+                opaque = opaque and rgba[..., 3].min() > 252                  # alpha above 0.99
+            else:                 # 8-bit gray
+                sums = block_sums(np.asarray(tile.convert("L")), block_y, block_x)
+                gray[out] = sums / np.float32(255 * n)
+    if not transparent or opaque:
+        return gray, None
+    if n > 1:   # a block transparent throughout: its gray does not matter
+        gray = np.where(alpha > 0, weighted / np.maximum(alpha, 1e-12), 0.0).astype(np.float32)
+    return gray, alpha
 
 
 def composite_alpha(gray, alpha):
@@ -2020,7 +2108,8 @@ def find_the_digit(ink, paper):
     # computer (a drawing, a digit cut out of a data set) has no noise to average: most of its
     # neighbouring pixels are exactly equal. It stays sharp, and so does a picture under 40 px:
     # the blur widens strokes by 2 px, and MNIST's are a tenth of the digit, 4 px at 40 px.
-    noiseless = np.mean(np.diff(ink, axis=1) == 0) > 0.5 or max(ink.shape) < 40
+    # (A picture one pixel wide has no neighbours side by side: it stays sharp as well.)
+    noiseless = ink.shape[1] < 2 or np.mean(np.diff(ink, axis=1) == 0) > 0.5 or max(ink.shape) < 40
     smooth = ink if noiseless else box_blur(ink, 1)
     nothing = np.zeros(ink.shape, dtype=bool)
 
@@ -3015,14 +3104,30 @@ def run_drawing_app(network, to_mnist):
 #    made read-only, and everything a request computes lives in that request's own variables
 #    (`read_image`, `image_to_mnist` and `predict_proba` are pure functions), so the threads of
 #    ThreadingHTTPServer (one per connection) can answer at the same time without locks.
+# 4. Bounded, whoever the clients are. A request has SECONDS_TO_SEND_A_REQUEST for its headers
+#    and body together (then 408); at most MAX_CONNECTIONS are handled at once (the one waiting
+#    longest for a request makes room for a new one, or 503 at once when all are being
+#    answered); images are shrunk as they are read, and no more than PIXELS_DECODED_AT_ONCE
+#    pixels are decoded at a time. On a loopback address only requests for this machine's
+#    names are answered (--allow-host adds a proxy's); the page finds its API beside itself,
+#    so it works under any path a proxy serves it at. Control characters never reach the log.
 
 SERVE_HOST = "127.0.0.1"            # this machine only; --host 0.0.0.0 opens it to the network
 SERVE_PORT = 8000
 MAX_BODY_BYTES = 10 * 1024 * 1024   # 10 MB: a 12-megapixel phone JPEG is 2-6 MB, a screenshot PNG less
 MAX_IMAGE_PIXELS = 25_000_000       # a 24-megapixel camera photo (6000x4000) fits; a PNG of a few
                                     # kB can claim billions of pixels, gigabytes once decoded
-SECONDS_TO_SEND_A_REQUEST = 30      # a client that stops sending mid-request frees its thread then
+PIXELS_DECODED_AT_ONCE = 2 * MAX_IMAGE_PIXELS   # two of the largest images (decoded: at most 4
+                                    # bytes a pixel, 200 MB), or hundreds of drawings, at a time
+LARGE_IMAGE_PIXELS = 1_000_000      # above: a photo, not a drawing of the page (280x280)
+SECONDS_TO_SEND_A_REQUEST = 30      # headers and body together: 10 MB over a slow 3 Mbit/s phone link
+MAX_CONNECTIONS = 64                # handled at once, a thread each: a class of 30 with a tab or two each
+MAX_DISCARDED_BYTES = 32 * 1024 * 1024   # a refused body is read and dropped up to this size, so
+                                    # that the client, still sending, gets to read the refusal
 IMAGE_TYPES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}  # type -> first bytes
+# Control characters in a request (an ESC that recolours the terminal, a CR that forges a whole
+# line) are written into the log as \xNN.
+LOG_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
 
 SERVE_PAGE = r"""<!doctype html>
 <html lang="en">
@@ -3085,6 +3190,9 @@ const PEN_RADIUS = 14;              // its pen: strokes about 2 px wide once the
 // without a trip over the network: 10 still looks live) and never twice at once, so a slow or
 // busy server gets the next question only when it has answered the last one.
 const MS_BETWEEN_QUESTIONS = 100;
+// The API beside the page, wherever the page is: /predict, or /user/anna/proxy/8000/predict
+// behind a proxy that serves it under a path of its own.
+const API = location.origin + location.pathname.replace(/\/?$/, "/") + "predict";
 let last = null, changed = false, waiting = false, lastAsked = 0, timer = null, drawing = 0;
 
 const bars = [];
@@ -3117,7 +3225,7 @@ function show(answer) {
 async function ask(body, type, askedFor) {
   let answer;
   try {
-    const response = await fetch("/predict", {method: "POST", headers: {"Content-Type": type}, body: body});
+    const response = await fetch(API, {method: "POST", headers: {"Content-Type": type}, body: body});
     answer = await response.json();
   } catch (error) {
     answer = {digit: null, reason: "no answer from the server (" + error.message + ")"};
@@ -3201,14 +3309,16 @@ class HTTPError(Exception):
         self.status = status
 
 
-def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist"):
+def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None):
     """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> predict_image,
     the path of `predict` (images prepared for the model's data set).
 
     Returns {"digit", "probabilities" (10), "input28" (28 x 28)}, or {"digit": None, "reason"}.
     Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
-    with more than MAX_IMAGE_PIXELS.
+    with more than MAX_IMAGE_PIXELS. room_for(pixels), if given, is a context manager that
+    waits until that many pixels may be decoded (the server's budget of memory for images).
     """
+    import contextlib
     import io
     from PIL import Image
     too_large = HTTPError(413, f"the image has more than {MAX_IMAGE_PIXELS / 1e6:g} megapixels, "
@@ -3222,11 +3332,13 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist"):
         raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
     if width * height > MAX_IMAGE_PIXELS:
         raise too_large
-    try:
-        gray, alpha = read_image(io.BytesIO(body))
-    except ValueError:
-        raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
-    x, p, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
+    with room_for(width * height) if room_for else contextlib.nullcontext():
+        try:
+            gray, alpha = read_image(io.BytesIO(body))
+        except ValueError:
+            raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
+        with np.errstate(all="ignore"):    # this thread only: a 0/0 in an odd image is no log line
+            x, p, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
     if x is None:
         return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
     return {"digit": int(p.argmax()),
@@ -3240,14 +3352,39 @@ def health_answer(meta):
             "test_accuracy": meta.get("test_accuracy")}
 
 
-def make_server(Ws, bs, meta, host, port, log=None):
+def is_loopback_name(name):
+    """True for a name or address that always means this machine: localhost, *.localhost
+    (RFC 6761), 127.x.x.x, ::1."""
+    import ipaddress
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(header):
+    """The name in a Host header, without its port: 'a:8000' -> 'a', '[::1]:8000' -> '::1'."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
+                request_seconds=SECONDS_TO_SEND_A_REQUEST, max_connections=MAX_CONNECTIONS):
     """A ThreadingHTTPServer answering GET /, GET /health and POST /predict with this model.
 
     Call .serve_forever() to run it, .shutdown() from another thread to stop it, .server_close()
     to free the port. port 0 picks a free port (read it from server.server_address). log: where
-    the one line per request goes (default: sys.stderr). Raises OSError when the address cannot
-    be used (port in use, unknown host).
+    the one line per request goes (default: sys.stderr). allowed_hosts: names besides this
+    machine's that a server on a loopback address answers for (a proxy's). request_seconds:
+    the time a client has to send a whole request; max_connections: connections handled at
+    once. Raises OSError when the address cannot be used (port in use, unknown host).
     """
+    import contextlib
+    import io
     import socket
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -3257,25 +3394,120 @@ def make_server(Ws, bs, meta, host, port, log=None):
     for array in (*Ws, *bs):
         array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
     # Images are prepared at most one per CPU core at a time: more at once would not finish
-    # sooner, they would only hold more decoded pixels in memory together.
-    one_per_core = threading.BoundedSemaphore(os.cpu_count() or 1)
+    # sooner, they would only hold more decoded pixels in memory together. Large images (photos)
+    # leave one core to the drawings, so that a drawing never waits for two photos; and whatever
+    # the number of cores, no more than PIXELS_DECODED_AT_ONCE pixels are decoded at a time.
+    cores = os.cpu_count() or 1
+    one_per_core = threading.BoundedSemaphore(cores)
+    large_ones = threading.BoundedSemaphore(max(1, cores - 1))
+    pixels_decoding, room_changed = [0], threading.Condition()
+
+    @contextlib.contextmanager
+    def room_for(pixels):
+        """Wait for the turn of an image of this many pixels: memory, then a core."""
+        pixels = min(pixels, PIXELS_DECODED_AT_ONCE)
+        with large_ones if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
+            with room_changed:
+                room_changed.wait_for(lambda: pixels_decoding[0] + pixels <= PIXELS_DECODED_AT_ONCE)
+                pixels_decoding[0] += pixels
+            try:
+                with one_per_core:
+                    yield
+            finally:
+                with room_changed:
+                    pixels_decoding[0] -= pixels
+                    room_changed.notify_all()
+
     page = SERVE_PAGE.encode("utf-8")
     health = json.dumps(health_answer(meta)).encode("utf-8")
     # The page may run its own inline script and talk to this server, and nothing else: no
     # file, font or script from anywhere else is ever loaded.
     page_policy = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                    "img-src data: blob:; connect-src 'self'")
+    # On a loopback address only requests for this machine are answered: a web page elsewhere
+    # could otherwise reach the server through a name of its own that resolves to 127.0.0.1
+    # (DNS rebinding). Browsers always send the Host they asked for.
+    check_host = is_loopback_name(host)
+    allowed = {name.lower().rstrip(".") for name in allowed_hosts}
+    log_lock = threading.Lock()
+
+    def write_log(line):               # one whole line at a time, whatever the other threads write
+        with log_lock:
+            stream = log or sys.stderr
+            stream.write(line.translate(LOG_ESCAPES) + "\n")
+            stream.flush()
+
+    class DeadlineReader(io.RawIOBase):
+        """A connection's incoming bytes, each wait limited to the time left until `deadline`
+        (time.monotonic()): the deadline holds for the whole request, not for each read. It
+        is set by the request's first bytes (None until then: waiting for a request, on a kept-
+        alive connection, is limited to request_seconds on its own)."""
+
+        def __init__(self, connection):
+            self.connection, self.deadline = connection, None
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            left = request_seconds if self.deadline is None else self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("the request was not sent in time")
+            self.connection.settimeout(left)
+            count = self.connection.recv_into(buffer)
+            if self.deadline is None:
+                self.deadline = time.monotonic() + request_seconds
+            return count
 
     class DigitRequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"             # keep-alive: a drawing asks many times in a row
         server_version = "mnist_from_scratch"
-        timeout = SECONDS_TO_SEND_A_REQUEST
+
+        def setup(self):
+            super().setup()
+            self.rfile.close()                    # the socket's own reader, replaced by one with a deadline
+            self.reader = DeadlineReader(self.connection)
+            self.rfile = io.BufferedReader(self.reader)
+
+        def version_string(self):                 # the Server header: no Python version in it
+            return self.server_version
 
         def log_message(self, format, *args):     # one line per request, to `log`
-            print(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}",
-                  file=log or sys.stderr, flush=True)
+            write_log(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}")
+
+        def handle_expect_100(self):
+            return True            # "100 Continue" is sent only once the request is accepted
+
+        def handle_one_request(self):
+            """One request: request_seconds to wait for it, and request_seconds from its first byte
+            to the end of its body."""
+            self.reader.deadline = None           # set by the request's first bytes
+            self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
+            self.body_read = False
+            self.server.note(self.connection, waiting=True)
+            try:
+                self.raw_requestline = self.rfile.readline(65537)
+                if not self.raw_requestline:      # the client closed the connection
+                    self.close_connection = True
+                    return
+                if self.reader.deadline is None:  # the request line came with the one before
+                    self.reader.deadline = time.monotonic() + request_seconds
+                if len(self.raw_requestline) > 65536:
+                    self.send_error(414)
+                    return
+                if not self.parse_request():      # refused (400, 431, 505): already answered
+                    return
+                self.server.note(self.connection, waiting=False)
+                self.route()
+                self.wfile.flush()
+            except socket.timeout:
+                self.send_error(408, f"the request was not sent within {request_seconds:g} seconds")
+            except OSError as error:              # the client hung up
+                self.close_connection = True
+                self.log_error("connection lost on %s: %s", self.requestline or "a request", error)
 
         def answer(self, status, body, content_type="application/json", headers=()):
+            self.connection.settimeout(request_seconds)   # for sending: the reader set less
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -3303,13 +3535,20 @@ def make_server(Ws, bs, meta, host, port, log=None):
         def route(self):
             """Answer one request; a refusal is a JSON error, a bug one log line and a 500."""
             path = self.path.split("?", 1)[0]
-            allowed = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}
+            allowed_methods = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}
             try:
-                if path not in allowed:
+                asked_for = self.headers.get("Host")
+                if check_host and asked_for is not None and not (
+                        is_loopback_name(host_of(asked_for)) or host_of(asked_for).lower().rstrip(".") in allowed):
+                    raise HTTPError(400, f"this server answers for this machine only (localhost, "
+                                         f"127.0.0.1), not for Host {asked_for}; behind a proxy, "
+                                         f"start it with --allow-host {host_of(asked_for)}")
+                if path not in allowed_methods:
                     raise HTTPError(404, f"no such page: {path}; there are / (the page), "
                                          f"/health and POST /predict")
-                if self.command not in allowed[path]:
-                    raise HTTPError(405, f"{path} answers {' and '.join(allowed[path])}, not {self.command}")
+                if self.command not in allowed_methods[path]:
+                    raise HTTPError(405, f"{path} answers {' and '.join(allowed_methods[path])}, "
+                                         f"not {self.command}")
                 if path == "/":
                     self.answer(200, page, "text/html; charset=utf-8",
                                 headers=[("Content-Security-Policy", page_policy)])
@@ -3317,14 +3556,16 @@ def make_server(Ws, bs, meta, host, port, log=None):
                     self.answer(200, health)
                 else:
                     body = self.read_image_body()
-                    with one_per_core:
-                        answer = predict_image_bytes(body, Ws, bs, activation, dataset)
+                    answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for)
                     self.answer_json(200, answer)
             except HTTPError as refusal:
                 self.close_connection = True          # a refused request's body may be left unread
-                allow = [("Allow", ", ".join(allowed[path]))] if refusal.status == 405 else []
+                allow = [("Allow", ", ".join(allowed_methods[path]))] if refusal.status == 405 else []
                 self.answer_json(refusal.status, {"error": str(refusal)}, headers=allow)
-            except OSError as error:                  # the client hung up, or stopped sending
+                self.drop_unread_body()
+            except socket.timeout:                    # the body stalled
+                self.send_error(408, f"the request was not sent within {request_seconds:g} seconds")
+            except OSError as error:                  # the client hung up
                 self.close_connection = True
                 self.log_error("connection lost on %s %s: %s", self.command, path, error)
             except Exception as error:                # a bug: one log line here, no traceback there
@@ -3336,21 +3577,36 @@ def make_server(Ws, bs, meta, host, port, log=None):
                 except OSError:
                     pass
 
+        def declared_length(self):
+            """The body's size from Content-Length: ASCII digits only (int() would take '²' or
+            ' 1_0'), one value; None when there is none, HTTPError(400) when it is not a size."""
+            values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+            if not values:
+                return None
+            length = values.pop()
+            if values or not (length.isascii() and length.isdigit()):
+                raise HTTPError(400, "the Content-Length header must be one size in bytes (digits 0-9)")
+            return int(length)
+
         def read_image_body(self):
             """The request's PNG or JPEG bytes, checked before and after reading them."""
             content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if content_type not in IMAGE_TYPES:
                 raise HTTPError(415, f"send a PNG or JPEG image (Content-Type image/png or "
                                      f"image/jpeg), not {content_type or 'no Content-Type'}")
-            length = self.headers.get("Content-Length", "")
-            if not length.strip().isdigit():
-                raise HTTPError(411 if not length else 400,
-                                "the request needs a Content-Length header with the body's size in bytes")
-            if int(length) > MAX_BODY_BYTES:           # refused unread: the limit protects memory
-                raise HTTPError(413, f"the body has {int(length)} bytes; the limit is "
+            length = self.declared_length()
+            if length is None or "Transfer-Encoding" in self.headers:
+                raise HTTPError(411, "the request needs a Content-Length header with the body's size "
+                                     "in bytes (and no Transfer-Encoding)")
+            if length > MAX_BODY_BYTES:                # refused unread: the limit protects memory
+                raise HTTPError(413, f"the body has {length} bytes; the limit is "
                                      f"{MAX_BODY_BYTES // (1024 * 1024)} MB: send a smaller image")
-            body = self.rfile.read(int(length))
-            if len(body) < int(length):
+            if self.headers.get("Expect", "").lower() == "100-continue":
+                self.send_response_only(100)           # accepted: now the client may send the body
+                self.end_headers()
+            body = self.rfile.read(length)
+            self.body_read = True
+            if len(body) < length:
                 raise HTTPError(400, f"the body ended after {len(body)} of {length} bytes")
             if not body:
                 raise HTTPError(400, "the body is empty: send the image's bytes")
@@ -3359,6 +3615,29 @@ def make_server(Ws, bs, meta, host, port, log=None):
                                      f"(its first bytes are wrong)")
             return body
 
+        def drop_unread_body(self):
+            """After a refusal: say that nothing more will be sent, then read and drop the body the
+            client may still be sending (up to MAX_DISCARDED_BYTES, within the request's time).
+            Closing with unread bytes would reset the connection, and a client still sending
+            (Python's urllib) would never read the answer."""
+            try:
+                length = 0 if self.body_read else (self.declared_length() or 0)
+            except HTTPError:
+                length = MAX_DISCARDED_BYTES
+            if length == 0 or "Expect" in self.headers:   # no body, or none until invited
+                return
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
+                left = min(length, MAX_DISCARDED_BYTES)
+                while left > 0:
+                    chunk = self.rfile.read1(min(left, 65536))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+            except OSError:                           # a timeout, or the client has gone
+                pass
+
         do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = route
 
     class DigitServer(ThreadingHTTPServer):
@@ -3366,10 +3645,61 @@ def make_server(Ws, bs, meta, host, port, log=None):
         daemon_threads = True                     # Ctrl+C does not wait for open connections
         request_queue_size = 64                   # connections waiting to be accepted (default 5)
 
+        def __init__(self, *args):
+            self.handling = {}    # connection -> when it began waiting for a request, None while answering
+            self.handling_lock = threading.Lock()
+            super().__init__(*args)
+
+        def note(self, connection, waiting):
+            with self.handling_lock:
+                if connection in self.handling:
+                    self.handling[connection] = time.monotonic() if waiting else None
+
+        def process_request(self, request, client_address):
+            """A thread for the new connection; at max_connections, the connection that has waited
+            longest for a request to arrive (idle, or sending its headers byte by byte) is
+            closed to make room, and when every connection is being answered, 503 at once."""
+            with self.handling_lock:
+                waiting = [(since, connection) for connection, since in self.handling.items()
+                           if since is not None]
+                full = len(self.handling) >= max_connections
+                if full and waiting:
+                    _, oldest = min(waiting, key=lambda pair: pair[0])
+                    del self.handling[oldest]
+                    try:
+                        oldest.shutdown(socket.SHUT_RDWR)    # its thread ends at once
+                    except OSError:
+                        pass
+                if not full or waiting:
+                    self.handling[request] = time.monotonic()
+            if full and not waiting:
+                self.refuse_busy(request, client_address)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                with self.handling_lock:
+                    self.handling.pop(request, None)
+
+        def refuse_busy(self, request, client_address):
+            body = json.dumps({"error": f"the server is answering {max_connections} requests; "
+                                        f"try again in a moment"}).encode("utf-8")
+            try:
+                request.settimeout(1)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                                % (len(body), body))
+            except OSError:
+                pass
+            write_log(f"{client_address[0]}: 503, {max_connections} connections being answered")
+            self.shutdown_request(request)
+
         def handle_error(self, request, client_address):   # one line, never a traceback
             error = sys.exc_info()[1]
-            print(f"{client_address[0]}: connection error: {type(error).__name__}: {error}",
-                  file=log or sys.stderr, flush=True)
+            write_log(f"{client_address[0]}: connection error: {type(error).__name__}: {error}")
 
     return DigitServer((host, port), DigitRequestHandler)
 
@@ -3379,7 +3709,7 @@ def run_server(server, host):
     port = server.server_address[1]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"    # IPv6 addresses in brackets
     try:  # Ctrl+C as soon as the address is printed stops the server quietly too
-        if host in ("127.0.0.1", "localhost", "::1"):
+        if is_loopback_name(host):
             print(f"serving on http://{address}/  (this machine only; Ctrl+C stops)", flush=True)
         else:
             print(f"warning: listening on {address}: anyone who can reach this machine can use "
@@ -4997,9 +5327,16 @@ def command_draw(args):
 
 
 def command_serve(args):
+    import warnings
+    if not args.host.strip():
+        raise UserError("--host '': give the address to listen on: 127.0.0.1 (this machine only, "
+                        "the default) or 0.0.0.0 (every network the machine is on)")
     Ws, bs, meta = load_model(args.model)      # once, before the first request
+    # NumPy's warnings about an odd image (a mean of nothing) would be lines in the log that
+    # no request asked for; the answer itself is checked.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
     try:
-        server = make_server(Ws, bs, meta, args.host, args.port)
+        server = make_server(Ws, bs, meta, args.host, args.port, allowed_hosts=args.allow_host)
     except OSError as error:
         import errno
         if error.errno == errno.EADDRINUSE:
@@ -5257,6 +5594,10 @@ def build_parser():
     p.add_argument("--port", default=SERVE_PORT,
                    type=checked_number(int, lambda v: 0 <= v <= 65535, "from 0 to 65535"),
                    help=f"port to listen on (default: {SERVE_PORT}; 0: any free port)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name when listening on this machine "
+                        "only (a proxy in front, such as jupyter-server-proxy, may pass its own); "
+                        "can be given more than once")
     p.set_defaults(run=command_serve, paths={"model": "model to read"})
 
     p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "

@@ -25,6 +25,7 @@ import threading
 import time
 import unittest
 import urllib.error
+import warnings
 import urllib.request
 from types import SimpleNamespace
 from unittest import mock
@@ -1723,14 +1724,72 @@ class TestPredictingOneImage(unittest.TestCase):
         self.assertIsNone(digit_from_filename("12.png"))
 
     @needs_mnist
-    def test_large_photo_is_shrunk_and_prepared(self):
+    def test_large_photo_is_shrunk_as_it_is_read_and_prepared(self):
         # Speed is measured by measure_photos, not asserted: machines differ.
         data = synthetic_photo(self.test_images[4], np.random.default_rng(4), size_range=(1000, 1001))
+        self.assertEqual(read_image(io.BytesIO(data), max_side=None)[0].shape, (1000, 1000))
         gray, alpha = read_image(io.BytesIO(data))
-        self.assertEqual(gray.shape, (1000, 1000))
+        self.assertEqual(gray.shape, (500, 500))  # shrunk by 2 to at most 640 pixels
         x28, steps = image_to_mnist(gray, alpha)
-        self.assertEqual(steps["gray"].shape, (500, 500))  # shrunk by 2 to at most 640 pixels
+        self.assertEqual(steps["gray"].shape, (500, 500))
         self.assertEqual(x28.shape, (28, 28))
+
+    def test_a_large_png_read_shrunk_is_the_block_mean_of_every_pixel(self):
+        rng = np.random.default_rng(8)
+        for mode, shape in (("L", (1300, 1000)), ("RGB", (700, 900, 3)), ("RGBA", (700, 900, 4))):
+            pixels = (rng.random(shape) * 255).astype(np.uint8)
+            if mode == "RGBA":
+                pixels[..., 3] = np.where(rng.random(shape[:2]) < 0.5, 0, 255)
+            data = encode(pixels / 255.0, mode, "PNG")
+            shrunk, full = read_image(io.BytesIO(data)), read_image(io.BytesIO(data), max_side=None)
+            shrunk, full = (mnist.composite_alpha(*shrunk), mnist.composite_alpha(*full)) if mode == "RGBA" \
+                else (shrunk[0], full[0])
+            expected = mnist.shrink_by_block_mean(full, 3 if mode == "L" else 2)
+            self.assertEqual(shrunk.shape, expected.shape, mode)
+            # RGBA: the background colour is estimated from the opaque pixels of either size
+            self.assertLess(float(np.abs(shrunk - expected).max()), 1e-6 if mode != "RGBA" else 2e-3, mode)
+
+    def test_a_large_jpeg_is_decoded_at_a_fraction_of_its_size_close_to_the_block_mean(self):
+        from PIL.JpegImagePlugin import JpegImageFile
+        rng = np.random.default_rng(9)
+        photo = np.clip(0.8 + 0.05 * rng.standard_normal((2560, 2560)), 0, 1)
+        photo[800:1800, 1200:1400] = 0.2                       # a thick dark stroke
+        data = encode(photo, "L", "JPEG", 92)
+        decoded = []
+        draft = JpegImageFile.draft
+        with mock.patch.object(JpegImageFile, "draft", autospec=True,
+                               side_effect=lambda image, *args: (draft(image, *args), decoded.append(image.size))[0]):
+            gray, _ = read_image(io.BytesIO(data))
+        self.assertEqual(decoded, [(640, 640)])                 # 2560 / 640: a factor 4, decoded at 1/4
+        expected = mnist.shrink_by_block_mean(read_image(io.BytesIO(data), max_side=None)[0], 4)
+        self.assertEqual(gray.shape, (640, 640))
+        self.assertLess(float(np.abs(gray - expected).mean()), 0.01)
+
+    def test_exif_orientation_turns_the_image_as_pillow_does(self):
+        from PIL import Image, ImageOps
+        pixels = (np.random.default_rng(10).random((30, 50)) * 255).astype(np.uint8)
+        for orientation in range(1, 9):
+            image = Image.fromarray(pixels, "L")
+            exif = image.getexif()
+            exif[mnist.EXIF_ORIENTATION] = orientation
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG", exif=exif.tobytes())
+            upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue())))
+            np.testing.assert_array_equal(read_image(io.BytesIO(buffer.getvalue()))[0],
+                                          np.asarray(upright, np.float32) / 255, str(orientation))
+
+    def test_images_of_any_shape_get_a_digit_or_no_digit_found(self):
+        for shape in ((1, 20000), (20000, 1), (1, 1), (2, 3), (1, 25_000_000), (5, 4000)):
+            for content in ("plain", "stripes"):
+                pixels = np.full(shape, 230, np.uint8)
+                if content == "stripes":
+                    pixels.flat[::7] = 20
+                gray, alpha = read_image(io.BytesIO(encode(pixels / 255.0, "L", "PNG")))
+                self.assertLessEqual(max(gray.shape), mnist.WORKING_MAX_SIDE, shape)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")                  # no RuntimeWarning either
+                    x28, steps = image_to_mnist(gray, alpha)
+                self.assertTrue(x28 is None and steps["reason"] or x28.shape == (28, 28), (shape, content))
 
     def test_pen_stroke_along_a_printed_line_is_kept(self):
         # Light ruled lines every 40 rows; a dark "7" whose top bar lies exactly on one line.
@@ -2854,11 +2913,11 @@ def tiny_model_meta():
     return {"activation": "relu", "sizes": [784, 10], "test_accuracy": 0.9}
 
 
-def start_server(test_case, Ws, bs, meta):
+def start_server(test_case, Ws, bs, meta, **options):
     """A server on a free port in a thread of this process; stopped when the test (class) ends.
-    Returns (base URL, its log: a StringIO)."""
+    options go to make_server (short deadlines, a small cap). Returns (base URL, its log: a StringIO)."""
     log = io.StringIO()
-    server = mnist.make_server(Ws, bs, meta, host="127.0.0.1", port=0, log=log)
+    server = mnist.make_server(Ws, bs, meta, host="127.0.0.1", port=0, log=log, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
@@ -2973,6 +3032,7 @@ class TestServingOverHTTP(unittest.TestCase):
             self.assertIn(needle, page)
         for outside in ("http:", "https:", "src=", "href=", "@import", "url("):
             self.assertNotIn(outside, page)
+        self.assertNotIn('"/predict"', page)      # the API is found beside the page, under any path
         self.assertIn("default-src 'none'", headers["Content-Security-Policy"])
 
     def test_an_unknown_path_or_a_file_on_disk_is_404_json(self):
@@ -3006,13 +3066,13 @@ class TestServingOverHTTP(unittest.TestCase):
 
     def test_a_body_over_10_mb_is_413_json_before_it_is_read(self):
         # Only the headers are sent: had the server waited for the 11 MB, no answer would come.
-        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                                              b"Content-Length: 11534336\r\n\r\n")
         self.assertEqual(status, 413)
         self.assertIn("limit is 10 MB", answer["error"])
 
     def test_a_request_without_content_length_is_411_json(self):
-        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        status, answer = raw_http(self.port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                                              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         self.assertEqual(status, 411)
         self.assertIn("Content-Length", answer["error"])
@@ -3066,6 +3126,254 @@ class TestServingOverHTTP(unittest.TestCase):
         self.assertEqual(answers, [expected[image] for image in jobs])
 
 
+def exchange(port, data, timeout=10, pause=None):
+    """Send bytes (a list of pieces: `pause` seconds between them) on a fresh connection and
+    read until the server closes; returns (every byte of the answer, seconds until closed)."""
+    import socket
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        try:
+            for piece in ([data] if isinstance(data, bytes) else data):
+                connection.sendall(piece)
+                if pause:
+                    time.sleep(pause)
+        except OSError:             # the server closed while we were still sending
+            pass
+        answer = b""
+        try:
+            while True:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer, time.monotonic() - start
+
+
+def status_of(answer):
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else None
+
+
+def png_of_size(width, height):
+    """A plain light gray PNG of this size, with a few dark pixels."""
+    from PIL import Image
+    image = Image.new("L", (width, height), 220)
+    for k in range(0, min(width * height, 5000), 7):
+        image.putpixel((k % width, (k // width) % height), 20)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class TestServingUnderAttack(unittest.TestCase):
+    """Slow, hostile and odd clients against a server with short deadlines (1 s) and a small cap
+    (4 connections): each gets its status, none a 500, and the server answers afterwards."""
+
+    SECONDS = 1.0
+    CAP = 4
+
+    @classmethod
+    def setUpClass(cls):
+        cls.url, cls.log = start_server(cls, *tiny_model(), tiny_model_meta(), request_seconds=cls.SECONDS,
+                                        max_connections=cls.CAP)
+        cls.port = int(cls.url.rsplit(":", 1)[1])
+
+    def tearDown(self):
+        status, _, answer = http("GET", self.url + "/health", timeout=5)   # still answering
+        self.assertEqual((status, answer["status"]), (200, "ok"))
+        self.assertNotIn(" 500 ", self.log.getvalue())
+
+    def post_head(self, length, extra=b""):
+        return (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                b"Content-Length: " + length + b"\r\n" + extra + b"\r\n")
+
+    def test_a_stalled_body_gets_408_at_the_deadline(self):
+        answer, seconds = exchange(self.port, self.post_head(b"1000") + b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(status_of(answer), 408)
+        self.assertIn(b"not sent within 1 seconds", answer)
+        self.assertLess(seconds, self.SECONDS + 1.5)
+
+    def test_headers_trickled_byte_by_byte_are_cut_at_the_deadline_for_the_whole_request(self):
+        head = self.post_head(b"10")
+        answer, seconds = exchange(self.port, [head[k:k + 1] for k in range(len(head))], pause=0.1)
+        self.assertEqual(status_of(answer), 408)   # every byte came within 0.1 s; the whole took longer
+        self.assertLess(seconds, len(head) * 0.1)
+
+    def test_the_deadline_counts_from_the_request_s_first_byte_after_waiting_for_it(self):
+        import socket
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as connection:
+            time.sleep(0.7 * self.SECONDS)              # waiting for a request (as a kept-alive page does)
+            connection.sendall(b"GET /health HTTP/1.1\r\n")
+            time.sleep(0.5 * self.SECONDS)              # 1.2 deadlines after connecting, 0.5 after the first byte
+            connection.sendall(b"Host: 127.0.0.1\r\n\r\n")
+            self.assertEqual(status_of(connection.recv(10000)), 200)
+
+    def test_an_idle_connection_is_closed_at_the_deadline(self):
+        answer, seconds = exchange(self.port, b"")
+        self.assertEqual(status_of(answer), 408)
+        self.assertLess(seconds, self.SECONDS + 1.5)
+
+    def test_beyond_the_cap_the_connection_waiting_longest_is_closed_and_a_new_client_answered(self):
+        import socket
+        idle = []
+        for _ in range(self.CAP):
+            idle.append(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+            idle[-1].sendall(b"GET /health HTTP/1.1\r\n")        # headers begun, never finished
+            time.sleep(0.05)
+        try:
+            start = time.monotonic()
+            status = http("GET", self.url + "/health", timeout=5)[0]
+            self.assertEqual(status, 200)
+            self.assertLess(time.monotonic() - start, 0.5)
+            self.assertEqual(idle[0].recv(100), b"")            # the oldest was closed, unanswered
+        finally:
+            for connection in idle:
+                connection.close()
+
+    def test_when_every_connection_is_being_answered_a_new_one_gets_503_at_once(self):
+        import socket
+        busy = []
+        for _ in range(self.CAP):       # headers complete, body stalled: being answered (till 408)
+            busy.append(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+            busy[-1].sendall(self.post_head(b"1000") + b"\x89PNG")
+        time.sleep(0.2)
+        try:
+            answer, seconds = exchange(self.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            self.assertEqual(status_of(answer), 503)
+            self.assertLess(seconds, 0.5)
+            self.assertIn(b"Retry-After: 1", answer)
+            self.assertEqual([status_of(connection.recv(1000)) for connection in busy], [408] * self.CAP)
+        finally:
+            for connection in busy:
+                connection.close()
+
+    def test_control_characters_in_the_request_are_escaped_in_the_log(self):
+        before = len(self.log.getvalue())
+        answer, _ = exchange(self.port, b"GET /\x1b[31mred\rforged-line HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.assertEqual(status_of(answer), 400)                # the CR splits the request line: 4 words
+        logged = self.log.getvalue()[before:]
+        self.assertIn("\\x1b[31mred\\x0dforged-line", logged)
+        self.assertNotIn("\x1b", logged)
+        self.assertNotIn("\r", logged)
+
+    def test_the_log_lines_of_parallel_requests_stay_whole(self):
+        url, log = start_server(self, *tiny_model(), tiny_model_meta())    # the default cap: 64
+        threads = [threading.Thread(target=http, args=("GET", url + "/health")) for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        lines = log.getvalue().splitlines()
+        whole = [line for line in lines if re.fullmatch(r'127\.0\.0\.1 \[[^]]+\] "GET /health HTTP/1\.1" 200 -', line)]
+        self.assertEqual((len(whole), len(lines)), (24, 24))
+
+    def test_a_host_that_is_not_this_machine_is_400_and_this_machine_by_any_name_is_answered(self):
+        for host, status in ((b"evil.example", 400), (b"evil.example:80", 400), (b"192.168.1.5", 400),
+                             (b"localhost", 200), (b"LOCALHOST.:8000", 200), (b"127.0.0.1:8000", 200),
+                             (b"[::1]:8000", 200), (b"app.localhost", 200)):
+            answer, _ = exchange(self.port, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            self.assertEqual(status_of(answer), status, host)
+        self.assertIn(b"--allow-host evil.example", exchange(self.port, b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n")[0])
+
+    def test_an_allowed_host_name_is_answered(self):
+        url, _ = start_server(self, *tiny_model(), tiny_model_meta(), allowed_hosts=["Hub.example"])
+        port = int(url.rsplit(":", 1)[1])
+        for host, status in ((b"hub.example", 200), (b"other.example", 400)):
+            answer, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            self.assertEqual(status_of(answer), status, host)
+
+    def test_a_content_length_that_is_not_ascii_digits_is_400(self):
+        for length in ("\u00b2".encode("utf-8"), "\u0661\u0662".encode("utf-8"), b"+5", b"1_0", b"-1", b"0x10"):
+            answer, _ = exchange(self.port, self.post_head(length))
+            self.assertEqual(status_of(answer), 400, length)
+        answer, _ = exchange(self.port, self.post_head(b"10", b"Content-Length: 20\r\n") + b"0123456789")
+        self.assertEqual(status_of(answer), 400)           # two different sizes
+
+    def test_a_body_over_the_limit_is_413_that_urllib_reads(self):
+        status, _, answer = http("POST", self.url + "/predict", b"\x89PNG\r\n\x1a\n" + bytes(11 * 2 ** 20), "image/png")
+        self.assertEqual(status, 413)
+        self.assertIn("limit is 10 MB", answer["error"])
+        status, _, answer = http("POST", self.url + "/nothing", bytes(5 * 2 ** 20), "image/png")
+        self.assertEqual(status, 404)                     # any refusal of a body not read
+
+    def test_fuzzed_png_and_jpeg_bodies_get_200_or_400_never_500(self):
+        rng = np.random.default_rng(11)
+        photo = synthetic_photo(real_mnist()[2][0].reshape(28, 28), rng, (300, 400)) if HAVE_MNIST else None
+        originals = [encode(drawn_canvas(ONE), "L", "PNG"), encode(1 - 0.8 * drawn_canvas(ONE), "L", "JPEG")]
+        originals += [photo] if photo else []
+        statuses = []
+        for original in originals:
+            for _ in range(20):
+                body = bytearray(original)
+                for position in rng.integers(8, len(body), rng.integers(1, 20)):
+                    body[position] = rng.integers(0, 256)
+                if rng.random() < 0.3:
+                    body = body[:rng.integers(9, len(body))]        # cut short
+                content_type = "image/png" if original[:4] == b"\x89PNG" else "image/jpeg"
+                statuses.append(http("POST", self.url + "/predict", bytes(body), content_type, timeout=30)[0])
+        self.assertEqual(set(statuses) - {200, 400, 413}, set())
+        self.assertGreaterEqual(len(statuses), 40)
+
+    def test_expect_100_continue_gets_the_refusal_without_continue_and_an_image_gets_continue(self):
+        answer, _ = exchange(self.port, self.post_head(b"11534336", b"Expect: 100-continue\r\n"))
+        self.assertEqual(status_of(answer), 413)
+        self.assertNotIn(b"100 Continue", answer)
+        png = encode(np.zeros((28, 28)), "L", "PNG")
+        import socket
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as connection:
+            connection.sendall(self.post_head(str(len(png)).encode(), b"Expect: 100-continue\r\n"))
+            self.assertTrue(connection.recv(1000).startswith(b"HTTP/1.1 100 Continue\r\n"))
+            connection.sendall(png)
+            self.assertEqual(status_of(connection.recv(10000)), 200)
+
+    def test_images_of_odd_shapes_get_a_digit_or_no_digit_found(self):
+        for width, height in ((20000, 1), (1, 20000), (25_000_000, 1), (1, 1), (3, 2)):
+            status, _, answer = http("POST", self.url + "/predict", png_of_size(width, height), "image/png")
+            self.assertEqual(status, 200, (width, height))
+            self.assertTrue(answer["digit"] is None and answer["reason"] or answer["digit"] in range(10))
+
+    def test_no_more_pixels_than_the_budget_are_decoded_at_once(self):
+        drawing = encode(drawn_canvas(ONE), "L", "PNG")
+        read, at_once, most = mnist.read_image, [0], [0]
+        lock = threading.Lock()
+
+        def slow_read(*args, **kwargs):
+            with lock:
+                at_once[0] += 1
+                most[0] = max(most[0], at_once[0])
+            time.sleep(0.1)
+            try:
+                return read(*args, **kwargs)
+            finally:
+                with lock:
+                    at_once[0] -= 1
+        for budget, expected in ((CANVAS_SIZE ** 2, 1), (2 * CANVAS_SIZE ** 2, 2)):
+            most[0] = 0
+            with mock.patch.object(mnist, "PIXELS_DECODED_AT_ONCE", budget), \
+                    mock.patch.object(mnist, "read_image", slow_read), mock.patch("os.cpu_count", return_value=4):
+                url, _ = start_server(self, *tiny_model(), tiny_model_meta())     # 4 cores: the budget decides
+                threads = [threading.Thread(target=http, args=("POST", url + "/predict", drawing, "image/png"))
+                           for _ in range(6)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(30)
+            self.assertEqual(most[0], expected, budget)
+
+    def test_the_server_header_names_no_python_version(self):
+        _, headers, _ = http("GET", self.url + "/health")
+        self.assertEqual(headers["Server"], "mnist_from_scratch")
+
+    def test_a_request_line_or_headers_too_long_are_414_and_431(self):
+        answer, _ = exchange(self.port, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+        self.assertEqual(status_of(answer), 414)
+        answer, _ = exchange(self.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n")
+        self.assertEqual(status_of(answer), 431)
+        answer, _ = exchange(self.port, b"GET / HTTP/1.1\r\n" + b"X: 1\r\n" * 120 + b"\r\n")
+        self.assertEqual(status_of(answer), 431)
+
+
 @needs_mnist
 class TestServeCommand(unittest.TestCase):
     """`serve` run as a user runs it."""
@@ -3113,6 +3421,32 @@ class TestServeCommand(unittest.TestCase):
         app = self.start("--host", "0.0.0.0", "--port", "0")
         self.assertRegex(app.stderr.readline(), r"^warning: listening on 0\.0\.0\.0:\d+: anyone who can reach")
         self.assertIn("serving on http://0.0.0.0:", app.stdout.readline())
+
+    def test_an_empty_host_exits_2_with_one_line_naming_the_addresses_to_give(self):
+        status, out, errors = run_cli("serve", "--model", self.model, "--host", "", "--port", "0",
+                                      cwd=self.folder.name)
+        self.assertEqual((status, out, len(errors.strip().splitlines())), (2, "", 1))
+        self.assertIn("127.0.0.1", errors)
+        self.assertIn("0.0.0.0", errors)
+
+    def test_allow_host_answers_for_a_proxy_s_name_and_still_refuses_others(self):
+        app = self.start("--port", "0", "--allow-host", "hub.example")
+        port = int(app.stdout.readline().split()[2].rsplit(":", 1)[1].strip("/"))
+        for host, status in ((b"hub.example", 200), (b"other.example", 400), (b"localhost", 200)):
+            answer, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+            self.assertEqual(status_of(answer), status, host)
+
+    def test_odd_images_leave_only_request_lines_in_the_log_no_warnings(self):
+        app = self.start("--port", "0")
+        url = app.stdout.readline().split()[2].rstrip("/")
+        for width, height in ((20000, 1), (1, 20000), (1, 1), (2, 1)):
+            status = http("POST", url + "/predict", png_of_size(width, height), "image/png")[0]
+            self.assertEqual(status, 200, (width, height))
+        app.terminate()
+        _, errors = app.communicate(timeout=20)
+        lines = errors.splitlines()
+        self.assertEqual(len(lines), 4, errors)
+        self.assertEqual([line for line in lines if '"POST /predict HTTP/1.1" 200 -' in line], lines)
 
     def test_a_port_in_use_a_bad_port_or_model_exit_2_with_one_line_before_serving(self):
         import socket
@@ -3202,6 +3536,56 @@ def densify(stroke, step=4.0):
         count = max(1, int(np.hypot(*(b - a)) / step))
         points += [a + (b - a) * t for t in np.linspace(0, 1, count + 1)[1:]]
     return [tuple(point) for point in points]
+
+
+def start_prefix_proxy(test_case, backend_url, prefix):
+    """A reverse proxy (standard library only) that serves backend_url under a path prefix, as
+    jupyter-server-proxy serves /user/NAME/proxy/8000/: prefix + "x" -> backend "/x". Other paths
+    are 404. Returns (its base URL, the list of paths it was asked for)."""
+    import http.client
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    backend = backend_url.split("//", 1)[1]
+    asked = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def forward(self):
+            asked.append(f"{self.command} {self.path}")
+            if not (self.path + "/").startswith(prefix):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            connection = http.client.HTTPConnection(backend, timeout=60)
+            connection.request(self.command, "/" + self.path[len(prefix):], body,
+                               {name: value for name, value in self.headers.items() if name.lower() != "host"})
+            answer = connection.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("server", "date", "connection"):
+                    self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            connection.close()
+
+        do_GET = do_POST = forward
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(10)
+    test_case.addCleanup(stop)
+    return f"http://127.0.0.1:{proxy.server_address[1]}", asked
 
 
 @needs_mnist
@@ -3304,6 +3688,17 @@ class TestServingInABrowser(unittest.TestCase):
             "    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
             base64.b64encode(png).decode("ascii"))
         self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
+
+    def test_under_a_path_prefix_the_page_predicts_through_the_proxy(self):
+        prefix = "/user/anna/proxy/8000/"
+        proxy_url, asked = start_prefix_proxy(self, self.url, prefix)
+        for page in (prefix, prefix.rstrip("/")):           # with and without the final slash
+            self.driver.get(proxy_url + page)
+            draw_on_page(self.driver, ONE)
+            self.wait_until_settled()
+            self.assertEqual(self.text("digit"), "1", page)
+            self.assertIn(f"POST {prefix}predict", asked)
+        self.assertEqual([request for request in asked if not request.split()[1].startswith(prefix.rstrip("/"))], [])
 
     def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
         layouts = {}
@@ -4008,6 +4403,37 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
         print(f"| {kind} | {no_digit_per_kind} | {found} |", flush=True)
 
 
+def measure_large_photos(model_path, count=90, size_range=(1600, 4100)):
+    """The synthetic photos of the photo table (photo, on a table, drawing alone), made 1600 to
+    4100 pixels on a side, prepared two ways: read shrunk (read_image as it is) and read with
+    every pixel, then shrunk by image_to_mnist. Prints the accuracy of each, how far apart their
+    28x28 inputs are, and the seconds per image of each.
+
+        python test_mnist_from_scratch.py --measure-large-photos [MODEL] [IMAGES]
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    _, _, X_test, labels = real_mnist()
+    rng = np.random.default_rng(77)
+    kinds = ["photo", "photo on a table", "photo's drawing alone"]
+    right, seconds, differences = {"shrunk": [], "every pixel": []}, {"shrunk": 0.0, "every pixel": 0.0}, []
+    for number, index in enumerate(rng.choice(len(X_test), count, replace=False)):
+        data = make_image(kinds[number % 3], X_test[index].reshape(28, 28), rng, photo_size_range=size_range)
+        inputs = {}
+        for way, max_side in (("shrunk", mnist.WORKING_MAX_SIDE), ("every pixel", None)):
+            start = time.perf_counter()
+            inputs[way], _ = image_to_mnist(*read_image(io.BytesIO(data), max_side=max_side))
+            seconds[way] += time.perf_counter() - start
+            digit = None if inputs[way] is None else int(
+                mnist.predict_proba(inputs[way].reshape(1, 784), Ws, bs, meta["activation"])[0].argmax())
+            right[way].append(digit == labels[index])
+        if inputs["shrunk"] is not None and inputs["every pixel"] is not None:
+            differences.append(float(np.abs(inputs["shrunk"] - inputs["every pixel"]).max()))
+    print(f"{count} synthetic photos of {size_range[0]}-{size_range[1]} px ({', '.join(kinds)}): "
+          + "; ".join(f"{way}: {100 * np.mean(right[way]):.1f} %, {seconds[way] / count:.2f} s per image"
+                      for way in right)
+          + f"; the 28x28 inputs differ by at most {max(differences):.3f} (median {np.median(differences):.3f})")
+
+
 # ----------------------------------------------------------------------------------------------
 # The served page for the README, and the server under load for docs/results.md (not tests)
 # ----------------------------------------------------------------------------------------------
@@ -4087,6 +4513,184 @@ def measure_serve(model_path, threads=8, requests_per_thread=100, distinct_image
           f"({', '.join(kinds)}), {sum(len(image[0]) for image in images) // len(images) // 1024} kB on average")
     print(f"latency per request p50 {p50:.0f} ms, p99 {p99:.0f} ms; {sent / wall:.1f} requests/s; {wall:.1f} s in all")
     return sum(right) == sent
+
+
+def process_status(pid, field):
+    """A number from /proc/PID/status (Linux): VmHWM (peak memory, kB), VmRSS, Threads."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise SystemExit(f"no {field} in /proc/{pid}/status (this measure needs Linux)")
+
+
+def rgba_png(width, height):
+    """A width x height RGBA PNG, opaque black with a white bar: small to send, large decoded."""
+    from PIL import Image
+    pixels = np.zeros((height, width, 4), np.uint8)
+    pixels[..., 3] = 255
+    pixels[height * 2 // 5:height * 3 // 5, width * 12 // 25:width * 13 // 25, :3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def measure_serve_memory(model_path, side=5000, at_once=2):
+    """Peak memory of `serve` answering `at_once` RGBA PNGs of side x side pixels (25 megapixels,
+    the limit) sent together, and how long a drawing sent meanwhile waited.
+
+        python test_mnist_from_scratch.py --measure-serve-memory [MODEL] [SIDE] [AT_ONCE]
+    """
+    from PIL import Image
+    png, drawing = rgba_png(side, side), encode(drawn_canvas(ONE), "L", "PNG")
+    whole = io.BytesIO()
+    Image.new("L", (side, side), 128).save(whole, "JPEG")
+    whole = whole.getvalue()
+    claim = whole[:whole.index(b"\xff\xda") + 16] + b"\xff\xd9"   # its header, a scrap of data: truncated
+    app, url = start_serve_command(model_path)
+    try:
+        http("GET", url + "/health")
+        idle_kb = process_status(app.pid, "VmHWM")
+        start = time.perf_counter()
+        claim_status = http("POST", url + "/predict", claim, "image/jpeg")[0]
+        claim_seconds, claim_kb = time.perf_counter() - start, process_status(app.pid, "VmHWM")
+        answers, seconds = [], {}
+
+        def send(name, body):
+            start = time.perf_counter()
+            answers.append((name, http("POST", url + "/predict", body, "image/png", timeout=300)[:3:2]))
+            seconds[name] = time.perf_counter() - start
+        start = time.perf_counter()
+        senders = [threading.Thread(target=send, args=(f"large {k}", png)) for k in range(at_once)]
+        for sender in senders:
+            sender.start()
+        time.sleep(0.2)
+        send("drawing", drawing)
+        for sender in senders:
+            sender.join()
+        wall = time.perf_counter() - start
+        peak_kb = process_status(app.pid, "VmHWM")
+    finally:
+        app.terminate()
+        app.wait(20)
+    print(f"a {len(claim)}-byte JPEG whose header claims {side}x{side}: {claim_status} in {1000 * claim_seconds:.0f} ms, "
+          f"peak memory of serve {claim_kb / 1024:.0f} MB")
+    print(f"{at_once} RGBA PNGs of {side}x{side} ({len(png) // 1024} kB each) at once: peak memory of serve "
+          f"{peak_kb / 1024:.0f} MB ({idle_kb / 1024:.0f} MB after start); all answered in {wall:.1f} s; "
+          f"a drawing sent meanwhile: {1000 * seconds['drawing']:.0f} ms")
+    for name, (status, answer) in sorted(answers):
+        print(f"  {name}: {status} {answer.get('digit', answer)}")
+
+
+def measure_predict_photo(model_path, width=4000, height=3000, repeats=5):
+    """Peak memory and time of `predict` on a width x height phone-like JPEG (12 megapixels),
+    written into a temporary folder: the whole command, and read_image + predict_image inside
+    one process (the median of `repeats`).
+
+        python test_mnist_from_scratch.py --measure-predict-photo [MODEL] [WIDTH] [HEIGHT]
+    """
+    from PIL import Image, ImageDraw
+    rng = np.random.default_rng(12)
+    photo = Image.new("RGB", (width, height), (200, 195, 185))
+    ImageDraw.Draw(photo).line([(width * 0.45, height * 0.3), (width * 0.55, height * 0.3), (width * 0.47, height * 0.7)],
+                               fill=(30, 30, 40), width=max(4, width // 60))
+    noisy = np.asarray(photo).astype(np.int16) + rng.integers(-8, 8, (height, width, 1)).astype(np.int16)
+    Ws, bs, meta = mnist.load_model(model_path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "7_photo.jpg")
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=92)
+        del photo, noisy
+        # The command, and at its end its own peak memory (VmHWM: of this program alone, not of
+        # the process it was started from).
+        report_peak = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], "
+                       "run_name='__main__')\nfinally:\n    print([line for line in open('/proc/self/status') "
+                       "if line.startswith('VmHWM')][0].split()[1], file=sys.stderr)")
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-c", report_peak, SCRIPT, "predict", "--model", model_path, path],
+                             capture_output=True, text=True)
+        command_seconds = time.perf_counter() - start
+        peak_kb = int(run.stderr.split()[-1])
+        inside = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            mnist.predict_image(*read_image(path), Ws, bs, meta["activation"])
+            inside.append(time.perf_counter() - start)
+        print(f"predict on a {width}x{height} JPEG ({os.path.getsize(path) // 1024} kB): peak memory "
+              f"{peak_kb / 1024:.0f} MB, {command_seconds:.2f} s for the whole command (Python, NumPy, Pillow "
+              f"and the model loaded included); read_image + predict_image: {np.median(inside):.2f} s "
+              f"(median of {repeats}); it says: {run.stdout.splitlines()[0] if run.stdout else run.stderr.strip()}")
+
+
+def measure_slow_clients(model_path, clients=200, seconds_between_bytes=1.0):
+    """`clients` connections to `serve` each sending its request a byte at a time, while a fresh
+    client asks GET /health every half second: when each slow client was dropped, the slowest
+    /health answer, and the most threads the server had.
+
+        python test_mnist_from_scratch.py --measure-slow-clients [MODEL] [CLIENTS]
+    """
+    import socket
+    app, url = start_serve_command(model_path)
+    port = int(url.rsplit(":", 1)[1])
+    request = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n" + b"X-Pad: a\r\n" * 200
+    health, threads, dropped = [], [], {}
+    stop = threading.Event()
+
+    def ask_health():
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                status = http("GET", url + "/health", timeout=10)[0]
+            except Exception as error:
+                status = type(error).__name__
+            health.append((time.perf_counter() - start, status))
+            threads.append(process_status(app.pid, "Threads"))
+            stop.wait(0.5)
+    try:
+        start = time.monotonic()
+        slow = {}
+        for number in range(clients):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+            connection.setblocking(False)
+            slow[number] = connection
+        prober = threading.Thread(target=ask_health)
+        prober.start()
+        sent = 0
+        limit = mnist.SECONDS_TO_SEND_A_REQUEST + 15          # the loop stops by itself
+        while slow and time.monotonic() - start < limit and sent < len(request):
+            for number, connection in list(slow.items()):
+                try:
+                    if connection.recv(4096) is not None:     # an answer (408) or the end: dropped
+                        dropped[number] = time.monotonic() - start
+                        connection.close()
+                        del slow[number]
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    dropped[number] = time.monotonic() - start
+                    connection.close()
+                    del slow[number]
+                    continue
+                try:
+                    connection.send(request[sent:sent + 1])
+                except OSError:
+                    pass
+            sent += 1
+            time.sleep(seconds_between_bytes)
+        for connection in slow.values():
+            connection.close()
+        stop.set()
+        prober.join()
+    finally:
+        stop.set()
+        app.terminate()
+        app.wait(20)
+    statuses = sorted({str(status) for _, status in health})
+    print(f"{clients} clients sending a byte every {seconds_between_bytes:g} s: {len(dropped)} dropped by the server, "
+          f"the last after {max(dropped.values(), default=float('nan')):.1f} s (deadline "
+          f"{mnist.SECONDS_TO_SEND_A_REQUEST} s, cap {mnist.MAX_CONNECTIONS} connections), {len(slow)} still open")
+    print(f"GET /health from a fresh client, {len(health)} times: answers {', '.join(statuses)}; slowest "
+          f"{1000 * max(seconds for seconds, _ in health):.0f} ms; the server's threads at most {max(threads)}")
 
 
 THREE = [[(140 + 55 * np.cos(a), 88 - 48 * np.sin(a)) for a in np.radians(np.arange(160, -95, -10))]
@@ -4418,6 +5022,14 @@ if __name__ == "__main__":
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
     elif sys.argv[1:2] == ["--measure-speed"]:
         measure_speed(*[int(n) for n in sys.argv[2:4]])
+    elif sys.argv[1:2] == ["--measure-large-photos"]:
+        measure_large_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
+    elif sys.argv[1:2] == ["--measure-serve-memory"]:
+        measure_serve_memory(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]])
+    elif sys.argv[1:2] == ["--measure-predict-photo"]:
+        measure_predict_photo(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]])
+    elif sys.argv[1:2] == ["--measure-slow-clients"]:
+        measure_slow_clients(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--serve-screenshot"]:
         serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
     elif sys.argv[1:2] == ["--measure-usps"]:
