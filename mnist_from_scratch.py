@@ -2044,14 +2044,18 @@ def center_by_mass(digit, size=28, centre=14.0):
     return field
 
 
-def find_the_digit(ink, paper):
+def find_the_digit(ink, paper, pieces_found=None):
     """The pixels that make up the digit in an ink map (from remove_background) of a picture whose
     light background `paper` is given (the gray image itself, or its negative).
 
     Returns (mask, set_aside, floor, reason): the digit's pixels (None when there is no digit, and
     then `reason` says why); the pixels set aside as printed lines or as the table around the
     page; and the noise floor, an ink strength that paper noise practically never reaches.
+    pieces_found: a boolean array of the ink's shape, if given, receives every piece of ink
+    found, the digit's and all others (specks, other digits), lines and table set aside.
     """
+    if pieces_found is None:
+        pieces_found = np.zeros(ink.shape, dtype=bool)
     # JPEG noise and paper grain average out over 3x3 pixels, strokes do not. A picture made on a
     # computer (a drawing, a digit cut out of a data set) has no noise to average: most of its
     # neighbouring pixels are exactly equal. It stays sharp, and so does a picture under 40 px:
@@ -2089,12 +2093,15 @@ def find_the_digit(ink, paper):
     if without_lines.any():  # the strongest ink that may be the digit: printed lines are gone
         peak = float(smooth[without_lines].max())
     threshold = min(max(otsu_threshold(smooth[candidates]), floor), floor + 0.5 * (peak - floor))
-    mask = keep_digit_components((smooth > threshold) & without_lines, ink)
+    pieces = (smooth > threshold) & without_lines
+    mask = keep_digit_components(pieces, ink)
     on_lines = strokes_on_lines(smooth, mask, lines, sigma)
     if on_lines.any():
         lines = lines & ~on_lines
-        mask = keep_digit_components((smooth > threshold) & (without_lines | on_lines), ink)
+        pieces = (smooth > threshold) & (without_lines | on_lines)
+        mask = keep_digit_components(pieces, ink)
     set_aside = lines | outside
+    pieces_found[:] = pieces  # every piece of ink, for reading a number (section [11b])
 
     # Nothing but specks left (what printed lines leave where they cross, dust): the largest piece
     # spans under 4 % of the picture's longer side (and under 4 pixels). The smallest digits the
@@ -2125,19 +2132,30 @@ def image_to_mnist(gray, alpha=None):
       'cropped' the cleaned digit cut out, strokes normalised
       'x28'     the result (same as x28)
       'reason'  why no digit was found (a string), only when x28 is None
+      'pieces'  every piece of ink found, the digit's and all others (boolean)
+      'floor'   the ink strength paper noise stays below (a number)
     """
     if alpha is not None:
         gray = composite_alpha(gray, alpha)
     gray = shrink_by_block_mean(gray, int(np.ceil(max(gray.shape) / WORKING_MAX_SIDE)))
     light_background = decide_polarity(gray)
     ink = remove_background(gray, light_background)
-    mask, set_aside, floor, reason = find_the_digit(ink, gray if light_background else 1.0 - gray)
+    pieces = np.zeros(gray.shape, dtype=bool)
+    mask, set_aside, floor, reason = find_the_digit(ink, gray if light_background else 1.0 - gray, pieces)
     steps = {"gray": gray, "ink": ink, "lines": set_aside,
-             "mask": np.zeros(gray.shape, dtype=bool) if mask is None else mask}
+             "mask": np.zeros(gray.shape, dtype=bool) if mask is None else mask,
+             "pieces": pieces, "floor": floor}
     if mask is None:
         steps["reason"] = reason
         return None, steps
+    x28, cropped = mask_to_mnist(ink, mask, floor)
+    steps.update(cropped=cropped, x28=x28)
+    return x28, steps
 
+
+def mask_to_mnist(ink, mask, floor):
+    """The MNIST recipe for the digit made of the pixels `mask` of an ink map whose paper noise
+    stays below `floor`: returns the (28, 28) input and the cleaned digit cut out ('cropped')."""
     # Stretch the ink so typical stroke pixels (the 75th percentile) become 1, as MNIST strokes
     # are saturated, and paper noise 0; keep a 2-pixel rim around the mask for the soft edges.
     strong = np.percentile(ink[mask], 75)
@@ -2147,8 +2165,7 @@ def image_to_mnist(gray, alpha=None):
     cropped = crop_to_ink(normalise_stroke_width(crop_to_ink(cleaned)))
     digit = fit_in_box(cropped)
     x28 = center_by_mass(digit / digit.max())  # the brightest stroke pixel is 1.0, as in MNIST
-    steps.update(cropped=cropped, x28=x28)
-    return x28, steps
+    return x28, cropped
 
 
 def digit_from_filename(name):
@@ -2247,6 +2264,260 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
     if x28 is None:
         return None, None, steps
     P = predict_proba(x28.reshape(1, 784), Ws, bs, activation)[0]  # (1, 784) -> (10,)
+    return x28, P, steps
+
+
+# %% [11b] Reading a number: cutting it into digits
+#
+# The network reads one digit at a time, so a number must first be cut into its digits. The
+# usual few lines (every connected piece of ink is a digit, left to right) break on real
+# handwriting in well-known ways: a 5 whose flag was lifted off the paper becomes two digits, and
+# so does a 4 drawn in two strokes; two digits that touch become one; a small digit beside a big
+# one is thrown away as a speck; the rows of a two-line number get mixed up. cut_into_digits
+# works on the pieces of ink that section [11] finds (paper, lines, table and light already dealt
+# with), and each of its rules answers one of those failures:
+#
+#   1. specks      a piece with far less ink than the largest one is dirt, not a digit
+#   2. rows        the digit-sized pieces whose heights overlap form a row; rows are read top to
+#                  bottom, each left to right
+#   3. one digit   pieces lying above one another (overlapping in x) are one digit: a 5 and its
+#      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
+#                  strokes (a 7's bar); a short piece on its own is a small digit if it is big
+#                  enough, a speck otherwise
+#   4. touching    a piece too wide for one digit is several digits touching. Where to cut it is
+#      digits      decided with the network's help ("recognition-based segmentation"): the
+#                  columns with the least ink (the column profile's minima) are the candidate
+#                  cuts; every way of cutting there is read, and the reading whose digits the
+#                  network is surest of (the highest geometric mean of their probabilities) wins.
+#
+# Each digit found is then prepared exactly as a single digit is (mask_to_mnist: crop, stroke
+# width, 20 pixels, centre of mass) and read by the same network, so a number of digits of
+# different sizes is read as well as each of them alone. An image in which exactly one digit is
+# found is read exactly as predict_image reads it.
+
+NUMBER_RULES = {  # each number measured on strings of USPS digits (docs/results.md, the number table)
+    "speck_share": 0.03,    # specks: less ink than 3 % of the largest piece, as keep_digit_components
+    "tall": 0.5,            # digit-sized: at least half as tall as the largest piece (a flag, a bar is less)
+    "row_overlap": 0.5,     # one row: heights overlap by half the shorter piece (jitter stays far below)
+    "x_overlap": 0.5,       # one digit: overlapping in x by half the narrower piece (neighbours overlap less)
+    "stroke_gap": 0.15,     # a short piece this close (times the row's height) to a digit is its stroke
+    "smallest_digit": 0.3,  # a short piece on its own is a digit when its longer side is 0.3 row heights
+    "widest_digit": 1.25,   # wider than 1.25 row heights: several touching digits (a USPS 2 is 1.0 wide)
+    "thinnest_digit": 0.1,  # a cut leaves at least 0.1 row heights each side (a USPS 1 is 2 px of 16)
+    "most_cuts": 12,        # the candidate cuts tried per piece: its 12 emptiest columns
+}
+
+
+def piece_boxes(labels, count, ink):
+    """Bounding boxes (top, bottom, left, right, inclusive) and ink (sum of strength) of each of
+    the `count` labelled pieces (see label_components), as arrays of length count."""
+    ys, xs = np.nonzero(labels >= 0)
+    which = labels[ys, xs]
+    mass = np.bincount(which, weights=ink[ys, xs], minlength=count)
+    top, left = np.full(count, 1 << 30), np.full(count, 1 << 30)
+    bottom, right = np.full(count, -1), np.full(count, -1)
+    np.minimum.at(top, which, ys)
+    np.minimum.at(left, which, xs)
+    np.maximum.at(bottom, which, ys)
+    np.maximum.at(right, which, xs)
+    return top, bottom, left, right, mass
+
+
+def overlap(first_start, first_end, second_start, second_end):
+    """How many pixels two inclusive intervals share (0 when they are apart)."""
+    return max(0, min(first_end, second_end) - max(first_start, second_start) + 1)
+
+
+def join_groups(groups, belong):
+    """Merge groups (lists of indices) as long as belong(a, b) says two of them belong together."""
+    groups = [list(group) for group in groups]
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                if belong(groups[a], groups[b]):
+                    groups[a] += groups.pop(b)
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
+
+
+def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
+    """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
+    rules 1-3 above. Returns (labels, rows): labels from label_components, and the rows top to
+    bottom, each a list, left to right, of (members, box): the labels of the pieces that form one
+    digit (or several touching, see split_touching) and their box (top, bottom, left, right)."""
+    labels, count = label_components(pieces)
+    if count == 0:
+        return labels, []
+    top, bottom, left, right, mass = piece_boxes(labels, count, ink)
+    height, width = bottom - top + 1, right - left + 1
+    keep = mass >= rules["speck_share"] * mass.max()                          # rule 1
+    tall = keep & (height >= rules["tall"] * height[np.argmax(mass)])
+
+    def box(group):
+        return top[group].min(), bottom[group].max(), left[group].min(), right[group].max()
+
+    def same_row(a, b):                                                          # rule 2
+        (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
+        return overlap(ta, ba, tb, bb) >= rules["row_overlap"] * min(ba - ta, bb - tb)
+    rows = join_groups([[i] for i in np.flatnonzero(tall)], same_row)
+    rows.sort(key=lambda row: box(row)[0])
+    for i in np.flatnonzero(keep & ~tall):  # a short piece: into the row nearest its middle
+        middle = (top[i] + bottom[i]) / 2
+        distance = [max(box(row)[0] - middle, middle - box(row)[1], 0) for row in rows]
+        rows[int(np.argmin(distance))].append(i)
+
+    result = []
+    for row in rows:
+        row_height = np.median(height[[i for i in row if tall[i]]])
+
+        def above_one_another(a, b):                                             # rule 3
+            (_, _, la, ra), (_, _, lb, rb) = box(a), box(b)
+            return overlap(la, ra, lb, rb) >= rules["x_overlap"] * min(ra - la + 1, rb - lb + 1)
+        digits = join_groups([[i] for i in row], above_one_another)
+        short = [g for g in digits if not tall[g].any()]
+        digits = [g for g in digits if tall[g].any()]
+        for group in short:
+            t, b, l, r = box(group)
+            gaps = [max(box(d)[2] - r, l - box(d)[3]) for d in digits]
+            if gaps and min(gaps) <= rules["stroke_gap"] * row_height:
+                digits[int(np.argmin(gaps))] += group
+            elif max(b - t, r - l) + 1 >= rules["smallest_digit"] * row_height:
+                digits.append(group)
+        digits.sort(key=lambda group: box(group)[2])
+        result.append([(group, box(group)) for group in digits])
+    return labels, result
+
+
+def digit_input(ink, labels, members, box, floor, columns=None):
+    """The (28, 28) input of one digit, made of the pieces `members` of `labels` inside `box`,
+    or only of its columns [start, end) when given (a cut through touching digits). Other pieces'
+    ink is left out, so a neighbour's stroke never slips in; then mask_to_mnist, as for one digit.
+    Returns None when the columns hold no ink."""
+    top, bottom, left, right = box
+    rim = 3  # mask_to_mnist keeps a rim of 2 pixels around the digit's pixels
+    t, l = max(0, top - rim), max(0, left - rim)
+    b, r = bottom + 1 + rim, right + 1 + rim
+    if columns is not None:
+        l, r = columns
+    window = labels[t:b, l:r]
+    mask = np.isin(window, members)
+    if not mask.any():
+        return None
+    alone = np.where((window >= 0) & ~mask, 0.0, ink[t:b, l:r])
+    return mask_to_mnist(alone, mask, floor)[0]
+
+
+def candidate_cuts(profile, row_height, rules=NUMBER_RULES):
+    """Columns where touching digits may be cut: the local minima of the column profile (ink
+    pixels per column), at least thinnest_digit row heights from either end, the emptiest
+    most_cuts of them."""
+    margin = max(1, int(np.ceil(rules["thinnest_digit"] * row_height)))
+    padded = np.concatenate(([np.inf], profile, [np.inf]))
+    minima = np.flatnonzero((padded[1:-1] <= padded[:-2]) & (padded[1:-1] <= padded[2:]))
+    minima = minima[(minima >= margin) & (minima <= len(profile) - margin)]
+    emptiest = minima[np.argsort(profile[minima], kind="stable")[: rules["most_cuts"]]]
+    return np.sort(emptiest)
+
+
+def split_touching(ink, labels, members, box, floor, row_height, network, rules=NUMBER_RULES):
+    """Rule 4: read a piece that may hold several touching digits. Every way of cutting it at
+    the candidate cuts into pieces no wider than widest_digit row heights is read; the cutting
+    whose digits the network is surest of on average (mean log probability) wins.
+    network: a function (m, 784) -> (m, 10) probabilities.
+    Returns a list of (x28, P, box), left to right."""
+    top, bottom, left, right = box
+    width = right - left + 1
+    whole = digit_input(ink, labels, members, box, floor)
+    if width <= rules["widest_digit"] * row_height:
+        return [(whole, network(whole.reshape(1, 784))[0], box)]
+    profile = np.isin(labels[top:bottom + 1, left:right + 1], members).sum(axis=0)
+    cuts = np.concatenate(([0], candidate_cuts(profile, row_height, rules), [width]))
+    widest = rules["widest_digit"] * row_height
+    segments, inputs = [], []
+    for i in range(len(cuts)):
+        for j in range(i + 1, len(cuts)):
+            if cuts[j] - cuts[i] > widest and (i, j) != (0, len(cuts) - 1):
+                continue
+            x28 = digit_input(ink, labels, members, box, floor, (left + cuts[i], left + cuts[j]))
+            if x28 is not None:
+                segments.append((i, j))
+                inputs.append(x28)
+    P = network(np.array(inputs).reshape(-1, 784))  # every candidate digit read at once
+    score = {segment: np.log(max(float(p.max()), 1e-12)) for segment, p in zip(segments, P)}
+    # best[k][j]: the highest sum of log probabilities cutting columns [0, cuts[j]) into k digits
+    n = len(cuts) - 1
+    best = [{0: (0.0, None)}] + [dict() for _ in range(n)]
+    for k in range(1, n + 1):
+        for (i, j), s in score.items():
+            if i in best[k - 1] and (j not in best[k] or best[k - 1][i][0] + s > best[k][j][0]):
+                best[k][j] = (best[k - 1][i][0] + s, i)
+    k = max((k for k in range(1, n + 1) if n in best[k]), key=lambda k: best[k][n][0] / k)
+    ends, j = [], n
+    for level in range(k, 0, -1):
+        i = best[level][j][1]
+        ends.append((i, j))
+        j = i
+    read = dict(zip(segments, zip(inputs, P)))
+    return [(read[i, j][0], read[i, j][1], (top, bottom, left + cuts[i], left + cuts[j] - 1))
+            for i, j in reversed(ends)]
+
+
+def read_digits(steps, network, rules=NUMBER_RULES):
+    """Every digit in the picture that image_to_mnist prepared (its steps), in reading order.
+
+    Returns a list of dicts {'digit', 'probabilities' (10,), 'x28' (28, 28), 'box' (top, bottom,
+    left, right in the pixels of steps['gray'], inclusive), 'row' (0, 1, ...)}.
+    network: a function (m, 784) -> (m, 10) probabilities.
+    """
+    labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
+    digits = []
+    for row_number, row in enumerate(rows):
+        tall = [box[1] - box[0] + 1 for _, box in row]
+        row_height = float(np.median(tall))
+        for members, box in row:
+            for x28, P, cut_box in split_touching(steps["ink"], labels, members, box, steps["floor"],
+                                                  row_height, network, rules):
+                digits.append({"digit": int(P.argmax()), "probabilities": P, "x28": x28,
+                               "box": tuple(int(v) for v in cut_box), "row": row_number})
+    return digits
+
+
+def number_text(digits):
+    """The digits as a string, rows separated by a line break: '2026', '12\\n34'."""
+    rows = {}
+    for digit in digits:
+        rows.setdefault(digit["row"], []).append(str(digit["digit"]))
+    return "\n".join("".join(row) for _, row in sorted(rows.items()))
+
+
+def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
+    """predict_image, reading every digit when the image holds more than one (MNIST models).
+
+    Returns (x28, P, steps) as predict_image does. When several digits are found, steps['digits']
+    lists them (see read_digits, boxes in the pixels of `gray`) and steps['number'] is their
+    text (number_text); x28 and P are then those of the first digit. With one digit found,
+    the answer is predict_image's, unchanged, and steps['number'] is that digit.
+    Needs: predict_image, read_digits, predict_proba.
+    """
+    x28, P, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
+    if x28 is None or dataset != "mnist":
+        return x28, P, steps
+    digits = read_digits(steps, lambda X: predict_proba(X, Ws, bs, activation))
+    if len(digits) > 1:
+        scale = gray.shape[0] / steps["gray"].shape[0]  # large photos were shrunk for the work
+        for digit in digits:
+            top, bottom, left, right = digit["box"]
+            digit["box"] = (int(top * scale), int((bottom + 1) * scale) - 1,
+                            int(left * scale), int((right + 1) * scale) - 1)
+        steps["digits"] = digits
+        steps["number"] = number_text(digits)
+        return digits[0]["x28"], digits[0]["probabilities"], steps
+    steps["number"] = str(int(P.argmax()))
     return x28, P, steps
 
 

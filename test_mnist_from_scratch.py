@@ -1210,7 +1210,18 @@ def synthetic_photo(digit28, rng, size_range=(500, 900), table=False, drawing_al
     ink = np.zeros((height, width), np.float32)
     top, left = rng.integers(box[0], box[1] - canvas + 1), rng.integers(box[2], box[3] - canvas + 1)
     ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, pen)
+    if drawing_alone:
+        photograph(ink, rng, page if table else None)  # the same random numbers drawn
+        return encode(1 - ink, "L", "PNG")
+    return photograph(ink, rng, page if table else None)
 
+
+def photograph(ink, rng, page=None):
+    """JPEG bytes of a phone photo of the ink map `ink` (1 = ink) written on (squared / ruled /
+    plain) paper: paper colour, printed lines, uneven light, a shadow, grain, JPEG; `page`: where
+    the page is (page_on_a_table), a darker, grainy table showing around it."""
+    height, width = ink.shape
+    table = page is not None
     paper = rng.uniform(0.65, 0.97) * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)])
     kind = rng.choice(["grid", "ruled", "plain"])
     reflectance = np.ones((height, width, 3), np.float32) * paper
@@ -1237,8 +1248,6 @@ def synthetic_photo(digit28, rng, size_range=(500, 900), table=False, drawing_al
     texture = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
     image = image + rng.uniform(0, 0.02) * texture[:, :, None] + rng.normal(0, rng.uniform(0.005, 0.03), image.shape)
     quality = rng.integers(40, 92)
-    if drawing_alone:
-        return encode(1 - ink, "L", "PNG")
     return encode(image, "RGB", "JPEG", quality)
 
 
@@ -3767,6 +3776,156 @@ def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kin
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
+# The number table of docs/results.md: strings of real handwritten digits (not a test: minutes)
+# ----------------------------------------------------------------------------------------------
+def glyph_of(ink, height=16):
+    """A digit (ink 1 on 0) cut to its ink's columns; an MNIST digit (28x28, 20 px box) is cut to
+    its box and scaled so its 20 px box becomes `height` pixels, as tall as a USPS digit."""
+    ink = np.asarray(ink, dtype=np.float32)
+    if ink.shape[0] == 28:
+        from PIL import Image
+        rows = np.flatnonzero((ink > 0.05).any(axis=1))
+        ink = ink[rows[0]:rows[-1] + 1]
+        size = (max(1, round(28 * height / 20)), max(1, round(ink.shape[0] * height / 20)))
+        ink = np.clip(np.asarray(Image.fromarray(ink, "F").resize(size, Image.BILINEAR)), 0, 1)
+    cols = np.flatnonzero((ink > 0.05).any(axis=0))
+    return ink[:, cols[0]:cols[-1] + 1]
+
+
+def number_strip(glyphs, gaps, rng, jitter=1, margin=8):
+    """Digits side by side, ink 1 on 0: glyphs[k + 1] starts gaps[k] pixels after glyphs[k] ends
+    (0: touching, below 0: overlapping), each moved up or down by up to `jitter` pixels, and
+    `margin` pixels of background around all of them. Returns (strip, boxes (top, bottom, left,
+    right) of each digit in the strip)."""
+    height = max(g.shape[0] for g in glyphs) + 2 * jitter + 2 * margin
+    width = sum(g.shape[1] for g in glyphs) + sum(gaps) + 2 * margin
+    strip = np.zeros((height, width), np.float32)
+    x, boxes = margin, []
+    for k, glyph in enumerate(glyphs):
+        y = margin + jitter + int(rng.integers(-jitter, jitter + 1)) + (max(g.shape[0] for g in glyphs) - glyph.shape[0]) // 2
+        region = strip[y:y + glyph.shape[0], x:x + glyph.shape[1]]
+        np.maximum(region, glyph, out=region)
+        boxes.append((y, y + glyph.shape[0] - 1, x, x + glyph.shape[1] - 1))
+        x += glyph.shape[1] + (gaps[k] if k < len(gaps) else 0)
+    return strip, boxes
+
+
+def random_gaps(count, rng, touching=1 / 3):
+    """count gaps between digits 16 px tall: a third of them overlapping or touching (-2 to 0 px),
+    the others 1 to 8 px (a tight to a wide hand)."""
+    return [int(rng.integers(-2, 1)) if rng.random() < touching else int(rng.integers(1, 9))
+            for _ in range(count)]
+
+
+def present_number(strip, rng, how):
+    """Image bytes of a strip of digits (ink 1 on 0) as a user might give it: 'p16 black' /
+    'p16 white' at 16 px, 'p64 black' / 'p64 white' enlarged 4 times, or 'photo': written with
+    a pen on paper in a phone photo (photograph: lines, uneven light, JPEG)."""
+    from PIL import Image
+    if how == "photo":
+        height, width = (int(v) for v in rng.integers(500, 900, size=2))
+        scale = min(rng.uniform(0.4, 0.8) * width / strip.shape[1], 0.4 * height / strip.shape[0])
+        size = (max(1, round(strip.shape[1] * scale)), max(1, round(strip.shape[0] * scale)))
+        big = np.clip(np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC)), 0, 1)
+        ink = np.zeros((height, width), np.float32)
+        top = int(rng.integers(0, height - size[1] + 1))
+        left = int(rng.integers(0, width - size[0] + 1))
+        ink[top:top + size[1], left:left + size[0]] = big
+        return photograph(ink, rng)
+    if how.startswith("p64"):
+        size = (strip.shape[1] * 4, strip.shape[0] * 4)
+        strip = np.clip(np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC)), 0, 1)
+    return encode(1 - strip if how.endswith("black") else strip, "L", "PNG")
+
+
+NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 px, white on black",
+                        "p64 black": "64 px, black on white", "p64 white": "64 px, white on black",
+                        "photo": "photo of paper (lines, uneven light, JPEG)"}
+
+
+def edit_distance(a, b):
+    """Levenshtein distance: the fewest insertions, deletions and substitutions turning a into b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
+
+
+def read_number_bytes(data, Ws, bs, activation):
+    """bytes -> read_image -> predict_number: the number as predict reads it ('' for none)."""
+    x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation)
+    return "" if x28 is None else steps["number"]
+
+
+def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
+    """Print how well predict reads numbers: strings of 2-8 USPS digits (and of MNIST test digits)
+    in every presentation, with a third of the gaps or more touching; digits right (digits in all
+    minus the edit distance between the true and the read string), numbers exactly right, and
+    touching pairs (2 digits, gap -2 to 0 px) read right. Then how often a single digit is read
+    as several: USPS digits (`singles` of them, every presentation of --measure-usps) and the
+    photo kinds of --measure-photos (`singles` // 5 per kind).
+
+        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS [SINGLES]] [USPS_FOLDER]
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    usps_images, usps_labels = load_usps(folder)
+    sources = {"USPS": (usps_images, usps_labels)}
+    if HAVE_MNIST:
+        _, _, X_test, test_labels = real_mnist()
+        sources["MNIST test"] = (X_test.reshape(-1, 28, 28), test_labels)
+    print(f"model {model_path}: {meta['sizes']}; {strings} strings of 2-8 digits and {strings // 3} "
+          f"touching pairs per row")
+    print("| digits | presentation | digits right | numbers right | touching pairs right | seconds per number |")
+    print("|---|---|---|---|---|---|")
+    for source_number, (source, (images, labels)) in enumerate(sources.items()):
+        for presentation_number, (how, name) in enumerate(NUMBER_PRESENTATIONS.items()):
+            rng = np.random.default_rng(7000 + 10 * source_number + presentation_number)
+            right_digits = total_digits = right_numbers = right_pairs = 0
+            start = time.perf_counter()
+            for number in range(strings + strings // 3):
+                pair = number >= strings
+                chosen = rng.choice(len(labels), 2 if pair else int(rng.integers(2, 9)), replace=False)
+                gaps = [int(rng.integers(-2, 1))] if pair else random_gaps(len(chosen) - 1, rng)
+                strip, _ = number_strip([glyph_of(images[i]) for i in chosen], gaps, rng)
+                truth = "".join(str(int(labels[i])) for i in chosen)
+                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation)
+                if pair:
+                    right_pairs += read == truth
+                else:
+                    total_digits += len(truth)
+                    right_digits += len(truth) - edit_distance(truth, read)
+                    right_numbers += read == truth
+            seconds = (time.perf_counter() - start) / (strings + strings // 3)
+            print(f"| {source} | {name} | {100 * right_digits / total_digits:.1f} % "
+                  f"| {100 * right_numbers / strings:.1f} % | {100 * right_pairs / max(1, strings // 3):.1f} % "
+                  f"| {seconds:.3f} |", flush=True)
+
+    print(f"\n| single digits | images | read as several digits | right as one digit |")
+    print("|---|---|---|---|")
+    chosen = np.random.default_rng(0).choice(len(usps_labels), min(singles, len(usps_labels)), replace=False)
+    for presentation in USPS_PRESENTATIONS:
+        several = right = 0
+        for i in chosen:
+            read = read_number_bytes(present_digit(usps_images[i], *presentation), Ws, bs, activation)
+            several += len(read) > 1
+            right += read == str(int(usps_labels[i]))
+        print(f"| USPS {presentation_name(*presentation)} | {len(chosen)} | {several} | "
+              f"{100 * right / len(chosen):.1f} % |", flush=True)
+    if HAVE_MNIST:
+        for kind in MEASURED_KINDS:  # the streams of measure_photos: the first images of its table
+            rng = np.random.default_rng(2024 + MEASURED_KINDS.index("photo" if kind == "photo's drawing alone" else kind))
+            picked = rng.choice(len(test_labels), singles // 5, replace=False)
+            several = right = 0
+            for i in picked:
+                read = read_number_bytes(make_image(kind, X_test[i].reshape(28, 28), rng), Ws, bs, activation)
+                several += len(read) > 1
+                right += read == str(int(test_labels[i]))
+            print(f"| {kind} | {len(picked)} | {several} | {100 * right / len(picked):.1f} % |", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
@@ -3774,6 +3933,12 @@ if __name__ == "__main__":
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
     elif sys.argv[1:2] == ["--serve-screenshot"]:
         serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
+    elif sys.argv[1:2] == ["--measure-numbers"]:  # MODEL [STRINGS [SINGLES]] [USPS_FOLDER]
+        arguments = sys.argv[2:]
+        folders = [a for a in arguments if os.path.isdir(a)]
+        models = [a for a in arguments if not a.isdigit() and a not in folders] or ["model.npz"]
+        measure_numbers(models[0], *[int(n) for n in arguments if n.isdigit()][:2],
+                        folder=(folders or [USPS_DIR])[0])
     elif sys.argv[1:2] == ["--measure-usps"]:
         arguments = [a for a in sys.argv[2:] if a != "--ablation"]
         digits = [int(n) for n in arguments if n.isdigit()]
