@@ -2303,8 +2303,11 @@ NUMBER_RULES = {  # each number measured on strings of USPS digits (docs/results
     "stroke_gap": 0.15,     # a short piece this close (times the row's height) to a digit is its stroke
     "smallest_digit": 0.3,  # a short piece on its own is a digit when its longer side is 0.3 row heights
     "widest_digit": 1.25,   # wider than 1.25 row heights: several touching digits (a USPS 2 is 1.0 wide)
-    "thinnest_digit": 0.1,  # a cut leaves at least 0.1 row heights each side (a USPS 1 is 2 px of 16)
+    "thinnest_digit": 0.12,  # a cut-out digit is at least 0.12 row heights wide (a USPS 1: 2 px of 16)
     "most_cuts": 12,        # the candidate cuts tried per piece: its 12 emptiest columns
+    "split_from": 0.5,
+    "split_margin": 0.5,
+    "margin_per_width": 2.0,
 }
 
 
@@ -2433,15 +2436,15 @@ def split_touching(ink, labels, members, box, floor, row_height, network, rules=
     top, bottom, left, right = box
     width = right - left + 1
     whole = digit_input(ink, labels, members, box, floor)
-    if width <= rules["widest_digit"] * row_height:
+    if width <= rules["split_from"] * row_height:
         return [(whole, network(whole.reshape(1, 784))[0], box)]
     profile = np.isin(labels[top:bottom + 1, left:right + 1], members).sum(axis=0)
     cuts = np.concatenate(([0], candidate_cuts(profile, row_height, rules), [width]))
-    widest = rules["widest_digit"] * row_height
+    widest, thinnest = rules["widest_digit"] * row_height, rules["thinnest_digit"] * row_height
     segments, inputs = [], []
     for i in range(len(cuts)):
         for j in range(i + 1, len(cuts)):
-            if cuts[j] - cuts[i] > widest and (i, j) != (0, len(cuts) - 1):
+            if not thinnest <= cuts[j] - cuts[i] <= widest and (i, j) != (0, len(cuts) - 1):
                 continue
             x28 = digit_input(ink, labels, members, box, floor, (left + cuts[i], left + cuts[j]))
             if x28 is not None:
@@ -2456,7 +2459,10 @@ def split_touching(ink, labels, members, box, floor, row_height, network, rules=
         for (i, j), s in score.items():
             if i in best[k - 1] and (j not in best[k] or best[k - 1][i][0] + s > best[k][j][0]):
                 best[k][j] = (best[k - 1][i][0] + s, i)
-    k = max((k for k in range(1, n + 1) if n in best[k]), key=lambda k: best[k][n][0] / k)
+    k = max((k for k in range(2, n + 1) if n in best[k]), key=lambda k: best[k][n][0] / k, default=1)
+    margin = rules["split_margin"] - rules["margin_per_width"] * (width / row_height - 1)
+    if k > 1 and best[k][n][0] / k - score.get((0, n), -np.inf) <= margin:
+        k = 1
     ends, j = [], n
     for level in range(k, 0, -1):
         i = best[level][j][1]
@@ -2475,6 +2481,8 @@ def read_digits(steps, network, rules=NUMBER_RULES):
     network: a function (m, 784) -> (m, 10) probabilities.
     """
     labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
+    if sum(len(row) for row in rows) == 1:
+        return []  # one piece: one digit, read exactly as predict_image reads it
     digits = []
     for row_number, row in enumerate(rows):
         tall = [box[1] - box[0] + 1 for _, box in row]
@@ -2485,6 +2493,9 @@ def read_digits(steps, network, rules=NUMBER_RULES):
                 digits.append({"digit": int(P.argmax()), "probabilities": P, "x28": x28,
                                "box": tuple(int(v) for v in cut_box), "row": row_number})
     return digits
+
+
+UNSURE = 0.9  # predict marks a digit read with less: most misread USPS digits (docs/results.md)
 
 
 def number_text(digits):
@@ -2498,27 +2509,59 @@ def number_text(digits):
 def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
     """predict_image, reading every digit when the image holds more than one (MNIST models).
 
-    Returns (x28, P, steps) as predict_image does. When several digits are found, steps['digits']
-    lists them (see read_digits, boxes in the pixels of `gray`) and steps['number'] is their
-    text (number_text); x28 and P are then those of the first digit. With one digit found,
-    the answer is predict_image's, unchanged, and steps['number'] is that digit.
+    Returns (x28, P, steps) as predict_image does, and when a digit is found also
+    steps['digits'], the digits in reading order (see read_digits; boxes in the pixels of
+    `gray`), and steps['number'], their text (number_text). With one digit found the answer is
+    predict_image's, unchanged; with several, x28 and P are those of the first digit.
     Needs: predict_image, read_digits, predict_proba.
     """
     x28, P, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
     if x28 is None or dataset != "mnist":
         return x28, P, steps
     digits = read_digits(steps, lambda X: predict_proba(X, Ws, bs, activation))
-    if len(digits) > 1:
-        scale = gray.shape[0] / steps["gray"].shape[0]  # large photos were shrunk for the work
-        for digit in digits:
-            top, bottom, left, right = digit["box"]
-            digit["box"] = (int(top * scale), int((bottom + 1) * scale) - 1,
-                            int(left * scale), int((right + 1) * scale) - 1)
-        steps["digits"] = digits
-        steps["number"] = number_text(digits)
-        return digits[0]["x28"], digits[0]["probabilities"], steps
-    steps["number"] = str(int(P.argmax()))
-    return x28, P, steps
+    if len(digits) <= 1:  # one digit: predict_image's reading, its box that of the digit's pixels
+        ys, xs = np.nonzero(steps["mask"])
+        digits = [{"digit": int(P.argmax()), "probabilities": P, "x28": x28, "row": 0,
+                   "box": (ys.min(), ys.max(), xs.min(), xs.max())}]
+    scale = gray.shape[0] / steps["gray"].shape[0]  # large photos were shrunk for the work
+    for digit in digits:
+        top, bottom, left, right = digit["box"]
+        digit["box"] = (int(top * scale), int((bottom + 1) * scale) - 1,
+                        int(left * scale), int((right + 1) * scale) - 1)
+    steps["digits"], steps["number"] = digits, number_text(digits)
+    return digits[0]["x28"], digits[0]["probabilities"], steps
+
+
+def digits_answer(steps):
+    """The "number" and "digits" fields of predict --json and of serve's POST /predict: the
+    number's text (None when no digit was found) and each digit's value, probabilities and box
+    in the image's pixels (left, top, right, bottom, inclusive)."""
+    return {"number": steps.get("number"),
+            "digits": [{"digit": d["digit"], "probabilities": [round(float(v), 6) for v in d["probabilities"]],
+                        "box": {"left": d["box"][2], "top": d["box"][0], "right": d["box"][3],
+                                "bottom": d["box"][1]}}
+                       for d in steps.get("digits", [])]}
+
+
+def number_from_filename(name):
+    """The true number encoded at the start of a file name, for scoring a folder of images.
+
+    '2026.jpg' -> '2026', '2026_anna.jpg' -> '2026', '7.png' -> '7'; 'img7.png' -> None.
+    """
+    base = str(name).replace("\\", "/").split("/")[-1]
+    digits = len(base) - len(base.lstrip("0123456789"))
+    return base[:digits] or None
+
+
+def edit_distance(a, b):
+    """The fewest insertions, deletions and substitutions of single characters that turn the
+    string a into b (Levenshtein): how many digits of a number were read wrong, missed or added."""
+    row = list(range(len(b) + 1))  # distances from a[:0] to every b[:j]
+    for i, ca in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
 
 
 # %% [12] Pictures: training curves, confusion matrix, mistakes, weights, one prediction
@@ -2893,6 +2936,55 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     return _save_figure(figure, path)
 
 
+def plot_number(original, digits, path, steps=None, show=False):
+    """Draw the image with a numbered box around each digit found (reading order), and below it
+    each digit's 28x28 input, the digit read and its probability (an unsure one in red).
+
+    original: the image (h, w) gray or (h, w, 3|4) colour; digits: predict_number's
+    steps['digits'] (boxes in the pixels of `original`); steps: optional {name: 2-D array} drawn
+    in a first row, as in plot_prediction. The picture is 800 pixels wide.
+    """
+    from matplotlib.patches import Rectangle
+    _check_png_path(path)
+    steps = dict(steps or {})
+    per_row = 10
+    tile_rows = -(-len(digits) // per_row)
+    heights = ([200] if steps else []) + [360] + [130] * tile_rows
+    figure = _new_figure(800, sum(heights), show)
+    parts = figure.subfigures(len(heights), 1, height_ratios=heights)
+    parts = list(np.atleast_1d(parts))
+    if steps:
+        step_axes = parts.pop(0).subplots(1, max(len(steps), 6), squeeze=False).ravel()
+        for axes in step_axes[len(steps):]:
+            axes.set_axis_off()
+        for number, (axes, (name, picture)) in enumerate(zip(step_axes, steps.items()), start=1):
+            _show_image(axes, picture, f"{number}. {name} {tuple(np.shape(picture))}")
+    image_axes = parts.pop(0).subplots()
+    original = np.asarray(original)
+    _show_image(image_axes, original, f"your image ({original.shape[1]} x {original.shape[0]} px)")
+    for number, digit in enumerate(digits, start=1):
+        top, bottom, left, right = digit["box"]
+        sure = float(digit["probabilities"].max()) >= UNSURE
+        colour = "tab:orange" if sure else "tab:red"
+        image_axes.add_patch(Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1,
+                                       fill=False, edgecolor=colour, linewidth=1.5))
+        image_axes.text(left, top - 1, str(number), color=colour, fontsize=8, ha="left", va="bottom")
+    for row in range(tile_rows):
+        tile_axes = parts[row].subplots(1, per_row, squeeze=False).ravel()
+        for axes in tile_axes:
+            axes.set_axis_off()
+        for axes, number in zip(tile_axes, range(row * per_row, min(len(digits), (row + 1) * per_row))):
+            digit = digits[number]
+            p = float(digit["probabilities"].max())
+            _show_image(axes, digit["x28"], "")
+            axes.set_title(f"{number + 1}: {digit['digit']}\n{100 * p:.1f} %", fontsize=8,
+                           color="black" if p >= UNSURE else "tab:red")
+    text = "".join(str(d["digit"]) if k == 0 or d["row"] == digits[k - 1]["row"] else " / " + str(d["digit"])
+                   for k, d in enumerate(digits))
+    figure.suptitle(f"number: {text} ({len(digits)} digits)")
+    return _save_figure(figure, path)
+
+
 def save_gray_png(image, path):
     """Write a 2-D array of gray values in [0, 1] as an 8-bit greyscale PNG, atomically."""
     from PIL import Image
@@ -3260,7 +3352,10 @@ def run_drawing_app(network, to_mnist):
 #   GET  /         one page: a canvas to draw on with mouse, pen or finger, the 28x28 image the
 #                  network saw, the ten probabilities as bars while you draw, and a photo upload
 #   POST /predict  a PNG or JPEG in the body -> {"digit": 7, "probabilities": [10 numbers],
-#                  "input28": [[28 x 28 numbers]]}, or {"digit": null, "reason": "..."}
+#                  "input28": [[28 x 28 numbers]], "number": "7", "digits": [...]}, or
+#                  {"digit": null, "reason": "..."}; a number of several digits is read whole
+#                  (section [11b]): "number": "2026", "digits": one {"digit", "probabilities",
+#                  "box"} each
 #   GET  /health   the model's layer sizes, activation and test accuracy (from its meta)
 #
 # It uses only the standard library's http.server, and three ideas carry it:
@@ -3364,6 +3459,11 @@ function show(answer) {
   document.getElementById("digit").textContent = answer.digit === null || answer.digit === undefined ? "?" : answer.digit;
   document.getElementById("message").textContent = answer.digit === null || answer.digit === undefined
       ? (answer.reason || answer.error || "") : (100 * p[answer.digit]).toFixed(1) + " % sure";
+  if (answer.digits && answer.digits.length > 1) {   // a number: every digit and how sure of it
+    document.getElementById("digit").textContent = answer.number.replace(/\n/g, " / ");
+    document.getElementById("message").textContent = "digits " + answer.digits.map(
+        d => (100 * Math.max(...d.probabilities)).toFixed(1) + " %").join(", ");
+  }
   bars.forEach((row, k) => {
     row.querySelector(".fill").style.width = (100 * p[k]).toFixed(1) + "%";
     row.querySelector("span").textContent = (100 * p[k]).toFixed(1) + " %";
@@ -3468,7 +3568,9 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist"):
     """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> predict_image,
     the path of `predict` (images prepared for the model's data set).
 
-    Returns {"digit", "probabilities" (10), "input28" (28 x 28)}, or {"digit": None, "reason"}.
+    Returns {"digit", "probabilities" (10), "input28" (28 x 28), "number", "digits"} (the last
+    two for MNIST models, see digits_answer; with several digits, "digit" is the first), or
+    {"digit": None, "reason"}.
     Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
     with more than MAX_IMAGE_PIXELS.
     """
@@ -3489,12 +3591,14 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist"):
         gray, alpha = read_image(io.BytesIO(body))
     except ValueError:
         raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
-    x, p, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
+    x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset)
     if x is None:
-        return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
+        return {"digit": None, "reason": steps.get("reason", "nothing like a digit"),
+                **({"number": None, "digits": []} if dataset == "mnist" else {})}
     return {"digit": int(p.argmax()),
             "probabilities": [round(float(v), 6) for v in p],
-            "input28": [[round(float(v), 3) for v in row] for row in x]}  # 3 decimals: ~4 kB of JSON
+            "input28": [[round(float(v), 3) for v in row] for row in x],  # 3 decimals: ~4 kB of JSON
+            **(digits_answer(steps) if dataset == "mnist" else {})}
 
 
 def health_answer(meta):
@@ -4241,6 +4345,7 @@ def command_predict(args):
                 raise UserError(f"--plot {args.plot}: would overwrite the image {target}\n"
                                 f"choose another name for the picture")
     scored, wrong, unreadable = 0, [], []
+    numbers, misread = [], []  # (true, read) for files named after a number of several digits
     for path in files:
         try:
             gray, alpha = read_image(path)
@@ -4248,14 +4353,20 @@ def command_predict(args):
             print(f"error: {e}", file=sys.stderr, flush=True)
             unreadable.append(path)
             continue
-        x, p, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
+        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset)
         digit = None if p is None else int(p.argmax())
-        if args.json and class_names:
+        several = len(steps.get("digits", [])) > 1
+        if args.json and not class_names:
+            print(json.dumps({"path": path, "digit": digit, "probabilities":
+                              None if p is None else [round(float(v), 6) for v in p], **digits_answer(steps)}))
+        elif several and not args.json:
+            print(f"{path}: {steps['number'].replace(chr(10), ' / ')}  (digits "
+                  + ", ".join(f"{100 * d['probabilities'].max():.1f} %"
+                              + (" UNSURE" if d["probabilities"].max() < UNSURE else "")
+                              for d in steps["digits"]) + ")")
+        elif args.json and class_names:
             print(json.dumps({"path": path, "label": digit,
                               "name": None if p is None else class_names[digit], "probabilities":
-                              None if p is None else [round(float(v), 6) for v in p]}))
-        elif args.json:
-            print(json.dumps({"path": path, "digit": digit, "probabilities":
                               None if p is None else [round(float(v), 6) for v in p]}))
         elif p is None:
             found_nothing = "nothing found" if class_names else "no digit found"
@@ -4266,26 +4377,46 @@ def command_predict(args):
         else:
             print(f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
                   + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
-        truth = digit_from_filename(path)
-        if truth is not None:
+        truth, number = digit_from_filename(path), number_from_filename(path)
+        if number is not None and len(number) > 1 and not class_names:
+            read = steps.get("number", "").replace("\n", "")
+            numbers.append((number, read))
+            if read != number:
+                misread.append(f"{os.path.basename(path)} (read {read or 'nothing'})")
+        elif truth is not None:
             scored += 1
-            if digit != truth:
+            if digit != truth or several:
                 said = digit if class_names is None or digit is None else class_names[digit]
+                said = steps["number"].replace("\n", " / ") if several else said
                 wrong.append(f"{os.path.basename(path)} (said {said})")
         if args.plot:
             panels = None
             if args.steps:
                 panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
                           if name in steps}
+                if several:  # every piece of ink, not the one digit's mask and crop
+                    panels = {name: steps[name] for name in ("gray", "ink", "lines", "pieces")}
             target = plot_path_for(args.plot, path, len(files) > 1)
-            plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
-                            reason=steps.get("reason"), class_names=class_names)
+            if several:
+                plot_number(gray, steps["digits"], target, steps=panels, show=args.show)
+            else:
+                plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
+                                reason=steps.get("reason"), class_names=class_names)
             if not args.json:
                 print(f"  wrote {target}")
     if scored and not args.json:
         # File names that start with the true digit (7.png, 7_anna.jpg) are scored.
         print(f"{scored - len(wrong)} of {scored} correct ({100 * (scored - len(wrong)) / scored:.1f} %)"
               + (f"; wrong: {', '.join(wrong)}" if wrong else ""), flush=True)
+    if numbers and not args.json:
+        # File names that start with the true number (2026.jpg, 2026_anna.jpg) are scored whole:
+        # the number read exactly, and its digits (all of them minus the edit distance).
+        total = sum(len(true) for true, _ in numbers)
+        right = total - sum(edit_distance(true, read) for true, read in numbers)
+        exact = sum(true == read for true, read in numbers)
+        print(f"numbers: {exact} of {len(numbers)} read exactly ({100 * exact / len(numbers):.1f} %), "
+              f"digits: {right} of {total} right ({100 * right / total:.1f} %)"
+              + (f"; wrong: {', '.join(misread)}" if misread else ""), flush=True)
     if unreadable and len(files) > 1:
         print(f"error: {len(unreadable)} of {len(files)} images could not be read (see above); "
               f"the others were predicted", file=sys.stderr)

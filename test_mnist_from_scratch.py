@@ -3843,16 +3843,6 @@ NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 p
                         "photo": "photo of paper (lines, uneven light, JPEG)"}
 
 
-def edit_distance(a, b):
-    """Levenshtein distance: the fewest insertions, deletions and substitutions turning a into b."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        previous, row[0] = row[0], i
-        for j, cb in enumerate(b, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
-    return row[-1]
-
-
 def read_number_bytes(data, Ws, bs, activation):
     """bytes -> read_image -> predict_number: the number as predict reads it ('' for none)."""
     x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation)
@@ -3896,7 +3886,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
                     right_pairs += read == truth
                 else:
                     total_digits += len(truth)
-                    right_digits += len(truth) - edit_distance(truth, read)
+                    right_digits += len(truth) - mnist.edit_distance(truth, read)
                     right_numbers += read == truth
             seconds = (time.perf_counter() - start) / (strings + strings // 3)
             print(f"| {source} | {name} | {100 * right_digits / total_digits:.1f} % "
