@@ -3226,6 +3226,189 @@ class TestServingInABrowser(unittest.TestCase):
         self.assertGreaterEqual(layouts["phone"]["canvas"]["width"], 0.9 * 390)  # nearly the screen's width
 
 
+# ---- Reading a number ----------------------------------------------------------------------
+@needs_mnist
+class TestReadingANumber(unittest.TestCase):
+    """Numbers made at run time from MNIST test digits that the network reads right alone (the
+    tests are about cutting a number into digits, not about reading a hard digit)."""
+
+    @classmethod
+    def setUpClass(cls):
+        X_train, y_train, X_test, labels = real_mnist()
+        cls.Ws, cls.bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                           batch_size=64, lr=0.05, seed=0)
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.folder.name, "model.npz")
+        mnist.save_model(cls.model, cls.Ws, cls.bs, {"activation": "relu", "sizes": [784, 64, 10],
+                                                     "test_accuracy": 0.95})
+        cls.images = X_test.reshape(-1, 28, 28)
+        P = mnist.predict_proba(X_test, cls.Ws, cls.bs)
+        cls.legible = {d: [i for i in np.flatnonzero(labels == d) if P[i, d] > 0.999][:20] for d in range(10)}
+        cls.labels = labels
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
+
+    def glyphs(self, number, which=0, height=16):
+        return [glyph_of(self.images[self.legible[int(d)][which]], height) for d in number]
+
+    def read(self, data):
+        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs)
+        return steps
+
+    def test_a_row_of_digits_with_gaps_is_read_in_order(self):
+        rng = np.random.default_rng(0)
+        for which, number in enumerate(["2026", "31415926", "780"]):
+            strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
+            self.assertEqual(self.read(present_number(strip, rng, "p64 black"))["number"], number)
+
+    def test_touching_digits_are_cut_apart(self):
+        for gap in range(0, -6, -1):  # moved together until the 0 and the 5 touch
+            strip, _ = number_strip(self.glyphs("2058"), [4, gap, 4], np.random.default_rng(1), jitter=0)
+            if label_components(strip > 0.5)[1] == 3:
+                break
+        steps = self.read(present_number(strip, np.random.default_rng(1), "p64 white"))
+        self.assertEqual(label_components(steps["pieces"])[1], 3)  # 0 and 5 are one piece of ink
+        self.assertEqual(steps["number"], "2058")
+
+    def pieces_of(self, index):
+        return label_components(self.images[index] > 0.3)[1]
+
+    def digit_in_two_pieces(self, digit):
+        """A test digit that falls into two pieces of ink (each with a tenth of its ink or more)
+        and that the network reads right alone."""
+        P = mnist.predict_proba(self.images.reshape(-1, 784), self.Ws, self.bs)
+        for index in np.flatnonzero(self.labels == digit):
+            labels, count = label_components(self.images[index] > 0.3)
+            share = np.bincount(labels[labels >= 0]) / (labels >= 0).sum()
+            if count == 2 and share.min() > 0.1 and P[index, digit] > 0.99:
+                return index
+        self.skipTest(f"no {digit} in two pieces found in the test set")
+
+    def number_with(self, index, before, after):
+        rng = np.random.default_rng(2)
+        glyphs = self.glyphs(before) + [glyph_of(self.images[index])] + self.glyphs(after)
+        strip, _ = number_strip(glyphs, [5] * (len(glyphs) - 1), rng)
+        return self.read(present_number(strip, rng, "p64 black"))
+
+    def test_a_5_with_a_separate_flag_is_one_digit(self):
+        steps = self.number_with(self.digit_in_two_pieces(5), "3", "2")
+        self.assertEqual(label_components(steps["pieces"])[1], 4)
+        self.assertEqual(steps["number"], "352")
+
+    def test_a_4_in_two_strokes_is_one_digit(self):
+        steps = self.number_with(self.digit_in_two_pieces(4), "1", "7")
+        self.assertEqual(label_components(steps["pieces"])[1], 4)
+        self.assertEqual(steps["number"], "147")
+
+    def test_a_small_digit_beside_a_big_one_is_read(self):
+        rng = np.random.default_rng(3)
+        big, small = glyph_of(self.images[self.legible[4][0]], 40), glyph_of(self.images[self.legible[3][0]], 14)
+        strip, boxes = number_strip([big, small, big], [6, 6], rng, jitter=0)
+        steps = self.read(present_number(strip, rng, "p16 black"))
+        self.assertEqual(steps["number"], "434")
+        heights = [d["box"][1] - d["box"][0] + 1 for d in steps["digits"]]
+        self.assertLess(heights[1], 0.5 * heights[0])
+
+    def test_two_rows_are_read_top_to_bottom_each_left_to_right(self):
+        rng = np.random.default_rng(4)
+        top, _ = number_strip(self.glyphs("12"), [5], rng)
+        bottom, _ = number_strip(self.glyphs("345", 1), [5, 5], rng)
+        width = max(top.shape[1], bottom.shape[1])
+        page = np.vstack([np.pad(top, ((0, 0), (0, width - top.shape[1]))),
+                          np.pad(bottom, ((0, 0), (0, width - bottom.shape[1])))])
+        steps = self.read(present_number(page, rng, "p64 black"))
+        self.assertEqual(steps["number"], "12\n345")
+        self.assertEqual([d["row"] for d in steps["digits"]], [0, 0, 1, 1, 1])
+
+    def test_one_digit_is_read_exactly_as_predict_image_reads_it(self):
+        data = encode(self.images[self.legible[7][0]], "L", "PNG")
+        gray, alpha = read_image(io.BytesIO(data))
+        x_one, P_one, _ = mnist.predict_image(gray, alpha, self.Ws, self.bs)
+        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs)
+        np.testing.assert_array_equal(x28, x_one)
+        np.testing.assert_array_equal(P, P_one)
+        self.assertEqual((steps["number"], len(steps["digits"])), ("7", 1))
+
+    def test_boxes_are_in_the_pixels_of_a_large_photo(self):
+        rng = np.random.default_rng(5)
+        strip, boxes = number_strip(self.glyphs("4096"), [4, 4, 4], rng, jitter=0)
+        big = np.kron(strip, np.ones((16, 16), np.float32))   # 16 x larger than the working size
+        gray = (1 - big).astype(np.float32)
+        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs)
+        self.assertEqual(steps["number"], "4096")
+        for digit, (top, bottom, left, right) in zip(steps["digits"], boxes):
+            np.testing.assert_allclose(digit["box"], (16 * top, 16 * bottom + 15, 16 * left, 16 * right + 15), atol=20)
+
+    def write_number(self, folder, name, number):
+        rng = np.random.default_rng(len(name))
+        strip, _ = number_strip(self.glyphs(number), [5] * (len(number) - 1), rng)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as file:
+            file.write(present_number(strip, rng, "p64 black"))
+        return path
+
+    def test_predict_json_has_the_number_and_each_digit_with_its_box(self):
+        path = self.write_number(self.folder.name, "number.png", "2026")
+        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
+        self.assertEqual(code, 0, err)
+        answer = json.loads(out)
+        self.assertEqual(answer["number"], "2026")
+        self.assertEqual([d["digit"] for d in answer["digits"]], [2, 0, 2, 6])
+        self.assertEqual(answer["digit"], 2)  # the first digit, with today's fields beside it
+        self.assertEqual(len(answer["probabilities"]), 10)
+        lefts = [d["box"]["left"] for d in answer["digits"]]
+        self.assertEqual(lefts, sorted(lefts))
+        self.assertTrue(all(d["box"]["right"] < png_size(path)[0] for d in answer["digits"]))
+
+    def test_predict_json_of_one_digit_keeps_digit_and_gives_it_as_number(self):
+        path = os.path.join(self.folder.name, "one.png")
+        save_png(self.images[self.legible[3][0]], path)
+        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
+        answer = json.loads(out)
+        self.assertEqual((answer["digit"], answer["number"], len(answer["digits"])), (3, "3", 1))
+
+    def test_predict_prints_the_number_and_each_digits_probability(self):
+        path = self.write_number(self.folder.name, "printed.png", "907")
+        code, out, err = run_cli("predict", "--model", self.model, path)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"printed\.png: 907  \(digits \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?\)")
+
+    def test_predict_on_a_folder_scores_files_named_after_their_number(self):
+        folder = os.path.join(self.folder.name, "numbers")
+        os.makedirs(folder, exist_ok=True)
+        self.write_number(folder, "2026.png", "2026")
+        self.write_number(folder, "1234_anna.png", "1239")   # named wrongly: one digit differs
+        code, out, err = run_cli("predict", folder, "--model", self.model)
+        self.assertEqual(code, 0, err)
+        self.assertIn("numbers: 1 of 2 read exactly (50.0 %), digits: 7 of 8 right (87.5 %); "
+                      "wrong: 1234_anna.png (read 1239)", out)
+
+    def test_predict_plot_with_steps_shows_every_digit(self):
+        path = self.write_number(self.folder.name, "plotted.png", "58")
+        out = os.path.join(self.folder.name, "plot.png")
+        code, _, err = run_cli("predict", path, "--model", self.model, "--plot", out, "--steps")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(png_size(out), (800, 200 + 360 + 130))
+
+    def test_the_api_answers_the_number(self):
+        url, _ = start_server(self, self.Ws, self.bs, {"activation": "relu", "sizes": [784, 64, 10]})
+        rng = np.random.default_rng(6)
+        strip, _ = number_strip(self.glyphs("314"), [5, 5], rng)
+        status, _, answer = http("POST", url + "/predict", present_number(strip, rng, "p64 black"), "image/png")
+        self.assertEqual((status, answer["number"], len(answer["digits"])), (200, "314", 3))
+        self.assertEqual(sorted(answer["digits"][0]["box"]), ["bottom", "left", "right", "top"])
+
+    def test_a_file_name_gives_its_number(self):
+        self.assertEqual([mnist.number_from_filename(n) for n in ("2026.jpg", "photos/2026_anna.jpg", "7.png", "img7.png")],
+                         ["2026", "2026", "7", None])
+
+    def test_edit_distance_counts_digits_misread_missed_or_added(self):
+        self.assertEqual([mnist.edit_distance("2026", read) for read in ("2026", "2028", "226", "20126", "")],
+                         [0, 1, 1, 1, 4])
+
+
 # ---- Fashion-MNIST: the second data set ------------------------------------------------------
 FASHION_DIR = os.path.join(DATA_DIR, "fashion")
 HAVE_FASHION = all(os.path.exists(os.path.join(FASHION_DIR, name + ".gz"))
