@@ -3773,12 +3773,13 @@ LESSON_SECTIONS = range(0, 11)  # the lesson: sections [0] to [10]
 
 
 def split_into_cells(source):
-    """The `# %% [n] Title` cells of a source file: a list of (n, title, text)."""
+    """The `# %% [n] Title` cells of a source file: a list of (n, title, text); n is a number,
+    or a string for a part that follows a section ('11b')."""
     cells = []
     for chunk in source.split("\n# %% [")[1:]:
         header, _, text = chunk.partition("\n")
         number, _, title = header.partition("] ")
-        cells.append((int(number), title.strip(), text))
+        cells.append((int(number) if number.isdigit() else number, title.strip(), text))
     return cells
 
 
