@@ -3593,8 +3593,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist"):
         raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
     x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset)
     if x is None:
-        return {"digit": None, "reason": steps.get("reason", "nothing like a digit"),
-                **({"number": None, "digits": []} if dataset == "mnist" else {})}
+        return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
     return {"digit": int(p.argmax()),
             "probabilities": [round(float(v), 6) for v in p],
             "input28": [[round(float(v), 3) for v in row] for row in x],  # 3 decimals: ~4 kB of JSON
