@@ -4100,6 +4100,50 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
             print(f"| {kind} | {len(picked)} | {several} | {100 * right / len(picked):.1f} % |", flush=True)
 
 
+# What taking out one rule of section [11b] means: the rule given a number that makes it do nothing.
+NUMBER_ABLATIONS = {
+    "specks (1)": {"speck_share": 0.0},
+    "pieces above one another are one digit (3)": {"x_overlap": np.inf},
+    "a short piece beside a digit is its stroke (3)": {"stroke_gap": -np.inf},
+    "a short piece on its own must be big enough (3)": {"smallest_digit": 0.0},
+    "touching digits are cut (4)": {"split_from": np.inf},
+    "a cut must be surer than the whole (4)": {"split_margin": 0.0, "margin_per_width": 0.0},
+}
+
+
+def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
+    """Print what each rule of section [11b] is worth: numbers read exactly and digits right on
+    USPS strings (made as in measure_numbers), with all rules, and with each taken out in turn.
+
+        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --ablation
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    images, labels = load_usps(folder)
+    kinds = ["p16 black", "p64 white", "photo"]
+    columns = []   # (presentation, [(image bytes, true number)])
+    for how in kinds:
+        rng = np.random.default_rng(9000 + kinds.index(how))
+        made = []
+        for _ in range(strings):
+            chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
+            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(len(chosen) - 1, rng), rng)
+            made.append((present_number(strip, rng, how), "".join(str(int(labels[i])) for i in chosen)))
+        columns.append((NUMBER_PRESENTATIONS[how], made))
+    print(f"model {model_path}; {strings} USPS strings of 2-8 digits per column; numbers exactly right / digits right")
+    print("| taken out | " + " | ".join(name for name, _ in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, change in [("nothing (all rules)", {})] + list(NUMBER_ABLATIONS.items()):
+        cells = []
+        with mock.patch.dict(mnist.NUMBER_RULES, change):
+            for _, made in columns:
+                read = [read_number_bytes(data, Ws, bs, activation) for data, _ in made]
+                total = sum(len(truth) for _, truth in made)
+                right = total - sum(mnist.edit_distance(truth, r) for (_, truth), r in zip(made, read))
+                exact = sum(truth == r for (_, truth), r in zip(made, read))
+                cells.append(f"{100 * exact / len(made):.1f} % / {100 * right / total:.1f} %")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
@@ -4111,8 +4155,12 @@ if __name__ == "__main__":
         arguments = sys.argv[2:]
         folders = [a for a in arguments if os.path.isdir(a)]
         models = [a for a in arguments if not a.isdigit() and a not in folders] or ["model.npz"]
-        measure_numbers(models[0], *[int(n) for n in arguments if n.isdigit()][:2],
-                        folder=(folders or [USPS_DIR])[0])
+        counts = [int(n) for n in arguments if n.isdigit()]
+        models = [a for a in models if a != "--ablation"] or ["model.npz"]
+        if "--ablation" in arguments:
+            measure_number_ablation(models[0], *counts[:1], folder=(folders or [USPS_DIR])[0])
+        else:
+            measure_numbers(models[0], *counts[:2], folder=(folders or [USPS_DIR])[0])
     elif sys.argv[1:2] == ["--measure-usps"]:
         arguments = [a for a in sys.argv[2:] if a != "--ablation"]
         digits = [int(n) for n in arguments if n.isdigit()]
