@@ -2284,28 +2284,38 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
 #                  strokes (a 7's bar); a short piece on its own is a small digit if it is big
 #                  enough, a speck otherwise
-#   4. touching    a piece too wide for one digit is several digits touching. Where to cut it is
-#      digits      decided with the network's help ("recognition-based segmentation"): the
-#                  columns with the least ink (the column profile's minima) are the candidate
-#                  cuts; every way of cutting there is read, and the reading whose digits the
-#                  network is surest of (the highest geometric mean of their probabilities) wins.
+#   4. touching    a piece wide enough for two digits may be several digits touching. Where to
+#      digits      cut it is decided with the network's help ("recognition-based
+#                  segmentation"): the columns with the least ink (the minima of the column
+#                  profile) are the candidate cuts; every way of cutting there is read, and the
+#                  cutting whose digits the network is surest of (the highest geometric mean of
+#                  their probabilities) is compared with the piece read whole. The network was
+#                  never shown anything but single digits, so it is often sure of a blob of two
+#                  as well: the cutting must be surer than the whole by a margin, the smaller the
+#                  wider the piece is.
 #
 # Each digit found is then prepared exactly as a single digit is (mask_to_mnist: crop, stroke
-# width, 20 pixels, centre of mass) and read by the same network, so a number of digits of
-# different sizes is read as well as each of them alone. An image in which exactly one digit is
-# found is read exactly as predict_image reads it.
+# width, 20 pixels, centre of mass) and read by the same network, so digits of different sizes
+# are each read as well as they would be alone. An image in which only one piece is found
+# (after rules 1-3) is read exactly as predict_image reads it, never cut: a single wide digit
+# (a flat 2, a 0) looks too much like two touching ones.
+#
+# What each rule is worth, measured by taking it out, and how well numbers are read: the
+# number tables of docs/results.md (`--measure-numbers` of the test file).
 
-NUMBER_RULES = {  # each number measured on strings of USPS digits (docs/results.md, the number table)
-    "speck_share": 0.03,    # specks: less ink than 3 % of the largest piece, as keep_digit_components
-    "tall": 0.5,            # digit-sized: at least half as tall as the largest piece (a flag, a bar is less)
-    "row_overlap": 0.5,     # one row: heights overlap by half the shorter piece (jitter stays far below)
-    "x_overlap": 0.5,       # one digit: overlapping in x by half the narrower piece (neighbours overlap less)
-    "stroke_gap": 0.15,     # a short piece this close (times the row's height) to a digit is its stroke
-    "smallest_digit": 0.3,  # a short piece on its own is a digit when its longer side is 0.3 row heights
-    "widest_digit": 1.25,   # wider than 1.25 row heights: several touching digits (a USPS 2 is 1.0 wide)
-    "thinnest_digit": 0.12,  # a cut-out digit is at least 0.12 row heights wide (a USPS 1: 2 px of 16)
-    "most_cuts": 12,        # the candidate cuts tried per piece: its 12 emptiest columns
-    "split_from": 0.5,
+NUMBER_RULES = {
+    "speck_share": 0.03,    # 1: less ink than 3 % of the largest piece is a speck (keep_digit_components's)
+    "tall": 0.5,            # 2: digit-sized when half as tall as the largest piece (flat USPS 2s: 0.62)
+    "row_overlap": 0.5,     # 2: one row when the heights overlap by half the shorter piece's
+    "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
+    "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
+    "smallest_digit": 0.3,  # 3: a short piece alone is a digit when its longer side is 0.3 row heights
+    "split_from": 0.5,      # 4: pieces wider than 0.5 row heights are tried for cutting (a USPS 1: < 0.4)
+    "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
+    "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
+    "most_cuts": 12,        # 4: the candidate cuts tried per piece: its 12 emptiest columns
+    # 4: a cutting wins when its mean log probability beats the whole's by 0.5 - 2 (width / row
+    # height - 1), fitted to read lone USPS digits whole and touching USPS pairs cut
     "split_margin": 0.5,
     "margin_per_width": 2.0,
 }
@@ -2429,8 +2439,12 @@ def candidate_cuts(profile, row_height, rules=NUMBER_RULES):
 
 def split_touching(ink, labels, members, box, floor, row_height, network, rules=NUMBER_RULES):
     """Rule 4: read a piece that may hold several touching digits. Every way of cutting it at
-    the candidate cuts into pieces no wider than widest_digit row heights is read; the cutting
-    whose digits the network is surest of on average (mean log probability) wins.
+    the candidate cuts into digits between thinnest_digit and widest_digit row heights wide is
+    read, each cut-out digit once, and the best cutting found by dynamic programming: for each
+    number of digits k, the cutting with the highest sum of log probabilities; of those, the one
+    with the highest mean (the geometric mean of the probabilities). It is kept when that mean
+    beats the log probability of the piece read whole by split_margin - margin_per_width *
+    (width / row_height - 1); otherwise the piece is one digit.
     network: a function (m, 784) -> (m, 10) probabilities.
     Returns a list of (x28, P, box), left to right."""
     top, bottom, left, right = box
