@@ -4027,10 +4027,15 @@ NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 p
                         "photo": "photo of paper (lines, uneven light, JPEG)"}
 
 
-def read_number_bytes(data, Ws, bs, activation):
-    """bytes -> read_image -> predict_number: the number as predict reads it ('' for none)."""
+def read_number_bytes(data, Ws, bs, activation, alone=False):
+    """bytes -> read_image -> predict_number: the number as predict reads it ('' for none);
+    alone=True: also the digit predict_image reads in the same image (None for none)."""
     x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation)
-    return "" if x28 is None else steps["number"]
+    number = "" if x28 is None else steps["number"]
+    if not alone:
+        return number
+    one = None if x28 is None else int(mnist.predict_proba(steps["x28"].reshape(1, 784), Ws, bs, activation).argmax())
+    return number, one
 
 
 def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
@@ -4052,12 +4057,13 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
         sources["MNIST test"] = (X_test.reshape(-1, 28, 28), test_labels)
     print(f"model {model_path}: {meta['sizes']}; {strings} strings of 2-8 digits and {strings // 3} "
           f"touching pairs per row")
-    print("| digits | presentation | digits right | numbers right | touching pairs right | seconds per number |")
-    print("|---|---|---|---|---|---|")
+    print("| digits | presentation | digits right | numbers right | numbers with touching digits right "
+          "| touching pairs alone right | seconds per number |")
+    print("|---|---|---|---|---|---|---|")
     for source_number, (source, (images, labels)) in enumerate(sources.items()):
         for presentation_number, (how, name) in enumerate(NUMBER_PRESENTATIONS.items()):
             rng = np.random.default_rng(7000 + 10 * source_number + presentation_number)
-            right_digits = total_digits = right_numbers = right_pairs = 0
+            right_digits = total_digits = right_numbers = right_pairs = touching = right_touching = 0
             start = time.perf_counter()
             for number in range(strings + strings // 3):
                 pair = number >= strings
@@ -4072,32 +4078,42 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
                     total_digits += len(truth)
                     right_digits += len(truth) - mnist.edit_distance(truth, read)
                     right_numbers += read == truth
+                    touching += min(gaps) <= 0
+                    right_touching += min(gaps) <= 0 and read == truth
             seconds = (time.perf_counter() - start) / (strings + strings // 3)
             print(f"| {source} | {name} | {100 * right_digits / total_digits:.1f} % "
-                  f"| {100 * right_numbers / strings:.1f} % | {100 * right_pairs / max(1, strings // 3):.1f} % "
+                  f"| {100 * right_numbers / strings:.1f} % | {100 * right_touching / max(1, touching):.1f} % of {touching} "
+                  f"| {100 * right_pairs / max(1, strings // 3):.1f} % "
                   f"| {seconds:.3f} |", flush=True)
 
-    print(f"\n| single digits | images | read as several digits | right as one digit |")
-    print("|---|---|---|---|")
+    print("\n| single digits | images | read as several digits | right, read as a number (predict) "
+          "| right, read as one digit (predict_image) |")
+    print("|---|---|---|---|---|")
+
+    def singles_row(name, images_and_truths):
+        several = right = right_alone = 0
+        for data, truth in images_and_truths:
+            number, one = read_number_bytes(data, Ws, bs, activation, alone=True)
+            several += len(number) > 1
+            right += number == str(truth)
+            right_alone += one == truth
+        n = len(images_and_truths)
+        print(f"| {name} | {n} | {several} | {100 * right / n:.1f} % | {100 * right_alone / n:.1f} % |", flush=True)
     chosen = np.random.default_rng(0).choice(len(usps_labels), min(singles, len(usps_labels)), replace=False)
     for presentation in USPS_PRESENTATIONS:
-        several = right = 0
-        for i in chosen:
-            read = read_number_bytes(present_digit(usps_images[i], *presentation), Ws, bs, activation)
-            several += len(read) > 1
-            right += read == str(int(usps_labels[i]))
-        print(f"| USPS {presentation_name(*presentation)} | {len(chosen)} | {several} | "
-              f"{100 * right / len(chosen):.1f} % |", flush=True)
+        singles_row(f"USPS {presentation_name(*presentation)}",
+                    [(present_digit(usps_images[i], *presentation), int(usps_labels[i])) for i in chosen])
     if HAVE_MNIST:
         for kind in MEASURED_KINDS:  # the streams of measure_photos: the first images of its table
             rng = np.random.default_rng(2024 + MEASURED_KINDS.index("photo" if kind == "photo's drawing alone" else kind))
             picked = rng.choice(len(test_labels), singles // 5, replace=False)
-            several = right = 0
-            for i in picked:
-                read = read_number_bytes(make_image(kind, X_test[i].reshape(28, 28), rng), Ws, bs, activation)
-                several += len(read) > 1
-                right += read == str(int(test_labels[i]))
-            print(f"| {kind} | {len(picked)} | {several} | {100 * right / len(picked):.1f} % |", flush=True)
+            singles_row(kind, [(make_image(kind, X_test[i].reshape(28, 28), rng), int(test_labels[i])) for i in picked])
+    given = 0
+    for number, kind in enumerate(NO_DIGIT_KINDS):  # the streams of measure_photos
+        rng = np.random.default_rng(4048 + number)
+        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation) != ""
+                     for _ in range(singles // 5))
+    print(f"\nimages without a digit given a number or digit by predict: {given} of {len(NO_DIGIT_KINDS) * (singles // 5)}")
 
 
 # What taking out one rule of section [11b] means: the rule given a number that makes it do nothing.
