@@ -4129,24 +4129,29 @@ NUMBER_ABLATIONS = {
 
 def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
     """Print what each rule of section [11b] is worth: numbers read exactly and digits right on
-    USPS strings (made as in measure_numbers), with all rules, and with each taken out in turn.
+    strings of USPS digits and of MNIST test digits (made as in measure_numbers), with all rules,
+    and with each taken out in turn.
 
         python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --ablation
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    images, labels = load_usps(folder)
-    kinds = ["p16 black", "p64 white", "photo"]
+    usps = load_usps(folder)
+    kinds = [("USPS", "p16 black"), ("USPS", "p64 white"), ("USPS", "photo")]
+    if HAVE_MNIST:
+        _, _, X_test, test_labels = real_mnist()
+        kinds.append(("MNIST test", "p64 black"))
     columns = []   # (presentation, [(image bytes, true number)])
-    for how in kinds:
-        rng = np.random.default_rng(9000 + kinds.index(how))
+    for number, (source, how) in enumerate(kinds):
+        images, labels = usps if source == "USPS" else (X_test.reshape(-1, 28, 28), test_labels)
+        rng = np.random.default_rng(9000 + number)
         made = []
         for _ in range(strings):
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
             strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(len(chosen) - 1, rng), rng)
             made.append((present_number(strip, rng, how), "".join(str(int(labels[i])) for i in chosen)))
-        columns.append((NUMBER_PRESENTATIONS[how], made))
-    print(f"model {model_path}; {strings} USPS strings of 2-8 digits per column; numbers exactly right / digits right")
+        columns.append((f"{source}, {NUMBER_PRESENTATIONS[how]}", made))
+    print(f"model {model_path}; {strings} strings of 2-8 digits per column; numbers exactly right / digits right")
     print("| taken out | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for name, change in [("nothing (all rules)", {})] + list(NUMBER_ABLATIONS.items()):
