@@ -8,7 +8,7 @@ This one file is the whole program. It
   3. trains it with mini-batch stochastic gradient descent, the gradients written out by hand
      (backpropagation) and checked against finite differences;
   4. evaluates it on the 10,000 test images it never saw while training;
-  5. recognises a digit in your own photo, scan or drawing.
+  5. recognises a digit, or every digit of a number, in your own photo, scan or drawing.
 
 Three ways to use it:
 
