@@ -4165,6 +4165,44 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
                 cells.append(f"{100 * exact / len(made):.1f} % / {100 * right / total:.1f} %")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
+def time_number_photos(model_path, photos=5, folder=USPS_DIR):
+    """Time predict on 12-megapixel (4000 x 3000) phone photos of 10-digit USPS numbers: reading
+    the JPEG (read_image), preparing it (predict_image) and cutting and reading the digits
+    (read_digits), each on its own, per photo and the median.
+
+        python test_mnist_from_scratch.py --time-number-photos MODEL [PHOTOS] [USPS_FOLDER]
+    """
+    from PIL import Image
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    images, labels = load_usps(folder)
+    times = []
+    with tempfile.TemporaryDirectory() as temporary:
+        for number in range(photos):
+            rng = np.random.default_rng(100 + number)
+            chosen = rng.choice(len(labels), 10, replace=False)
+            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(9, rng), rng)
+            size = (800, round(strip.shape[0] * 800 / strip.shape[1]))
+            ink = np.zeros((750, 1000), np.float32)
+            ink[300:300 + size[1], 100:900] = np.clip(np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC)), 0, 1)
+            photo = Image.open(io.BytesIO(photograph(ink, rng))).resize((4000, 3000), Image.BICUBIC)
+            path = os.path.join(temporary, "photo.jpg")
+            photo.save(path, "JPEG", quality=90)
+            start = time.perf_counter()
+            gray, alpha = read_image(path)
+            read = time.perf_counter()
+            x28, P, steps = mnist.predict_image(gray, alpha, Ws, bs, activation)
+            prepared = time.perf_counter()
+            digits = mnist.read_digits(steps, lambda X: mnist.predict_proba(X, Ws, bs, activation))
+            done = time.perf_counter()
+            times.append((read - start, prepared - read, done - prepared))
+            print(f"{''.join(str(int(labels[i])) for i in chosen)} read as {mnist.number_text(digits)}: "
+                  f"read_image {times[-1][0]:.2f} s, predict_image {times[-1][1]:.2f} s, "
+                  f"cutting and reading the digits {times[-1][2]:.2f} s", flush=True)
+    median = np.median(times, axis=0)
+    print(f"median: read_image {median[0]:.2f} s, predict_image {median[1]:.2f} s, cutting and reading "
+          f"{median[2]:.2f} s; predict_image + cutting and reading {np.median([t[1] + t[2] for t in times]):.2f} s")
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-photos"]:
         measure_photos(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
@@ -4172,6 +4210,11 @@ if __name__ == "__main__":
         sys.exit(0 if measure_serve(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:5]]) else 1)
     elif sys.argv[1:2] == ["--serve-screenshot"]:
         serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
+    elif sys.argv[1:2] == ["--time-number-photos"]:  # MODEL [PHOTOS] [USPS_FOLDER]
+        arguments = sys.argv[2:]
+        folders = [a for a in arguments if os.path.isdir(a)]
+        time_number_photos(*([a for a in arguments if not a.isdigit() and a not in folders] or ["model.npz"])[:1],
+                           *[int(n) for n in arguments if n.isdigit()][:1], folder=(folders or [USPS_DIR])[0])
     elif sys.argv[1:2] == ["--measure-numbers"]:  # MODEL [STRINGS [SINGLES]] [USPS_FOLDER]
         arguments = sys.argv[2:]
         folders = [a for a in arguments if os.path.isdir(a)]
