@@ -3186,6 +3186,19 @@ class TestServingInABrowser(unittest.TestCase):
             base64.b64encode(png).decode("ascii"))
         self.assertTrue(wait_for(lambda: self.text("digit") == "1", 60), self.text("message"))
 
+    def test_a_number_dropped_on_the_page_is_shown_whole(self):
+        import base64
+        png = encode(np.hstack([drawn_canvas(ONE), drawn_canvas(ONE)]), "L", "PNG")  # "11"
+        self.driver.execute_script(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+            "const data = new DataTransfer();"
+            "data.items.add(new File([bytes], 'eleven.png', {type: 'image/png'}));"
+            "document.getElementById('drop').dispatchEvent("
+            "    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
+            base64.b64encode(png).decode("ascii"))
+        self.assertTrue(wait_for(lambda: self.text("digit") == "11", 60), self.text("message"))
+        self.assertRegex(self.text("message"), r"^digits \d+\.\d %, \d+\.\d %$")
+
     def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
         layouts = {}
         for name, width, height in (("desktop", 1000, 700), ("phone", 390, 844)):
