@@ -2279,7 +2279,8 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #
 #   1. specks      a piece with far less ink than the largest one is dirt, not a digit
 #   2. rows        the digit-sized pieces whose heights overlap form a row; rows are read top to
-#                  bottom, each left to right
+#                  bottom, each left to right. Two rows very close together whose pieces lie
+#                  above one another are one row: a digit broken into an upper and a lower piece
 #   3. one digit   pieces lying above one another (overlapping in x) are one digit: a 5 and its
 #      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
 #                  strokes (a 7's bar); a short piece on its own is a small digit if it is big
@@ -2307,6 +2308,7 @@ NUMBER_RULES = {
     "speck_share": 0.03,    # 1: less ink than 3 % of the largest piece is a speck (keep_digit_components's)
     "tall": 0.5,            # 2: digit-sized when half as tall as the largest piece (flat USPS 2s: 0.62)
     "row_overlap": 0.5,     # 2: one row when the heights overlap by half the shorter piece's
+    "stack_gap": 0.5,       # 2: rows closer than half their height, their pieces above one another, are one
     "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
     "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
     "smallest_digit": 0.3,  # 3: a short piece alone is a digit when its longer side is 0.3 row heights
@@ -2378,6 +2380,15 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
         (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
         return overlap(ta, ba, tb, bb) >= rules["row_overlap"] * min(ba - ta, bb - tb)
     rows = join_groups([[i] for i in np.flatnonzero(tall)], same_row)
+
+    def stacked(a, b):  # a digit broken into an upper and a lower piece looks like two rows
+        (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
+        gap = max(tb - ba, ta - bb) - 1
+        fewer, more = (a, b) if len(a) <= len(b) else (b, a)
+        return gap <= rules["stack_gap"] * max(ba - ta + 1, bb - tb + 1) and all(
+            any(overlap(left[i], right[i], left[j], right[j]) >= rules["x_overlap"] * min(width[i], width[j])
+                for j in more) for i in fewer)
+    rows = join_groups(rows, stacked)
     rows.sort(key=lambda row: box(row)[0])
     for i in np.flatnonzero(keep & ~tall):  # a short piece: into the row nearest its middle
         middle = (top[i] + bottom[i]) / 2
