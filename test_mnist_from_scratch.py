@@ -4132,6 +4132,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
 # What taking out one rule of section [11b] means: the rule given a number that makes it do nothing.
 NUMBER_ABLATIONS = {
     "specks (1)": {"speck_share": 0.0},
+    "close rows above one another are one (2)": {"stack_gap": -np.inf},
     "pieces above one another are one digit (3)": {"x_overlap": np.inf},
     "a short piece beside a digit is its stroke (3)": {"stroke_gap": -np.inf},
     "a short piece on its own must be big enough (3)": {"smallest_digit": 0.0},
