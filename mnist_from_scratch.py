@@ -2338,7 +2338,7 @@ def piece_boxes(labels, count, ink):
     return top, bottom, left, right, mass
 
 
-def overlap(first_start, first_end, second_start, second_end):
+def interval_overlap(first_start, first_end, second_start, second_end):
     """How many pixels two inclusive intervals share (0 when they are apart)."""
     return max(0, min(first_end, second_end) - max(first_start, second_start) + 1)
 
@@ -2378,7 +2378,7 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
 
     def same_row(a, b):                                                          # rule 2
         (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
-        return overlap(ta, ba, tb, bb) >= rules["row_overlap"] * min(ba - ta, bb - tb)
+        return interval_overlap(ta, ba, tb, bb) >= rules["row_overlap"] * min(ba - ta, bb - tb)
     rows = join_groups([[i] for i in np.flatnonzero(tall)], same_row)
 
     def stacked(a, b):  # a digit broken into an upper and a lower piece looks like two rows
@@ -2386,7 +2386,7 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
         gap = max(tb - ba, ta - bb) - 1
         fewer, more = (a, b) if len(a) <= len(b) else (b, a)
         return gap <= rules["stack_gap"] * max(ba - ta + 1, bb - tb + 1) and all(
-            any(overlap(left[i], right[i], left[j], right[j]) >= rules["x_overlap"] * min(width[i], width[j])
+            any(interval_overlap(left[i], right[i], left[j], right[j]) >= rules["x_overlap"] * min(width[i], width[j])
                 for j in more) for i in fewer)
     rows = join_groups(rows, stacked)
     rows.sort(key=lambda row: box(row)[0])
@@ -2401,7 +2401,7 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
 
         def above_one_another(a, b):                                             # rule 3
             (_, _, la, ra), (_, _, lb, rb) = box(a), box(b)
-            return overlap(la, ra, lb, rb) >= rules["x_overlap"] * min(ra - la + 1, rb - lb + 1)
+            return interval_overlap(la, ra, lb, rb) >= rules["x_overlap"] * min(ra - la + 1, rb - lb + 1)
         digits = join_groups([[i] for i in row], above_one_another)
         short = [g for g in digits if not tall[g].any()]
         digits = [g for g in digits if tall[g].any()]
