@@ -2385,9 +2385,9 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
         (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
         gap = max(tb - ba, ta - bb) - 1
         fewer, more = (a, b) if len(a) <= len(b) else (b, a)
-        return gap <= rules["stack_gap"] * max(ba - ta + 1, bb - tb + 1) and all(
-            any(interval_overlap(left[i], right[i], left[j], right[j]) >= rules["x_overlap"] * min(width[i], width[j])
-                for j in more) for i in fewer)
+        above = [[interval_overlap(left[i], right[i], left[j], right[j])
+                  >= rules["x_overlap"] * min(width[i], width[j]) for j in more] for i in fewer]
+        return gap <= rules["stack_gap"] * max(ba - ta + 1, bb - tb + 1) and all(map(any, above))
     rows = join_groups(rows, stacked)
     rows.sort(key=lambda row: box(row)[0])
     for i in np.flatnonzero(keep & ~tall):  # a short piece: into the row nearest its middle
