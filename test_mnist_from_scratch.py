@@ -1066,7 +1066,8 @@ class TestTheFileAsALesson(unittest.TestCase):
 
     def test_the_file_is_split_into_numbered_cells_in_story_order(self):
         with open(SCRIPT) as f:
-            cells = [line.rstrip() for line in f if line.startswith("# %% [")]
+            cells = [line.rstrip() for line in f if line.startswith("# %% [")
+                     and line.split("[")[1].split("]")[0].isdigit()]  # not a part like [11b]
         numbers = [int(line.split("[")[1].split("]")[0]) for line in cells]
         self.assertEqual(numbers, list(range(len(cells))))
         titles = [line.split("] ", 1)[1].lower() for line in cells]
@@ -1340,7 +1341,18 @@ def synthetic_photo(digit28, rng, size_range=(500, 900), table=False, drawing_al
     ink = np.zeros((height, width), np.float32)
     top, left = rng.integers(box[0], box[1] - canvas + 1), rng.integers(box[2], box[3] - canvas + 1)
     ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, pen)
+    if drawing_alone:
+        photograph(ink, rng, page if table else None)  # the same random numbers drawn
+        return encode(1 - ink, "L", "PNG")
+    return photograph(ink, rng, page if table else None)
 
+
+def photograph(ink, rng, page=None):
+    """JPEG bytes of a phone photo of the ink map `ink` (1 = ink) written on (squared / ruled /
+    plain) paper: paper colour, printed lines, uneven light, a shadow, grain, JPEG; `page`: where
+    the page is (page_on_a_table), a darker, grainy table showing around it."""
+    height, width = ink.shape
+    table = page is not None
     paper = rng.uniform(0.65, 0.97) * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)])
     kind = rng.choice(["grid", "ruled", "plain"])
     reflectance = np.ones((height, width, 3), np.float32) * paper
@@ -1367,8 +1379,6 @@ def synthetic_photo(digit28, rng, size_range=(500, 900), table=False, drawing_al
     texture = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
     image = image + rng.uniform(0, 0.02) * texture[:, :, None] + rng.normal(0, rng.uniform(0.005, 0.03), image.shape)
     quality = rng.integers(40, 92)
-    if drawing_alone:
-        return encode(1 - ink, "L", "PNG")
     return encode(image, "RGB", "JPEG", quality)
 
 
@@ -3700,6 +3710,19 @@ class TestServingInABrowser(unittest.TestCase):
             self.assertIn(f"POST {prefix}predict", asked)
         self.assertEqual([request for request in asked if not request.split()[1].startswith(prefix.rstrip("/"))], [])
 
+    def test_a_number_dropped_on_the_page_is_shown_whole(self):
+        import base64
+        png = encode(np.hstack([drawn_canvas(ONE), drawn_canvas(ONE)]), "L", "PNG")  # "11"
+        self.driver.execute_script(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+            "const data = new DataTransfer();"
+            "data.items.add(new File([bytes], 'eleven.png', {type: 'image/png'}));"
+            "document.getElementById('drop').dispatchEvent("
+            "    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
+            base64.b64encode(png).decode("ascii"))
+        self.assertTrue(wait_for(lambda: self.text("digit") == "11", 60), self.text("message"))
+        self.assertRegex(self.text("message"), r"^digits \d+\.\d %, \d+\.\d %$")
+
     def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
         layouts = {}
         for name, width, height in (("desktop", 1000, 700), ("phone", 390, 844)):
@@ -4130,6 +4153,188 @@ class TestTheNotebookInAKernel(unittest.TestCase):
     def test_sgd_step_making_new_arrays_is_told_the_update_is_not_in_place(self):
         self.assertIn("not in place", self.check_says(
             "sgd_step", "new array", ("param -= grad", "param = param - grad")))
+
+# ---- Reading a number ----------------------------------------------------------------------
+@needs_mnist
+class TestReadingANumber(unittest.TestCase):
+    """Numbers made at run time from MNIST test digits that the network reads right alone (the
+    tests are about cutting a number into digits, not about reading a hard digit)."""
+
+    @classmethod
+    def setUpClass(cls):
+        X_train, y_train, X_test, labels = real_mnist()
+        cls.Ws, cls.bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                           batch_size=64, lr=0.05, seed=0)
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.folder.name, "model.npz")
+        mnist.save_model(cls.model, cls.Ws, cls.bs, {"activation": "relu", "sizes": [784, 64, 10],
+                                                     "test_accuracy": 0.95})
+        cls.images = X_test.reshape(-1, 28, 28)
+        P = mnist.predict_proba(X_test, cls.Ws, cls.bs)
+        cls.legible = {d: [i for i in np.flatnonzero(labels == d) if P[i, d] > 0.999][:20] for d in range(10)}
+        cls.labels = labels
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
+
+    def glyphs(self, number, which=0, height=16):
+        return [glyph_of(self.images[self.legible[int(d)][which]], height) for d in number]
+
+    def read(self, data):
+        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs)
+        return steps
+
+    def test_a_row_of_digits_with_gaps_is_read_in_order(self):
+        rng = np.random.default_rng(0)
+        for which, number in enumerate(["2026", "31415926", "780"]):
+            strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
+            self.assertEqual(self.read(present_number(strip, rng, "p64 black"))["number"], number)
+
+    def test_touching_digits_are_cut_apart(self):
+        for gap in range(0, -6, -1):  # moved together until the 0 and the 5 touch
+            strip, _ = number_strip(self.glyphs("2058"), [4, gap, 4], np.random.default_rng(1), jitter=0)
+            if label_components(strip > 0.5)[1] == 3:
+                break
+        steps = self.read(present_number(strip, np.random.default_rng(1), "p64 white"))
+        self.assertEqual(label_components(steps["pieces"])[1], 3)  # 0 and 5 are one piece of ink
+        self.assertEqual(steps["number"], "2058")
+
+    def pieces_of(self, index):
+        return label_components(self.images[index] > 0.3)[1]
+
+    def digit_in_two_pieces(self, digit):
+        """A test digit that falls into two pieces of ink (each with a tenth of its ink or more)
+        and that the network reads right alone."""
+        P = mnist.predict_proba(self.images.reshape(-1, 784), self.Ws, self.bs)
+        for index in np.flatnonzero(self.labels == digit):
+            labels, count = label_components(self.images[index] > 0.3)
+            share = np.bincount(labels[labels >= 0]) / (labels >= 0).sum()
+            if count == 2 and share.min() > 0.1 and P[index, digit] > 0.99:
+                return index
+        self.skipTest(f"no {digit} in two pieces found in the test set")
+
+    def number_with(self, index, before, after):
+        rng = np.random.default_rng(2)
+        glyphs = self.glyphs(before) + [glyph_of(self.images[index])] + self.glyphs(after)
+        strip, _ = number_strip(glyphs, [5] * (len(glyphs) - 1), rng)
+        return self.read(present_number(strip, rng, "p64 black"))
+
+    def test_a_5_with_a_separate_flag_is_one_digit(self):
+        steps = self.number_with(self.digit_in_two_pieces(5), "3", "2")
+        self.assertEqual(label_components(steps["pieces"])[1], 4)
+        self.assertEqual(steps["number"], "352")
+
+    def test_a_4_in_two_strokes_is_one_digit(self):
+        steps = self.number_with(self.digit_in_two_pieces(4), "1", "7")
+        self.assertEqual(label_components(steps["pieces"])[1], 4)
+        self.assertEqual(steps["number"], "147")
+
+    def test_a_small_digit_beside_a_big_one_is_read(self):
+        rng = np.random.default_rng(3)
+        big, small = glyph_of(self.images[self.legible[4][0]], 40), glyph_of(self.images[self.legible[3][0]], 14)
+        strip, boxes = number_strip([big, small, big], [6, 6], rng, jitter=0)
+        steps = self.read(present_number(strip, rng, "p16 black"))
+        self.assertEqual(steps["number"], "434")
+        heights = [d["box"][1] - d["box"][0] + 1 for d in steps["digits"]]
+        self.assertLess(heights[1], 0.5 * heights[0])
+
+    def test_two_rows_are_read_top_to_bottom_each_left_to_right(self):
+        rng = np.random.default_rng(4)
+        top, _ = number_strip(self.glyphs("12"), [5], rng)
+        bottom, _ = number_strip(self.glyphs("345", 1), [5, 5], rng)
+        width = max(top.shape[1], bottom.shape[1])
+        page = np.vstack([np.pad(top, ((0, 0), (0, width - top.shape[1]))),
+                          np.pad(bottom, ((0, 0), (0, width - bottom.shape[1])))])
+        steps = self.read(present_number(page, rng, "p64 black"))
+        self.assertEqual(steps["number"], "12\n345")
+        self.assertEqual([d["row"] for d in steps["digits"]], [0, 0, 1, 1, 1])
+
+    def test_one_digit_is_read_exactly_as_predict_image_reads_it(self):
+        data = encode(self.images[self.legible[7][0]], "L", "PNG")
+        gray, alpha = read_image(io.BytesIO(data))
+        x_one, P_one, _ = mnist.predict_image(gray, alpha, self.Ws, self.bs)
+        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs)
+        np.testing.assert_array_equal(x28, x_one)
+        np.testing.assert_array_equal(P, P_one)
+        self.assertEqual((steps["number"], len(steps["digits"])), ("7", 1))
+
+    def test_boxes_are_in_the_pixels_of_a_large_photo(self):
+        rng = np.random.default_rng(5)
+        strip, boxes = number_strip(self.glyphs("4096"), [4, 4, 4], rng, jitter=0)
+        big = np.kron(strip, np.ones((16, 16), np.float32))   # 16 x larger than the working size
+        gray = (1 - big).astype(np.float32)
+        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs)
+        self.assertEqual(steps["number"], "4096")
+        for digit, (top, bottom, left, right) in zip(steps["digits"], boxes):
+            np.testing.assert_allclose(digit["box"], (16 * top, 16 * bottom + 15, 16 * left, 16 * right + 15), atol=20)
+
+    def write_number(self, folder, name, number):
+        rng = np.random.default_rng(len(name))
+        strip, _ = number_strip(self.glyphs(number), [5] * (len(number) - 1), rng)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as file:
+            file.write(present_number(strip, rng, "p64 black"))
+        return path
+
+    def test_predict_json_has_the_number_and_each_digit_with_its_box(self):
+        path = self.write_number(self.folder.name, "number.png", "2026")
+        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
+        self.assertEqual(code, 0, err)
+        answer = json.loads(out)
+        self.assertEqual(answer["number"], "2026")
+        self.assertEqual([d["digit"] for d in answer["digits"]], [2, 0, 2, 6])
+        self.assertEqual(answer["digit"], 2)  # the first digit, with today's fields beside it
+        self.assertEqual(len(answer["probabilities"]), 10)
+        lefts = [d["box"]["left"] for d in answer["digits"]]
+        self.assertEqual(lefts, sorted(lefts))
+        self.assertTrue(all(d["box"]["right"] < png_size(path)[0] for d in answer["digits"]))
+
+    def test_predict_json_of_one_digit_keeps_digit_and_gives_it_as_number(self):
+        path = os.path.join(self.folder.name, "one.png")
+        save_png(self.images[self.legible[3][0]], path)
+        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
+        answer = json.loads(out)
+        self.assertEqual((answer["digit"], answer["number"], len(answer["digits"])), (3, "3", 1))
+
+    def test_predict_prints_the_number_and_each_digits_probability(self):
+        path = self.write_number(self.folder.name, "printed.png", "907")
+        code, out, err = run_cli("predict", "--model", self.model, path)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"printed\.png: 907  \(digits \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?\)")
+
+    def test_predict_on_a_folder_scores_files_named_after_their_number(self):
+        folder = os.path.join(self.folder.name, "numbers")
+        os.makedirs(folder, exist_ok=True)
+        self.write_number(folder, "2026.png", "2026")
+        self.write_number(folder, "1234_anna.png", "1239")   # named wrongly: one digit differs
+        code, out, err = run_cli("predict", folder, "--model", self.model)
+        self.assertEqual(code, 0, err)
+        self.assertIn("numbers: 1 of 2 read exactly (50.0 %), digits: 7 of 8 right (87.5 %); "
+                      "wrong: 1234_anna.png (read 1239)", out)
+
+    def test_predict_plot_with_steps_shows_every_digit(self):
+        path = self.write_number(self.folder.name, "plotted.png", "58")
+        out = os.path.join(self.folder.name, "plot.png")
+        code, _, err = run_cli("predict", path, "--model", self.model, "--plot", out, "--steps")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(png_size(out), (800, 200 + 360 + 130))
+
+    def test_the_api_answers_the_number(self):
+        url, _ = start_server(self, self.Ws, self.bs, {"activation": "relu", "sizes": [784, 64, 10]})
+        rng = np.random.default_rng(6)
+        strip, _ = number_strip(self.glyphs("314"), [5, 5], rng)
+        status, _, answer = http("POST", url + "/predict", present_number(strip, rng, "p64 black"), "image/png")
+        self.assertEqual((status, answer["number"], len(answer["digits"])), (200, "314", 3))
+        self.assertEqual(sorted(answer["digits"][0]["box"]), ["bottom", "left", "right", "top"])
+
+    def test_a_file_name_gives_its_number(self):
+        self.assertEqual([mnist.number_from_filename(n) for n in ("2026.jpg", "photos/2026_anna.jpg", "7.png", "img7.png")],
+                         ["2026", "2026", "7", None])
+
+    def test_edit_distance_counts_digits_misread_missed_or_added(self):
+        self.assertEqual([mnist.edit_distance("2026", read) for read in ("2026", "2028", "226", "20126", "")],
+                         [0, 1, 1, 1, 4])
 
 
 # ---- Fashion-MNIST: the second data set ------------------------------------------------------
@@ -5013,6 +5218,251 @@ def measure_notebooks(runs=3):
               f"{', '.join(f'{s:.1f}' for s in seconds)} (median {sorted(seconds)[runs // 2]:.1f})")
 
 
+# ----------------------------------------------------------------------------------------------
+# The number table of docs/results.md: strings of real handwritten digits (not a test: minutes)
+# ----------------------------------------------------------------------------------------------
+def glyph_of(ink, height=16):
+    """A digit (ink 1 on 0) cut to its ink's columns; an MNIST digit (28x28, 20 px box) is cut to
+    its box and scaled so its 20 px box becomes `height` pixels, as tall as a USPS digit."""
+    ink = np.asarray(ink, dtype=np.float32)
+    if ink.shape[0] == 28:
+        from PIL import Image
+        rows = np.flatnonzero((ink > 0.05).any(axis=1))
+        ink = ink[rows[0]:rows[-1] + 1]
+        size = (max(1, round(28 * height / 20)), max(1, round(ink.shape[0] * height / 20)))
+        ink = np.clip(np.asarray(Image.fromarray(ink, "F").resize(size, Image.BILINEAR)), 0, 1)
+    cols = np.flatnonzero((ink > 0.05).any(axis=0))
+    return ink[:, cols[0]:cols[-1] + 1]
+
+
+def number_strip(glyphs, gaps, rng, jitter=1, margin=8):
+    """Digits side by side, ink 1 on 0: glyphs[k + 1] starts gaps[k] pixels after glyphs[k] ends
+    (0: touching, below 0: overlapping), each moved up or down by up to `jitter` pixels, and
+    `margin` pixels of background around all of them. Returns (strip, boxes (top, bottom, left,
+    right) of each digit in the strip)."""
+    height = max(g.shape[0] for g in glyphs) + 2 * jitter + 2 * margin
+    width = sum(g.shape[1] for g in glyphs) + sum(gaps) + 2 * margin
+    strip = np.zeros((height, width), np.float32)
+    x, boxes = margin, []
+    for k, glyph in enumerate(glyphs):
+        y = margin + jitter + int(rng.integers(-jitter, jitter + 1)) + (max(g.shape[0] for g in glyphs) - glyph.shape[0]) // 2
+        region = strip[y:y + glyph.shape[0], x:x + glyph.shape[1]]
+        np.maximum(region, glyph, out=region)
+        boxes.append((y, y + glyph.shape[0] - 1, x, x + glyph.shape[1] - 1))
+        x += glyph.shape[1] + (gaps[k] if k < len(gaps) else 0)
+    return strip, boxes
+
+
+def random_gaps(count, rng, touching=1 / 3):
+    """count gaps between digits 16 px tall: a third of them overlapping or touching (-2 to 0 px),
+    the others 1 to 8 px (a tight to a wide hand)."""
+    return [int(rng.integers(-2, 1)) if rng.random() < touching else int(rng.integers(1, 9))
+            for _ in range(count)]
+
+
+def present_number(strip, rng, how):
+    """Image bytes of a strip of digits (ink 1 on 0) as a user might give it: 'p16 black' /
+    'p16 white' at 16 px, 'p64 black' / 'p64 white' enlarged 4 times, or 'photo': written with
+    a pen on paper in a phone photo (photograph: lines, uneven light, JPEG)."""
+    from PIL import Image
+    if how == "photo":
+        height, width = (int(v) for v in rng.integers(500, 900, size=2))
+        scale = min(rng.uniform(0.4, 0.8) * width / strip.shape[1], 0.4 * height / strip.shape[0])
+        size = (max(1, round(strip.shape[1] * scale)), max(1, round(strip.shape[0] * scale)))
+        big = np.clip(np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC)), 0, 1)
+        ink = np.zeros((height, width), np.float32)
+        top = int(rng.integers(0, height - size[1] + 1))
+        left = int(rng.integers(0, width - size[0] + 1))
+        ink[top:top + size[1], left:left + size[0]] = big
+        return photograph(ink, rng)
+    if how.startswith("p64"):
+        size = (strip.shape[1] * 4, strip.shape[0] * 4)
+        strip = np.clip(np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC)), 0, 1)
+    return encode(1 - strip if how.endswith("black") else strip, "L", "PNG")
+
+
+NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 px, white on black",
+                        "p64 black": "64 px, black on white", "p64 white": "64 px, white on black",
+                        "photo": "photo of paper (lines, uneven light, JPEG)"}
+
+
+def read_number_bytes(data, Ws, bs, activation, alone=False):
+    """bytes -> read_image -> predict_number: the number as predict reads it ('' for none);
+    alone=True: also the digit predict_image reads in the same image (None for none)."""
+    x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation)
+    number = "" if x28 is None else steps["number"]
+    if not alone:
+        return number
+    one = None if x28 is None else int(mnist.predict_proba(steps["x28"].reshape(1, 784), Ws, bs, activation).argmax())
+    return number, one
+
+
+def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
+    """Print how well predict reads numbers: strings of 2-8 USPS digits (and of MNIST test digits)
+    in every presentation, with a third of the gaps or more touching; digits right (digits in all
+    minus the edit distance between the true and the read string), numbers exactly right, and
+    touching pairs (2 digits, gap -2 to 0 px) read right. Then how often a single digit is read
+    as several: USPS digits (`singles` of them, every presentation of --measure-usps) and the
+    photo kinds of --measure-photos (`singles` // 5 per kind).
+
+        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS [SINGLES]] [USPS_FOLDER]
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    usps_images, usps_labels = load_usps(folder)
+    sources = {"USPS": (usps_images, usps_labels)}
+    if HAVE_MNIST:
+        _, _, X_test, test_labels = real_mnist()
+        sources["MNIST test"] = (X_test.reshape(-1, 28, 28), test_labels)
+    print(f"model {model_path}: {meta['sizes']}; {strings} strings of 2-8 digits and {strings // 3} "
+          f"touching pairs per row")
+    print("| digits | presentation | digits right | numbers right | numbers with touching digits right "
+          "| touching pairs alone right | seconds per number |")
+    print("|---|---|---|---|---|---|---|")
+    for source_number, (source, (images, labels)) in enumerate(sources.items()):
+        for presentation_number, (how, name) in enumerate(NUMBER_PRESENTATIONS.items()):
+            rng = np.random.default_rng(7000 + 10 * source_number + presentation_number)
+            right_digits = total_digits = right_numbers = right_pairs = touching = right_touching = 0
+            start = time.perf_counter()
+            for number in range(strings + strings // 3):
+                pair = number >= strings
+                chosen = rng.choice(len(labels), 2 if pair else int(rng.integers(2, 9)), replace=False)
+                gaps = [int(rng.integers(-2, 1))] if pair else random_gaps(len(chosen) - 1, rng)
+                strip, _ = number_strip([glyph_of(images[i]) for i in chosen], gaps, rng)
+                truth = "".join(str(int(labels[i])) for i in chosen)
+                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation)
+                if pair:
+                    right_pairs += read == truth
+                else:
+                    total_digits += len(truth)
+                    right_digits += len(truth) - mnist.edit_distance(truth, read)
+                    right_numbers += read == truth
+                    touching += min(gaps) <= 0
+                    right_touching += min(gaps) <= 0 and read == truth
+            seconds = (time.perf_counter() - start) / (strings + strings // 3)
+            print(f"| {source} | {name} | {100 * right_digits / total_digits:.1f} % "
+                  f"| {100 * right_numbers / strings:.1f} % | {100 * right_touching / max(1, touching):.1f} % of {touching} "
+                  f"| {100 * right_pairs / max(1, strings // 3):.1f} % "
+                  f"| {seconds:.3f} |", flush=True)
+
+    print("\n| single digits | images | read as several digits | right, read as a number (predict) "
+          "| right, read as one digit (predict_image) |")
+    print("|---|---|---|---|---|")
+
+    def singles_row(name, images_and_truths):
+        several = right = right_alone = 0
+        for data, truth in images_and_truths:
+            number, one = read_number_bytes(data, Ws, bs, activation, alone=True)
+            several += len(number) > 1
+            right += number == str(truth)
+            right_alone += one == truth
+        n = len(images_and_truths)
+        print(f"| {name} | {n} | {several} | {100 * right / n:.1f} % | {100 * right_alone / n:.1f} % |", flush=True)
+    chosen = np.random.default_rng(0).choice(len(usps_labels), min(singles, len(usps_labels)), replace=False)
+    for presentation in USPS_PRESENTATIONS:
+        singles_row(f"USPS {presentation_name(*presentation)}",
+                    [(present_digit(usps_images[i], *presentation), int(usps_labels[i])) for i in chosen])
+    if HAVE_MNIST:
+        for kind in MEASURED_KINDS:  # the streams of measure_photos: the first images of its table
+            rng = np.random.default_rng(2024 + MEASURED_KINDS.index("photo" if kind == "photo's drawing alone" else kind))
+            picked = rng.choice(len(test_labels), singles // 5, replace=False)
+            singles_row(kind, [(make_image(kind, X_test[i].reshape(28, 28), rng), int(test_labels[i])) for i in picked])
+    given = 0
+    for number, kind in enumerate(NO_DIGIT_KINDS):  # the streams of measure_photos
+        rng = np.random.default_rng(4048 + number)
+        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation) != ""
+                     for _ in range(singles // 5))
+    print(f"\nimages without a digit given a number or digit by predict: {given} of {len(NO_DIGIT_KINDS) * (singles // 5)}")
+
+
+# What taking out one rule of section [11b] means: the rule given a number that makes it do nothing.
+NUMBER_ABLATIONS = {
+    "specks (1)": {"speck_share": 0.0},
+    "close rows above one another are one (2)": {"stack_gap": -np.inf},
+    "pieces above one another are one digit (3)": {"x_overlap": np.inf},
+    "a short piece beside a digit is its stroke (3)": {"stroke_gap": -np.inf},
+    "a short piece on its own must be big enough (3)": {"smallest_digit": 0.0},
+    "touching digits are cut (4)": {"split_from": np.inf},
+    "a cut must be surer than the whole (4)": {"split_margin": 0.0, "margin_per_width": 0.0},
+}
+
+
+def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
+    """Print what each rule of section [11b] is worth: numbers read exactly and digits right on
+    strings of USPS digits and of MNIST test digits (made as in measure_numbers), with all rules,
+    and with each taken out in turn.
+
+        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --ablation
+    """
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    usps = load_usps(folder)
+    kinds = [("USPS", "p16 black"), ("USPS", "p64 white"), ("USPS", "photo")]
+    if HAVE_MNIST:
+        _, _, X_test, test_labels = real_mnist()
+        kinds.append(("MNIST test", "p64 black"))
+    columns = []   # (presentation, [(image bytes, true number)])
+    for number, (source, how) in enumerate(kinds):
+        images, labels = usps if source == "USPS" else (X_test.reshape(-1, 28, 28), test_labels)
+        rng = np.random.default_rng(9000 + number)
+        made = []
+        for _ in range(strings):
+            chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
+            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(len(chosen) - 1, rng), rng)
+            made.append((present_number(strip, rng, how), "".join(str(int(labels[i])) for i in chosen)))
+        columns.append((f"{source}, {NUMBER_PRESENTATIONS[how]}", made))
+    print(f"model {model_path}; {strings} strings of 2-8 digits per column; numbers exactly right / digits right")
+    print("| taken out | " + " | ".join(name for name, _ in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, change in [("nothing (all rules)", {})] + list(NUMBER_ABLATIONS.items()):
+        cells = []
+        with mock.patch.dict(mnist.NUMBER_RULES, change):
+            for _, made in columns:
+                read = [read_number_bytes(data, Ws, bs, activation) for data, _ in made]
+                total = sum(len(truth) for _, truth in made)
+                right = total - sum(mnist.edit_distance(truth, r) for (_, truth), r in zip(made, read))
+                exact = sum(truth == r for (_, truth), r in zip(made, read))
+                cells.append(f"{100 * exact / len(made):.1f} % / {100 * right / total:.1f} %")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+def time_number_photos(model_path, photos=5, folder=USPS_DIR):
+    """Time predict on 12-megapixel (4000 x 3000) phone photos of 10-digit USPS numbers: reading
+    the JPEG (read_image), preparing it (predict_image) and cutting and reading the digits
+    (read_digits), each on its own, per photo and the median.
+
+        python test_mnist_from_scratch.py --time-number-photos MODEL [PHOTOS] [USPS_FOLDER]
+    """
+    from PIL import Image
+    Ws, bs, meta = mnist.load_model(model_path)
+    activation = meta.get("activation", "relu")
+    images, labels = load_usps(folder)
+    times = []
+    with tempfile.TemporaryDirectory() as temporary:
+        for number in range(photos):
+            rng = np.random.default_rng(100 + number)
+            chosen = rng.choice(len(labels), 10, replace=False)
+            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(9, rng), rng)
+            size = (800, round(strip.shape[0] * 800 / strip.shape[1]))
+            ink = np.zeros((750, 1000), np.float32)
+            ink[300:300 + size[1], 100:900] = np.clip(np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC)), 0, 1)
+            photo = Image.open(io.BytesIO(photograph(ink, rng))).resize((4000, 3000), Image.BICUBIC)
+            path = os.path.join(temporary, "photo.jpg")
+            photo.save(path, "JPEG", quality=90)
+            start = time.perf_counter()
+            gray, alpha = read_image(path)
+            read = time.perf_counter()
+            x28, P, steps = mnist.predict_image(gray, alpha, Ws, bs, activation)
+            prepared = time.perf_counter()
+            digits = mnist.read_digits(steps, lambda X: mnist.predict_proba(X, Ws, bs, activation))
+            done = time.perf_counter()
+            times.append((read - start, prepared - read, done - prepared))
+            print(f"{''.join(str(int(labels[i])) for i in chosen)} read as {mnist.number_text(digits)}: "
+                  f"read_image {times[-1][0]:.2f} s, predict_image {times[-1][1]:.2f} s, "
+                  f"cutting and reading the digits {times[-1][2]:.2f} s", flush=True)
+    median = np.median(times, axis=0)
+    print(f"median: read_image {median[0]:.2f} s, predict_image {median[1]:.2f} s, cutting and reading "
+          f"{median[2]:.2f} s; predict_image + cutting and reading {np.median([t[1] + t[2] for t in times]):.2f} s")
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-notebooks"]:
         measure_notebooks(*[int(n) for n in sys.argv[2:3]])
@@ -5032,6 +5482,21 @@ if __name__ == "__main__":
         measure_slow_clients(*(sys.argv[2:3] or ["model.npz"]), *[int(n) for n in sys.argv[3:4]])
     elif sys.argv[1:2] == ["--serve-screenshot"]:
         serve_screenshot(*(sys.argv[2:3] or ["model.npz"]), *sys.argv[3:4])
+    elif sys.argv[1:2] == ["--time-number-photos"]:  # MODEL [PHOTOS] [USPS_FOLDER]
+        arguments = sys.argv[2:]
+        folders = [a for a in arguments if os.path.isdir(a)]
+        time_number_photos(*([a for a in arguments if not a.isdigit() and a not in folders] or ["model.npz"])[:1],
+                           *[int(n) for n in arguments if n.isdigit()][:1], folder=(folders or [USPS_DIR])[0])
+    elif sys.argv[1:2] == ["--measure-numbers"]:  # MODEL [STRINGS [SINGLES]] [USPS_FOLDER]
+        arguments = sys.argv[2:]
+        folders = [a for a in arguments if os.path.isdir(a)]
+        models = [a for a in arguments if not a.isdigit() and a not in folders] or ["model.npz"]
+        counts = [int(n) for n in arguments if n.isdigit()]
+        models = [a for a in models if a != "--ablation"] or ["model.npz"]
+        if "--ablation" in arguments:
+            measure_number_ablation(models[0], *counts[:1], folder=(folders or [USPS_DIR])[0])
+        else:
+            measure_numbers(models[0], *counts[:2], folder=(folders or [USPS_DIR])[0])
     elif sys.argv[1:2] == ["--measure-usps"]:
         arguments = [a for a in sys.argv[2:] if a != "--ablation"]
         digits = [int(n) for n in arguments if n.isdigit()]
