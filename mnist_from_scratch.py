@@ -3057,6 +3057,9 @@ def plot_probabilities(images, probabilities, path, show=False):
         grid[1, k].set_xticks(range(10), [str(digit) for digit in range(10)], fontsize=6)
         grid[1, k].tick_params(labelleft=k == 0)  # one probability scale, on the left
     figure.suptitle("the probability of each digit, P = softmax(Z)")
+    return _save_figure(figure, path)
+
+
 def plot_number(original, digits, path, steps=None, show=False):
     """Draw the image with a numbered box around each digit found (reading order), and below it
     each digit's 28x28 input, the digit read and its probability (an unsure one in red).

@@ -4163,8 +4163,8 @@ class TestReadingANumber(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         X_train, y_train, X_test, labels = real_mnist()
-        cls.Ws, cls.bs, _, _ = mnist.train(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
-                                           batch_size=64, lr=0.05, seed=0)
+        cls.Ws, cls.bs, _, _ = mnist.train_full(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                                batch_size=64, lr=0.05, seed=0)
         cls.folder = tempfile.TemporaryDirectory()
         cls.model = os.path.join(cls.folder.name, "model.npz")
         mnist.save_model(cls.model, cls.Ws, cls.bs, {"activation": "relu", "sizes": [784, 64, 10],
