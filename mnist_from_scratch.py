@@ -2286,7 +2286,8 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  strokes (a 7's bar); a short piece on its own is a small digit if it is tall
 #                  enough, a speck or a dash otherwise
 #   5. far away    the digits of a number lie close together: a piece far from all the others
-#                  (the edge of the table a photographed page lies on) is not one of them
+#                  and along the picture's edge (the edge of the table a photographed page
+#                  lies on) is not one of them
 #   4. touching    a piece wide enough for two digits may be several digits touching. Where to
 #      digits      cut it is decided with the network's help ("recognition-based
 #                  segmentation"): the columns with the least ink (the minima of the column
@@ -2418,18 +2419,26 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
                 digits.append(group)
         digits.sort(key=lambda group: box(group)[2])
         result.append([(group, box(group), row_height) for group in digits])
-    return labels, chained(result, mass, rules)
+    return labels, chained(result, mass, pieces.shape, rules)
 
 
-def chained(rows, mass, rules=NUMBER_RULES):
+def chained(rows, mass, shape, rules=NUMBER_RULES):
     """Rule 5: the digits of a number lie close together. Starting from the digit with the most
-    ink, keep every digit within chain_gap row heights sideways (or chain_rows row heights up or
-    down) of one already kept; what lies farther away (the edge of a table, a mark in the margin)
-    is not part of the number. rows: as cut_into_digits makes them, with each digit's row height."""
+    ink (not lying along the edge), every digit within chain_gap row heights sideways (or chain_rows row heights up or
+    down) of one already kept is kept; of the others, those lying wholly along the picture's
+    edge (within 0.15 of its shorter side: what is left of the table a page lies on) are no
+    digits.
+    rows: as cut_into_digits makes them, with each digit's row height; shape: the picture's."""
     digits = [(r, k) for r, row in enumerate(rows) for k in range(len(row))]
     if not digits:
         return []
-    kept = {max(digits, key=lambda d: mass[rows[d[0]][d[1]][0]].sum())}
+    band = 0.15 * min(shape)
+
+    def inside(digit):
+        t, b, l, rt = rows[digit[0]][digit[1]][1]
+        return min(b, rt, shape[0] - 1 - t, shape[1] - 1 - l) > band
+    start = [d for d in digits if inside(d)] or digits
+    kept = {max(start, key=lambda d: mass[rows[d[0]][d[1]][0]].sum())}
     grown = True
     while grown:
         grown = False
@@ -2446,6 +2455,7 @@ def chained(rows, mass, rules=NUMBER_RULES):
                     kept.add((r, k))
                     grown = True
                     break
+    kept |= {d for d in digits if inside(d)}  # far from the others, not along the edge: a digit
     result = [[(members, box) for k, (members, box, _) in enumerate(row) if (r, k) in kept]
               for r, row in enumerate(rows)]
     return [row for row in result if row]
