@@ -2285,9 +2285,9 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
 #                  strokes (a 7's bar); a short piece on its own is a small digit if it is tall
 #                  enough, a speck or a dash otherwise
-#   5. far away    the digits of a number lie close together: a piece far from all the others
-#                  and along the picture's edge (the edge of the table a photographed page
-#                  lies on) is not one of them
+#   5. far away    the digits of a number lie close together: a piece along the picture's edge
+#                  and far from all the others (the edge of the table a photographed page lies
+#                  on) is not one of them
 #   4. touching    a piece wide enough for two digits may be several digits touching. Where to
 #      digits      cut it is decided with the network's help ("recognition-based
 #                  segmentation"): the columns with the least ink (the minima of the column
@@ -2423,11 +2423,11 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
 
 
 def chained(rows, mass, shape, rules=NUMBER_RULES):
-    """Rule 5: the digits of a number lie close together. Starting from the digit with the most
-    ink (not lying along the edge), every digit within chain_gap row heights sideways (or chain_rows row heights up or
-    down) of one already kept is kept; of the others, those lying wholly along the picture's
-    edge (within 0.15 of its shorter side: what is left of the table a page lies on) are no
-    digits.
+    """Rule 5: the digits of a number lie close together. A digit lying wholly along the
+    picture's edge (within 0.15 of its shorter side, where what is left of the table a page lies
+    on shows) is kept only when it is chained to the others: within chain_gap row heights
+    sideways (and chain_rows up or down) of a digit kept, starting from the one with the most ink
+    that is not along the edge. Every other digit is kept.
     rows: as cut_into_digits makes them, with each digit's row height; shape: the picture's."""
     digits = [(r, k) for r, row in enumerate(rows) for k in range(len(row))]
     if not digits:
