@@ -2315,8 +2315,8 @@ NUMBER_RULES = {
     "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
     "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
     "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
-    "chain_gap": 0.75,      # 5: digits of a number at most 0.75 row heights apart (strings' widest: 0.5)
-    "chain_rows": 1.5,      # 5: ... and rows at most 1.5 row heights apart
+    "chain_gap": 0.5,       # 5: digits along the edge at most 0.5 digit heights from the next (the
+    "chain_rows": 1.5,      #    strings' widest gap: 8 px at 16 px), and rows 1.5 digit heights
     "split_from": 0.5,      # 4: pieces wider than 0.5 row heights are tried for cutting (a USPS 1: < 0.4)
     "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
     "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
@@ -2425,8 +2425,8 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
 def chained(rows, mass, shape, rules=NUMBER_RULES):
     """Rule 5: the digits of a number lie close together. A digit lying wholly along the
     picture's edge (within 0.15 of its shorter side, where what is left of the table a page lies
-    on shows) is kept only when it is chained to the others: within chain_gap row heights
-    sideways (and chain_rows up or down) of a digit kept, starting from the one with the most ink
+    on shows) is kept only when it is chained to the others: within chain_gap times the height
+    of a digit kept sideways (and chain_rows times it up or down), starting from the one with the most ink
     that is not along the edge. Every other digit is kept.
     rows: as cut_into_digits makes them, with each digit's row height; shape: the picture's."""
     digits = [(r, k) for r, row in enumerate(rows) for k in range(len(row))]
@@ -2448,7 +2448,7 @@ def chained(rows, mass, shape, rules=NUMBER_RULES):
             t, b, l, rt = rows[r][k][1]
             for r2, k2 in list(kept):
                 t2, b2, l2, rt2 = rows[r2][k2][1]
-                height = rows[r2][k2][2]
+                height = b2 - t2 + 1  # the kept digit's own: a strip along the edge may be taller
                 sideways = max(l - rt2, l2 - rt, 0)
                 upwards = max(t - b2, t2 - b, 0)
                 if sideways <= rules["chain_gap"] * height and upwards <= rules["chain_rows"] * height:
