@@ -2336,8 +2336,11 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  above one another are one row: a digit broken into an upper and a lower piece
 #   3. one digit   pieces lying above one another (overlapping in x) are one digit: a 5 and its
 #      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
-#                  strokes (a 7's bar); a short piece on its own is a small digit if it is big
-#                  enough, a speck otherwise
+#                  strokes (a 7's bar); a short piece on its own is a small digit if it is tall
+#                  enough, a speck or a dash otherwise
+#   5. far away    the digits of a number lie close together: a piece along the picture's edge
+#                  and far from all the others (the edge of the table a photographed page lies
+#                  on) is not one of them
 #   4. touching    a piece wide enough for two digits may be several digits touching. Where to
 #      digits      cut it is decided with the network's help ("recognition-based
 #                  segmentation"): the columns with the least ink (the minima of the column
@@ -2361,10 +2364,12 @@ NUMBER_RULES = {
     "speck_share": 0.03,    # 1: less ink than 3 % of the largest piece is a speck (keep_digit_components's)
     "tall": 0.5,            # 2: digit-sized when half as tall as the largest piece (flat USPS 2s: 0.62)
     "row_overlap": 0.5,     # 2: one row when the heights overlap by half the shorter piece's
-    "stack_gap": 0.5,       # 2: rows closer than half their height, their pieces above one another, are one
+    "stack_gap": 0.75,      # 2: rows closer than 0.75 of their height, pieces above one another, are one
     "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
     "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
-    "smallest_digit": 0.3,  # 3: a short piece alone is a digit when its longer side is 0.3 row heights
+    "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
+    "chain_gap": 0.5,       # 5: digits along the edge at most 0.5 digit heights from the next (the
+    "chain_rows": 1.5,      #    strings' widest gap: 8 px at 16 px), and rows 1.5 digit heights
     "split_from": 0.5,      # 4: pieces wider than 0.5 row heights are tried for cutting (a USPS 1: < 0.4)
     "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
     "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
@@ -2415,7 +2420,7 @@ def join_groups(groups, belong):
 
 def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
     """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
-    rules 1-3 above. Returns (labels, rows): labels from label_components, and the rows top to
+    rules 1-3 and 5 above. Returns (labels, rows): labels from label_components, and the rows top to
     bottom, each a list, left to right, of (members, box): the labels of the pieces that form one
     digit (or several touching, see split_touching) and their box (top, bottom, left, right)."""
     labels, count = label_components(pieces)
@@ -2463,11 +2468,50 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
             gaps = [max(box(d)[2] - r, l - box(d)[3]) for d in digits]
             if gaps and min(gaps) <= rules["stroke_gap"] * row_height:
                 digits[int(np.argmin(gaps))] += group
-            elif max(b - t, r - l) + 1 >= rules["smallest_digit"] * row_height:
+            elif b - t + 1 >= rules["smallest_digit"] * row_height:  # a flat bar is no digit
                 digits.append(group)
         digits.sort(key=lambda group: box(group)[2])
-        result.append([(group, box(group)) for group in digits])
-    return labels, result
+        result.append([(group, box(group), row_height) for group in digits])
+    return labels, chained(result, mass, pieces.shape, rules)
+
+
+def chained(rows, mass, shape, rules=NUMBER_RULES):
+    """Rule 5: the digits of a number lie close together. A digit lying wholly along the
+    picture's edge (within 0.15 of its shorter side, where what is left of the table a page lies
+    on shows) is kept only when it is chained to the others: within chain_gap times the height
+    of a digit kept sideways (and chain_rows times it up or down), starting from the one with the most ink
+    that is not along the edge. Every other digit is kept.
+    rows: as cut_into_digits makes them, with each digit's row height; shape: the picture's."""
+    digits = [(r, k) for r, row in enumerate(rows) for k in range(len(row))]
+    if not digits:
+        return []
+    band = 0.15 * min(shape)
+
+    def inside(digit):
+        t, b, l, rt = rows[digit[0]][digit[1]][1]
+        return min(b, rt, shape[0] - 1 - t, shape[1] - 1 - l) > band
+    start = [d for d in digits if inside(d)] or digits
+    kept = {max(start, key=lambda d: mass[rows[d[0]][d[1]][0]].sum())}
+    grown = True
+    while grown:
+        grown = False
+        for r, k in digits:
+            if (r, k) in kept:
+                continue
+            t, b, l, rt = rows[r][k][1]
+            for r2, k2 in list(kept):
+                t2, b2, l2, rt2 = rows[r2][k2][1]
+                height = b2 - t2 + 1  # the kept digit's own: a strip along the edge may be taller
+                sideways = max(l - rt2, l2 - rt, 0)
+                upwards = max(t - b2, t2 - b, 0)
+                if sideways <= rules["chain_gap"] * height and upwards <= rules["chain_rows"] * height:
+                    kept.add((r, k))
+                    grown = True
+                    break
+    kept |= {d for d in digits if inside(d)}  # far from the others, not along the edge: a digit
+    result = [[(members, box) for k, (members, box, _) in enumerate(row) if (r, k) in kept]
+              for r, row in enumerate(rows)]
+    return [row for row in result if row]
 
 
 def digit_input(ink, labels, members, box, floor, columns=None):

@@ -5383,6 +5383,7 @@ NUMBER_ABLATIONS = {
     "a short piece beside a digit is its stroke (3)": {"stroke_gap": -np.inf},
     "a short piece on its own must be big enough (3)": {"smallest_digit": 0.0},
     "touching digits are cut (4)": {"split_from": np.inf},
+    "digits far from the others are left out (5)": {"chain_gap": np.inf, "chain_rows": np.inf},
     "a cut must be surer than the whole (4)": {"split_margin": 0.0, "margin_per_width": 0.0},
 }
 
