@@ -6042,10 +6042,12 @@ def build_parser():
                         "samples/fashion)")
     p.set_defaults(run=command_samples, paths={"data_dir": "data folder", "out": "folder to write"})
 
-    p = add("predict", "recognise the digit in images (PNG or JPEG, or folders of them); "
-                       "files named like 7.png or 7_anna.jpg are also scored", saved_model, show)
+    p = add("predict", "recognise the digit, or every digit of a number, in images (PNG or JPEG, "
+                       "or folders of them); files named after what they show, like 7.png, "
+                       "7_anna.jpg or 2026.jpg, are also scored", saved_model, show)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object per image, with "number" and each of its "digits"')
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw the image, the 28x28 input the network saw and its probabilities "
                         "(with several images: FILE_<image>.png each)")
