@@ -27,7 +27,8 @@ know exactly what to copy with it. Two of them change their input to save memory
 The application follows: preparing real photos, pictures, a drawing window, a web page, and
 the command line. The `# %% [n]` lines split the file into cells that VS Code, Spyder,
 PyCharm and Jupytext run one at a time, like a notebook; `python mnist_from_scratch.py
-notebook` writes the lesson as a Jupyter notebook.
+notebook` writes the lesson as a Jupyter notebook, and `notebook --exercises` the same lesson
+as an assignment, with a check after each function the student writes.
 
 What it deliberately leaves out: convolutions (the network sees the image as a flat list of
 784 numbers), automatic differentiation (every gradient is derived and written by hand), GPUs,
@@ -45,13 +46,13 @@ Notation, the same as in the README:
 Sections:
   the lesson                                the application
     [0]  imports                              [11] predicting one image
-    [1]  loading the data                     [12] pictures
-    [2]  initialization                       [13] drawing a digit live
-    [3]  forward pass                         [14] serving the network over HTTP
-    [4]  loss                                 [15] the lesson as a notebook
-    [5]  backward pass                        [16] getting the data: downloads, checksums
-    [6]  gradient check                       [17] command line
-    [7]  training loop
+    [1]  loading the data                     [11b] reading a number: cutting it into digits
+    [2]  initialization                       [12] pictures
+    [3]  forward pass                         [13] drawing a digit live
+    [4]  loss                                 [14] serving the network over HTTP
+    [5]  backward pass                        [15] the lesson as a notebook, and the exercises
+    [6]  gradient check                       [16] getting the data: downloads, checksums
+    [7]  training loop                        [17] command line
     [8]  evaluation
     [9]  saving and loading a model
     [10] better generalisation: distortions and dropout
