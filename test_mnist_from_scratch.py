@@ -4200,6 +4200,35 @@ class TestReadingANumber(unittest.TestCase):
         self.assertEqual(label_components(steps["pieces"])[1], 3)  # 0 and 5 are one piece of ink
         self.assertEqual(steps["number"], "2058")
 
+    def touching_pair(self, number, which):
+        """A strip of the two digits of `number` moved together until their ink is one piece."""
+        for gap in range(0, -8, -1):
+            strip, _ = number_strip(self.glyphs(number, which), [gap], np.random.default_rng(2), jitter=0)
+            if label_components(strip > 0.5)[1] == 1:
+                return strip
+        return None
+
+    def test_a_touching_pair_alone_is_read_as_two_digits(self):
+        read = [self.read(present_number(strip, np.random.default_rng(3), "p64 black"))["number"] == number
+                for which, number in enumerate(["10", "47", "23", "58", "96", "31", "70", "84"])
+                for strip in [self.touching_pair(number, which)] if strip is not None]
+        self.assertGreaterEqual(len(read), 6)  # pairs whose ink is one piece
+        self.assertGreaterEqual(sum(read), len(read) // 4)  # a lone piece was never cut: 0
+
+    def test_a_single_wide_digit_stays_one_digit(self):
+        wide = []  # the widest legible 0s and 2s: wider than tall, as wide as touching pairs are
+        for digit in (0, 2):
+            ratios = [(glyph_of(self.images[i]).shape[1] / glyph_of(self.images[i]).shape[0], i)
+                      for i in np.flatnonzero(self.labels == digit)[:400]]
+            wide += [i for ratio, i in sorted(ratios)[-5:]]
+        for index in wide:
+            glyph = glyph_of(self.images[index])
+            self.assertGreater(glyph.shape[1], 1.1 * glyph.shape[0])
+            for how in ("p16 black", "p64 white"):
+                strip, _ = number_strip([glyph], [], np.random.default_rng(4))
+                number = self.read(present_number(strip, np.random.default_rng(4), how))["number"]
+                self.assertEqual(len(number), 1, f"test digit {index} ({how}) read as {number}")
+
     def pieces_of(self, index):
         return label_components(self.images[index] > 0.3)[1]
 
@@ -5385,6 +5414,7 @@ NUMBER_ABLATIONS = {
     "touching digits are cut (4)": {"split_from": np.inf},
     "digits far from the others are left out (5)": {"chain_gap": np.inf, "chain_rows": np.inf},
     "a cut must be surer than the whole (4)": {"split_margin": 0.0, "margin_per_width": 0.0},
+    "a wide piece whose parts are sure is cut (4)": {"sure_from": np.inf},
 }
 
 
