@@ -2430,11 +2430,12 @@ def join_groups(groups, belong):
     return groups
 
 
-def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
+def cut_into_digits(pieces, ink, rules=None):
     """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
     rules 1-3 and 5 above. Returns (labels, rows): labels from label_components, and the rows top to
     bottom, each a list, left to right, of (members, box): the labels of the pieces that form one
     digit (or several touching, see split_touching) and their box (top, bottom, left, right)."""
+    rules = NUMBER_RULES if rules is None else rules
     labels, count = label_components(pieces)
     if count == 0:
         return labels, []
@@ -2487,13 +2488,14 @@ def cut_into_digits(pieces, ink, rules=NUMBER_RULES):
     return labels, chained(result, mass, pieces.shape, rules)
 
 
-def chained(rows, mass, shape, rules=NUMBER_RULES):
+def chained(rows, mass, shape, rules=None):
     """Rule 5: the digits of a number lie close together. A digit lying wholly along the
     picture's edge (within 0.15 of its shorter side, where what is left of the table a page lies
     on shows) is kept only when it is chained to the others: within chain_gap times the height
     of a digit kept sideways (and chain_rows times it up or down), starting from the one with the most ink
     that is not along the edge. Every other digit is kept.
     rows: as cut_into_digits makes them, with each digit's row height; shape: the picture's."""
+    rules = NUMBER_RULES if rules is None else rules
     digits = [(r, k) for r, row in enumerate(rows) for k in range(len(row))]
     if not digits:
         return []
@@ -2545,10 +2547,11 @@ def digit_input(ink, labels, members, box, floor, columns=None):
     return mask_to_mnist(alone, mask, floor)[0]
 
 
-def candidate_cuts(profile, row_height, rules=NUMBER_RULES):
+def candidate_cuts(profile, row_height, rules=None):
     """Columns where touching digits may be cut: the local minima of the column profile (ink
     pixels per column), at least thinnest_digit row heights from either end, the emptiest
     most_cuts of them."""
+    rules = NUMBER_RULES if rules is None else rules
     margin = max(1, int(np.ceil(rules["thinnest_digit"] * row_height)))
     padded = np.concatenate(([np.inf], profile, [np.inf]))
     minima = np.flatnonzero((padded[1:-1] <= padded[:-2]) & (padded[1:-1] <= padded[2:]))
@@ -2557,7 +2560,7 @@ def candidate_cuts(profile, row_height, rules=NUMBER_RULES):
     return np.sort(emptiest)
 
 
-def split_touching(ink, labels, members, box, floor, row_height, network, rules=NUMBER_RULES):
+def split_touching(ink, labels, members, box, floor, row_height, network, rules=None):
     """Rule 4: read a piece that may hold several touching digits. Every way of cutting it at
     the candidate cuts into digits between thinnest_digit and widest_digit row heights wide is
     read, each cut-out digit once, and the best cutting found by dynamic programming: for each
@@ -2567,6 +2570,7 @@ def split_touching(ink, labels, members, box, floor, row_height, network, rules=
     (width / row_height - 1); otherwise the piece is one digit.
     network: a function (m, 784) -> (m, 10) probabilities.
     Returns a list of (x28, P, box), left to right."""
+    rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
     width = right - left + 1
     whole = digit_input(ink, labels, members, box, floor)
@@ -2611,13 +2615,14 @@ def split_touching(ink, labels, members, box, floor, row_height, network, rules=
             for i, j in reversed(ends)]
 
 
-def read_digits(steps, network, rules=NUMBER_RULES):
+def read_digits(steps, network, rules=None):
     """Every digit in the picture that image_to_mnist prepared (its steps), in reading order.
 
     Returns a list of dicts {'digit', 'probabilities' (10,), 'x28' (28, 28), 'box' (top, bottom,
     left, right in the pixels of steps['gray'], inclusive), 'row' (0, 1, ...)}.
     network: a function (m, 784) -> (m, 10) probabilities.
     """
+    rules = NUMBER_RULES if rules is None else rules
     labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
     if sum(len(row) for row in rows) == 1:  # one piece: cut only when its digits are sure
         (members, box), = rows[0]

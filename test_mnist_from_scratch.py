@@ -5531,7 +5531,7 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--measure-usps"]:
         arguments = [a for a in sys.argv[2:] if a != "--ablation"]
         digits = [int(n) for n in arguments if n.isdigit()]
-        folders = [a for a in arguments if os.path.isdir(a)]  # where zip.train.gz is, if not ../shared/usps
+        folders = [a for a in arguments if os.path.isdir(a)]  # where zip.train.gz is, if not data/usps
         models = [a for a in arguments if not a.isdigit() and a not in folders] or ["model.npz"]
         if "--ablation" in sys.argv:  # [DIGITS [PHOTOS_PER_KIND [NO_DIGIT_IMAGES_PER_KIND]]]
             measure_ablation(models[0], *digits[:3], usps_folder=(folders or [USPS_DIR])[0])
