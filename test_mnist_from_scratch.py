@@ -5,50 +5,118 @@ Run:  python -m unittest -v test_mnist_from_scratch
 The tests that need the real MNIST read it from data/ (run `python mnist_from_scratch.py
 download` once, or copy the four .gz files there). No test needs the internet.
 """
+
+
 import argparse
+
+
 import contextlib
+
+
 import functools
+
+
 import gzip
+
+
 import hashlib
+
+
 import io
+
+
 import json
+
+
 import math
+
+
 import os
+
+
 import re
+
+
 import shutil
+
+
 import signal
+
+
 import struct
+
+
 import subprocess
+
+
 import sys
+
+
 import tempfile
+
+
 import threading
+
+
 import time
+
+
 import unittest
+
+
 import urllib.error
+
+
 import warnings
+
+
 import urllib.request
+
+
 from types import SimpleNamespace
+
+
 from unittest import mock
+
 
 import numpy as np
 
+
 import mnist_from_scratch as mnist
+
+
 from mnist_from_scratch import (AUGMENT_PRESETS, augment_batch, bilinear_sample, elastic_displacement,
                                  gaussian_matrix, random_affine_grids)
+
+
 from mnist_from_scratch import (display_available, plot_confusion, plot_errors, plot_history,
                                  plot_prediction, plot_weights, save_digit_png, save_sample_digits,
                                  worst_errors, write_atomically)
+
+
 from mnist_from_scratch import (center_by_mass, decide_polarity, digit_from_filename, estimate_background,
                                 estimate_stroke_width, image_to_mnist, label_components,
                                 otsu_threshold, outside_the_page, read_image, remove_grid_lines)
+
+
 from mnist_from_scratch import CANVAS_SIZE, NO_DISPLAY_MESSAGE, PEN_RADIUS, DrawingPad, render_stroke
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 SCRIPT = os.path.join(HERE, "mnist_from_scratch.py")
+
+
 DATA_DIR = os.path.join(HERE, "data")
+
+
 HAVE_MNIST = all(os.path.exists(os.path.join(DATA_DIR, name + ".gz")) or
                  os.path.exists(os.path.join(DATA_DIR, name)) for name in mnist.MNIST_FILES)
+
+
 needs_mnist = unittest.skipUnless(HAVE_MNIST, "MNIST is not in data/ (run the download command)")
+
 
 _MNIST = None
 
@@ -93,6 +161,8 @@ def interrupt_training_after_one_epoch(argv):
             train.kill()
     return train.returncode, out, err
 
+
+# ==== [1] Loading the data ========================================================================
 
 def idx_bytes(array, type_code):
     """An IDX file's bytes for an array, written independently of the loader under test."""
@@ -250,6 +320,8 @@ class TestLoadingTheData(unittest.TestCase):
         self.assertEqual(os.listdir(self.path("d")), [])  # no half-written file left behind
 
 
+# ==== [2]-[6] The network: initialization, forward pass, loss, backward pass, gradient check ======
+
 class TestTheNetwork(unittest.TestCase):
 
     def test_output_and_activation_shapes_for_several_depths(self):
@@ -372,6 +444,8 @@ class TestTheNetwork(unittest.TestCase):
         C = mnist.confusion_matrix(np.array([1, 1, 2, 0]), np.array([1, 2, 2, 0]))
         self.assertEqual((C[1, 1], C[1, 2], C[2, 2], C[0, 0], C.sum()), (1, 1, 1, 1, 4))
 
+
+# ==== [7] Training loop ===========================================================================
 
 class TestTraining(unittest.TestCase):
 
@@ -499,6 +573,8 @@ class TestTraining(unittest.TestCase):
                 mnist.train_full(X, y, hidden=(32,), epochs=3, lr=1e6, schedule="constant")
 
 
+# ==== [9] Saving and loading a model ==============================================================
+
 class TestSavingAndLoading(unittest.TestCase):
 
     def setUp(self):
@@ -534,507 +610,308 @@ class TestSavingAndLoading(unittest.TestCase):
             mnist.load_model(self.path)
 
 
-class TestCommandLine(unittest.TestCase):
-    """The script end to end, run as a user runs it."""
+# ==== [10] Better generalisation: distorted digits and dropout ====================================
 
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.model = os.path.join(cls.tmp.name, "tiny.npz")
-        if HAVE_MNIST:
-            start = time.perf_counter()
-            cls.train_run = run_cli("train", "--data-dir", DATA_DIR, "--model", cls.model,
-                                    "--epochs", "1", "--hidden", "32", "--val-size", "1000")
-            cls.train_wall_seconds = time.perf_counter() - start
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    @needs_mnist
-    def test_train_logs_each_epoch_and_saves_a_model_with_its_history(self):
-        code, out, err = self.train_run
-        self.assertEqual(code, 0, err)
-        self.assertRegex(out, r"epoch +1/1 +train loss \d\.\d+ acc +\d+\.\d+ %  val loss")
-        self.assertRegex(out, r"test accuracy 9\d\.\d\d %")
-        with np.load(self.model, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-        self.assertEqual(meta["sizes"], [784, 32, 10])
-        self.assertEqual(len(meta["history"]), 1)
-        entry = meta["history"][0]
-        self.assertEqual(set(entry), {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
-                                      "seconds"})
-        self.assertGreater(entry["seconds"], 0)
-        self.assertLess(entry["seconds"], self.train_wall_seconds)  # one epoch, not the whole run
-        self.assertGreater(meta["test_accuracy"], 0.9)
-
-    @needs_mnist
-    def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
-        code, out, err = self.train_run
-        self.assertEqual(code, 0, err)
-        with np.load(self.model, allow_pickle=False) as z:
-            settings = json.loads(str(z["meta"]))["settings"]
-        self.assertEqual((settings["augment"], settings["distortions"]), ("light", 2048))
-        self.assertIn("distortions light (2048 drawn per epoch)", out)
-        args = mnist.build_parser().parse_args(["train", "--augment", "none"])
-        self.assertEqual(args.augment, "none")
-        self.assertEqual(mnist.build_parser().parse_args(["train", "--distortions", "0"]).distortions, 0)
-        # Distortions are drawn in chunks of 256 images, and the log says how many were drawn.
-        code, out, err = run_cli("train", "--data-dir", DATA_DIR, "--model", os.path.join(self.tmp.name, "d.npz"),
-                                 "--epochs", "1", "--hidden", "8", "--distortions", "300")
-        self.assertEqual(code, 0, err)
-        self.assertIn("distortions light (512 drawn per epoch)", out)
-
-    @needs_mnist
-    def test_evaluate_json_reports_accuracy_loss_and_confusion(self):
-        code, out, err = run_cli("evaluate", "--json", "--data-dir", DATA_DIR, "--model", self.model)
-        self.assertEqual(code, 0, err)
-        result = json.loads(out)
-        self.assertEqual(result["n"], 10000)
-        self.assertEqual(np.array(result["confusion"]).shape, (10, 10))
-        self.assertEqual(np.array(result["confusion"]).sum(), 10000)
-        self.assertAlmostEqual(result["accuracy"], np.trace(result["confusion"]) / 10000)
-        with np.load(self.model, allow_pickle=False) as z:
-            self.assertAlmostEqual(result["accuracy"], json.loads(str(z["meta"]))["test_accuracy"])
-
-    @needs_mnist
-    def test_output_into_a_closed_pipe_stops_quietly(self):
-        # As in `predict photos/ | head -1`: the reader goes away before the output is written.
-        from PIL import Image
-        path = os.path.join(self.tmp.name, "grey.png")
-        Image.fromarray(np.full((50, 50), 128, np.uint8)).save(path)
-        env = dict(os.environ, MPLBACKEND="Agg")
-        env.pop("PYTHONUNBUFFERED", None)  # as for most users: output into a pipe is buffered
-        app = subprocess.Popen([sys.executable, SCRIPT, "predict", "--model", self.model] + [path] * 20,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        app.stdout.close()
-        with app.stderr:
-            errors = app.stderr.read().decode()
-        app.wait(timeout=120)
-        self.assertNotIn("Traceback", errors)
-        self.assertEqual(errors, "")
-        self.assertEqual(app.returncode, 1)
-
-    @needs_mnist
-    def test_predict_json_on_drawn_images(self):
-        _, _, X_test, y_test = real_mnist()
-        Ws, bs, _ = mnist.load_model(self.model)
-        from PIL import Image
-        paths = []
-        for i in range(10):
-            # an MNIST test digit, enlarged 10x and drawn dark on light paper, like a scan
-            big = np.kron(X_test[i].reshape(28, 28), np.ones((10, 10)))
-            path = os.path.join(self.tmp.name, f"{y_test[i]}_{i}.png")
-            Image.fromarray((255 - 255 * big).astype(np.uint8)).save(path)
-            paths.append(path)
-        code, out, err = run_cli("predict", "--json", "--model", self.model, *paths)
-        self.assertEqual(code, 0, err)
-        results = [json.loads(line) for line in out.splitlines()]
-        self.assertEqual([r["path"] for r in results], paths)
-        for r in results:
-            self.assertEqual(len(r["probabilities"]), 10)
-            self.assertAlmostEqual(sum(r["probabilities"]), 1.0, places=4)
-            self.assertEqual(r["digit"], int(np.argmax(r["probabilities"])))
-        correct = sum(r["digit"] == int(y) for r, y in zip(results, y_test[:10]))
-        self.assertGreaterEqual(correct, 8)
-
-    @needs_mnist
-    def test_pictures_command_writes_the_readme_pictures(self):
-        out = os.path.join(self.tmp.name, "docs")
-        code, stdout, err = run_cli("pictures", "--data-dir", DATA_DIR, "--model", self.model,
-                                    "--out", out)
-        self.assertEqual(code, 0, err)
-        expected = {"confusion.png": (600, 560), "draw.png": (1000, 460),
-                    "example_photo.png": (600, 600), "prediction.png": (800, 560),
-                    "training.png": (800, 400), "weights.png": (600, 640)}
-        self.assertEqual(sorted(os.listdir(out)), sorted(expected))
-        for name, size in expected.items():
-            self.assertEqual(picture_problems(os.path.join(out, name), size), [], name)
-
-    @needs_mnist
-    def test_samples_then_predict_on_the_folder_scores_itself(self):
-        out = os.path.join(self.tmp.name, "samples")
-        code, _, err = run_cli("samples", "--data-dir", DATA_DIR, "--out", out)
-        self.assertEqual(code, 0, err)
-        code, stdout, err = run_cli("predict", out, "--model", self.model)
-        self.assertEqual(code, 0, err)
-        self.assertEqual(len(stdout.strip().splitlines()), 11)  # ten digits and the score
-        self.assertRegex(stdout.strip().splitlines()[-1], r"^(9|10) of 10 correct")
-
-    @needs_mnist
-    def test_predict_plot_with_steps_writes_one_picture_per_image(self):
-        out = os.path.join(self.tmp.name, "p.png")
-        photo = os.path.join(self.tmp.name, "4_photo.png")
-        from PIL import Image
-        Image.fromarray((255 * mnist.example_photo()).astype(np.uint8)).save(photo)
-        code, stdout, err = run_cli("predict", photo, "--model", self.model, "--plot", out, "--steps")
-        self.assertEqual(code, 0, err)
-        self.assertEqual(png_size(out)[0], 800)
-        self.assertGreater(png_size(out)[1], 360)  # a row of step panels above the result
-        self.assertIn("wrote", stdout)
-
-    @needs_mnist
-    def test_evaluate_and_weights_draw_their_pictures_without_a_display(self):
-        out = {name: os.path.join(self.tmp.name, name + ".png")
-               for name in ("confusion", "errors", "history", "weights")}
-        code, stdout, err = run_cli("evaluate", "--data-dir", DATA_DIR, "--model", self.model,
-                                    "--plot", out["confusion"], "--errors", out["errors"],
-                                    "--plot-history", out["history"])
-        self.assertEqual(code, 0, err)
-        code, stdout2, err = run_cli("weights", "--model", self.model, "--out", out["weights"])
-        self.assertEqual(code, 0, err)
-        for path in out.values():
-            self.assertIn(f"wrote {path}", stdout + stdout2)
-        sizes = {"confusion": (600, 560), "errors": (800, 430), "history": (800, 400),
-                 "weights": (600, 640)}
-        for name, size in sizes.items():
-            self.assertEqual(picture_problems(out[name], size), [], name)
-
-    @needs_mnist
-    def test_ctrl_c_stops_training_and_saves_the_best_model_so_far(self):
-        model = os.path.join(self.tmp.name, "interrupted.npz")
-        code, out, err = interrupt_training_after_one_epoch(
-            ["--data-dir", DATA_DIR, "--model", model, "--epochs", "200", "--hidden", "16",
-             "--val-size", "1000"])
-        self.assertEqual(code, 0, err)
-        self.assertIn("interrupted: saving the best model so far", err)
-        self.assertNotIn("Traceback", err)
-        Ws, bs, meta = mnist.load_model(model)
-        self.assertTrue(meta["interrupted"])
-        self.assertGreaterEqual(len(meta["history"]), 1)
-        self.assertLess(len(meta["history"]), 200)
-
-    def test_help_lists_every_command(self):
-        code, out, _ = run_cli("--help")
-        self.assertEqual(code, 0)
-        # The command list: one indented line per command, its name first.
-        listed = re.findall(r"^    ([a-z]+)(?:\s|$)", out, flags=re.MULTILINE)
-        self.assertEqual(sorted(listed), sorted(["train", "evaluate", "weights", "samples",
-                                                 "predict", "draw", "pictures", "gradcheck",
-                                                 "notebook", "download", "serve"]))
-
-    def test_gradcheck_command_passes(self):
-        code, out, _ = run_cli("gradcheck")
-        self.assertEqual(code, 0)
-        self.assertIn("OK (limit 1e-6)", out)
-
-    def test_busy_machine_notice_says_what_to_do_only_when_the_cores_are_busy(self):
-        notice = mnist.busy_machine_notice(load=3.0, cores=2, environ={})
-        self.assertRegex(notice, r"^note: the cores are busy \(load average 3\.0 on 2 cores\)")
-        self.assertIn("OPENBLAS_NUM_THREADS=1", notice)
-        self.assertEqual(len(notice.splitlines()), 1)
-        self.assertIsNone(mnist.busy_machine_notice(load=0.5, cores=2, environ={}))
-        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=1, environ={}))  # one thread anyway
-        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=2, environ={"OPENBLAS_NUM_THREADS": "1"}))
-
-    def test_train_on_a_busy_machine_prints_the_notice_once_before_training(self):
-        folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, folder)
-        write_tiny_csv_mnist(os.path.join(folder, "data"))
-        argv = ["train", "--data-dir", os.path.join(folder, "data"), "--model", os.path.join(folder, "m.npz"),
-                "--epochs", "1", "--hidden", "4", "--val-size", "10"]
-        printed = {}
-        for load in (6.0, 0.1):  # the load average train reads when it starts
-            out = io.StringIO()
-            with mock.patch.object(mnist.os, "getloadavg", return_value=(load, load, load)), \
-                    mock.patch.object(mnist.os, "cpu_count", return_value=2), mock.patch.dict(os.environ), \
-                    contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-                for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                    os.environ.pop(name, None)
-                self.assertEqual(mnist.main(argv), 0)
-            printed[load] = out.getvalue().splitlines()
-        notices = [i for i, line in enumerate(printed[6.0]) if line.startswith("note: the cores are busy")]
-        training = next(i for i, line in enumerate(printed[6.0]) if line.startswith("training "))
-        self.assertEqual(len(notices), 1)
-        self.assertLess(notices[0], training)
-        self.assertIn("load average 6.0 on 2 cores", printed[6.0][notices[0]])
-        self.assertEqual([line for line in printed[0.1] if "cores are busy" in line], [])
-
-    def assert_user_error(self, args, pattern):
-        code, out, err = run_cli(*args)
-        self.assertEqual(code, 2, (out, err))
-        self.assertNotIn("Traceback", err)
-        self.assertIn(len(err.strip().splitlines()), (1, 2), err)  # what is wrong; what to do
-        self.assertRegex(err, pattern)
-
-    def test_bad_flag_values_exit_2_with_one_line(self):
-        self.assert_user_error(["train", "--batch-size", "0"], "batch-size.*at least 1")
-        self.assert_user_error(["train", "--hidden", "abc"], "hidden.*512,256")
-        self.assert_user_error(["train", "--lr", "-1"], "lr.*positive")
-        self.assert_user_error(["train", "--momentum", "1.5"], "momentum")
-        self.assert_user_error(["frobnicate"], "invalid choice")
-
-    def test_missing_or_broken_files_exit_2_with_one_line(self):
-        missing = os.path.join(self.tmp.name, "nothing.npz")
-        self.assert_user_error(["evaluate", "--model", missing], "no model at .*train")
-        broken = os.path.join(self.tmp.name, "broken.npz")
-        with open(broken, "w") as f:
-            f.write("not a zip")
-        self.assert_user_error(["predict", "x.png", "--model", broken], "not a model file")
-
-    @needs_mnist
-    def test_missing_image_and_unwritable_model_path_exit_2(self):
-        self.assert_user_error(["predict", "--model", self.model, "no_such.png"], "no_such.png")
-        self.assert_user_error(["train", "--data-dir", DATA_DIR, "--epochs", "1", "--hidden", "8",
-                                "--model", "/no/such/folder/m.npz"], "folder /no/such/folder does not exist")
-
-    @needs_mnist
-    def test_exploding_learning_rate_keeps_the_saved_model(self):
-        with open(self.model, "rb") as f:
-            before = f.read()
-        self.assert_user_error(["train", "--data-dir", DATA_DIR, "--model", self.model,
-                                "--epochs", "1", "--hidden", "16", "--lr", "1e6",
-                                "--schedule", "constant"], "lower|too high")
-        with open(self.model, "rb") as f:
-            self.assertEqual(f.read(), before)
+# The strongest distortions offered for training (the "strong" preset): the realistic case.
+REALISTIC = dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
+                 elastic_alpha=34.0, elastic_sigma=5.0)
 
 
-def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
-    """A stand-in for MNIST in the CSV layout load_dataset reads (label, then 784 pixels): random
-    pixels, so training on it takes milliseconds. Made at run time; no real image in it."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    for name, rows in (("mnist_train.csv", train_rows), ("mnist_test.csv", test_rows)):
-        table = np.column_stack([np.arange(rows) % 10, rng.integers(0, 256, (rows, 784))])
-        np.savetxt(os.path.join(folder, name), table, fmt="%d", delimiter=",")
+OFF = dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
+           elastic_alpha=0.0, elastic_sigma=0.0)
 
 
-def save_model_claiming(path, test_accuracy, hidden=8):
-    """A model file whose meta says it reached test_accuracy (the weights are random)."""
-    Ws, bs = mnist.init_params([784, hidden, 10], seed=1)
-    mnist.save_model(path, Ws, bs, {"activation": "relu", "history": [], "test_accuracy": test_accuracy,
-                                    "val_accuracy": test_accuracy})
+class TestAugmentationAffineGrid(unittest.TestCase):
+    def test_zero_strength_grid_is_exactly_the_pixel_grid(self):
+        rows, cols = random_affine_grids(5, np.random.default_rng(0))
+        i, j = np.mgrid[0:28, 0:28]
+        self.assertEqual(rows.shape, (5, 28, 28))
+        self.assertEqual(rows.dtype, np.float32)
+        self.assertTrue(np.array_equal(rows, np.broadcast_to(i, rows.shape)))
+        self.assertTrue(np.array_equal(cols, np.broadcast_to(j, cols.shape)))
+
+    def test_shift_only_moves_every_pixel_by_the_same_amount_within_max_shift(self):
+        rows, cols = random_affine_grids(200, np.random.default_rng(1), max_shift=3.0)
+        i, j = np.mgrid[0:28, 0:28]
+        shift_rows = i - rows                                # new = old shifted by +t
+        shift_cols = j - cols
+        per_image = shift_rows[:, :1, :1]
+        self.assertLess(np.abs(shift_rows - per_image).max(), 1e-5)   # one shift per image
+        self.assertLess(np.abs(shift_cols - shift_cols[:, :1, :1]).max(), 1e-5)
+        self.assertLessEqual(np.abs(per_image).max(), 3.0)
+        self.assertGreater(np.abs(per_image).max(), 2.5)                # the range is used
+
+    def test_rotation_keeps_the_centre_and_all_distances_to_it(self):
+        rows, cols = random_affine_grids(50, np.random.default_rng(2), max_rotation_deg=30.0)
+        i, j = np.mgrid[0:28, 0:28]
+        old_distance = np.hypot(rows - 13.5, cols - 13.5)
+        new_distance = np.hypot(i - 13.5, j - 13.5)
+        self.assertLess(np.abs(old_distance - new_distance).max(), 1e-4)
+        # The rotation angle, read off the grid, stays within +-30 degrees and is not 0.
+        angle = np.degrees(np.arctan2(rows[:, 0, 0] - 13.5, cols[:, 0, 0] - 13.5)
+                           - np.arctan2(-13.5, -13.5))
+        angle = (angle + 180) % 360 - 180
+        self.assertLessEqual(np.abs(angle).max(), 30.0 + 1e-3)
+        self.assertGreater(np.abs(angle).max(), 20.0)
+
+    def test_scale_stretches_distances_from_the_centre_by_at_most_max_scale(self):
+        rows, cols = random_affine_grids(100, np.random.default_rng(3), max_scale=0.2)
+        # The digit is scaled by s, so the new pixel at offset d is read at offset d / s.
+        corner_ratio_rows = (0 - 13.5) / (rows[:, 0, 0] - 13.5)        # s_row per image
+        corner_ratio_cols = (0 - 13.5) / (cols[:, 0, 0] - 13.5)        # s_col per image
+        for s in (corner_ratio_rows, corner_ratio_cols):
+            self.assertGreaterEqual(s.min(), 0.8 - 1e-5)
+            self.assertLessEqual(s.max(), 1.2 + 1e-5)
+            self.assertGreater(s.max() - s.min(), 0.3)                 # the range is used
 
 
-def folder_snapshot(folder):
-    """Every file under folder -> the SHA-256 of its bytes: any change, new or lost file shows."""
-    snapshot = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            try:
-                with open(path, "rb") as f:
-                    snapshot[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-            except PermissionError:  # a file made unreadable on purpose: its size and time tell
-                info = os.stat(path)
-                snapshot[os.path.relpath(path, folder)] = (info.st_size, info.st_mtime_ns)
-    return snapshot
+class TestAugmentationGaussianSmoothing(unittest.TestCase):
+    def test_gaussian_matrix_rows_sum_to_one_in_the_middle_and_matrix_is_symmetric(self):
+        G = gaussian_matrix(28, 3.0)
+        self.assertEqual(G.shape, (28, 28))
+        self.assertTrue(np.array_equal(G, G.T))
+        self.assertAlmostEqual(float(G[14].sum()), 1.0, places=4)      # kernel fits inside
+        self.assertLess(float(G[0].sum()), 0.6)                        # edge: half outside
+
+    def test_two_matrix_products_equal_a_direct_2d_gaussian_convolution(self):
+        rng = np.random.default_rng(4)
+        field = rng.uniform(-1, 1, size=(28, 28)).astype(np.float32)
+        sigma = 2.5
+        G = gaussian_matrix(28, sigma)
+        separable = G @ field @ G.T
+        # Direct sum over all 28 x 28 source pixels with the 2-D kernel g(di) g(dj).
+        offsets = np.arange(-27, 28)
+        g = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+        g /= g.sum()
+        direct = np.zeros((28, 28))
+        for i in range(28):
+            for j in range(28):
+                weights = np.outer(g[27 - i:55 - i], g[27 - j:55 - j])  # g(k - i) g(l - j)
+                direct[i, j] = (weights * field).sum()
+        self.assertLess(np.abs(separable - direct).max(), 1e-5)
+
+    def test_at_whole_number_centres_the_matrix_is_those_columns_of_the_square_one(self):
+        centres = [0, 5, 13, 27]
+        G = gaussian_matrix(28, 3.0, centres)
+        self.assertEqual(G.shape, (28, 4))
+        self.assertTrue(np.allclose(G, gaussian_matrix(28, 3.0)[:, centres], atol=1e-7))
 
 
-class TestCarelessUse(unittest.TestCase):
-    """Whatever a careless user types, each command answers in one or two lines with exit
-    status 2, no traceback, before any training, and without changing any file."""
+class TestAugmentationElastic(unittest.TestCase):
+    def test_displacement_has_the_expected_size_and_zero_mean(self):
+        alpha, sigma = 34.0, 4.0
+        d_rows, d_cols = elastic_displacement(4000, np.random.default_rng(5), alpha, sigma)
+        self.assertEqual(d_rows.shape, (4000, 28, 28))
+        self.assertEqual(d_cols.dtype, np.float32)
+        # A uniform [-1, 1] value has variance 1/3; the smoothed value at the centre is a
+        # weighted sum with weights g(di) g(dj), so its std is alpha sqrt(1/3) sum_d g(d)^2.
+        g = gaussian_matrix(28, sigma)[14]
+        expected_std = alpha * np.sqrt(1 / 3) * np.sum(g ** 2)
+        for d in (d_rows, d_cols):
+            centre = d[:, 14, 14]
+            self.assertAlmostEqual(float(centre.std() / expected_std), 1.0, delta=0.05)
+            self.assertLess(abs(float(centre.mean())), 0.1 * expected_std)
 
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.dir = cls.tmp.name
-        from PIL import Image
-        cls.model = os.path.join(cls.dir, "model.npz")
-        save_model_claiming(cls.model, 0.5)
-        cls.data = os.path.join(cls.dir, "data")
-        write_tiny_csv_mnist(cls.data)
-        cls.photos = os.path.join(cls.dir, "photos")
-        os.makedirs(cls.photos)
-        for name in ("1_a.png", "7_b.png"):  # a dark bar on light paper, like a written 1
-            paper = np.full((60, 60), 230, np.uint8)
-            paper[10:50, 27:33] = 20
-            Image.fromarray(paper).save(os.path.join(cls.photos, name))
-        with open(os.path.join(cls.photos, "3_broken.png"), "wb") as f:
-            f.write(b"\x89PNG\r\n\x1a\n this is not really a PNG")
-        cls.image = os.path.join(cls.photos, "1_a.png")
-        cls.text = os.path.join(cls.dir, "notes.txt")
-        with open(cls.text, "w") as f:
-            f.write("my notes\n")
-        cls.not_a_model = os.path.join(cls.dir, "notes.npz")  # a user's file, named like a model
-        with open(cls.not_a_model, "w") as f:
-            f.write("not a model\n")
-        cls.broken_model = os.path.join(cls.dir, "broken.npz")
-        with open(cls.broken_model, "wb") as f:
-            f.write(b"PK\x03\x04 cut short")
-        cls.unreadable = os.path.join(cls.dir, "unreadable.npz")
-        shutil.copy(cls.model, cls.unreadable)
-        os.chmod(cls.unreadable, 0)
+    def test_correlation_of_two_pixels_d_apart_is_gaussian_in_d(self):
+        # Smoothing white noise with a Gaussian of std sigma gives a field whose values at
+        # two points d apart have correlation exp(-d^2 / (4 sigma^2)): near pixels move
+        # together, far ones independently.
+        sigma = 4.0
+        d_rows, _ = elastic_displacement(4000, np.random.default_rng(6), 34.0, sigma)
+        for d in (1, 4, 12):
+            a, b = d_rows[:, 14, 14 - d // 2], d_rows[:, 14, 14 - d // 2 + d]
+            expected = np.exp(-d ** 2 / (4 * sigma ** 2))                # 0.98, 0.61, 0.11
+            self.assertAlmostEqual(float(np.corrcoef(a, b)[0, 1]), expected, delta=0.06)
 
-    @classmethod
-    def tearDownClass(cls):
-        os.chmod(cls.unreadable, 0o600)
-        cls.tmp.cleanup()
+    def test_with_a_control_point_at_every_pixel_it_is_simards_blurred_noise(self):
+        # sigma = 1 puts the control points 1 pixel apart, on the pixels: then the field is
+        # exactly a Gaussian blur of one uniform number per pixel, G @ F @ G.T.
+        alpha, sigma, m = 8.0, 1.0, 3
+        d_rows, d_cols = elastic_displacement(m, np.random.default_rng(12), alpha, sigma)
+        noise = 2 * np.random.default_rng(12).random((m, 2, 28, 28), dtype=np.float32) - 1
+        G = gaussian_matrix(28, sigma)
+        expected = alpha * (G @ noise @ G.T)
+        self.assertLess(float(np.abs(d_rows - expected[:, 0]).max()), 1e-4)
+        self.assertLess(float(np.abs(d_cols - expected[:, 1]).max()), 1e-4)
 
-    def rows(self):
-        """(what the user did, command line, a pattern the error must match, needs)."""
-        d, m, data = self.dir, ["--model", self.model], ["--data-dir", self.data]
-        nowhere = os.path.join(d, "no_such_folder")
-        train = ["train", *data, "--epochs", "1", "--hidden", "4", "--val-size", "10"]
-        return [
-            # a file or folder that is not there
-            ("missing model, evaluate", ["evaluate", *data, "--model", d + "/none.npz"], "no model at", ""),
-            ("missing model, predict", ["predict", self.image, "--model", d + "/none.npz"], "no model at", ""),
-            ("missing model, weights", ["weights", "--model", d + "/none.npz", "--out", d + "/w.png"],
-             "no model at", ""),
-            ("missing model, draw", ["draw", "--model", d + "/none.npz"], "no model at", ""),
-            ("missing model, serve", ["serve", "--model", d + "/none.npz"], "no model at", ""),
-            ("notebook into a missing folder", ["notebook", "--out", nowhere + "/l.ipynb"],
-             "does not exist", ""),
-            ("notebook named like a picture", ["notebook", "--out", d + "/l.png"],
-             r"must end in \.ipynb", ""),
-            ("missing model, pictures", ["pictures", *data, "--model", d + "/none.npz", "--out", d + "/p"],
-             "no model at", ""),
-            ("missing image", ["predict", d + "/none.png", *m], "none.png: no such image file", ""),
-            ("missing folder of images", ["predict", nowhere + "/", *m], "no such folder", ""),
-            # a file that cannot be read, or is not what it should be
-            ("unreadable model", ["evaluate", *data, "--model", self.unreadable], "cannot be read", "not root"),
-            ("damaged model", ["predict", self.image, "--model", self.broken_model], "not a model file", ""),
-            ("text file as model", ["weights", "--model", self.text, "--out", d + "/w.png"],
-             "not a model file", ""),
-            ("only image is broken", ["predict", os.path.join(self.photos, "3_broken.png"), *m],
-             "cannot read image", ""),
-            # a folder where a file is wanted
-            ("folder as model to save", [*train, "--model", self.photos], "is a folder", ""),
-            ("folder as model to read", ["evaluate", *data, "--model", self.photos], "is a folder", ""),
-            ("folder as training plot", [*train, "--model", d + "/new.npz", "--plot", self.photos],
-             "is a folder", ""),
-            ("folder as weights picture", ["weights", *m, "--out", self.photos], "is a folder", ""),
-            ("folder as confusion picture", ["evaluate", *data, *m, "--plot", d], "is a folder", ""),
-            # a file where a folder is wanted
-            ("file as samples folder", ["samples", *data, "--out", self.text], "is a file, not a folder", ""),
-            ("file as pictures folder", ["pictures", *data, *m, "--out", self.text], "is a file, not a folder",
-             ""),
-            ("file as data folder", ["train", "--data-dir", self.text, "--model", d + "/new.npz"],
-             "is a file, not a folder", ""),
-            ("file as the folder of a picture", ["weights", *m, "--out", self.text + "/w.png"],
-             "is a file, not a folder", ""),
-            # an output in a folder that does not exist: refused before any training
-            ("model into a missing folder", [*train, "--model", nowhere + "/m.npz"], "does not exist", ""),
-            ("training plot into a missing folder", [*train, "--model", d + "/new.npz", "--plot",
-                                                     nowhere + "/c.png"], "does not exist", ""),
-            ("history picture into a missing folder", ["evaluate", *data, *m, "--plot-history",
-                                                       nowhere + "/h.png"], "does not exist", ""),
-            ("mistakes picture into a missing folder", ["evaluate", *data, *m, "--errors", nowhere + "/e.png"],
-             "does not exist", ""),
-            ("prediction picture into a missing folder", ["predict", self.image, *m, "--plot",
-                                                          nowhere + "/p.png"], "does not exist", ""),
-            # an output name of the wrong kind, or one that would destroy the user's own file
-            ("model named like a picture", [*train, "--model", d + "/m.png"], r"must end in \.npz", ""),
-            ("picture named like a JPEG", ["weights", *m, "--out", d + "/w.jpg"], r"must end in \.png", ""),
-            ("user's file where the model goes", [*train, "--model", self.not_a_model],
-             "not a model of this program", ""),
-            ("prediction picture over its own image", ["predict", self.image, *m, "--plot", self.image],
-             "would overwrite", ""),
-            # a place nobody may write to, not even root
-            ("model where nothing can be written", [*train, "--model", "/proc/m.npz"], "cannot write", "/proc"),
-            ("samples where nothing can be written", ["samples", *data, "--out", "/proc/forbidden"],
-             "cannot write", "/proc"),
-            ("picture where nothing can be written", ["weights", *m, "--out", "/proc/w.png"], "cannot write",
-             "/proc"),
-            # numbers out of range
-            ("no epochs", [*train, "--epochs", "0"], "epochs.*at least 1", ""),
-            ("negative batch", [*train, "--batch-size", "-5"], "batch-size.*at least 1", ""),
-            ("learning rate not a number", [*train, "--lr", "nan"], "lr.*positive", ""),
-            ("dropout of everything", [*train, "--dropout", "1"], "dropout.*less than 1", ""),
-            ("empty hidden layer", [*train, "--hidden", "64,0"], "at least 1 unit", ""),
-            ("negative number of distortions", [*train, "--distortions", "-1"], "distortions.*0 or more", ""),
-            ("validation as big as the data", [*train, "--model", d + "/new.npz", "--val-size", "60"],
-             "leaves no training images", ""),
-            ("negative seed", ["gradcheck", "--seed", "-1"], "seed.*0 or more", ""),
-        ]
+    def test_the_field_spreads_as_much_between_control_points_as_on_them(self):
+        # Control points 28 / 6 = 4.7 px apart (sigma = 5) leave no trace in the field: at
+        # every pixel of the middle row its spread is that of Simard's per-pixel recipe,
+        # alpha sqrt(1/3) sum_k g(i - k)^2 sum_l g(j - l)^2 under the square root.
+        alpha, sigma = 25.0, 5.0
+        d_rows, _ = elastic_displacement(20000, np.random.default_rng(13), alpha, sigma)
+        G = gaussian_matrix(28, sigma).astype(np.float64)
+        per_pixel_variance = (G ** 2).sum(axis=1)                        # sum_k g(i - k)^2
+        for j in range(6, 22):
+            expected = alpha * np.sqrt(per_pixel_variance[14] * per_pixel_variance[j] / 3)
+            self.assertAlmostEqual(float(d_rows[:, 14, j].std() / expected), 1.0, delta=0.03)
 
-    def test_every_bad_input_is_one_short_error_before_any_work_and_changes_no_file(self):
-        ran = 0
-        for name, argv, pattern, needs in self.rows():
-            with self.subTest(name):
-                if needs == "not root" and os.geteuid() == 0:
-                    continue  # root reads every file, whatever its permissions
-                if needs == "/proc" and not os.path.isdir("/proc/self"):
-                    continue
-                before = folder_snapshot(self.dir)
-                code, out, err = run_cli(*argv)
-                lines = err.strip().splitlines()
-                self.assertEqual(code, 2, (out, err))
-                self.assertNotIn("Traceback", err)
-                self.assertTrue(1 <= len(lines) <= 2, err)
-                self.assertTrue(all(len(line) <= 160 for line in lines), err)
-                self.assertRegex(lines[0], pattern)
-                self.assertNotIn("epoch", out)  # refused before training started
-                self.assertEqual(folder_snapshot(self.dir), before)
-                ran += 1
-        self.assertGreaterEqual(ran, 35)
 
-    def test_a_broken_image_in_a_folder_is_reported_and_the_others_are_still_scored(self):
-        code, out, err = run_cli("predict", self.photos, "--model", self.model)
-        self.assertEqual(code, 2, err)
-        self.assertNotIn("Traceback", err)
-        self.assertEqual([line.split(":")[0] for line in out.splitlines()[:2]],
-                         [os.path.join(self.photos, "1_a.png"), os.path.join(self.photos, "7_b.png")])
-        self.assertRegex(out.splitlines()[-1], r"^\d of 2 correct")  # the broken 3 is not scored
-        self.assertEqual(len(err.strip().splitlines()), 2, err)
-        self.assertRegex(err, r"cannot read image .*3_broken\.png")
-        self.assertIn("1 of 3 images could not be read", err)
+class TestAugmentationBilinearSample(unittest.TestCase):
+    def setUp(self):
+        self.images = np.random.default_rng(7).random((6, 28, 28), dtype=np.float32)
 
-    def test_a_sample_that_cannot_be_written_is_reported_and_the_others_are_still_written(self):
-        out = os.path.join(self.dir, "samples")
-        self.addCleanup(shutil.rmtree, out)
-        os.makedirs(os.path.join(out, "3.png"))  # a folder where one picture should go
-        code, stdout, err = run_cli("samples", "--data-dir", self.data, "--out", out)
-        self.assertEqual(code, 2, err)
-        self.assertNotIn("Traceback", err)
-        self.assertEqual(err.strip().splitlines(), [f"error: {os.path.join(out, '3.png')}: Is a directory",
-                                                    "error: 1 of 10 digits could not be written (see above)"])
-        self.assertIn("wrote 9 test digits", stdout)
-        self.assertEqual(sorted(os.listdir(out)), [f"{digit}.png" for digit in range(10)])  # no temporary file
+    def test_integer_grid_returns_the_images_exactly(self):
+        i, j = np.mgrid[0:28, 0:28].astype(np.float32)
+        rows, cols = np.broadcast_to(i, (6, 28, 28)), np.broadcast_to(j, (6, 28, 28))
+        self.assertTrue(np.array_equal(bilinear_sample(self.images, rows, cols), self.images))
 
-    def test_every_option_that_names_a_file_or_folder_is_checked_before_the_command_runs(self):
-        parser = mnist.build_parser()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        unchecked = []
-        for command, subparser in commands.choices.items():
-            declared = subparser.get_default("paths") or {}
-            for action in subparser._actions:
-                names_a_path = action.metavar in ("FILE", "FILE.png", "DIR", "IMAGE")
-                if names_a_path and action.dest not in declared:
-                    unchecked.append(f"{command} {action.option_strings or action.dest}")
-                if action.dest in declared:
-                    self.assertIn(declared[action.dest], mnist.PATH_CHECKS)
-        self.assertEqual(unchecked, [])
+    def test_integer_shift_equals_roll_with_zero_fill(self):
+        i, j = np.mgrid[0:28, 0:28].astype(np.float32)
+        for down, right in [(3, -2), (-5, 0), (0, 7), (27, 27), (-30, 4)]:
+            # Reading the old image at (i - down, j - right) moves the content down/right.
+            out = bilinear_sample(self.images, np.broadcast_to(i - down, (6, 28, 28)),
+                                  np.broadcast_to(j - right, (6, 28, 28)))
+            expected = np.roll(self.images, (down, right), axis=(1, 2))
+            expected[:, :max(down, 0)] = 0                               # rows rolled in
+            expected[:, 28 + min(down, 0):] = 0
+            expected[:, :, :max(right, 0)] = 0
+            expected[:, :, 28 + min(right, 0):] = 0
+            if abs(down) >= 28:
+                expected[:] = 0
+            self.assertTrue(np.array_equal(out, expected), (down, right))
 
-    def test_batch_larger_than_the_training_set_is_logged_as_one_batch_of_all_images(self):
-        model = os.path.join(self.dir, "batch.npz")
-        self.addCleanup(lambda: os.path.exists(model) and os.unlink(model))
-        code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
-                                 "--hidden", "4", "--val-size", "10", "--batch-size", "1000000")
-        self.assertEqual(code, 0, err)
-        self.assertIn("1 epochs of one batch of all 50 images (--batch-size 1000000 is not smaller)", out)
+    def test_point_between_four_pixels_gets_the_bilinear_weights(self):
+        image = np.zeros((1, 28, 28), dtype=np.float32)
+        image[0, 10:12, 20:22] = [[1.0, 2.0], [3.0, 4.0]]
+        rows = np.full((1, 1, 1), 10.25, dtype=np.float32)
+        cols = np.full((1, 1, 1), 20.5, dtype=np.float32)
+        # (1-fr)(1-fc) 1 + (1-fr) fc 2 + fr (1-fc) 3 + fr fc 4 with fr = 0.25, fc = 0.5
+        expected = 0.75 * 0.5 * 1 + 0.75 * 0.5 * 2 + 0.25 * 0.5 * 3 + 0.25 * 0.5 * 4
+        self.assertAlmostEqual(float(bilinear_sample(image, rows, cols)[0, 0, 0]), expected,
+                               places=6)
 
-    def test_finished_run_says_which_model_it_replaced_with_both_accuracies(self):
-        model = os.path.join(self.dir, "replaced.npz")
-        self.addCleanup(os.unlink, model)
-        save_model_claiming(model, 0.9876)
-        code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
-                                 "--hidden", "4", "--val-size", "10")
-        self.assertEqual(code, 0, err)
-        self.assertIn(f"note: {model} holds a model (98.76 % on the test images); this run replaces it", out)
-        new = mnist.load_model(model)[2]["test_accuracy"]
-        self.assertIn(f"saved {model}, replacing a model of 98.76 % on the test images", out)
-        self.assertIn(f"test accuracy {100 * new:.2f} %", out)
+    def test_outside_the_frame_is_black_and_the_edge_fades_over_one_pixel(self):
+        ones = np.ones((1, 28, 28), dtype=np.float32)
+        points = np.array([-5.0, -1.0, -0.5, 0.0, 27.0, 27.25, 28.0, 100.0], dtype=np.float32)
+        rows = np.full((1, 1, 8), 13.0, dtype=np.float32)
+        out = bilinear_sample(ones, rows, points[None, None, :])[0, 0]
+        self.assertTrue(np.allclose(out, [0, 0, 0.5, 1, 1, 0.75, 0, 0]))
 
-    def test_ctrl_c_keeps_a_more_accurate_saved_model_and_saves_the_stopped_run_beside_it(self):
-        model = os.path.join(self.dir, "better.npz")
-        beside = os.path.join(self.dir, "better.interrupted.npz")
-        for path in (model, beside):
-            self.addCleanup(lambda p=path: os.path.exists(p) and os.unlink(p))
-        save_model_claiming(model, 0.9876)
-        with open(model, "rb") as f:
-            before = f.read()
-        code, out, err = interrupt_training_after_one_epoch(
-            ["--data-dir", self.data, "--model", model, "--epochs", "100000000", "--hidden", "4",
-             "--val-size", "10"])
-        self.assertEqual(code, 0, err)
-        with open(model, "rb") as f:
-            self.assertEqual(f.read(), before)
-        self.assertTrue(mnist.load_model(beside)[2]["interrupted"])
-        self.assertRegex(out, rf"kept {model} \(98\.76 % on the test images\): it is better than this "
-                              rf"stopped run; saved this one as {beside}")
 
+@needs_mnist
+class TestAugmentBatch(unittest.TestCase):
+    """Distortions of real handwriting: the first 1,000 MNIST training digits."""
+
+    def setUp(self):
+        self.digits = real_mnist()[0][:1000].reshape(1000, 28, 28)
+
+    def test_all_strengths_zero_is_exactly_the_identity(self):
+        flat = self.digits.reshape(-1, 784)
+        for images in (self.digits, flat):
+            out = augment_batch(images, np.random.default_rng(0), **OFF)
+            self.assertTrue(np.array_equal(out, images))
+            self.assertIsNot(out, images)                                # a copy, not an alias
+
+    def test_none_preset_is_the_identity_and_the_distortions_change_every_digit(self):
+        for name, strengths in AUGMENT_PRESETS.items():
+            out = augment_batch(self.digits, np.random.default_rng(0), **strengths)
+            changed = np.abs(out - self.digits).max(axis=(1, 2)) > 0
+            if name == "mirror":  # half of them, mirrored (see the mirror test below)
+                self.assertTrue(400 < int(changed.sum()) < 600, int(changed.sum()))
+            else:
+                self.assertEqual(int(changed.sum()), 0 if name == "none" else len(self.digits), name)
+
+    def test_mirror_turns_about_that_share_of_the_images_left_to_right_and_nothing_else(self):
+        for images in (self.digits, self.digits.reshape(-1, 784)):
+            out = augment_batch(images, np.random.default_rng(3), **dict(OFF, mirror=0.3))
+            out, flipped = out.reshape(-1, 28, 28), self.digits[:, :, ::-1]
+            same = (out == self.digits).all(axis=(1, 2))
+            mirrored = (out == flipped).all(axis=(1, 2))
+            self.assertTrue((same | mirrored).all())          # each image: itself or its mirror
+            self.assertTrue(250 < int((mirrored & ~same).sum()) < 350)
+        everything = augment_batch(self.digits, np.random.default_rng(3), **dict(OFF, mirror=1.0))
+        self.assertTrue(np.array_equal(everything, self.digits[:, :, ::-1]))
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, np.random.default_rng(3), mirror=1.5)
+
+    def test_output_has_the_shape_and_dtype_of_the_input(self):
+        for images in (self.digits[:10], self.digits[:10].reshape(-1, 784)):
+            out = augment_batch(images, np.random.default_rng(0), **REALISTIC)
+            self.assertEqual(out.shape, images.shape)
+            self.assertEqual(out.dtype, np.float32)
+            self.assertFalse(np.array_equal(out, images))
+
+    def test_same_seed_gives_the_same_images_and_another_seed_different_ones(self):
+        a = augment_batch(self.digits, np.random.default_rng(42), **REALISTIC)
+        b = augment_batch(self.digits, np.random.default_rng(42), **REALISTIC)
+        c = augment_batch(self.digits, np.random.default_rng(43), **REALISTIC)
+        self.assertTrue(np.array_equal(a, b))
+        self.assertGreater(np.abs(a - c).mean(), 0.01)
+
+    def test_input_array_is_not_modified(self):
+        before = self.digits.copy()
+        augment_batch(self.digits, np.random.default_rng(0), **REALISTIC)
+        self.assertTrue(np.array_equal(self.digits, before))
+
+    def test_pixel_values_stay_in_0_1_and_mean_intensity_is_kept(self):
+        out = augment_batch(self.digits, np.random.default_rng(9), **REALISTIC)
+        self.assertGreaterEqual(float(out.min()), 0.0)
+        self.assertLessEqual(float(out.max()), 1.0)
+        self.assertAlmostEqual(float(out.mean() / self.digits.mean()), 1.0, delta=0.03)
+
+    def test_augmented_digit_keeps_its_ink_and_stays_inside_the_frame(self):
+        out = augment_batch(self.digits, np.random.default_rng(10), **REALISTIC)
+        ink_ratio = out.sum(axis=(1, 2)) / self.digits.sum(axis=(1, 2))
+        # Scaling and elastic stretching change the ink of single digits (up to about
+        # +-40 %), but 98 % of digits keep it within 40 % and on average it is unchanged.
+        self.assertAlmostEqual(float(ink_ratio.mean()), 1.0, delta=0.03)
+        self.assertGreater(float(np.percentile(ink_ratio, 1)), 0.6)
+        self.assertLess(float(np.percentile(ink_ratio, 99)), 1.4)
+        # Almost no ink reaches the outermost pixel ring, where it would be cut off.
+        ring = np.ones((28, 28), dtype=bool)
+        ring[1:-1, 1:-1] = False
+        self.assertLess(float(out[:, ring].sum() / out.sum()), 0.005)
+
+    def test_affine_only_moves_the_centre_of_mass_by_at_most_the_shift_plus_a_little(self):
+        strengths = dict(OFF, max_shift=2.0)
+        out = augment_batch(self.digits, np.random.default_rng(11), **strengths)
+        i = np.arange(28)
+
+        def centre_of_mass(images):                                      # (m, 2)
+            mass = images.sum(axis=(1, 2))
+            return np.stack([(images.sum(2) * i).sum(1) / mass,
+                             (images.sum(1) * i).sum(1) / mass], axis=1)
+        moved = centre_of_mass(out) - centre_of_mass(self.digits)
+        self.assertLess(float(np.abs(moved).max()), 2.0 + 0.3)
+        self.assertGreater(float(np.abs(moved).max()), 1.5)
+
+    def test_maps_draws_that_many_distortions_and_deals_them_out_in_turn(self):
+        same_digit = np.repeat(self.digits[:1], 1024, axis=0)
+        for maps, drawn in [(256, 256), (300, 512), (1024, 1024)]:  # rounded up to chunks of 256
+            out = augment_batch(same_digit, np.random.default_rng(5), maps=maps).reshape(1024, -1)
+            self.assertEqual(len(np.unique(out, axis=0)), drawn, maps)
+            self.assertTrue(np.array_equal(out[drawn:], out[:1024 - drawn]), maps)  # i uses i % drawn
+        # As many maps as images, or more, is one distortion per image: the same draws as None.
+        one_each = augment_batch(self.digits, np.random.default_rng(5))
+        for maps in (1000, 5000):
+            self.assertTrue(np.array_equal(augment_batch(self.digits, np.random.default_rng(5), maps=maps), one_each))
+        # A later image is its own digit moved the way of an earlier one: the maps drawn first
+        # do not depend on the images, so digit 256 + i with map i is what the same seed gives
+        # when digit 256 + i comes first.
+        shared = augment_batch(self.digits, np.random.default_rng(5), maps=256)
+        self.assertTrue(np.array_equal(shared[:256], one_each[:256]))
+        self.assertTrue(np.array_equal(shared[256:512], augment_batch(self.digits[256:512], np.random.default_rng(5))))
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, np.random.default_rng(5), maps=0)
+
+    def test_bad_strengths_and_shapes_raise_value_error(self):
+        rng = np.random.default_rng(0)
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, rng, max_shift=-1.0)
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, rng, max_scale=1.0)
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, rng, max_rotation_deg=float("nan"))
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits, rng, elastic_alpha=10.0, elastic_sigma=0.0)
+        with self.assertRaises(ValueError):
+            augment_batch(self.digits.reshape(-1, 28 * 28)[:, :700], rng)
+        with self.assertRaises(ValueError):
+            augment_batch((self.digits * 255).astype(np.uint8), rng)
+
+
+# ==== [0]-[10] The file as a lesson: each cell runs pasted below the cells above it ===============
 
 class TestTheFileAsALesson(unittest.TestCase):
 
@@ -1229,242 +1106,9 @@ class TestTheFileAsALesson(unittest.TestCase):
         np.testing.assert_allclose(v, [0.5, 0.5])
 
 
-# ---- Predicting one image ----------------------------------------------------------
-def thin_to_skeleton(binary):
-    """Zhang-Suen thinning: peel boundary pixels until strokes are 1 pixel wide."""
-    image = binary.astype(np.uint8)
-    changed = True
-    while changed:
-        changed = False
-        for step in (0, 1):
-            p = np.pad(image, 1)
-            p2, p3, p4, p5 = p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:]
-            p6, p7, p8, p9 = p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]
-            ring = [p2, p3, p4, p5, p6, p7, p8, p9, p2]
-            neighbours = sum(ring[:-1])
-            transitions = sum((ring[i] == 0) & (ring[i + 1] == 1) for i in range(8))
-            if step == 0:
-                side = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
-            else:
-                side = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
-            remove = (image == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & side
-            if remove.any():
-                image[remove] = 0
-                changed = True
-    return image.astype(bool)
+# ==== [11] Predicting one image ===================================================================
 
-
-def pen_drawing(digit28, canvas_px, pen_px):
-    """A digit redrawn with a round pen of pen_px pixels on a canvas_px x canvas_px canvas.
-
-    The 28x28 digit is smoothly upscaled 4x, thinned to its centre line, scaled to the canvas and
-    thickened with the pen: strokes of constant width, like a ballpoint or a mouse brush.
-    """
-    from PIL import Image, ImageFilter
-
-    big = Image.fromarray(digit28.astype(np.float32), "F").resize((112, 112), Image.BICUBIC)
-    skeleton = thin_to_skeleton(np.asarray(big) > 0.35).astype(np.uint8) * 255
-    line = Image.fromarray(skeleton, "L").resize((canvas_px, canvas_px), Image.BILINEAR)
-    line = line.point(lambda v: 255 if v > 20 else 0)  # centre line, about canvas_px / 112 wide
-    grow = int(round(pen_px - canvas_px / 112))
-    if grow >= 2:
-        line = line.filter(ImageFilter.MaxFilter(grow // 2 * 2 + 1))
-    line = line.filter(ImageFilter.GaussianBlur(0.6))  # anti-aliased edges
-    return np.asarray(line, dtype=np.float32) / 255.0
-
-
-def encode(array, mode, fmt, quality=90):
-    """Encode an array ([0, 1] floats, channels last) as PNG or JPEG bytes in memory."""
-    from PIL import Image
-
-    pixels = np.clip(np.round(array * 255), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode).save(buffer, fmt, **({"quality": int(quality)} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
-
-
-def printed_lines(height, width, rng, kind):
-    """Anti-aliased lines of squared ("grid") or ruled paper, slightly rotated as in a photo."""
-    angle = np.radians(rng.uniform(-3, 3))
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    u = xs * np.cos(angle) + ys * np.sin(angle)  # across vertical lines
-    v = -xs * np.sin(angle) + ys * np.cos(angle)  # across horizontal lines
-    line_width = rng.uniform(0.8, 2.2)
-    spacing = rng.uniform(20, 45) if kind == "grid" else rng.uniform(30, 60)
-
-    def family(coordinate, offset):
-        distance = np.abs((coordinate - offset + spacing / 2) % spacing - spacing / 2)
-        return np.clip(line_width / 2 + 0.5 - distance, 0, 1)
-
-    lines = family(v, rng.uniform(0, spacing))
-    if kind == "grid":
-        lines = np.maximum(lines, family(u, rng.uniform(0, spacing)))
-    elif rng.random() < 0.5:  # the margin line of ruled paper
-        lines = np.maximum(lines, np.clip(line_width / 2 + 0.5 - np.abs(u - rng.uniform(0.05, 0.3) * width), 0, 1))
-    return lines
-
-
-def page_on_a_table(height, width, rng):
-    """Where the page is in a photo that also shows the table around it: a boolean mask, and the
-    box (top, bottom, left, right) that surely lies on the page. The page is tilted by up to 8
-    degrees and leaves a strip of table (up to 20 % of the picture) along one to four edges."""
-    margins = rng.uniform(0.03, 0.2, 4) * np.where(rng.random(4) < 0.6, 1, 0)
-    if not margins.any():
-        margins[rng.integers(4)] = rng.uniform(0.03, 0.2)
-    top, bottom = margins[0] * height, (1 - margins[1]) * height
-    left, right = margins[2] * width, (1 - margins[3]) * width
-    angle = np.radians(rng.uniform(-8, 8))
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    cy, cx = (top + bottom) / 2, (left + right) / 2
-    v = (ys - cy) * np.cos(angle) - (xs - cx) * np.sin(angle)  # along the page's own axes
-    u = (ys - cy) * np.sin(angle) + (xs - cx) * np.cos(angle)
-    page = (np.abs(v) <= (bottom - top) / 2) & (np.abs(u) <= (right - left) / 2)
-    inset = 0.15 * min(height, width)  # far enough inside for any tilt
-    box = [int(top + inset), int(bottom - inset), int(left + inset), int(right - inset)]
-    return page, box
-
-
-def synthetic_photo(digit28, rng, size_range=(500, 900), table=False, drawing_alone=False):
-    """A phone photo of a pen or pencil digit on (squared / ruled / plain) paper, as JPEG bytes.
-
-    table=True: the page does not fill the picture; a darker, grainy table shows around it.
-    drawing_alone=True: the same pen drawing (the same random numbers drawn) as black on a white
-    page of the same size, as PNG: no paper colour, lines, light, grain or JPEG.
-    """
-    height, width = rng.integers(*size_range, size=2)
-    box = [0, height, 0, width]
-    if table:
-        page, box = page_on_a_table(height, width, rng)
-    canvas = int(rng.uniform(0.3, 0.7) * min(height, width) * 28 / 20)
-    canvas = min(canvas, box[1] - box[0], box[3] - box[2])
-    pen = rng.uniform(2.0, 6.0) * min(height, width) / 700
-    ink = np.zeros((height, width), np.float32)
-    top, left = rng.integers(box[0], box[1] - canvas + 1), rng.integers(box[2], box[3] - canvas + 1)
-    ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, pen)
-    if drawing_alone:
-        photograph(ink, rng, page if table else None)  # the same random numbers drawn
-        return encode(1 - ink, "L", "PNG")
-    return photograph(ink, rng, page if table else None)
-
-
-def photograph(ink, rng, page=None):
-    """JPEG bytes of a phone photo of the ink map `ink` (1 = ink) written on (squared / ruled /
-    plain) paper: paper colour, printed lines, uneven light, a shadow, grain, JPEG; `page`: where
-    the page is (page_on_a_table), a darker, grainy table showing around it."""
-    height, width = ink.shape
-    table = page is not None
-    paper = rng.uniform(0.65, 0.97) * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)])
-    kind = rng.choice(["grid", "ruled", "plain"])
-    reflectance = np.ones((height, width, 3), np.float32) * paper
-    if kind != "plain":
-        lines = printed_lines(height, width, rng, kind)[:, :, None]
-        line_colour = np.array([rng.uniform(0.3, 0.8), rng.uniform(0.4, 0.8), rng.uniform(0.6, 0.95)])
-        reflectance = reflectance * (1 - lines) + reflectance * line_colour * lines
-    if table:
-        wood = rng.uniform(0.1, 0.5) * paper * (1 + 0.15 * np.sin(np.arange(width) / rng.uniform(3, 12)
-                                                                   + rng.normal(0, 0.5, (height, 1))))[:, :, None]
-        reflectance = np.where(page[:, :, None], reflectance, wood)
-    pencil = rng.random() < 0.2
-    ink_colour = np.full(3, rng.uniform(0.35, 0.55)) if pencil else np.array(
-        [rng.uniform(0.03, 0.25), rng.uniform(0.03, 0.25), rng.uniform(0.1, 0.45)])
-    reflectance = reflectance * (1 - ink[:, :, None]) + ink_colour * ink[:, :, None]
-
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    light = 1 + rng.uniform(0, 0.5) * ((ys / height - 0.5) * rng.uniform(-1, 1) + (xs / width - 0.5) * rng.uniform(-1, 1))
-    if rng.random() < 0.4:  # the soft shadow of a hand or phone
-        direction = rng.uniform(0, 2 * np.pi)
-        distance = (xs - rng.uniform(0, width)) * np.cos(direction) + (ys - rng.uniform(0, height)) * np.sin(direction)
-        light *= 1 - rng.uniform(0.15, 0.4) / (1 + np.exp(-distance / rng.uniform(10, 60)))
-    image = reflectance * light[:, :, None]
-    texture = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
-    image = image + rng.uniform(0, 0.02) * texture[:, :, None] + rng.normal(0, rng.uniform(0.005, 0.03), image.shape)
-    quality = rng.integers(40, 92)
-    return encode(image, "RGB", "JPEG", quality)
-
-
-def synthetic_scan(digit28, rng):
-    """A scanned white page with a small pen digit somewhere in wide margins (PNG or JPEG)."""
-    height, width = rng.integers(900, 1200), rng.integers(700, 900)
-    canvas = int(rng.uniform(0.1, 0.25) * width * 28 / 20)
-    ink = np.zeros((height, width), np.float32)
-    top, left = rng.integers(0, height - canvas + 1), rng.integers(0, width - canvas + 1)
-    ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, rng.uniform(2.0, 5.0))
-    page = rng.uniform(0.92, 1.0) * (1 - rng.uniform(0.6, 0.95) * ink)
-    page = page + rng.normal(0, 0.006, page.shape)
-    return encode(page, "L", "JPEG" if rng.random() < 0.5 else "PNG", rng.integers(75, 95))
-
-
-def synthetic_mouse(digit28, rng, transparent=None):
-    """A digit drawn with a thick mouse/finger brush on a small canvas (PNG).
-
-    transparent=None: opaque black-on-white or white-on-black; "white"/"black": that colour of
-    ink on a fully transparent background (RGBA).
-    """
-    size = int(rng.integers(200, 500))
-    strokes = pen_drawing(digit28, size, rng.uniform(0.04, 0.09) * size)
-    if transparent is None:
-        image = strokes if rng.random() < 0.5 else 1 - strokes
-        return encode(image, "L", "PNG")
-    colour = 1.0 if transparent == "white" else 0.0
-    hidden = rng.choice([0.0, 1.0, 1.0 - colour])  # whatever colour the transparent pixels store
-    rgb = np.where(strokes[:, :, None] > 0, colour, hidden) * np.ones(3)
-    return encode(np.dstack([rgb, strokes]), "RGBA", "PNG")
-
-
-def synthetic_no_digit(rng, kind):
-    """Images with no digit: blank, uniform, gradient, blank squared paper, pure noise."""
-    height, width = rng.integers(200, 700, size=2)
-    if kind == "uniform":
-        return encode(np.full((height, width), rng.uniform(0, 1)), "L", "PNG")
-    if kind == "blank paper":  # a photo of an empty page: gradient, grain, JPEG
-        ys, xs = np.mgrid[0:height, 0:width]
-        image = rng.uniform(0.6, 0.95) * (1 - 0.3 * ys / height) + rng.normal(0, 0.02, (height, width))
-        if rng.random() < 0.5:
-            image = image * (1 - 0.4 * printed_lines(height, width, rng, rng.choice(["grid", "ruled"])))
-        return encode(image, "L", "JPEG", 70)
-    if kind == "uniform noise":
-        return encode(rng.uniform(0, 1, (height, width)), "L", "PNG")
-    if kind == "gaussian noise":
-        return encode(rng.normal(0.5, 0.2, (height, width, 3)), "RGB", "JPEG", 80)
-    salt = rng.random((height, width))  # salt and pepper
-    return encode(np.where(salt < 0.05, 0.0, np.where(salt > 0.95, 1.0, 0.5)), "L", "PNG")
-
-
-NO_DIGIT_KINDS = ["uniform", "blank paper", "uniform noise", "gaussian noise", "salt and pepper"]
-CLAIMED_NO_DIGIT_KINDS = NO_DIGIT_KINDS
-
-
-def make_image(kind, digit28, rng, photo_size_range=(500, 900)):
-    """Bytes of one synthetic image of the given kind."""
-    if kind == "photo":
-        return synthetic_photo(digit28, rng, photo_size_range)
-    if kind == "photo on a table":
-        return synthetic_photo(digit28, rng, photo_size_range, table=True)
-    if kind == "photo's drawing alone":
-        return synthetic_photo(digit28, rng, photo_size_range, drawing_alone=True)
-    if kind == "scan":
-        return synthetic_scan(digit28, rng)
-    if kind == "mouse":
-        return synthetic_mouse(digit28, rng)
-    if kind == "rgba white":
-        return synthetic_mouse(digit28, rng, "white")
-    if kind == "rgba black":
-        return synthetic_mouse(digit28, rng, "black")
-    if kind == "mnist 28x28":
-        return encode(digit28, "L", "PNG")
-    raise ValueError(kind)
-
-
-def prepare(data):
-    """bytes -> read_image -> image_to_mnist -> (28, 28) or None."""
-    gray, alpha = read_image(io.BytesIO(data))
-    x28, _ = image_to_mnist(gray, alpha)
-    return x28
-
-
-# ----------------------------------------------------------------------------------------------
 # Tests
-# ----------------------------------------------------------------------------------------------
 def centre_of_mass(image):
     ys, xs = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
     return (image * ys).sum() / image.sum(), (image * xs).sum() / image.sum()
@@ -1914,306 +1558,224 @@ class TestPredictingOneImage(unittest.TestCase):
         self.assertGreater(through, clean - 0.08, f"clean {clean:.3f}, through prediction {through:.3f}")
 
 
-# ---- Data augmentation ------------------------------------------------------------
-# The strongest distortions offered for training (the "strong" preset): the realistic case.
-REALISTIC = dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
-                 elastic_alpha=34.0, elastic_sigma=5.0)
-OFF = dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
-           elastic_alpha=0.0, elastic_sigma=0.0)
-
-
-class TestAugmentationAffineGrid(unittest.TestCase):
-    def test_zero_strength_grid_is_exactly_the_pixel_grid(self):
-        rows, cols = random_affine_grids(5, np.random.default_rng(0))
-        i, j = np.mgrid[0:28, 0:28]
-        self.assertEqual(rows.shape, (5, 28, 28))
-        self.assertEqual(rows.dtype, np.float32)
-        self.assertTrue(np.array_equal(rows, np.broadcast_to(i, rows.shape)))
-        self.assertTrue(np.array_equal(cols, np.broadcast_to(j, cols.shape)))
-
-    def test_shift_only_moves_every_pixel_by_the_same_amount_within_max_shift(self):
-        rows, cols = random_affine_grids(200, np.random.default_rng(1), max_shift=3.0)
-        i, j = np.mgrid[0:28, 0:28]
-        shift_rows = i - rows                                # new = old shifted by +t
-        shift_cols = j - cols
-        per_image = shift_rows[:, :1, :1]
-        self.assertLess(np.abs(shift_rows - per_image).max(), 1e-5)   # one shift per image
-        self.assertLess(np.abs(shift_cols - shift_cols[:, :1, :1]).max(), 1e-5)
-        self.assertLessEqual(np.abs(per_image).max(), 3.0)
-        self.assertGreater(np.abs(per_image).max(), 2.5)                # the range is used
-
-    def test_rotation_keeps_the_centre_and_all_distances_to_it(self):
-        rows, cols = random_affine_grids(50, np.random.default_rng(2), max_rotation_deg=30.0)
-        i, j = np.mgrid[0:28, 0:28]
-        old_distance = np.hypot(rows - 13.5, cols - 13.5)
-        new_distance = np.hypot(i - 13.5, j - 13.5)
-        self.assertLess(np.abs(old_distance - new_distance).max(), 1e-4)
-        # The rotation angle, read off the grid, stays within +-30 degrees and is not 0.
-        angle = np.degrees(np.arctan2(rows[:, 0, 0] - 13.5, cols[:, 0, 0] - 13.5)
-                           - np.arctan2(-13.5, -13.5))
-        angle = (angle + 180) % 360 - 180
-        self.assertLessEqual(np.abs(angle).max(), 30.0 + 1e-3)
-        self.assertGreater(np.abs(angle).max(), 20.0)
-
-    def test_scale_stretches_distances_from_the_centre_by_at_most_max_scale(self):
-        rows, cols = random_affine_grids(100, np.random.default_rng(3), max_scale=0.2)
-        # The digit is scaled by s, so the new pixel at offset d is read at offset d / s.
-        corner_ratio_rows = (0 - 13.5) / (rows[:, 0, 0] - 13.5)        # s_row per image
-        corner_ratio_cols = (0 - 13.5) / (cols[:, 0, 0] - 13.5)        # s_col per image
-        for s in (corner_ratio_rows, corner_ratio_cols):
-            self.assertGreaterEqual(s.min(), 0.8 - 1e-5)
-            self.assertLessEqual(s.max(), 1.2 + 1e-5)
-            self.assertGreater(s.max() - s.min(), 0.3)                 # the range is used
-
-
-class TestAugmentationGaussianSmoothing(unittest.TestCase):
-    def test_gaussian_matrix_rows_sum_to_one_in_the_middle_and_matrix_is_symmetric(self):
-        G = gaussian_matrix(28, 3.0)
-        self.assertEqual(G.shape, (28, 28))
-        self.assertTrue(np.array_equal(G, G.T))
-        self.assertAlmostEqual(float(G[14].sum()), 1.0, places=4)      # kernel fits inside
-        self.assertLess(float(G[0].sum()), 0.6)                        # edge: half outside
-
-    def test_two_matrix_products_equal_a_direct_2d_gaussian_convolution(self):
-        rng = np.random.default_rng(4)
-        field = rng.uniform(-1, 1, size=(28, 28)).astype(np.float32)
-        sigma = 2.5
-        G = gaussian_matrix(28, sigma)
-        separable = G @ field @ G.T
-        # Direct sum over all 28 x 28 source pixels with the 2-D kernel g(di) g(dj).
-        offsets = np.arange(-27, 28)
-        g = np.exp(-offsets ** 2 / (2 * sigma ** 2))
-        g /= g.sum()
-        direct = np.zeros((28, 28))
-        for i in range(28):
-            for j in range(28):
-                weights = np.outer(g[27 - i:55 - i], g[27 - j:55 - j])  # g(k - i) g(l - j)
-                direct[i, j] = (weights * field).sum()
-        self.assertLess(np.abs(separable - direct).max(), 1e-5)
-
-    def test_at_whole_number_centres_the_matrix_is_those_columns_of_the_square_one(self):
-        centres = [0, 5, 13, 27]
-        G = gaussian_matrix(28, 3.0, centres)
-        self.assertEqual(G.shape, (28, 4))
-        self.assertTrue(np.allclose(G, gaussian_matrix(28, 3.0)[:, centres], atol=1e-7))
-
-
-class TestAugmentationElastic(unittest.TestCase):
-    def test_displacement_has_the_expected_size_and_zero_mean(self):
-        alpha, sigma = 34.0, 4.0
-        d_rows, d_cols = elastic_displacement(4000, np.random.default_rng(5), alpha, sigma)
-        self.assertEqual(d_rows.shape, (4000, 28, 28))
-        self.assertEqual(d_cols.dtype, np.float32)
-        # A uniform [-1, 1] value has variance 1/3; the smoothed value at the centre is a
-        # weighted sum with weights g(di) g(dj), so its std is alpha sqrt(1/3) sum_d g(d)^2.
-        g = gaussian_matrix(28, sigma)[14]
-        expected_std = alpha * np.sqrt(1 / 3) * np.sum(g ** 2)
-        for d in (d_rows, d_cols):
-            centre = d[:, 14, 14]
-            self.assertAlmostEqual(float(centre.std() / expected_std), 1.0, delta=0.05)
-            self.assertLess(abs(float(centre.mean())), 0.1 * expected_std)
-
-    def test_correlation_of_two_pixels_d_apart_is_gaussian_in_d(self):
-        # Smoothing white noise with a Gaussian of std sigma gives a field whose values at
-        # two points d apart have correlation exp(-d^2 / (4 sigma^2)): near pixels move
-        # together, far ones independently.
-        sigma = 4.0
-        d_rows, _ = elastic_displacement(4000, np.random.default_rng(6), 34.0, sigma)
-        for d in (1, 4, 12):
-            a, b = d_rows[:, 14, 14 - d // 2], d_rows[:, 14, 14 - d // 2 + d]
-            expected = np.exp(-d ** 2 / (4 * sigma ** 2))                # 0.98, 0.61, 0.11
-            self.assertAlmostEqual(float(np.corrcoef(a, b)[0, 1]), expected, delta=0.06)
-
-    def test_with_a_control_point_at_every_pixel_it_is_simards_blurred_noise(self):
-        # sigma = 1 puts the control points 1 pixel apart, on the pixels: then the field is
-        # exactly a Gaussian blur of one uniform number per pixel, G @ F @ G.T.
-        alpha, sigma, m = 8.0, 1.0, 3
-        d_rows, d_cols = elastic_displacement(m, np.random.default_rng(12), alpha, sigma)
-        noise = 2 * np.random.default_rng(12).random((m, 2, 28, 28), dtype=np.float32) - 1
-        G = gaussian_matrix(28, sigma)
-        expected = alpha * (G @ noise @ G.T)
-        self.assertLess(float(np.abs(d_rows - expected[:, 0]).max()), 1e-4)
-        self.assertLess(float(np.abs(d_cols - expected[:, 1]).max()), 1e-4)
-
-    def test_the_field_spreads_as_much_between_control_points_as_on_them(self):
-        # Control points 28 / 6 = 4.7 px apart (sigma = 5) leave no trace in the field: at
-        # every pixel of the middle row its spread is that of Simard's per-pixel recipe,
-        # alpha sqrt(1/3) sum_k g(i - k)^2 sum_l g(j - l)^2 under the square root.
-        alpha, sigma = 25.0, 5.0
-        d_rows, _ = elastic_displacement(20000, np.random.default_rng(13), alpha, sigma)
-        G = gaussian_matrix(28, sigma).astype(np.float64)
-        per_pixel_variance = (G ** 2).sum(axis=1)                        # sum_k g(i - k)^2
-        for j in range(6, 22):
-            expected = alpha * np.sqrt(per_pixel_variance[14] * per_pixel_variance[j] / 3)
-            self.assertAlmostEqual(float(d_rows[:, 14, j].std() / expected), 1.0, delta=0.03)
-
-
-class TestAugmentationBilinearSample(unittest.TestCase):
-    def setUp(self):
-        self.images = np.random.default_rng(7).random((6, 28, 28), dtype=np.float32)
-
-    def test_integer_grid_returns_the_images_exactly(self):
-        i, j = np.mgrid[0:28, 0:28].astype(np.float32)
-        rows, cols = np.broadcast_to(i, (6, 28, 28)), np.broadcast_to(j, (6, 28, 28))
-        self.assertTrue(np.array_equal(bilinear_sample(self.images, rows, cols), self.images))
-
-    def test_integer_shift_equals_roll_with_zero_fill(self):
-        i, j = np.mgrid[0:28, 0:28].astype(np.float32)
-        for down, right in [(3, -2), (-5, 0), (0, 7), (27, 27), (-30, 4)]:
-            # Reading the old image at (i - down, j - right) moves the content down/right.
-            out = bilinear_sample(self.images, np.broadcast_to(i - down, (6, 28, 28)),
-                                  np.broadcast_to(j - right, (6, 28, 28)))
-            expected = np.roll(self.images, (down, right), axis=(1, 2))
-            expected[:, :max(down, 0)] = 0                               # rows rolled in
-            expected[:, 28 + min(down, 0):] = 0
-            expected[:, :, :max(right, 0)] = 0
-            expected[:, :, 28 + min(right, 0):] = 0
-            if abs(down) >= 28:
-                expected[:] = 0
-            self.assertTrue(np.array_equal(out, expected), (down, right))
-
-    def test_point_between_four_pixels_gets_the_bilinear_weights(self):
-        image = np.zeros((1, 28, 28), dtype=np.float32)
-        image[0, 10:12, 20:22] = [[1.0, 2.0], [3.0, 4.0]]
-        rows = np.full((1, 1, 1), 10.25, dtype=np.float32)
-        cols = np.full((1, 1, 1), 20.5, dtype=np.float32)
-        # (1-fr)(1-fc) 1 + (1-fr) fc 2 + fr (1-fc) 3 + fr fc 4 with fr = 0.25, fc = 0.5
-        expected = 0.75 * 0.5 * 1 + 0.75 * 0.5 * 2 + 0.25 * 0.5 * 3 + 0.25 * 0.5 * 4
-        self.assertAlmostEqual(float(bilinear_sample(image, rows, cols)[0, 0, 0]), expected,
-                               places=6)
-
-    def test_outside_the_frame_is_black_and_the_edge_fades_over_one_pixel(self):
-        ones = np.ones((1, 28, 28), dtype=np.float32)
-        points = np.array([-5.0, -1.0, -0.5, 0.0, 27.0, 27.25, 28.0, 100.0], dtype=np.float32)
-        rows = np.full((1, 1, 8), 13.0, dtype=np.float32)
-        out = bilinear_sample(ones, rows, points[None, None, :])[0, 0]
-        self.assertTrue(np.allclose(out, [0, 0, 0.5, 1, 1, 0.75, 0, 0]))
-
+# ==== [11b] Reading a number ======================================================================
 
 @needs_mnist
-class TestAugmentBatch(unittest.TestCase):
-    """Distortions of real handwriting: the first 1,000 MNIST training digits."""
+class TestReadingANumber(unittest.TestCase):
+    """Numbers made at run time from MNIST test digits that the network reads right alone (the
+    tests are about cutting a number into digits, not about reading a hard digit)."""
 
-    def setUp(self):
-        self.digits = real_mnist()[0][:1000].reshape(1000, 28, 28)
+    @classmethod
+    def setUpClass(cls):
+        X_train, y_train, X_test, labels = real_mnist()
+        cls.Ws, cls.bs, _, _ = mnist.train_full(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
+                                                batch_size=64, lr=0.05, seed=0)
+        cls.folder = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.folder.name, "model.npz")
+        mnist.save_model(cls.model, cls.Ws, cls.bs, {"activation": "relu", "sizes": [784, 64, 10],
+                                                     "test_accuracy": 0.95})
+        cls.images = X_test.reshape(-1, 28, 28)
+        P = mnist.predict_proba(X_test, cls.Ws, cls.bs)
+        cls.legible = {d: [i for i in np.flatnonzero(labels == d) if P[i, d] > 0.999][:20] for d in range(10)}
+        cls.labels = labels
 
-    def test_all_strengths_zero_is_exactly_the_identity(self):
-        flat = self.digits.reshape(-1, 784)
-        for images in (self.digits, flat):
-            out = augment_batch(images, np.random.default_rng(0), **OFF)
-            self.assertTrue(np.array_equal(out, images))
-            self.assertIsNot(out, images)                                # a copy, not an alias
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
 
-    def test_none_preset_is_the_identity_and_the_distortions_change_every_digit(self):
-        for name, strengths in AUGMENT_PRESETS.items():
-            out = augment_batch(self.digits, np.random.default_rng(0), **strengths)
-            changed = np.abs(out - self.digits).max(axis=(1, 2)) > 0
-            if name == "mirror":  # half of them, mirrored (see the mirror test below)
-                self.assertTrue(400 < int(changed.sum()) < 600, int(changed.sum()))
-            else:
-                self.assertEqual(int(changed.sum()), 0 if name == "none" else len(self.digits), name)
+    def glyphs(self, number, which=0, height=16):
+        return [glyph_of(self.images[self.legible[int(d)][which]], height) for d in number]
 
-    def test_mirror_turns_about_that_share_of_the_images_left_to_right_and_nothing_else(self):
-        for images in (self.digits, self.digits.reshape(-1, 784)):
-            out = augment_batch(images, np.random.default_rng(3), **dict(OFF, mirror=0.3))
-            out, flipped = out.reshape(-1, 28, 28), self.digits[:, :, ::-1]
-            same = (out == self.digits).all(axis=(1, 2))
-            mirrored = (out == flipped).all(axis=(1, 2))
-            self.assertTrue((same | mirrored).all())          # each image: itself or its mirror
-            self.assertTrue(250 < int((mirrored & ~same).sum()) < 350)
-        everything = augment_batch(self.digits, np.random.default_rng(3), **dict(OFF, mirror=1.0))
-        self.assertTrue(np.array_equal(everything, self.digits[:, :, ::-1]))
-        with self.assertRaises(ValueError):
-            augment_batch(self.digits, np.random.default_rng(3), mirror=1.5)
+    def read(self, data):
+        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs)
+        return steps
 
-    def test_output_has_the_shape_and_dtype_of_the_input(self):
-        for images in (self.digits[:10], self.digits[:10].reshape(-1, 784)):
-            out = augment_batch(images, np.random.default_rng(0), **REALISTIC)
-            self.assertEqual(out.shape, images.shape)
-            self.assertEqual(out.dtype, np.float32)
-            self.assertFalse(np.array_equal(out, images))
-
-    def test_same_seed_gives_the_same_images_and_another_seed_different_ones(self):
-        a = augment_batch(self.digits, np.random.default_rng(42), **REALISTIC)
-        b = augment_batch(self.digits, np.random.default_rng(42), **REALISTIC)
-        c = augment_batch(self.digits, np.random.default_rng(43), **REALISTIC)
-        self.assertTrue(np.array_equal(a, b))
-        self.assertGreater(np.abs(a - c).mean(), 0.01)
-
-    def test_input_array_is_not_modified(self):
-        before = self.digits.copy()
-        augment_batch(self.digits, np.random.default_rng(0), **REALISTIC)
-        self.assertTrue(np.array_equal(self.digits, before))
-
-    def test_pixel_values_stay_in_0_1_and_mean_intensity_is_kept(self):
-        out = augment_batch(self.digits, np.random.default_rng(9), **REALISTIC)
-        self.assertGreaterEqual(float(out.min()), 0.0)
-        self.assertLessEqual(float(out.max()), 1.0)
-        self.assertAlmostEqual(float(out.mean() / self.digits.mean()), 1.0, delta=0.03)
-
-    def test_augmented_digit_keeps_its_ink_and_stays_inside_the_frame(self):
-        out = augment_batch(self.digits, np.random.default_rng(10), **REALISTIC)
-        ink_ratio = out.sum(axis=(1, 2)) / self.digits.sum(axis=(1, 2))
-        # Scaling and elastic stretching change the ink of single digits (up to about
-        # +-40 %), but 98 % of digits keep it within 40 % and on average it is unchanged.
-        self.assertAlmostEqual(float(ink_ratio.mean()), 1.0, delta=0.03)
-        self.assertGreater(float(np.percentile(ink_ratio, 1)), 0.6)
-        self.assertLess(float(np.percentile(ink_ratio, 99)), 1.4)
-        # Almost no ink reaches the outermost pixel ring, where it would be cut off.
-        ring = np.ones((28, 28), dtype=bool)
-        ring[1:-1, 1:-1] = False
-        self.assertLess(float(out[:, ring].sum() / out.sum()), 0.005)
-
-    def test_affine_only_moves_the_centre_of_mass_by_at_most_the_shift_plus_a_little(self):
-        strengths = dict(OFF, max_shift=2.0)
-        out = augment_batch(self.digits, np.random.default_rng(11), **strengths)
-        i = np.arange(28)
-
-        def centre_of_mass(images):                                      # (m, 2)
-            mass = images.sum(axis=(1, 2))
-            return np.stack([(images.sum(2) * i).sum(1) / mass,
-                             (images.sum(1) * i).sum(1) / mass], axis=1)
-        moved = centre_of_mass(out) - centre_of_mass(self.digits)
-        self.assertLess(float(np.abs(moved).max()), 2.0 + 0.3)
-        self.assertGreater(float(np.abs(moved).max()), 1.5)
-
-    def test_maps_draws_that_many_distortions_and_deals_them_out_in_turn(self):
-        same_digit = np.repeat(self.digits[:1], 1024, axis=0)
-        for maps, drawn in [(256, 256), (300, 512), (1024, 1024)]:  # rounded up to chunks of 256
-            out = augment_batch(same_digit, np.random.default_rng(5), maps=maps).reshape(1024, -1)
-            self.assertEqual(len(np.unique(out, axis=0)), drawn, maps)
-            self.assertTrue(np.array_equal(out[drawn:], out[:1024 - drawn]), maps)  # i uses i % drawn
-        # As many maps as images, or more, is one distortion per image: the same draws as None.
-        one_each = augment_batch(self.digits, np.random.default_rng(5))
-        for maps in (1000, 5000):
-            self.assertTrue(np.array_equal(augment_batch(self.digits, np.random.default_rng(5), maps=maps), one_each))
-        # A later image is its own digit moved the way of an earlier one: the maps drawn first
-        # do not depend on the images, so digit 256 + i with map i is what the same seed gives
-        # when digit 256 + i comes first.
-        shared = augment_batch(self.digits, np.random.default_rng(5), maps=256)
-        self.assertTrue(np.array_equal(shared[:256], one_each[:256]))
-        self.assertTrue(np.array_equal(shared[256:512], augment_batch(self.digits[256:512], np.random.default_rng(5))))
-        with self.assertRaises(ValueError):
-            augment_batch(self.digits, np.random.default_rng(5), maps=0)
-
-    def test_bad_strengths_and_shapes_raise_value_error(self):
+    def test_a_row_of_digits_with_gaps_is_read_in_order(self):
         rng = np.random.default_rng(0)
-        with self.assertRaises(ValueError):
-            augment_batch(self.digits, rng, max_shift=-1.0)
-        with self.assertRaises(ValueError):
-            augment_batch(self.digits, rng, max_scale=1.0)
-        with self.assertRaises(ValueError):
-            augment_batch(self.digits, rng, max_rotation_deg=float("nan"))
-        with self.assertRaises(ValueError):
-            augment_batch(self.digits, rng, elastic_alpha=10.0, elastic_sigma=0.0)
-        with self.assertRaises(ValueError):
-            augment_batch(self.digits.reshape(-1, 28 * 28)[:, :700], rng)
-        with self.assertRaises(ValueError):
-            augment_batch((self.digits * 255).astype(np.uint8), rng)
+        for which, number in enumerate(["2026", "31415926", "780"]):
+            strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
+            self.assertEqual(self.read(present_number(strip, rng, "p64 black"))["number"], number)
+
+    def test_touching_digits_are_cut_apart(self):
+        for gap in range(0, -6, -1):  # moved together until the 0 and the 5 touch
+            strip, _ = number_strip(self.glyphs("2058"), [4, gap, 4], np.random.default_rng(1), jitter=0)
+            if label_components(strip > 0.5)[1] == 3:
+                break
+        steps = self.read(present_number(strip, np.random.default_rng(1), "p64 white"))
+        self.assertEqual(label_components(steps["pieces"])[1], 3)  # 0 and 5 are one piece of ink
+        self.assertEqual(steps["number"], "2058")
+
+    def touching_pair(self, number, which):
+        """A strip of the two digits of `number` moved together until their ink is one piece."""
+        for gap in range(0, -8, -1):
+            strip, _ = number_strip(self.glyphs(number, which), [gap], np.random.default_rng(2), jitter=0)
+            if label_components(strip > 0.5)[1] == 1:
+                return strip
+        return None
+
+    def test_a_touching_pair_alone_is_read_as_two_digits(self):
+        read = [self.read(present_number(strip, np.random.default_rng(3), "p64 black"))["number"] == number
+                for which, number in enumerate(["10", "47", "23", "58", "96", "31", "70", "84"])
+                for strip in [self.touching_pair(number, which)] if strip is not None]
+        self.assertGreaterEqual(len(read), 6)  # pairs whose ink is one piece
+        self.assertGreaterEqual(sum(read), len(read) // 4)  # a lone piece was never cut: 0
+
+    def test_a_single_wide_digit_stays_one_digit(self):
+        wide = []  # the widest legible 0s and 2s: wider than tall, as wide as touching pairs are
+        for digit in (0, 2):
+            ratios = [(glyph_of(self.images[i]).shape[1] / glyph_of(self.images[i]).shape[0], i)
+                      for i in np.flatnonzero(self.labels == digit)[:400]]
+            wide += [i for ratio, i in sorted(ratios)[-5:]]
+        for index in wide:
+            glyph = glyph_of(self.images[index])
+            self.assertGreater(glyph.shape[1], 1.1 * glyph.shape[0])
+            for how in ("p16 black", "p64 white"):
+                strip, _ = number_strip([glyph], [], np.random.default_rng(4))
+                number = self.read(present_number(strip, np.random.default_rng(4), how))["number"]
+                self.assertEqual(len(number), 1, f"test digit {index} ({how}) read as {number}")
+
+    def pieces_of(self, index):
+        return label_components(self.images[index] > 0.3)[1]
+
+    def digit_in_two_pieces(self, digit):
+        """A test digit that falls into two pieces of ink (each with a tenth of its ink or more)
+        and that the network reads right alone."""
+        P = mnist.predict_proba(self.images.reshape(-1, 784), self.Ws, self.bs)
+        for index in np.flatnonzero(self.labels == digit):
+            labels, count = label_components(self.images[index] > 0.3)
+            share = np.bincount(labels[labels >= 0]) / (labels >= 0).sum()
+            if count == 2 and share.min() > 0.1 and P[index, digit] > 0.99:
+                return index
+        self.skipTest(f"no {digit} in two pieces found in the test set")
+
+    def number_with(self, index, before, after):
+        rng = np.random.default_rng(2)
+        glyphs = self.glyphs(before) + [glyph_of(self.images[index])] + self.glyphs(after)
+        strip, _ = number_strip(glyphs, [5] * (len(glyphs) - 1), rng)
+        return self.read(present_number(strip, rng, "p64 black"))
+
+    def test_a_5_with_a_separate_flag_is_one_digit(self):
+        steps = self.number_with(self.digit_in_two_pieces(5), "3", "2")
+        self.assertEqual(label_components(steps["pieces"])[1], 4)
+        self.assertEqual(steps["number"], "352")
+
+    def test_a_4_in_two_strokes_is_one_digit(self):
+        steps = self.number_with(self.digit_in_two_pieces(4), "1", "7")
+        self.assertEqual(label_components(steps["pieces"])[1], 4)
+        self.assertEqual(steps["number"], "147")
+
+    def test_a_small_digit_beside_a_big_one_is_read(self):
+        rng = np.random.default_rng(3)
+        big, small = glyph_of(self.images[self.legible[4][0]], 40), glyph_of(self.images[self.legible[3][0]], 14)
+        strip, boxes = number_strip([big, small, big], [6, 6], rng, jitter=0)
+        steps = self.read(present_number(strip, rng, "p16 black"))
+        self.assertEqual(steps["number"], "434")
+        heights = [d["box"][1] - d["box"][0] + 1 for d in steps["digits"]]
+        self.assertLess(heights[1], 0.5 * heights[0])
+
+    def test_two_rows_are_read_top_to_bottom_each_left_to_right(self):
+        rng = np.random.default_rng(4)
+        top, _ = number_strip(self.glyphs("12"), [5], rng)
+        bottom, _ = number_strip(self.glyphs("345", 1), [5, 5], rng)
+        width = max(top.shape[1], bottom.shape[1])
+        page = np.vstack([np.pad(top, ((0, 0), (0, width - top.shape[1]))),
+                          np.pad(bottom, ((0, 0), (0, width - bottom.shape[1])))])
+        steps = self.read(present_number(page, rng, "p64 black"))
+        self.assertEqual(steps["number"], "12\n345")
+        self.assertEqual([d["row"] for d in steps["digits"]], [0, 0, 1, 1, 1])
+
+    def test_one_digit_is_read_exactly_as_predict_image_reads_it(self):
+        data = encode(self.images[self.legible[7][0]], "L", "PNG")
+        gray, alpha = read_image(io.BytesIO(data))
+        x_one, P_one, _ = mnist.predict_image(gray, alpha, self.Ws, self.bs)
+        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs)
+        np.testing.assert_array_equal(x28, x_one)
+        np.testing.assert_array_equal(P, P_one)
+        self.assertEqual((steps["number"], len(steps["digits"])), ("7", 1))
+
+    def test_boxes_are_in_the_pixels_of_a_large_photo(self):
+        rng = np.random.default_rng(5)
+        strip, boxes = number_strip(self.glyphs("4096"), [4, 4, 4], rng, jitter=0)
+        big = np.kron(strip, np.ones((16, 16), np.float32))   # 16 x larger than the working size
+        gray = (1 - big).astype(np.float32)
+        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs)
+        self.assertEqual(steps["number"], "4096")
+        for digit, (top, bottom, left, right) in zip(steps["digits"], boxes):
+            np.testing.assert_allclose(digit["box"], (16 * top, 16 * bottom + 15, 16 * left, 16 * right + 15), atol=20)
+
+    def write_number(self, folder, name, number):
+        rng = np.random.default_rng(len(name))
+        strip, _ = number_strip(self.glyphs(number), [5] * (len(number) - 1), rng)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as file:
+            file.write(present_number(strip, rng, "p64 black"))
+        return path
+
+    def test_predict_json_has_the_number_and_each_digit_with_its_box(self):
+        path = self.write_number(self.folder.name, "number.png", "2026")
+        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
+        self.assertEqual(code, 0, err)
+        answer = json.loads(out)
+        self.assertEqual(answer["number"], "2026")
+        self.assertEqual([d["digit"] for d in answer["digits"]], [2, 0, 2, 6])
+        self.assertEqual(answer["digit"], 2)  # the first digit, with today's fields beside it
+        self.assertEqual(len(answer["probabilities"]), 10)
+        lefts = [d["box"]["left"] for d in answer["digits"]]
+        self.assertEqual(lefts, sorted(lefts))
+        self.assertTrue(all(d["box"]["right"] < png_size(path)[0] for d in answer["digits"]))
+
+    def test_predict_json_of_one_digit_keeps_digit_and_gives_it_as_number(self):
+        path = os.path.join(self.folder.name, "one.png")
+        save_png(self.images[self.legible[3][0]], path)
+        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
+        answer = json.loads(out)
+        self.assertEqual((answer["digit"], answer["number"], len(answer["digits"])), (3, "3", 1))
+
+    def test_predict_prints_the_number_and_each_digits_probability(self):
+        path = self.write_number(self.folder.name, "printed.png", "907")
+        code, out, err = run_cli("predict", "--model", self.model, path)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"printed\.png: 907  \(digits \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?\)")
+
+    def test_predict_on_a_folder_scores_files_named_after_their_number(self):
+        folder = os.path.join(self.folder.name, "numbers")
+        os.makedirs(folder, exist_ok=True)
+        self.write_number(folder, "2026.png", "2026")
+        self.write_number(folder, "1234_anna.png", "1239")   # named wrongly: one digit differs
+        code, out, err = run_cli("predict", folder, "--model", self.model)
+        self.assertEqual(code, 0, err)
+        self.assertIn("numbers: 1 of 2 read exactly (50.0 %), digits: 7 of 8 right (87.5 %); "
+                      "wrong: 1234_anna.png (read 1239)", out)
+
+    def test_predict_plot_with_steps_shows_every_digit(self):
+        path = self.write_number(self.folder.name, "plotted.png", "58")
+        out = os.path.join(self.folder.name, "plot.png")
+        code, _, err = run_cli("predict", path, "--model", self.model, "--plot", out, "--steps")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(png_size(out), (800, 200 + 360 + 130))
+
+    def test_the_api_answers_the_number(self):
+        url, _ = start_server(self, self.Ws, self.bs, {"activation": "relu", "sizes": [784, 64, 10]})
+        rng = np.random.default_rng(6)
+        strip, _ = number_strip(self.glyphs("314"), [5, 5], rng)
+        status, _, answer = http("POST", url + "/predict", present_number(strip, rng, "p64 black"), "image/png")
+        self.assertEqual((status, answer["number"], len(answer["digits"])), (200, "314", 3))
+        self.assertEqual(sorted(answer["digits"][0]["box"]), ["bottom", "left", "right", "top"])
+
+    def test_a_file_name_gives_its_number(self):
+        self.assertEqual([mnist.number_from_filename(n) for n in ("2026.jpg", "photos/2026_anna.jpg", "7.png", "img7.png")],
+                         ["2026", "2026", "7", None])
+
+    def test_edit_distance_counts_digits_misread_missed_or_added(self):
+        self.assertEqual([mnist.edit_distance("2026", read) for read in ("2026", "2028", "226", "20126", "")],
+                         [0, 1, 1, 1, 4])
 
 
-# ---- Pictures ---------------------------------------------------------------------
+# ==== [12] Pictures ===============================================================================
+
 MODULE = "mnist_from_scratch"  # the module under test, imported by name in the subprocess checks below
+
+
 NO_DISPLAY = {"DISPLAY": "", "WAYLAND_DISPLAY": "", "MPLBACKEND": ""}
 
 
@@ -2495,7 +2057,8 @@ class PicturesTest(unittest.TestCase):
             plot_history([], self.path("h.png"))
 
 
-# ---- Drawing live ---------------------------------------------------------------------------
+# ==== [13] Drawing a digit live ===================================================================
+
 @functools.lru_cache(maxsize=None)
 def tiny_model():
     """Softmax regression (no hidden layer) on the first 6000 training images, 4 epochs (~1 s)."""
@@ -2509,8 +2072,9 @@ def tiny_probabilities(X):
     return mnist.predict_proba(X, *tiny_model())
 
 
-# ------------------------------------------------------------------ simulated events
 CANVAS = object()     # stands for the canvas axes; events "over the canvas" carry it as inaxes
+
+
 ELSEWHERE = object()  # another axes (e.g. the bars)
 
 
@@ -2557,7 +2121,6 @@ def stroke_width_in_pixels(image):
     return 2 * ink.sum() / perimeter
 
 
-# ------------------------------------------------------------------ the pen
 class TestDrawingRenderStroke(unittest.TestCase):
     def test_ink_lies_along_the_segment_and_nowhere_far_from_it(self):
         canvas = render_stroke(np.zeros((100, 100), np.float32), [(20, 50), (80, 50)], radius=5)
@@ -2601,7 +2164,6 @@ class TestDrawingRenderStroke(unittest.TestCase):
             self.assertTrue(1.8 <= stroke_width_in_pixels(x28) <= 3.0, stroke_width_in_pixels(x28))
 
 
-# ------------------------------------------------------------------ the pad's event handlers
 class TestDrawingPad(unittest.TestCase):
     def test_press_motion_release_put_ink_along_the_path_only(self):
         pad, _ = make_pad()
@@ -2753,7 +2315,6 @@ class TestDrawingRecognition(unittest.TestCase):
         self.assertGreater(pad.probabilities[1], 0.5)
 
 
-# ------------------------------------------------------------------ no display / real window
 def run_app_in_subprocess(environment, folder, model_path, **popen_options):
     return subprocess.Popen([sys.executable, SCRIPT, "draw", "--model", model_path],
                             cwd=folder, env=environment, text=True, **popen_options)
@@ -2836,10 +2397,16 @@ def wait_for(condition, seconds):
 
 # A "2" drawn as one stroke on the 280x280 canvas: an arc, a diagonal and a base line.
 ARC = [(140 + 62 * np.cos(a), 105 - 58 * np.sin(a)) for a in np.radians(np.arange(165, -35, -5))]
+
+
 TWO = [ARC + [(75, 235), (215, 235)]]
+
+
 # Checked away from the sharp corner at (75, 235): on a busy machine Tk merges mouse moves that
 # queue up while the app waits for the CPU, and the pen then cuts that corner with a short chord.
 ON_THE_TWO = [(78, 90), (140, 47), (201, 105), (135, 185), (110, 235), (180, 235), (215, 235)]
+
+
 FAR_FROM_THE_TWO = [(140, 105), (250, 160), (30, 140), (200, 180), (140, 275)]
 
 
@@ -2918,7 +2485,8 @@ class TestDrawingEndToEndUnderXvfb(unittest.TestCase):
             self.assertEqual(drawing[y, x], 0.0, (x, y))
 
 
-# ---- Serving over HTTP ----------------------------------------------------------------------
+# ==== [14] Serving over HTTP ======================================================================
+
 def tiny_model_meta():
     return {"activation": "relu", "sizes": [784, 10], "test_accuracy": 0.9}
 
@@ -3477,6 +3045,8 @@ class TestServeCommand(unittest.TestCase):
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
@@ -3764,7 +3334,8 @@ class TestServingInABrowser(unittest.TestCase):
         self.assertGreaterEqual(layouts["phone"]["canvas"]["width"], 0.9 * 390)  # nearly the screen's width
 
 
-# ---- The lesson as a notebook, and the exercises -----------------------------------------------
+# ==== [15] The lesson as a Jupyter notebook, and the exercises ====================================
+
 @functools.lru_cache(maxsize=None)
 def missing_for_the_notebook_tests():
     """What is missing to run a notebook in a real Jupyter kernel: () when nothing is."""
@@ -4154,224 +3725,524 @@ class TestTheNotebookInAKernel(unittest.TestCase):
         self.assertIn("not in place", self.check_says(
             "sgd_step", "new array", ("param -= grad", "param = param - grad")))
 
-# ---- Reading a number ----------------------------------------------------------------------
-@needs_mnist
-class TestReadingANumber(unittest.TestCase):
-    """Numbers made at run time from MNIST test digits that the network reads right alone (the
-    tests are about cutting a number into digits, not about reading a hard digit)."""
+
+# ==== [16]-[17] Getting the data and the command line =============================================
+
+class TestCommandLine(unittest.TestCase):
+    """The script end to end, run as a user runs it."""
 
     @classmethod
     def setUpClass(cls):
-        X_train, y_train, X_test, labels = real_mnist()
-        cls.Ws, cls.bs, _, _ = mnist.train_full(X_train[:20000], y_train[:20000], hidden=(64,), epochs=3,
-                                                batch_size=64, lr=0.05, seed=0)
-        cls.folder = tempfile.TemporaryDirectory()
-        cls.model = os.path.join(cls.folder.name, "model.npz")
-        mnist.save_model(cls.model, cls.Ws, cls.bs, {"activation": "relu", "sizes": [784, 64, 10],
-                                                     "test_accuracy": 0.95})
-        cls.images = X_test.reshape(-1, 28, 28)
-        P = mnist.predict_proba(X_test, cls.Ws, cls.bs)
-        cls.legible = {d: [i for i in np.flatnonzero(labels == d) if P[i, d] > 0.999][:20] for d in range(10)}
-        cls.labels = labels
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.tmp.name, "tiny.npz")
+        if HAVE_MNIST:
+            start = time.perf_counter()
+            cls.train_run = run_cli("train", "--data-dir", DATA_DIR, "--model", cls.model,
+                                    "--epochs", "1", "--hidden", "32", "--val-size", "1000")
+            cls.train_wall_seconds = time.perf_counter() - start
 
     @classmethod
     def tearDownClass(cls):
-        cls.folder.cleanup()
+        cls.tmp.cleanup()
 
-    def glyphs(self, number, which=0, height=16):
-        return [glyph_of(self.images[self.legible[int(d)][which]], height) for d in number]
-
-    def read(self, data):
-        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs)
-        return steps
-
-    def test_a_row_of_digits_with_gaps_is_read_in_order(self):
-        rng = np.random.default_rng(0)
-        for which, number in enumerate(["2026", "31415926", "780"]):
-            strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
-            self.assertEqual(self.read(present_number(strip, rng, "p64 black"))["number"], number)
-
-    def test_touching_digits_are_cut_apart(self):
-        for gap in range(0, -6, -1):  # moved together until the 0 and the 5 touch
-            strip, _ = number_strip(self.glyphs("2058"), [4, gap, 4], np.random.default_rng(1), jitter=0)
-            if label_components(strip > 0.5)[1] == 3:
-                break
-        steps = self.read(present_number(strip, np.random.default_rng(1), "p64 white"))
-        self.assertEqual(label_components(steps["pieces"])[1], 3)  # 0 and 5 are one piece of ink
-        self.assertEqual(steps["number"], "2058")
-
-    def touching_pair(self, number, which):
-        """A strip of the two digits of `number` moved together until their ink is one piece."""
-        for gap in range(0, -8, -1):
-            strip, _ = number_strip(self.glyphs(number, which), [gap], np.random.default_rng(2), jitter=0)
-            if label_components(strip > 0.5)[1] == 1:
-                return strip
-        return None
-
-    def test_a_touching_pair_alone_is_read_as_two_digits(self):
-        read = [self.read(present_number(strip, np.random.default_rng(3), "p64 black"))["number"] == number
-                for which, number in enumerate(["10", "47", "23", "58", "96", "31", "70", "84"])
-                for strip in [self.touching_pair(number, which)] if strip is not None]
-        self.assertGreaterEqual(len(read), 6)  # pairs whose ink is one piece
-        self.assertGreaterEqual(sum(read), len(read) // 4)  # a lone piece was never cut: 0
-
-    def test_a_single_wide_digit_stays_one_digit(self):
-        wide = []  # the widest legible 0s and 2s: wider than tall, as wide as touching pairs are
-        for digit in (0, 2):
-            ratios = [(glyph_of(self.images[i]).shape[1] / glyph_of(self.images[i]).shape[0], i)
-                      for i in np.flatnonzero(self.labels == digit)[:400]]
-            wide += [i for ratio, i in sorted(ratios)[-5:]]
-        for index in wide:
-            glyph = glyph_of(self.images[index])
-            self.assertGreater(glyph.shape[1], 1.1 * glyph.shape[0])
-            for how in ("p16 black", "p64 white"):
-                strip, _ = number_strip([glyph], [], np.random.default_rng(4))
-                number = self.read(present_number(strip, np.random.default_rng(4), how))["number"]
-                self.assertEqual(len(number), 1, f"test digit {index} ({how}) read as {number}")
-
-    def pieces_of(self, index):
-        return label_components(self.images[index] > 0.3)[1]
-
-    def digit_in_two_pieces(self, digit):
-        """A test digit that falls into two pieces of ink (each with a tenth of its ink or more)
-        and that the network reads right alone."""
-        P = mnist.predict_proba(self.images.reshape(-1, 784), self.Ws, self.bs)
-        for index in np.flatnonzero(self.labels == digit):
-            labels, count = label_components(self.images[index] > 0.3)
-            share = np.bincount(labels[labels >= 0]) / (labels >= 0).sum()
-            if count == 2 and share.min() > 0.1 and P[index, digit] > 0.99:
-                return index
-        self.skipTest(f"no {digit} in two pieces found in the test set")
-
-    def number_with(self, index, before, after):
-        rng = np.random.default_rng(2)
-        glyphs = self.glyphs(before) + [glyph_of(self.images[index])] + self.glyphs(after)
-        strip, _ = number_strip(glyphs, [5] * (len(glyphs) - 1), rng)
-        return self.read(present_number(strip, rng, "p64 black"))
-
-    def test_a_5_with_a_separate_flag_is_one_digit(self):
-        steps = self.number_with(self.digit_in_two_pieces(5), "3", "2")
-        self.assertEqual(label_components(steps["pieces"])[1], 4)
-        self.assertEqual(steps["number"], "352")
-
-    def test_a_4_in_two_strokes_is_one_digit(self):
-        steps = self.number_with(self.digit_in_two_pieces(4), "1", "7")
-        self.assertEqual(label_components(steps["pieces"])[1], 4)
-        self.assertEqual(steps["number"], "147")
-
-    def test_a_small_digit_beside_a_big_one_is_read(self):
-        rng = np.random.default_rng(3)
-        big, small = glyph_of(self.images[self.legible[4][0]], 40), glyph_of(self.images[self.legible[3][0]], 14)
-        strip, boxes = number_strip([big, small, big], [6, 6], rng, jitter=0)
-        steps = self.read(present_number(strip, rng, "p16 black"))
-        self.assertEqual(steps["number"], "434")
-        heights = [d["box"][1] - d["box"][0] + 1 for d in steps["digits"]]
-        self.assertLess(heights[1], 0.5 * heights[0])
-
-    def test_two_rows_are_read_top_to_bottom_each_left_to_right(self):
-        rng = np.random.default_rng(4)
-        top, _ = number_strip(self.glyphs("12"), [5], rng)
-        bottom, _ = number_strip(self.glyphs("345", 1), [5, 5], rng)
-        width = max(top.shape[1], bottom.shape[1])
-        page = np.vstack([np.pad(top, ((0, 0), (0, width - top.shape[1]))),
-                          np.pad(bottom, ((0, 0), (0, width - bottom.shape[1])))])
-        steps = self.read(present_number(page, rng, "p64 black"))
-        self.assertEqual(steps["number"], "12\n345")
-        self.assertEqual([d["row"] for d in steps["digits"]], [0, 0, 1, 1, 1])
-
-    def test_one_digit_is_read_exactly_as_predict_image_reads_it(self):
-        data = encode(self.images[self.legible[7][0]], "L", "PNG")
-        gray, alpha = read_image(io.BytesIO(data))
-        x_one, P_one, _ = mnist.predict_image(gray, alpha, self.Ws, self.bs)
-        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs)
-        np.testing.assert_array_equal(x28, x_one)
-        np.testing.assert_array_equal(P, P_one)
-        self.assertEqual((steps["number"], len(steps["digits"])), ("7", 1))
-
-    def test_boxes_are_in_the_pixels_of_a_large_photo(self):
-        rng = np.random.default_rng(5)
-        strip, boxes = number_strip(self.glyphs("4096"), [4, 4, 4], rng, jitter=0)
-        big = np.kron(strip, np.ones((16, 16), np.float32))   # 16 x larger than the working size
-        gray = (1 - big).astype(np.float32)
-        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs)
-        self.assertEqual(steps["number"], "4096")
-        for digit, (top, bottom, left, right) in zip(steps["digits"], boxes):
-            np.testing.assert_allclose(digit["box"], (16 * top, 16 * bottom + 15, 16 * left, 16 * right + 15), atol=20)
-
-    def write_number(self, folder, name, number):
-        rng = np.random.default_rng(len(name))
-        strip, _ = number_strip(self.glyphs(number), [5] * (len(number) - 1), rng)
-        path = os.path.join(folder, name)
-        with open(path, "wb") as file:
-            file.write(present_number(strip, rng, "p64 black"))
-        return path
-
-    def test_predict_json_has_the_number_and_each_digit_with_its_box(self):
-        path = self.write_number(self.folder.name, "number.png", "2026")
-        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
+    @needs_mnist
+    def test_train_logs_each_epoch_and_saves_a_model_with_its_history(self):
+        code, out, err = self.train_run
         self.assertEqual(code, 0, err)
-        answer = json.loads(out)
-        self.assertEqual(answer["number"], "2026")
-        self.assertEqual([d["digit"] for d in answer["digits"]], [2, 0, 2, 6])
-        self.assertEqual(answer["digit"], 2)  # the first digit, with today's fields beside it
-        self.assertEqual(len(answer["probabilities"]), 10)
-        lefts = [d["box"]["left"] for d in answer["digits"]]
-        self.assertEqual(lefts, sorted(lefts))
-        self.assertTrue(all(d["box"]["right"] < png_size(path)[0] for d in answer["digits"]))
+        self.assertRegex(out, r"epoch +1/1 +train loss \d\.\d+ acc +\d+\.\d+ %  val loss")
+        self.assertRegex(out, r"test accuracy 9\d\.\d\d %")
+        with np.load(self.model, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+        self.assertEqual(meta["sizes"], [784, 32, 10])
+        self.assertEqual(len(meta["history"]), 1)
+        entry = meta["history"][0]
+        self.assertEqual(set(entry), {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                                      "seconds"})
+        self.assertGreater(entry["seconds"], 0)
+        self.assertLess(entry["seconds"], self.train_wall_seconds)  # one epoch, not the whole run
+        self.assertGreater(meta["test_accuracy"], 0.9)
 
-    def test_predict_json_of_one_digit_keeps_digit_and_gives_it_as_number(self):
-        path = os.path.join(self.folder.name, "one.png")
-        save_png(self.images[self.legible[3][0]], path)
-        code, out, err = run_cli("predict", "--json", "--model", self.model, path)
-        answer = json.loads(out)
-        self.assertEqual((answer["digit"], answer["number"], len(answer["digits"])), (3, "3", 1))
-
-    def test_predict_prints_the_number_and_each_digits_probability(self):
-        path = self.write_number(self.folder.name, "printed.png", "907")
-        code, out, err = run_cli("predict", "--model", self.model, path)
+    @needs_mnist
+    def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
+        code, out, err = self.train_run
         self.assertEqual(code, 0, err)
-        self.assertRegex(out, r"printed\.png: 907  \(digits \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?, \d+\.\d %( UNSURE)?\)")
-
-    def test_predict_on_a_folder_scores_files_named_after_their_number(self):
-        folder = os.path.join(self.folder.name, "numbers")
-        os.makedirs(folder, exist_ok=True)
-        self.write_number(folder, "2026.png", "2026")
-        self.write_number(folder, "1234_anna.png", "1239")   # named wrongly: one digit differs
-        code, out, err = run_cli("predict", folder, "--model", self.model)
+        with np.load(self.model, allow_pickle=False) as z:
+            settings = json.loads(str(z["meta"]))["settings"]
+        self.assertEqual((settings["augment"], settings["distortions"]), ("light", 2048))
+        self.assertIn("distortions light (2048 drawn per epoch)", out)
+        args = mnist.build_parser().parse_args(["train", "--augment", "none"])
+        self.assertEqual(args.augment, "none")
+        self.assertEqual(mnist.build_parser().parse_args(["train", "--distortions", "0"]).distortions, 0)
+        # Distortions are drawn in chunks of 256 images, and the log says how many were drawn.
+        code, out, err = run_cli("train", "--data-dir", DATA_DIR, "--model", os.path.join(self.tmp.name, "d.npz"),
+                                 "--epochs", "1", "--hidden", "8", "--distortions", "300")
         self.assertEqual(code, 0, err)
-        self.assertIn("numbers: 1 of 2 read exactly (50.0 %), digits: 7 of 8 right (87.5 %); "
-                      "wrong: 1234_anna.png (read 1239)", out)
+        self.assertIn("distortions light (512 drawn per epoch)", out)
 
-    def test_predict_plot_with_steps_shows_every_digit(self):
-        path = self.write_number(self.folder.name, "plotted.png", "58")
-        out = os.path.join(self.folder.name, "plot.png")
-        code, _, err = run_cli("predict", path, "--model", self.model, "--plot", out, "--steps")
+    @needs_mnist
+    def test_evaluate_json_reports_accuracy_loss_and_confusion(self):
+        code, out, err = run_cli("evaluate", "--json", "--data-dir", DATA_DIR, "--model", self.model)
         self.assertEqual(code, 0, err)
-        self.assertEqual(png_size(out), (800, 200 + 360 + 130))
+        result = json.loads(out)
+        self.assertEqual(result["n"], 10000)
+        self.assertEqual(np.array(result["confusion"]).shape, (10, 10))
+        self.assertEqual(np.array(result["confusion"]).sum(), 10000)
+        self.assertAlmostEqual(result["accuracy"], np.trace(result["confusion"]) / 10000)
+        with np.load(self.model, allow_pickle=False) as z:
+            self.assertAlmostEqual(result["accuracy"], json.loads(str(z["meta"]))["test_accuracy"])
 
-    def test_the_api_answers_the_number(self):
-        url, _ = start_server(self, self.Ws, self.bs, {"activation": "relu", "sizes": [784, 64, 10]})
-        rng = np.random.default_rng(6)
-        strip, _ = number_strip(self.glyphs("314"), [5, 5], rng)
-        status, _, answer = http("POST", url + "/predict", present_number(strip, rng, "p64 black"), "image/png")
-        self.assertEqual((status, answer["number"], len(answer["digits"])), (200, "314", 3))
-        self.assertEqual(sorted(answer["digits"][0]["box"]), ["bottom", "left", "right", "top"])
+    @needs_mnist
+    def test_output_into_a_closed_pipe_stops_quietly(self):
+        # As in `predict photos/ | head -1`: the reader goes away before the output is written.
+        from PIL import Image
+        path = os.path.join(self.tmp.name, "grey.png")
+        Image.fromarray(np.full((50, 50), 128, np.uint8)).save(path)
+        env = dict(os.environ, MPLBACKEND="Agg")
+        env.pop("PYTHONUNBUFFERED", None)  # as for most users: output into a pipe is buffered
+        app = subprocess.Popen([sys.executable, SCRIPT, "predict", "--model", self.model] + [path] * 20,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        app.stdout.close()
+        with app.stderr:
+            errors = app.stderr.read().decode()
+        app.wait(timeout=120)
+        self.assertNotIn("Traceback", errors)
+        self.assertEqual(errors, "")
+        self.assertEqual(app.returncode, 1)
 
-    def test_a_file_name_gives_its_number(self):
-        self.assertEqual([mnist.number_from_filename(n) for n in ("2026.jpg", "photos/2026_anna.jpg", "7.png", "img7.png")],
-                         ["2026", "2026", "7", None])
+    @needs_mnist
+    def test_predict_json_on_drawn_images(self):
+        _, _, X_test, y_test = real_mnist()
+        Ws, bs, _ = mnist.load_model(self.model)
+        from PIL import Image
+        paths = []
+        for i in range(10):
+            # an MNIST test digit, enlarged 10x and drawn dark on light paper, like a scan
+            big = np.kron(X_test[i].reshape(28, 28), np.ones((10, 10)))
+            path = os.path.join(self.tmp.name, f"{y_test[i]}_{i}.png")
+            Image.fromarray((255 - 255 * big).astype(np.uint8)).save(path)
+            paths.append(path)
+        code, out, err = run_cli("predict", "--json", "--model", self.model, *paths)
+        self.assertEqual(code, 0, err)
+        results = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual([r["path"] for r in results], paths)
+        for r in results:
+            self.assertEqual(len(r["probabilities"]), 10)
+            self.assertAlmostEqual(sum(r["probabilities"]), 1.0, places=4)
+            self.assertEqual(r["digit"], int(np.argmax(r["probabilities"])))
+        correct = sum(r["digit"] == int(y) for r, y in zip(results, y_test[:10]))
+        self.assertGreaterEqual(correct, 8)
 
-    def test_edit_distance_counts_digits_misread_missed_or_added(self):
-        self.assertEqual([mnist.edit_distance("2026", read) for read in ("2026", "2028", "226", "20126", "")],
-                         [0, 1, 1, 1, 4])
+    @needs_mnist
+    def test_pictures_command_writes_the_readme_pictures(self):
+        out = os.path.join(self.tmp.name, "docs")
+        code, stdout, err = run_cli("pictures", "--data-dir", DATA_DIR, "--model", self.model,
+                                    "--out", out)
+        self.assertEqual(code, 0, err)
+        expected = {"confusion.png": (600, 560), "draw.png": (1000, 460),
+                    "example_photo.png": (600, 600), "prediction.png": (800, 560),
+                    "training.png": (800, 400), "weights.png": (600, 640)}
+        self.assertEqual(sorted(os.listdir(out)), sorted(expected))
+        for name, size in expected.items():
+            self.assertEqual(picture_problems(os.path.join(out, name), size), [], name)
+
+    @needs_mnist
+    def test_samples_then_predict_on_the_folder_scores_itself(self):
+        out = os.path.join(self.tmp.name, "samples")
+        code, _, err = run_cli("samples", "--data-dir", DATA_DIR, "--out", out)
+        self.assertEqual(code, 0, err)
+        code, stdout, err = run_cli("predict", out, "--model", self.model)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(stdout.strip().splitlines()), 11)  # ten digits and the score
+        self.assertRegex(stdout.strip().splitlines()[-1], r"^(9|10) of 10 correct")
+
+    @needs_mnist
+    def test_predict_plot_with_steps_writes_one_picture_per_image(self):
+        out = os.path.join(self.tmp.name, "p.png")
+        photo = os.path.join(self.tmp.name, "4_photo.png")
+        from PIL import Image
+        Image.fromarray((255 * mnist.example_photo()).astype(np.uint8)).save(photo)
+        code, stdout, err = run_cli("predict", photo, "--model", self.model, "--plot", out, "--steps")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(png_size(out)[0], 800)
+        self.assertGreater(png_size(out)[1], 360)  # a row of step panels above the result
+        self.assertIn("wrote", stdout)
+
+    @needs_mnist
+    def test_evaluate_and_weights_draw_their_pictures_without_a_display(self):
+        out = {name: os.path.join(self.tmp.name, name + ".png")
+               for name in ("confusion", "errors", "history", "weights")}
+        code, stdout, err = run_cli("evaluate", "--data-dir", DATA_DIR, "--model", self.model,
+                                    "--plot", out["confusion"], "--errors", out["errors"],
+                                    "--plot-history", out["history"])
+        self.assertEqual(code, 0, err)
+        code, stdout2, err = run_cli("weights", "--model", self.model, "--out", out["weights"])
+        self.assertEqual(code, 0, err)
+        for path in out.values():
+            self.assertIn(f"wrote {path}", stdout + stdout2)
+        sizes = {"confusion": (600, 560), "errors": (800, 430), "history": (800, 400),
+                 "weights": (600, 640)}
+        for name, size in sizes.items():
+            self.assertEqual(picture_problems(out[name], size), [], name)
+
+    @needs_mnist
+    def test_ctrl_c_stops_training_and_saves_the_best_model_so_far(self):
+        model = os.path.join(self.tmp.name, "interrupted.npz")
+        code, out, err = interrupt_training_after_one_epoch(
+            ["--data-dir", DATA_DIR, "--model", model, "--epochs", "200", "--hidden", "16",
+             "--val-size", "1000"])
+        self.assertEqual(code, 0, err)
+        self.assertIn("interrupted: saving the best model so far", err)
+        self.assertNotIn("Traceback", err)
+        Ws, bs, meta = mnist.load_model(model)
+        self.assertTrue(meta["interrupted"])
+        self.assertGreaterEqual(len(meta["history"]), 1)
+        self.assertLess(len(meta["history"]), 200)
+
+    def test_help_lists_every_command(self):
+        code, out, _ = run_cli("--help")
+        self.assertEqual(code, 0)
+        # The command list: one indented line per command, its name first.
+        listed = re.findall(r"^    ([a-z]+)(?:\s|$)", out, flags=re.MULTILINE)
+        self.assertEqual(sorted(listed), sorted(["train", "evaluate", "weights", "samples",
+                                                 "predict", "draw", "pictures", "gradcheck",
+                                                 "notebook", "download", "serve"]))
+
+    def test_gradcheck_command_passes(self):
+        code, out, _ = run_cli("gradcheck")
+        self.assertEqual(code, 0)
+        self.assertIn("OK (limit 1e-6)", out)
+
+    def test_busy_machine_notice_says_what_to_do_only_when_the_cores_are_busy(self):
+        notice = mnist.busy_machine_notice(load=3.0, cores=2, environ={})
+        self.assertRegex(notice, r"^note: the cores are busy \(load average 3\.0 on 2 cores\)")
+        self.assertIn("OPENBLAS_NUM_THREADS=1", notice)
+        self.assertEqual(len(notice.splitlines()), 1)
+        self.assertIsNone(mnist.busy_machine_notice(load=0.5, cores=2, environ={}))
+        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=1, environ={}))  # one thread anyway
+        self.assertIsNone(mnist.busy_machine_notice(load=3.0, cores=2, environ={"OPENBLAS_NUM_THREADS": "1"}))
+
+    def test_train_on_a_busy_machine_prints_the_notice_once_before_training(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        write_tiny_csv_mnist(os.path.join(folder, "data"))
+        argv = ["train", "--data-dir", os.path.join(folder, "data"), "--model", os.path.join(folder, "m.npz"),
+                "--epochs", "1", "--hidden", "4", "--val-size", "10"]
+        printed = {}
+        for load in (6.0, 0.1):  # the load average train reads when it starts
+            out = io.StringIO()
+            with mock.patch.object(mnist.os, "getloadavg", return_value=(load, load, load)), \
+                    mock.patch.object(mnist.os, "cpu_count", return_value=2), mock.patch.dict(os.environ), \
+                    contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                    os.environ.pop(name, None)
+                self.assertEqual(mnist.main(argv), 0)
+            printed[load] = out.getvalue().splitlines()
+        notices = [i for i, line in enumerate(printed[6.0]) if line.startswith("note: the cores are busy")]
+        training = next(i for i, line in enumerate(printed[6.0]) if line.startswith("training "))
+        self.assertEqual(len(notices), 1)
+        self.assertLess(notices[0], training)
+        self.assertIn("load average 6.0 on 2 cores", printed[6.0][notices[0]])
+        self.assertEqual([line for line in printed[0.1] if "cores are busy" in line], [])
+
+    def assert_user_error(self, args, pattern):
+        code, out, err = run_cli(*args)
+        self.assertEqual(code, 2, (out, err))
+        self.assertNotIn("Traceback", err)
+        self.assertIn(len(err.strip().splitlines()), (1, 2), err)  # what is wrong; what to do
+        self.assertRegex(err, pattern)
+
+    def test_bad_flag_values_exit_2_with_one_line(self):
+        self.assert_user_error(["train", "--batch-size", "0"], "batch-size.*at least 1")
+        self.assert_user_error(["train", "--hidden", "abc"], "hidden.*512,256")
+        self.assert_user_error(["train", "--lr", "-1"], "lr.*positive")
+        self.assert_user_error(["train", "--momentum", "1.5"], "momentum")
+        self.assert_user_error(["frobnicate"], "invalid choice")
+
+    def test_missing_or_broken_files_exit_2_with_one_line(self):
+        missing = os.path.join(self.tmp.name, "nothing.npz")
+        self.assert_user_error(["evaluate", "--model", missing], "no model at .*train")
+        broken = os.path.join(self.tmp.name, "broken.npz")
+        with open(broken, "w") as f:
+            f.write("not a zip")
+        self.assert_user_error(["predict", "x.png", "--model", broken], "not a model file")
+
+    @needs_mnist
+    def test_missing_image_and_unwritable_model_path_exit_2(self):
+        self.assert_user_error(["predict", "--model", self.model, "no_such.png"], "no_such.png")
+        self.assert_user_error(["train", "--data-dir", DATA_DIR, "--epochs", "1", "--hidden", "8",
+                                "--model", "/no/such/folder/m.npz"], "folder /no/such/folder does not exist")
+
+    @needs_mnist
+    def test_exploding_learning_rate_keeps_the_saved_model(self):
+        with open(self.model, "rb") as f:
+            before = f.read()
+        self.assert_user_error(["train", "--data-dir", DATA_DIR, "--model", self.model,
+                                "--epochs", "1", "--hidden", "16", "--lr", "1e6",
+                                "--schedule", "constant"], "lower|too high")
+        with open(self.model, "rb") as f:
+            self.assertEqual(f.read(), before)
 
 
-# ---- Fashion-MNIST: the second data set ------------------------------------------------------
+def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
+    """A stand-in for MNIST in the CSV layout load_dataset reads (label, then 784 pixels): random
+    pixels, so training on it takes milliseconds. Made at run time; no real image in it."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for name, rows in (("mnist_train.csv", train_rows), ("mnist_test.csv", test_rows)):
+        table = np.column_stack([np.arange(rows) % 10, rng.integers(0, 256, (rows, 784))])
+        np.savetxt(os.path.join(folder, name), table, fmt="%d", delimiter=",")
+
+
+def save_model_claiming(path, test_accuracy, hidden=8):
+    """A model file whose meta says it reached test_accuracy (the weights are random)."""
+    Ws, bs = mnist.init_params([784, hidden, 10], seed=1)
+    mnist.save_model(path, Ws, bs, {"activation": "relu", "history": [], "test_accuracy": test_accuracy,
+                                    "val_accuracy": test_accuracy})
+
+
+def folder_snapshot(folder):
+    """Every file under folder -> the SHA-256 of its bytes: any change, new or lost file shows."""
+    snapshot = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                with open(path, "rb") as f:
+                    snapshot[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+            except PermissionError:  # a file made unreadable on purpose: its size and time tell
+                info = os.stat(path)
+                snapshot[os.path.relpath(path, folder)] = (info.st_size, info.st_mtime_ns)
+    return snapshot
+
+
+class TestCarelessUse(unittest.TestCase):
+    """Whatever a careless user types, each command answers in one or two lines with exit
+    status 2, no traceback, before any training, and without changing any file."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        from PIL import Image
+        cls.model = os.path.join(cls.dir, "model.npz")
+        save_model_claiming(cls.model, 0.5)
+        cls.data = os.path.join(cls.dir, "data")
+        write_tiny_csv_mnist(cls.data)
+        cls.photos = os.path.join(cls.dir, "photos")
+        os.makedirs(cls.photos)
+        for name in ("1_a.png", "7_b.png"):  # a dark bar on light paper, like a written 1
+            paper = np.full((60, 60), 230, np.uint8)
+            paper[10:50, 27:33] = 20
+            Image.fromarray(paper).save(os.path.join(cls.photos, name))
+        with open(os.path.join(cls.photos, "3_broken.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+        cls.image = os.path.join(cls.photos, "1_a.png")
+        cls.text = os.path.join(cls.dir, "notes.txt")
+        with open(cls.text, "w") as f:
+            f.write("my notes\n")
+        cls.not_a_model = os.path.join(cls.dir, "notes.npz")  # a user's file, named like a model
+        with open(cls.not_a_model, "w") as f:
+            f.write("not a model\n")
+        cls.broken_model = os.path.join(cls.dir, "broken.npz")
+        with open(cls.broken_model, "wb") as f:
+            f.write(b"PK\x03\x04 cut short")
+        cls.unreadable = os.path.join(cls.dir, "unreadable.npz")
+        shutil.copy(cls.model, cls.unreadable)
+        os.chmod(cls.unreadable, 0)
+
+    @classmethod
+    def tearDownClass(cls):
+        os.chmod(cls.unreadable, 0o600)
+        cls.tmp.cleanup()
+
+    def rows(self):
+        """(what the user did, command line, a pattern the error must match, needs)."""
+        d, m, data = self.dir, ["--model", self.model], ["--data-dir", self.data]
+        nowhere = os.path.join(d, "no_such_folder")
+        train = ["train", *data, "--epochs", "1", "--hidden", "4", "--val-size", "10"]
+        return [
+            # a file or folder that is not there
+            ("missing model, evaluate", ["evaluate", *data, "--model", d + "/none.npz"], "no model at", ""),
+            ("missing model, predict", ["predict", self.image, "--model", d + "/none.npz"], "no model at", ""),
+            ("missing model, weights", ["weights", "--model", d + "/none.npz", "--out", d + "/w.png"],
+             "no model at", ""),
+            ("missing model, draw", ["draw", "--model", d + "/none.npz"], "no model at", ""),
+            ("missing model, serve", ["serve", "--model", d + "/none.npz"], "no model at", ""),
+            ("notebook into a missing folder", ["notebook", "--out", nowhere + "/l.ipynb"],
+             "does not exist", ""),
+            ("notebook named like a picture", ["notebook", "--out", d + "/l.png"],
+             r"must end in \.ipynb", ""),
+            ("missing model, pictures", ["pictures", *data, "--model", d + "/none.npz", "--out", d + "/p"],
+             "no model at", ""),
+            ("missing image", ["predict", d + "/none.png", *m], "none.png: no such image file", ""),
+            ("missing folder of images", ["predict", nowhere + "/", *m], "no such folder", ""),
+            # a file that cannot be read, or is not what it should be
+            ("unreadable model", ["evaluate", *data, "--model", self.unreadable], "cannot be read", "not root"),
+            ("damaged model", ["predict", self.image, "--model", self.broken_model], "not a model file", ""),
+            ("text file as model", ["weights", "--model", self.text, "--out", d + "/w.png"],
+             "not a model file", ""),
+            ("only image is broken", ["predict", os.path.join(self.photos, "3_broken.png"), *m],
+             "cannot read image", ""),
+            # a folder where a file is wanted
+            ("folder as model to save", [*train, "--model", self.photos], "is a folder", ""),
+            ("folder as model to read", ["evaluate", *data, "--model", self.photos], "is a folder", ""),
+            ("folder as training plot", [*train, "--model", d + "/new.npz", "--plot", self.photos],
+             "is a folder", ""),
+            ("folder as weights picture", ["weights", *m, "--out", self.photos], "is a folder", ""),
+            ("folder as confusion picture", ["evaluate", *data, *m, "--plot", d], "is a folder", ""),
+            # a file where a folder is wanted
+            ("file as samples folder", ["samples", *data, "--out", self.text], "is a file, not a folder", ""),
+            ("file as pictures folder", ["pictures", *data, *m, "--out", self.text], "is a file, not a folder",
+             ""),
+            ("file as data folder", ["train", "--data-dir", self.text, "--model", d + "/new.npz"],
+             "is a file, not a folder", ""),
+            ("file as the folder of a picture", ["weights", *m, "--out", self.text + "/w.png"],
+             "is a file, not a folder", ""),
+            # an output in a folder that does not exist: refused before any training
+            ("model into a missing folder", [*train, "--model", nowhere + "/m.npz"], "does not exist", ""),
+            ("training plot into a missing folder", [*train, "--model", d + "/new.npz", "--plot",
+                                                     nowhere + "/c.png"], "does not exist", ""),
+            ("history picture into a missing folder", ["evaluate", *data, *m, "--plot-history",
+                                                       nowhere + "/h.png"], "does not exist", ""),
+            ("mistakes picture into a missing folder", ["evaluate", *data, *m, "--errors", nowhere + "/e.png"],
+             "does not exist", ""),
+            ("prediction picture into a missing folder", ["predict", self.image, *m, "--plot",
+                                                          nowhere + "/p.png"], "does not exist", ""),
+            # an output name of the wrong kind, or one that would destroy the user's own file
+            ("model named like a picture", [*train, "--model", d + "/m.png"], r"must end in \.npz", ""),
+            ("picture named like a JPEG", ["weights", *m, "--out", d + "/w.jpg"], r"must end in \.png", ""),
+            ("user's file where the model goes", [*train, "--model", self.not_a_model],
+             "not a model of this program", ""),
+            ("prediction picture over its own image", ["predict", self.image, *m, "--plot", self.image],
+             "would overwrite", ""),
+            # a place nobody may write to, not even root
+            ("model where nothing can be written", [*train, "--model", "/proc/m.npz"], "cannot write", "/proc"),
+            ("samples where nothing can be written", ["samples", *data, "--out", "/proc/forbidden"],
+             "cannot write", "/proc"),
+            ("picture where nothing can be written", ["weights", *m, "--out", "/proc/w.png"], "cannot write",
+             "/proc"),
+            # numbers out of range
+            ("no epochs", [*train, "--epochs", "0"], "epochs.*at least 1", ""),
+            ("negative batch", [*train, "--batch-size", "-5"], "batch-size.*at least 1", ""),
+            ("learning rate not a number", [*train, "--lr", "nan"], "lr.*positive", ""),
+            ("dropout of everything", [*train, "--dropout", "1"], "dropout.*less than 1", ""),
+            ("empty hidden layer", [*train, "--hidden", "64,0"], "at least 1 unit", ""),
+            ("negative number of distortions", [*train, "--distortions", "-1"], "distortions.*0 or more", ""),
+            ("validation as big as the data", [*train, "--model", d + "/new.npz", "--val-size", "60"],
+             "leaves no training images", ""),
+            ("negative seed", ["gradcheck", "--seed", "-1"], "seed.*0 or more", ""),
+        ]
+
+    def test_every_bad_input_is_one_short_error_before_any_work_and_changes_no_file(self):
+        ran = 0
+        for name, argv, pattern, needs in self.rows():
+            with self.subTest(name):
+                if needs == "not root" and os.geteuid() == 0:
+                    continue  # root reads every file, whatever its permissions
+                if needs == "/proc" and not os.path.isdir("/proc/self"):
+                    continue
+                before = folder_snapshot(self.dir)
+                code, out, err = run_cli(*argv)
+                lines = err.strip().splitlines()
+                self.assertEqual(code, 2, (out, err))
+                self.assertNotIn("Traceback", err)
+                self.assertTrue(1 <= len(lines) <= 2, err)
+                self.assertTrue(all(len(line) <= 160 for line in lines), err)
+                self.assertRegex(lines[0], pattern)
+                self.assertNotIn("epoch", out)  # refused before training started
+                self.assertEqual(folder_snapshot(self.dir), before)
+                ran += 1
+        self.assertGreaterEqual(ran, 35)
+
+    def test_a_broken_image_in_a_folder_is_reported_and_the_others_are_still_scored(self):
+        code, out, err = run_cli("predict", self.photos, "--model", self.model)
+        self.assertEqual(code, 2, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual([line.split(":")[0] for line in out.splitlines()[:2]],
+                         [os.path.join(self.photos, "1_a.png"), os.path.join(self.photos, "7_b.png")])
+        self.assertRegex(out.splitlines()[-1], r"^\d of 2 correct")  # the broken 3 is not scored
+        self.assertEqual(len(err.strip().splitlines()), 2, err)
+        self.assertRegex(err, r"cannot read image .*3_broken\.png")
+        self.assertIn("1 of 3 images could not be read", err)
+
+    def test_a_sample_that_cannot_be_written_is_reported_and_the_others_are_still_written(self):
+        out = os.path.join(self.dir, "samples")
+        self.addCleanup(shutil.rmtree, out)
+        os.makedirs(os.path.join(out, "3.png"))  # a folder where one picture should go
+        code, stdout, err = run_cli("samples", "--data-dir", self.data, "--out", out)
+        self.assertEqual(code, 2, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(err.strip().splitlines(), [f"error: {os.path.join(out, '3.png')}: Is a directory",
+                                                    "error: 1 of 10 digits could not be written (see above)"])
+        self.assertIn("wrote 9 test digits", stdout)
+        self.assertEqual(sorted(os.listdir(out)), [f"{digit}.png" for digit in range(10)])  # no temporary file
+
+    def test_every_option_that_names_a_file_or_folder_is_checked_before_the_command_runs(self):
+        parser = mnist.build_parser()
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        unchecked = []
+        for command, subparser in commands.choices.items():
+            declared = subparser.get_default("paths") or {}
+            for action in subparser._actions:
+                names_a_path = action.metavar in ("FILE", "FILE.png", "DIR", "IMAGE")
+                if names_a_path and action.dest not in declared:
+                    unchecked.append(f"{command} {action.option_strings or action.dest}")
+                if action.dest in declared:
+                    self.assertIn(declared[action.dest], mnist.PATH_CHECKS)
+        self.assertEqual(unchecked, [])
+
+    def test_batch_larger_than_the_training_set_is_logged_as_one_batch_of_all_images(self):
+        model = os.path.join(self.dir, "batch.npz")
+        self.addCleanup(lambda: os.path.exists(model) and os.unlink(model))
+        code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
+                                 "--hidden", "4", "--val-size", "10", "--batch-size", "1000000")
+        self.assertEqual(code, 0, err)
+        self.assertIn("1 epochs of one batch of all 50 images (--batch-size 1000000 is not smaller)", out)
+
+    def test_finished_run_says_which_model_it_replaced_with_both_accuracies(self):
+        model = os.path.join(self.dir, "replaced.npz")
+        self.addCleanup(os.unlink, model)
+        save_model_claiming(model, 0.9876)
+        code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
+                                 "--hidden", "4", "--val-size", "10")
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"note: {model} holds a model (98.76 % on the test images); this run replaces it", out)
+        new = mnist.load_model(model)[2]["test_accuracy"]
+        self.assertIn(f"saved {model}, replacing a model of 98.76 % on the test images", out)
+        self.assertIn(f"test accuracy {100 * new:.2f} %", out)
+
+    def test_ctrl_c_keeps_a_more_accurate_saved_model_and_saves_the_stopped_run_beside_it(self):
+        model = os.path.join(self.dir, "better.npz")
+        beside = os.path.join(self.dir, "better.interrupted.npz")
+        for path in (model, beside):
+            self.addCleanup(lambda p=path: os.path.exists(p) and os.unlink(p))
+        save_model_claiming(model, 0.9876)
+        with open(model, "rb") as f:
+            before = f.read()
+        code, out, err = interrupt_training_after_one_epoch(
+            ["--data-dir", self.data, "--model", model, "--epochs", "100000000", "--hidden", "4",
+             "--val-size", "10"])
+        self.assertEqual(code, 0, err)
+        with open(model, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertTrue(mnist.load_model(beside)[2]["interrupted"])
+        self.assertRegex(out, rf"kept {model} \(98\.76 % on the test images\): it is better than this "
+                              rf"stopped run; saved this one as {beside}")
+
+
+# ==== Fashion-MNIST: the second data set, through every section ===================================
+
 FASHION_DIR = os.path.join(DATA_DIR, "fashion")
+
+
 HAVE_FASHION = all(os.path.exists(os.path.join(FASHION_DIR, name + ".gz"))
                    for name in mnist.FASHION_FILES)
+
+
 needs_fashion = unittest.skipUnless(
     HAVE_FASHION, "Fashion-MNIST is not in data/fashion/ (run `download --dataset fashion`)")
+
+
 _FASHION = None
 
 
@@ -4592,9 +4463,243 @@ class TestFashionMNIST(unittest.TestCase):
         self.assertGreater(float(np.median(correlations)), 0.8)
 
 
-# ----------------------------------------------------------------------------------------------
+# ==== The measuring harness (not tests): image generators and the figures of docs/results.md ======
+
+def thin_to_skeleton(binary):
+    """Zhang-Suen thinning: peel boundary pixels until strokes are 1 pixel wide."""
+    image = binary.astype(np.uint8)
+    changed = True
+    while changed:
+        changed = False
+        for step in (0, 1):
+            p = np.pad(image, 1)
+            p2, p3, p4, p5 = p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:]
+            p6, p7, p8, p9 = p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]
+            ring = [p2, p3, p4, p5, p6, p7, p8, p9, p2]
+            neighbours = sum(ring[:-1])
+            transitions = sum((ring[i] == 0) & (ring[i + 1] == 1) for i in range(8))
+            if step == 0:
+                side = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                side = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            remove = (image == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & side
+            if remove.any():
+                image[remove] = 0
+                changed = True
+    return image.astype(bool)
+
+
+def pen_drawing(digit28, canvas_px, pen_px):
+    """A digit redrawn with a round pen of pen_px pixels on a canvas_px x canvas_px canvas.
+
+    The 28x28 digit is smoothly upscaled 4x, thinned to its centre line, scaled to the canvas and
+    thickened with the pen: strokes of constant width, like a ballpoint or a mouse brush.
+    """
+    from PIL import Image, ImageFilter
+
+    big = Image.fromarray(digit28.astype(np.float32), "F").resize((112, 112), Image.BICUBIC)
+    skeleton = thin_to_skeleton(np.asarray(big) > 0.35).astype(np.uint8) * 255
+    line = Image.fromarray(skeleton, "L").resize((canvas_px, canvas_px), Image.BILINEAR)
+    line = line.point(lambda v: 255 if v > 20 else 0)  # centre line, about canvas_px / 112 wide
+    grow = int(round(pen_px - canvas_px / 112))
+    if grow >= 2:
+        line = line.filter(ImageFilter.MaxFilter(grow // 2 * 2 + 1))
+    line = line.filter(ImageFilter.GaussianBlur(0.6))  # anti-aliased edges
+    return np.asarray(line, dtype=np.float32) / 255.0
+
+
+def encode(array, mode, fmt, quality=90):
+    """Encode an array ([0, 1] floats, channels last) as PNG or JPEG bytes in memory."""
+    from PIL import Image
+
+    pixels = np.clip(np.round(array * 255), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, fmt, **({"quality": int(quality)} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def printed_lines(height, width, rng, kind):
+    """Anti-aliased lines of squared ("grid") or ruled paper, slightly rotated as in a photo."""
+    angle = np.radians(rng.uniform(-3, 3))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    u = xs * np.cos(angle) + ys * np.sin(angle)  # across vertical lines
+    v = -xs * np.sin(angle) + ys * np.cos(angle)  # across horizontal lines
+    line_width = rng.uniform(0.8, 2.2)
+    spacing = rng.uniform(20, 45) if kind == "grid" else rng.uniform(30, 60)
+
+    def family(coordinate, offset):
+        distance = np.abs((coordinate - offset + spacing / 2) % spacing - spacing / 2)
+        return np.clip(line_width / 2 + 0.5 - distance, 0, 1)
+
+    lines = family(v, rng.uniform(0, spacing))
+    if kind == "grid":
+        lines = np.maximum(lines, family(u, rng.uniform(0, spacing)))
+    elif rng.random() < 0.5:  # the margin line of ruled paper
+        lines = np.maximum(lines, np.clip(line_width / 2 + 0.5 - np.abs(u - rng.uniform(0.05, 0.3) * width), 0, 1))
+    return lines
+
+
+def page_on_a_table(height, width, rng):
+    """Where the page is in a photo that also shows the table around it: a boolean mask, and the
+    box (top, bottom, left, right) that surely lies on the page. The page is tilted by up to 8
+    degrees and leaves a strip of table (up to 20 % of the picture) along one to four edges."""
+    margins = rng.uniform(0.03, 0.2, 4) * np.where(rng.random(4) < 0.6, 1, 0)
+    if not margins.any():
+        margins[rng.integers(4)] = rng.uniform(0.03, 0.2)
+    top, bottom = margins[0] * height, (1 - margins[1]) * height
+    left, right = margins[2] * width, (1 - margins[3]) * width
+    angle = np.radians(rng.uniform(-8, 8))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx = (top + bottom) / 2, (left + right) / 2
+    v = (ys - cy) * np.cos(angle) - (xs - cx) * np.sin(angle)  # along the page's own axes
+    u = (ys - cy) * np.sin(angle) + (xs - cx) * np.cos(angle)
+    page = (np.abs(v) <= (bottom - top) / 2) & (np.abs(u) <= (right - left) / 2)
+    inset = 0.15 * min(height, width)  # far enough inside for any tilt
+    box = [int(top + inset), int(bottom - inset), int(left + inset), int(right - inset)]
+    return page, box
+
+
+def synthetic_photo(digit28, rng, size_range=(500, 900), table=False, drawing_alone=False):
+    """A phone photo of a pen or pencil digit on (squared / ruled / plain) paper, as JPEG bytes.
+
+    table=True: the page does not fill the picture; a darker, grainy table shows around it.
+    drawing_alone=True: the same pen drawing (the same random numbers drawn) as black on a white
+    page of the same size, as PNG: no paper colour, lines, light, grain or JPEG.
+    """
+    height, width = rng.integers(*size_range, size=2)
+    box = [0, height, 0, width]
+    if table:
+        page, box = page_on_a_table(height, width, rng)
+    canvas = int(rng.uniform(0.3, 0.7) * min(height, width) * 28 / 20)
+    canvas = min(canvas, box[1] - box[0], box[3] - box[2])
+    pen = rng.uniform(2.0, 6.0) * min(height, width) / 700
+    ink = np.zeros((height, width), np.float32)
+    top, left = rng.integers(box[0], box[1] - canvas + 1), rng.integers(box[2], box[3] - canvas + 1)
+    ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, pen)
+    if drawing_alone:
+        photograph(ink, rng, page if table else None)  # the same random numbers drawn
+        return encode(1 - ink, "L", "PNG")
+    return photograph(ink, rng, page if table else None)
+
+
+def photograph(ink, rng, page=None):
+    """JPEG bytes of a phone photo of the ink map `ink` (1 = ink) written on (squared / ruled /
+    plain) paper: paper colour, printed lines, uneven light, a shadow, grain, JPEG; `page`: where
+    the page is (page_on_a_table), a darker, grainy table showing around it."""
+    height, width = ink.shape
+    table = page is not None
+    paper = rng.uniform(0.65, 0.97) * np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)])
+    kind = rng.choice(["grid", "ruled", "plain"])
+    reflectance = np.ones((height, width, 3), np.float32) * paper
+    if kind != "plain":
+        lines = printed_lines(height, width, rng, kind)[:, :, None]
+        line_colour = np.array([rng.uniform(0.3, 0.8), rng.uniform(0.4, 0.8), rng.uniform(0.6, 0.95)])
+        reflectance = reflectance * (1 - lines) + reflectance * line_colour * lines
+    if table:
+        wood = rng.uniform(0.1, 0.5) * paper * (1 + 0.15 * np.sin(np.arange(width) / rng.uniform(3, 12)
+                                                                   + rng.normal(0, 0.5, (height, 1))))[:, :, None]
+        reflectance = np.where(page[:, :, None], reflectance, wood)
+    pencil = rng.random() < 0.2
+    ink_colour = np.full(3, rng.uniform(0.35, 0.55)) if pencil else np.array(
+        [rng.uniform(0.03, 0.25), rng.uniform(0.03, 0.25), rng.uniform(0.1, 0.45)])
+    reflectance = reflectance * (1 - ink[:, :, None]) + ink_colour * ink[:, :, None]
+
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = 1 + rng.uniform(0, 0.5) * ((ys / height - 0.5) * rng.uniform(-1, 1) + (xs / width - 0.5) * rng.uniform(-1, 1))
+    if rng.random() < 0.4:  # the soft shadow of a hand or phone
+        direction = rng.uniform(0, 2 * np.pi)
+        distance = (xs - rng.uniform(0, width)) * np.cos(direction) + (ys - rng.uniform(0, height)) * np.sin(direction)
+        light *= 1 - rng.uniform(0.15, 0.4) / (1 + np.exp(-distance / rng.uniform(10, 60)))
+    image = reflectance * light[:, :, None]
+    texture = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
+    image = image + rng.uniform(0, 0.02) * texture[:, :, None] + rng.normal(0, rng.uniform(0.005, 0.03), image.shape)
+    quality = rng.integers(40, 92)
+    return encode(image, "RGB", "JPEG", quality)
+
+
+def synthetic_scan(digit28, rng):
+    """A scanned white page with a small pen digit somewhere in wide margins (PNG or JPEG)."""
+    height, width = rng.integers(900, 1200), rng.integers(700, 900)
+    canvas = int(rng.uniform(0.1, 0.25) * width * 28 / 20)
+    ink = np.zeros((height, width), np.float32)
+    top, left = rng.integers(0, height - canvas + 1), rng.integers(0, width - canvas + 1)
+    ink[top : top + canvas, left : left + canvas] = pen_drawing(digit28, canvas, rng.uniform(2.0, 5.0))
+    page = rng.uniform(0.92, 1.0) * (1 - rng.uniform(0.6, 0.95) * ink)
+    page = page + rng.normal(0, 0.006, page.shape)
+    return encode(page, "L", "JPEG" if rng.random() < 0.5 else "PNG", rng.integers(75, 95))
+
+
+def synthetic_mouse(digit28, rng, transparent=None):
+    """A digit drawn with a thick mouse/finger brush on a small canvas (PNG).
+
+    transparent=None: opaque black-on-white or white-on-black; "white"/"black": that colour of
+    ink on a fully transparent background (RGBA).
+    """
+    size = int(rng.integers(200, 500))
+    strokes = pen_drawing(digit28, size, rng.uniform(0.04, 0.09) * size)
+    if transparent is None:
+        image = strokes if rng.random() < 0.5 else 1 - strokes
+        return encode(image, "L", "PNG")
+    colour = 1.0 if transparent == "white" else 0.0
+    hidden = rng.choice([0.0, 1.0, 1.0 - colour])  # whatever colour the transparent pixels store
+    rgb = np.where(strokes[:, :, None] > 0, colour, hidden) * np.ones(3)
+    return encode(np.dstack([rgb, strokes]), "RGBA", "PNG")
+
+
+def synthetic_no_digit(rng, kind):
+    """Images with no digit: blank, uniform, gradient, blank squared paper, pure noise."""
+    height, width = rng.integers(200, 700, size=2)
+    if kind == "uniform":
+        return encode(np.full((height, width), rng.uniform(0, 1)), "L", "PNG")
+    if kind == "blank paper":  # a photo of an empty page: gradient, grain, JPEG
+        ys, xs = np.mgrid[0:height, 0:width]
+        image = rng.uniform(0.6, 0.95) * (1 - 0.3 * ys / height) + rng.normal(0, 0.02, (height, width))
+        if rng.random() < 0.5:
+            image = image * (1 - 0.4 * printed_lines(height, width, rng, rng.choice(["grid", "ruled"])))
+        return encode(image, "L", "JPEG", 70)
+    if kind == "uniform noise":
+        return encode(rng.uniform(0, 1, (height, width)), "L", "PNG")
+    if kind == "gaussian noise":
+        return encode(rng.normal(0.5, 0.2, (height, width, 3)), "RGB", "JPEG", 80)
+    salt = rng.random((height, width))  # salt and pepper
+    return encode(np.where(salt < 0.05, 0.0, np.where(salt > 0.95, 1.0, 0.5)), "L", "PNG")
+
+
+NO_DIGIT_KINDS = ["uniform", "blank paper", "uniform noise", "gaussian noise", "salt and pepper"]
+
+
+CLAIMED_NO_DIGIT_KINDS = NO_DIGIT_KINDS
+
+
+def make_image(kind, digit28, rng, photo_size_range=(500, 900)):
+    """Bytes of one synthetic image of the given kind."""
+    if kind == "photo":
+        return synthetic_photo(digit28, rng, photo_size_range)
+    if kind == "photo on a table":
+        return synthetic_photo(digit28, rng, photo_size_range, table=True)
+    if kind == "photo's drawing alone":
+        return synthetic_photo(digit28, rng, photo_size_range, drawing_alone=True)
+    if kind == "scan":
+        return synthetic_scan(digit28, rng)
+    if kind == "mouse":
+        return synthetic_mouse(digit28, rng)
+    if kind == "rgba white":
+        return synthetic_mouse(digit28, rng, "white")
+    if kind == "rgba black":
+        return synthetic_mouse(digit28, rng, "black")
+    if kind == "mnist 28x28":
+        return encode(digit28, "L", "PNG")
+    raise ValueError(kind)
+
+
+def prepare(data):
+    """bytes -> read_image -> image_to_mnist -> (28, 28) or None."""
+    gray, alpha = read_image(io.BytesIO(data))
+    x28, _ = image_to_mnist(gray, alpha)
+    return x28
+
+
 # The synthetic photo table of docs/results.md (not a test: it takes about 20 minutes)
-# ----------------------------------------------------------------------------------------------
 MEASURED_KINDS = ["photo", "scan", "mouse", "rgba white", "rgba black", "mnist 28x28", "photo on a table",
                   "photo's drawing alone"]
 
@@ -4668,9 +4773,7 @@ def measure_large_photos(model_path, count=90, size_range=(1600, 4100)):
           + f"; the 28x28 inputs differ by at most {max(differences):.3f} (median {np.median(differences):.3f})")
 
 
-# ----------------------------------------------------------------------------------------------
 # The served page for the README, and the server under load for docs/results.md (not tests)
-# ----------------------------------------------------------------------------------------------
 def start_serve_command(model_path):
     """`serve --port 0` in a child process, as a user starts it; returns (process, base URL)."""
     app = subprocess.Popen([sys.executable, SCRIPT, "serve", "--model", model_path, "--port", "0"],
@@ -4966,10 +5069,11 @@ def serve_screenshot(model_path, out="docs/serve.png"):
 
 
 # The USPS table of the README: real handwriting from outside MNIST (not a test: minutes)
-# ----------------------------------------------------------------------------------------------
 # The 7,291 USPS training digits, zip.train.gz as distributed with the book The Elements of
 # Statistical Learning, in data/usps/ (or the folder the environment variable USPS_DIR names).
 USPS_DIR = os.environ.get("USPS_DIR", os.path.join(DATA_DIR, "usps"))
+
+
 # How a user might hand a USPS digit to predict: (enlargement, black on white?, margin per side
 # at 16 px). 16x16 and 4x enlarged (64x64), both polarities, tightly cropped as USPS is, and with
 # a margin of half the digit's side (32 px around a 64 px digit, 8 px around a 16 px one).
@@ -5125,10 +5229,7 @@ def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kin
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
-
-# ----------------------------------------------------------------------------------------------
 # One training epoch beside PyTorch's, for docs/results.md (not a test: minutes)
-# ----------------------------------------------------------------------------------------------
 # (hidden layers, batch size): the from-scratch tutorials' two networks, then the default's width.
 SPEED_NETWORKS = [((128,), 64), ((128, 64), 64), ((512, 256), 128)]
 
@@ -5221,9 +5322,8 @@ def measure_speed(epochs=2, repeats=3):
         else:
             print(f"| {name} | {batch_size} | {min(ours):.3f} | - | - |", flush=True)
 
-# ----------------------------------------------------------------------------------------------
+
 # The notebooks: how long each takes in a Jupyter kernel, and what is in it
-# ----------------------------------------------------------------------------------------------
 def measure_notebooks(runs=3):
     """Write both notebooks, run each `runs` times in a fresh kernel (the exercises as written
     and with the reference bodies put in), and print their seconds, cells and pictures."""
@@ -5247,9 +5347,7 @@ def measure_notebooks(runs=3):
               f"{', '.join(f'{s:.1f}' for s in seconds)} (median {sorted(seconds)[runs // 2]:.1f})")
 
 
-# ----------------------------------------------------------------------------------------------
 # The number table of docs/results.md: strings of real handwritten digits (not a test: minutes)
-# ----------------------------------------------------------------------------------------------
 def glyph_of(ink, height=16):
     """A digit (ink 1 on 0) cut to its ink's columns; an MNIST digit (28x28, 20 px box) is cut to
     its box and scaled so its 20 px box becomes `height` pixels, as tall as a USPS digit."""
@@ -5456,6 +5554,7 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
                 cells.append(f"{100 * exact / len(made):.1f} % / {100 * right / total:.1f} %")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
+
 def time_number_photos(model_path, photos=5, folder=USPS_DIR):
     """Time predict on 12-megapixel (4000 x 3000) phone photos of 10-digit USPS numbers: reading
     the JPEG (read_image), preparing it (predict_image) and cutting and reading the digits
@@ -5493,6 +5592,7 @@ def time_number_photos(model_path, photos=5, folder=USPS_DIR):
     median = np.median(times, axis=0)
     print(f"median: read_image {median[0]:.2f} s, predict_image {median[1]:.2f} s, cutting and reading "
           f"{median[2]:.2f} s; predict_image + cutting and reading {np.median([t[1] + t[2] for t in times]):.2f} s")
+
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure-notebooks"]:
