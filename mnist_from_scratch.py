@@ -1339,7 +1339,6 @@ def train_full(X, y, X_val=None, y_val=None,
 # MNIST's own numbers, the defaults of the steps below: images of 28x28 pixels, each digit scaled
 # to fit a 20x20 box inside them, the mean centre of mass of MNIST digits measured at (14.0, 14.0),
 # and the median stroke width (2 area / perimeter) measured at 0.099 of the digit's longer side.
-WORKING_MAX_SIDE = 640          # larger photos are shrunk first: a digit needs far fewer pixels
 
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag in which a camera says how the picture is turned
@@ -1348,7 +1347,7 @@ UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[:
            6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T, 8: lambda a: np.rot90(a)}
 
 
-def read_image(path, max_side=WORKING_MAX_SIDE):
+def read_image(path, max_side=640):  # larger photos are shrunk first: a digit needs far fewer pixels
     """Read an image file of any size and mode (RGB, RGBA, L, LA, palette, 16-bit, JPEG, ...).
 
     Returns (gray, alpha): gray is a float32 (height, width) array in [0, 1] (0 = black,
@@ -1385,6 +1384,9 @@ def read_image(path, max_side=WORKING_MAX_SIDE):
     turn = UPRIGHT.get(orientation, lambda a: a)
     gray = np.ascontiguousarray(turn(np.clip(gray, 0.0, 1.0)))
     return gray, None if alpha is None else np.ascontiguousarray(turn(alpha))
+
+
+WORKING_MAX_SIDE = inspect.signature(read_image).parameters["max_side"].default  # the number written once
 
 
 def has_transparency(image):
@@ -1952,6 +1954,21 @@ def label_components(mask):
     return labels, len(unique)
 
 
+def piece_boxes(labels, count, ink):
+    """Bounding boxes (top, bottom, left, right, inclusive) and ink (sum of strength) of each of
+    the `count` labelled pieces (see label_components), as arrays of length count."""
+    ys, xs = np.nonzero(labels >= 0)
+    which = labels[ys, xs]
+    mass = np.bincount(which, weights=ink[ys, xs], minlength=count)
+    top, left = np.full(count, 1 << 30), np.full(count, 1 << 30)
+    bottom, right = np.full(count, -1), np.full(count, -1)
+    np.minimum.at(top, which, ys)
+    np.minimum.at(left, which, xs)
+    np.maximum.at(bottom, which, ys)
+    np.maximum.at(right, which, xs)
+    return top, bottom, left, right, mass
+
+
 def keep_digit_components(mask, ink, min_share=0.03, reach=0.25):
     """Keep the connected pieces that form the digit; drop specks, dirt and distant marks.
 
@@ -1965,15 +1982,7 @@ def keep_digit_components(mask, ink, min_share=0.03, reach=0.25):
     labels, count = label_components(mask)
     if count == 0:
         return np.zeros_like(mask)
-    ys, xs = np.nonzero(labels >= 0)
-    which = labels[ys, xs]
-    mass = np.bincount(which, weights=ink[ys, xs], minlength=count)
-    top, left = np.full(count, 1 << 30), np.full(count, 1 << 30)
-    bottom, right = np.full(count, -1), np.full(count, -1)
-    np.minimum.at(top, which, ys)
-    np.minimum.at(left, which, xs)
-    np.maximum.at(bottom, which, ys)
-    np.maximum.at(right, which, xs)
+    top, bottom, left, right, mass = piece_boxes(labels, count, ink)
 
     # A sliver along the image border (a printed line leaving the picture, the edge of the page)
     # is long and thin and runs along that border; a digit never does. A 1 reaching from the top
@@ -2391,21 +2400,6 @@ NUMBER_RULES = {
     "sure_width": 0.3,
     "sure_margin": 0.05,
 }
-
-
-def piece_boxes(labels, count, ink):
-    """Bounding boxes (top, bottom, left, right, inclusive) and ink (sum of strength) of each of
-    the `count` labelled pieces (see label_components), as arrays of length count."""
-    ys, xs = np.nonzero(labels >= 0)
-    which = labels[ys, xs]
-    mass = np.bincount(which, weights=ink[ys, xs], minlength=count)
-    top, left = np.full(count, 1 << 30), np.full(count, 1 << 30)
-    bottom, right = np.full(count, -1), np.full(count, -1)
-    np.minimum.at(top, which, ys)
-    np.minimum.at(left, which, xs)
-    np.maximum.at(bottom, which, ys)
-    np.maximum.at(right, which, xs)
-    return top, bottom, left, right, mass
 
 
 def interval_overlap(first_start, first_end, second_start, second_end):
