@@ -5169,22 +5169,21 @@ def not_the_expected_file(path, raw, stem, dataset, data_dir):
             f"`download{dataset_option(dataset)}` again")
 
 
-def check_idx_files(data_dir, dataset="mnist"):
-    """Refuse, with a ValueError that says why in one line, any of the data set's four IDX files
-    in data_dir that is not the real one (its SHA-256 differs)."""
-    spec = DATASETS[dataset]
-    for stem, sha in spec["files"].items():
+def load_checked_idx(data_dir, dataset="mnist"):
+    """The data set's four IDX files in data_dir, each decompressed once, checked against the
+    SHA-256 of the real one (a ValueError that says why in one line otherwise) and parsed:
+    X_train, y_train, X_test, y_test as load_mnist returns them."""
+    arrays, paths = [], []
+    for stem, sha in DATASETS[dataset]["files"].items():
         path = find_idx_file(data_dir, stem)
-        if path.endswith(".gz"):  # a .gz exactly as published holds the right bytes
-            try:
-                with open(path, "rb") as f:
-                    if hashlib.sha256(f.read()).hexdigest() == spec["gz_sha256"][stem]:
-                        continue
-            except OSError:
-                pass  # read_bytes below says what is wrong with the file
         raw = read_bytes(path)
         if hashlib.sha256(raw).hexdigest() != sha:
             raise ValueError(not_the_expected_file(path, raw, stem, dataset, data_dir))
+        arrays.append(parse_idx(raw, path))
+        paths.append(path)
+    X_train, y_train = images_and_labels(arrays[0], arrays[1], paths[0])
+    X_test, y_test = images_and_labels(arrays[2], arrays[3], paths[2])
+    return X_train, y_train, X_test, y_test
 
 
 def load_dataset(data_dir="data", download=True, dataset="mnist"):
@@ -5196,7 +5195,7 @@ def load_dataset(data_dir="data", download=True, dataset="mnist"):
          train.csv + test.csv (a header; test.csv has no labels, so y_test is None);
       3. nothing: it downloads the IDX files (unless download=False).
     IDX files are checked against the SHA-256 of the real MNIST, so a damaged copy is caught,
-    and then read by load_mnist. dataset="fashion" loads Fashion-MNIST the same way (see
+    and parsed as load_mnist parses them. dataset="fashion" loads Fashion-MNIST the same way (see
     DATASETS for its file names).
     """
     spec = DATASETS[dataset]
@@ -5214,8 +5213,7 @@ def load_dataset(data_dir="data", download=True, dataset="mnist"):
             raise UserError(f"{spec['title']} not found in {data_dir}/: run "
                             f"`download{dataset_option(dataset)}`, or use --data-dir")
         download_mnist(data_dir, dataset=dataset)  # fetches only the files that are missing
-    check_idx_files(data_dir, dataset)
-    return load_mnist(data_dir)
+    return load_checked_idx(data_dir, dataset)
 
 
 # %% [17] Command line
