@@ -2353,21 +2353,25 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  on) is not one of them
 #   4. touching    a piece wide enough for two digits may be several digits touching. Where to
 #      digits      cut it is decided with the network's help ("recognition-based
-#                  segmentation"): the columns with the least ink (the minima of the column
-#                  profile) are the candidate cuts; every way of cutting there is read, and the
-#                  cutting whose digits the network is surest of (the highest geometric mean of
-#                  their probabilities) is compared with the piece read whole. The network was
-#                  never shown anything but single digits, so it is often sure of a blob of two
-#                  as well: the cutting must be surer than the whole by a margin, the smaller the
-#                  wider the piece is, or the piece must be wider than most single digits and
-#                  every digit cut out of it read almost surely.
+#                  segmentation"): every way of cutting it at its columns into parts of a
+#                  digit's width is read, and each part gets a score: how strongly the network
+#                  recognises it (its largest logit against the network's typical one: it has
+#                  never seen two digits at once, and answers a pair weakly even when it is
+#                  sure which digit the pair looks most like), how sure it is, whether the part
+#                  is too wide or too thin for one digit, whether its ink fills the row's height,
+#                  how much ink the cuts went through, and a cost for every digit read. The
+#                  cutting whose parts' scores add up to the most wins, the piece whole being
+#                  one of the cuttings; dynamic programming finds it without trying them all.
+#                  The weights of the score were fitted on strings of MNIST validation digits
+#                  (a structured perceptron: the test file's --fit-number-score), never on the
+#                  USPS strings the tables measure.
 #
 # Each digit found is then prepared exactly as a single digit is (mask_to_mnist: crop, stroke
 # width, 20 pixels, centre of mass) and read by the same network, so digits of different sizes
 # are each read as well as they would be alone. An image in which only one piece is found
-# (after rules 1-3) is read exactly as predict_image reads it unless that second, strict test
-# of rule 4 cuts it: a single wide digit (a flat 2, a 0) looks much like two touching ones, and
-# is cut only when the network is almost sure of each part and surer of them than of the whole.
+# (after rules 1-3) is read exactly as predict_image reads it, unless the piece is at least as
+# wide as tall and its best cutting scores clearly more than the piece whole: a single wide
+# digit (a flat 2, a 0) looks much like two touching ones.
 #
 # What each rule is worth, measured by taking it out, and how well numbers are read: the
 # number tables of docs/results.md (`--measure-numbers` of the test file).
@@ -2382,23 +2386,21 @@ NUMBER_RULES = {
     "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
     "chain_gap": 0.5,       # 5: digits along the edge at most 0.5 digit heights from the next (the
     "chain_rows": 1.5,      #    strings' widest gap: 8 px at 16 px), and rows 1.5 digit heights
-    "split_from": 0.5,      # 4: pieces wider than 0.5 row heights are tried for cutting (a USPS 1: < 0.4)
+    "split_from": 0.5,      # 4: pieces wider than 0.5 row heights may hold several digits (a USPS 1: < 0.4)
     "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
     "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
-    "most_cuts": 12,        # 4: the candidate cuts tried per piece: its 12 emptiest columns
-    # 4: a cutting wins when its mean log probability beats the whole's by 0.5 - 2 (width / row
-    # height - 1), fitted to read lone USPS digits whole and touching USPS pairs cut
-    "split_margin": 0.5,
-    "margin_per_width": 2.0,
-    # 4: ... or when the piece is at least 1.1 row heights wide (USPS single digits: median 0.98,
-    # 90th percentile 1.28), every cut-out digit is read at 99 % or more and is 0.3 row heights
-    # wide or more, and their mean log probability beats the whole's by 0.05: on 994 lone USPS
-    # digits (about 700 of them wide) this cut none, on 462 lone touching USPS pairs it cut 37 %
-    # right and 0.6 % wrong (docs/results.md). It is the only way a lone piece is ever cut
-    "sure_from": 1.1,
-    "sure_parts": 0.99,
-    "sure_width": 0.3,
-    "sure_margin": 0.05,
+    "cuts_per_height": 16,  # 4: a cut may fall every 1/16 of the row height: every column of a 16 px digit
+    "thin_from": 0.35,      # 4: thinner is "too thin": 0.03 % of MNIST digits but 1s are (36 % of 1s)
+    # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
+    # digit costs 10), fitted on strings of MNIST validation digits by the test file's
+    # --fit-number-score (docs/results.md)
+    "score_weights": {"recognised": 5.69, "sure": 4.65, "too_wide": -14.42, "too_thin": -1.83,
+                      "tall": 7.54, "cut_ink": -5.98, "uncut": 0.56, "digit": -10.0},
+    # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
+    # 1.09), and cut when its cutting scores 3.8 more than it whole: with the weights above, the
+    # smallest margin that cuts none of the 3,886 lone validation digits of --fit-number-score
+    "lone_from": 1.0,
+    "lone_margin": 3.8,
 }
 
 
@@ -2524,15 +2526,16 @@ def chained(rows, mass, shape, rules=None):
 
 def digit_input(ink, labels, members, box, floor, columns=None):
     """The (28, 28) input of one digit, made of the pieces `members` of `labels` inside `box`,
-    or only of its columns [start, end) when given (a cut through touching digits). Other pieces'
-    ink is left out, so a neighbour's stroke never slips in; then mask_to_mnist, as for one digit.
-    Returns None when the columns hold no ink."""
+    or only of its columns [start, end) when given (a cut through touching digits; None for a
+    side that is the piece's own edge). Other pieces' ink is left out, so a neighbour's stroke
+    never slips in; then mask_to_mnist, as for one digit. Returns None when there is no ink."""
     top, bottom, left, right = box
     rim = 3  # mask_to_mnist keeps a rim of 2 pixels around the digit's pixels
     t, l = max(0, top - rim), max(0, left - rim)
     b, r = bottom + 1 + rim, right + 1 + rim
     if columns is not None:
-        l, r = columns
+        l = l if columns[0] is None else columns[0]
+        r = r if columns[1] is None else columns[1]
     window = labels[t:b, l:r]
     mask = np.isin(window, members)
     if not mask.any():
@@ -2541,102 +2544,154 @@ def digit_input(ink, labels, members, box, floor, columns=None):
     return mask_to_mnist(alone, mask, floor)[0]
 
 
-def candidate_cuts(profile, row_height, rules=None):
-    """Columns where touching digits may be cut: the local minima of the column profile (ink
-    pixels per column), at least thinnest_digit row heights from either end, the emptiest
-    most_cuts of them."""
+def typical_top_logit(X, Ws, bs, activation="relu"):
+    """How strongly the network answers a digit it knows: the median, over the images X
+    (m, 784), of the largest of its ten logits Z_L. Rule 4 measures every cut-out piece against
+    it, so that its score means the same for a network whose logits are twice as large.
+    `train` saves it with the model (measured on the validation images); about 13 for the
+    default network. Needs: logits."""
+    return float(np.median(logits(X, Ws, bs, activation).max(axis=1)))
+
+
+# What a cut-out piece is scored on (rule 4): one number each, in the order of the weights in
+# NUMBER_RULES["score_weights"].
+SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "digit")
+
+
+def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone=False, rules=None):
+    """The features of k cut-out pieces that say how much each looks like one digit, (k, 8):
+      recognised  its largest logit / the network's typical one (a pair of digits read as one
+                  digit answers weakly: the network has never seen one)
+      sure        log of its largest probability (how clearly it is that digit and no other)
+      too_wide    how much wider than the row is tall it is, beyond 1 (width / row height - 1);
+                  0 for a piece alone in the picture read whole: it is its own row, and a
+                  single wide digit (a flat 2) is as wide as two touching ones
+      too_thin    how much thinner than thin_from row heights it is (a sliver off a digit)
+      tall        the height of its ink / the row height, at most 1 (a digit fills the row)
+      cut_ink     the ink in the columns where it was cut off its neighbours, / row height
+      uncut       1 for the piece as it was found, 0 for a piece cut out of it
+      digit       1: every digit read costs the same, so a cutting needs evidence for each
+    Z (k, 10) its logits; widths, heights, edge_ink (k,) in pixels; uncut (k,) booleans."""
     rules = NUMBER_RULES if rules is None else rules
-    margin = max(1, int(np.ceil(rules["thinnest_digit"] * row_height)))
-    padded = np.concatenate(([np.inf], profile, [np.inf]))
-    minima = np.flatnonzero((padded[1:-1] <= padded[:-2]) & (padded[1:-1] <= padded[2:]))
-    minima = minima[(minima >= margin) & (minima <= len(profile) - margin)]
-    emptiest = minima[np.argsort(profile[minima], kind="stable")[: rules["most_cuts"]]]
-    return np.sort(emptiest)
+    k = len(Z)
+    top = Z.max(axis=1)
+    log_P = top - (top + np.log(np.exp(Z - top[:, None]).sum(axis=1)))  # log softmax of the top
+    width = widths / row_height
+    too_wide = np.where(uncut & alone, 0.0, np.maximum(width - 1, 0))
+    return np.stack([top / typical, log_P, too_wide,
+                     np.maximum(rules["thin_from"] - width, 0), np.minimum(heights / row_height, 1),
+                     edge_ink / row_height, uncut.astype(float), np.ones(k)], axis=1)
 
 
-def split_touching(ink, labels, members, box, floor, row_height, network, rules=None):
-    """Rule 4: read a piece that may hold several touching digits. Every way of cutting it at
-    the candidate cuts into digits between thinnest_digit and widest_digit row heights wide is
-    read, each cut-out digit once, and the best cutting found by dynamic programming: for each
-    number of digits k, the cutting with the highest sum of log probabilities; of those, the one
-    with the highest mean (the geometric mean of the probabilities). It is kept when that mean
-    beats the log probability of the piece read whole by split_margin - margin_per_width *
-    (width / row_height - 1); otherwise the piece is one digit.
-    network: a function (m, 784) -> (m, 10) probabilities.
-    Returns a list of (x28, P, box), left to right."""
+def best_cutting(scores, segments, n):
+    """The cutting of columns [0, n) (cut indices 0..n) into consecutive segments whose scores
+    add up to the most, by dynamic programming: best[j] is the best total for [0, j), found from
+    best[i] + score(i, j) over every segment (i, j) ending at j. Returns the segments' indices,
+    left to right."""
+    best = {0: (0.0, None)}
+    for s in sorted(range(len(segments)), key=lambda s: segments[s][1]):  # by where they end
+        i, j = segments[s]
+        if i in best and (j not in best or best[i][0] + scores[s] > best[j][0]):
+            best[j] = (best[i][0] + scores[s], s)
+    path, j = [], n
+    while j:
+        s = best[j][1]
+        path.append(s)
+        j = segments[s][0]
+    return path[::-1]
+
+
+def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
+    """Every digit that may be cut out of a piece: the piece split at candidate columns, every
+    row_height / cuts_per_height pixels (every column of a 16 px digit), at least
+    thinnest_digit row heights from either end. A segment between two cuts i < j, between
+    thinnest_digit and widest_digit row heights wide, is a candidate digit; so is the whole piece.
+    Returns (cuts, segments, inputs, widths, heights, edge_ink): the cut columns (from the box's
+    left, 0 and the width included), the segments as (i, j) index pairs, their (28, 28)
+    inputs, and per segment its width, the height of its ink and the ink in its cut columns."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
     width = right - left + 1
-    whole = digit_input(ink, labels, members, box, floor)
-    if width <= rules["split_from"] * row_height:
-        return [(whole, network(whole.reshape(1, 784))[0], box)]
-    profile = np.isin(labels[top:bottom + 1, left:right + 1], members).sum(axis=0)
-    cuts = np.concatenate(([0], candidate_cuts(profile, row_height, rules), [width]))
-    widest, thinnest = rules["widest_digit"] * row_height, rules["thinnest_digit"] * row_height
-    segments, inputs = [], []
-    for i in range(len(cuts)):
-        for j in range(i + 1, len(cuts)):
-            if not thinnest <= cuts[j] - cuts[i] <= widest and (i, j) != (0, len(cuts) - 1):
-                continue
-            x28 = digit_input(ink, labels, members, box, floor, (left + cuts[i], left + cuts[j]))
-            if x28 is not None:
-                segments.append((i, j))
-                inputs.append(x28)
-    P = network(np.array(inputs).reshape(-1, 784))  # every candidate digit read at once
-    score = {segment: np.log(max(float(p.max()), 1e-12)) for segment, p in zip(segments, P)}
-    # best[k][j]: the highest sum of log probabilities cutting columns [0, cuts[j]) into k digits
+    inside = np.isin(labels[top:bottom + 1, left:right + 1], members)
+    profile = inside.sum(axis=0)  # ink pixels per column
+    step = max(1, int(round(row_height / rules["cuts_per_height"])))
+    margin = max(1, int(np.ceil(rules["thinnest_digit"] * row_height)))
+    cuts = np.array([0] + list(range(margin, width - margin + 1, step)) + [width])
+    cuts = np.unique(cuts)
     n = len(cuts) - 1
-    best = [{0: (0.0, None)}] + [dict() for _ in range(n)]
-    for k in range(1, n + 1):
-        for (i, j), s in score.items():
-            if i in best[k - 1] and (j not in best[k] or best[k - 1][i][0] + s > best[k][j][0]):
-                best[k][j] = (best[k - 1][i][0] + s, i)
-    k = max((k for k in range(2, n + 1) if n in best[k]), key=lambda k: best[k][n][0] / k, default=1)
-    ends, j = [], n
-    for level in range(k, 0, -1):
-        i = best[level][j][1]
-        ends.append((i, j))
-        j = i
-    read = dict(zip(segments, zip(inputs, P)))
-    surer = best[k][n][0] / k - score.get((0, n), -np.inf) if k > 1 else -np.inf
-    margin = rules["split_margin"] - rules["margin_per_width"] * (width / row_height - 1)
-    sure = (width >= rules["sure_from"] * row_height and surer > rules["sure_margin"]
-            and all(read[i, j][1].max() >= rules["sure_parts"]
-                    and cuts[j] - cuts[i] >= rules["sure_width"] * row_height for i, j in ends))
-    if surer <= margin and not sure:
-        ends = [(0, n)]
-    return [(read[i, j][0], read[i, j][1], (top, bottom, left + cuts[i], left + cuts[j] - 1))
-            for i, j in reversed(ends)]
+    segments, inputs, widths, heights, edge_ink = [], [], [], [], []
+    for i in range(n):
+        for j in range(i + 1, n + 1):
+            wide = cuts[j] - cuts[i]
+            if (i, j) != (0, n) and not rules["thinnest_digit"] * row_height <= wide <= rules["widest_digit"] * row_height:
+                continue
+            # a side that is the piece's own edge keeps the rim a single digit has
+            x28 = digit_input(ink, labels, members, box, floor,
+                              None if (i, j) == (0, n) else (left + cuts[i] if i else None,
+                                                             left + cuts[j] if j < n else None))
+            if x28 is None:
+                continue
+            rows = np.flatnonzero(inside[:, cuts[i]:cuts[j]].any(axis=1))
+            segments.append((i, j))
+            inputs.append(x28)
+            widths.append(wide)
+            heights.append(rows[-1] - rows[0] + 1)
+            edge_ink.append((profile[cuts[i]] if i else 0) + (profile[cuts[j] - 1] if j < n else 0))
+    return cuts, segments, np.array(inputs), np.array(widths), np.array(heights), np.array(edge_ink)
 
 
-def read_digits(steps, network, rules=None):
+def split_touching(ink, labels, members, box, floor, row_height, network, typical, alone=False,
+                   rules=None):
+    """Rule 4: read a piece that may hold several touching digits ("recognition-based
+    segmentation"). Every candidate digit (cut_candidates) is read by the network and scored:
+    score = w . features (piece_features, the weights NUMBER_RULES["score_weights"]). The cutting
+    of the piece whose digits' scores add up to the most wins (best_cutting); the piece read whole
+    is one of the cuttings. A piece alone in the picture (alone=True) has no row to be compared
+    with: it is tried only when at least lone_from times as wide as tall, and cut only when the
+    cutting scores lone_margin more than the piece whole, so that one digit stays one digit.
+    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it.
+    Returns a list of (x28, P, box), left to right."""
+    rules = NUMBER_RULES if rules is None else rules
+    top, bottom, left, right = box
+    narrowest = rules["lone_from"] if alone else rules["split_from"]
+    if right - left + 1 < narrowest * row_height:
+        whole = digit_input(ink, labels, members, box, floor)
+        return [(whole, softmax(network(whole.reshape(1, 784)))[0], box)]
+    cuts, segments, inputs, widths, heights, edge_ink = cut_candidates(
+        ink, labels, members, box, floor, row_height, rules)
+    n = len(cuts) - 1
+    Z = network(inputs.reshape(-1, 784))  # every candidate digit read at once
+    uncut = np.array([segment == (0, n) for segment in segments])
+    features = piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone, rules)
+    scores = features @ np.array([rules["score_weights"][name] for name in SCORE_FEATURES])
+    path = best_cutting(scores, segments, n)
+    if alone and scores[path].sum() < scores[uncut.argmax()] + rules["lone_margin"]:
+        path = [int(uncut.argmax())]
+    P = softmax(Z[path])
+    return [(inputs[s], p, (top, bottom, left + cuts[segments[s][0]], left + cuts[segments[s][1]] - 1))
+            for s, p in zip(path, P)]
+
+
+def read_digits(steps, network, typical, rules=None):
     """Every digit in the picture that image_to_mnist prepared (its steps), in reading order.
 
     Returns a list of dicts {'digit', 'probabilities' (10,), 'x28' (28, 28), 'box' (top, bottom,
-    left, right in the pixels of steps['gray'], inclusive), 'row' (0, 1, ...)}.
-    network: a function (m, 784) -> (m, 10) probabilities.
+    left, right in the pixels of steps['gray'], inclusive), 'row' (0, 1, ...)}; an empty list
+    when the picture holds one digit, which predict_image reads as it is.
+    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it.
     """
     rules = NUMBER_RULES if rules is None else rules
     labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
-    if sum(len(row) for row in rows) == 1:  # one piece: cut only when its digits are sure
-        (members, box), = rows[0]
-        height = box[1] - box[0] + 1
-        cut = split_touching(steps["ink"], labels, members, box, steps["floor"], height, network,
-                             dict(rules, split_margin=np.inf))
-        if len(cut) == 1:
-            return []  # one digit, read exactly as predict_image reads it
-        return [{"digit": int(P.argmax()), "probabilities": P, "x28": x28,
-                 "box": tuple(int(v) for v in cut_box), "row": 0} for x28, P, cut_box in cut]
+    alone = sum(len(row) for row in rows) == 1  # one piece: its own height is the row's
     digits = []
     for row_number, row in enumerate(rows):
-        tall = [box[1] - box[0] + 1 for _, box in row]
-        row_height = float(np.median(tall))
+        row_height = float(np.median([box[1] - box[0] + 1 for _, box in row]))
         for members, box in row:
             for x28, P, cut_box in split_touching(steps["ink"], labels, members, box, steps["floor"],
-                                                  row_height, network, rules):
+                                                  row_height, network, typical, alone, rules):
                 digits.append({"digit": int(P.argmax()), "probabilities": P, "x28": x28,
                                "box": tuple(int(v) for v in cut_box), "row": row_number})
-    return digits
+    return digits if len(digits) > 1 else []
 
 
 # predict marks a digit read with less: on USPS strings, 56 % of the misread digits and 4 % of
@@ -2652,19 +2707,26 @@ def number_text(digits):
     return "\n".join("".join(row) for _, row in sorted(rows.items()))
 
 
-def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
+# The typical top logit of a model saved without one (see typical_top_logit): the default
+# network's, on its validation images.
+TYPICAL_TOP_LOGIT = 14.3
+
+
+def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typical=None):
     """predict_image, reading every digit when the image holds more than one (MNIST models).
 
     Returns (x28, P, steps) as predict_image does, and when a digit is found also
     steps['digits'], the digits in reading order (see read_digits; boxes in the pixels of
     `gray`), and steps['number'], their text (number_text). With one digit found the answer is
     predict_image's, unchanged; with several, x28 and P are those of the first digit.
-    Needs: predict_image, read_digits, predict_proba.
+    typical: the network's typical_top_logit (saved with the model as meta["typical_logit"]).
+    Needs: predict_image, read_digits, logits.
     """
     x28, P, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
     if x28 is None or dataset != "mnist":
         return x28, P, steps
-    digits = read_digits(steps, lambda X: predict_proba(X, Ws, bs, activation))
+    digits = read_digits(steps, lambda X: logits(X, Ws, bs, activation),
+                         TYPICAL_TOP_LOGIT if typical is None else typical)
     if len(digits) <= 1:  # one digit: predict_image's reading, its box that of the digit's pixels
         ys, xs = np.nonzero(steps["mask"])
         digits = [{"digit": int(P.argmax()), "probabilities": P, "x28": x28, "row": 0,
@@ -3773,7 +3835,7 @@ class HTTPError(Exception):
         self.status = status
 
 
-def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None):
+def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None, typical=None):
     """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> predict_image,
     the path of `predict` (images prepared for the model's data set).
 
@@ -3783,6 +3845,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
     Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
     with more than MAX_IMAGE_PIXELS. room_for(pixels), if given, is a context manager that
     waits until that many pixels may be decoded (the server's budget of memory for images).
+    typical: the model's typical top logit (predict_number).
     """
     import contextlib
     import io
@@ -3804,7 +3867,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
         except ValueError:
             raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
         with np.errstate(all="ignore"):    # this thread only: a 0/0 in an odd image is no log line
-            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset)
+            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, typical)
     if x is None:
         return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
     return {"digit": int(p.argmax()),
@@ -4023,7 +4086,8 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
                     self.answer(200, health)
                 else:
                     body = self.read_image_body()
-                    answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for)
+                    answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for,
+                                                 meta.get("typical_logit"))
                     self.answer_json(200, answer)
             except HTTPError as refusal:
                 self.close_connection = True          # a refused request's body may be left unread
@@ -5578,6 +5642,7 @@ def command_train(args):
     meta = {"activation": args.activation, "dataset": dataset,
             "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
+            "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
     target = args.model
@@ -5741,7 +5806,7 @@ def command_predict(args):
             print(f"error: {e}", file=sys.stderr, flush=True)
             unreadable.append(path)
             continue
-        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset)
+        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, meta.get("typical_logit"))
         digit = None if p is None else int(p.argmax())
         several = len(steps.get("digits", [])) > 1
         if args.json and not class_names:
