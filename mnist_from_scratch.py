@@ -2394,13 +2394,13 @@ NUMBER_RULES = {
     # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 5.69, "sure": 4.65, "too_wide": -14.42, "too_thin": -1.83,
-                      "tall": 7.54, "cut_ink": -5.98, "uncut": 0.56, "digit": -10.0},
+    "score_weights": {"recognised": 5.76, "sure": 2.0, "too_wide": -10.79, "too_thin": -1.7,
+                      "tall": 6.96, "cut_ink": -3.8, "uncut": 0.6, "digit": -10.0},
     # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
-    # 1.09), and cut when its cutting scores 3.8 more than it whole: with the weights above, the
+    # 1.09), and cut when its cutting scores 4.6 more than it whole: with the weights above, the
     # smallest margin that cuts none of the 3,886 lone validation digits of --fit-number-score
     "lone_from": 1.0,
-    "lone_margin": 3.8,
+    "lone_margin": 4.6,
 }
 
 
@@ -2568,7 +2568,7 @@ def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alo
                   single wide digit (a flat 2) is as wide as two touching ones
       too_thin    how much thinner than thin_from row heights it is (a sliver off a digit)
       tall        the height of its ink / the row height, at most 1 (a digit fills the row)
-      cut_ink     the ink in the columns where it was cut off its neighbours, / row height
+      cut_ink     the rows in which its cuts went through a stroke, / row height
       uncut       1 for the piece as it was found, 0 for a piece cut out of it
       digit       1: every digit read costs the same, so a cutting needs evidence for each
     Z (k, 10) its logits; widths, heights, edge_ink (k,) in pixels; uncut (k,) booleans."""
@@ -2608,12 +2608,14 @@ def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
     thinnest_digit and widest_digit row heights wide, is a candidate digit; so is the whole piece.
     Returns (cuts, segments, inputs, widths, heights, edge_ink): the cut columns (from the box's
     left, 0 and the width included), the segments as (i, j) index pairs, their (28, 28)
-    inputs, and per segment its width, the height of its ink and the ink in its cut columns."""
+    inputs, and per segment its width, the height of its ink and the ink its cuts go through
+    (the rows where ink lies on both sides of a cut: a stroke cut in two)."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
     width = right - left + 1
     inside = np.isin(labels[top:bottom + 1, left:right + 1], members)
-    profile = inside.sum(axis=0)  # ink pixels per column
+    # crossing[c]: the rows in which a cut between columns c - 1 and c goes through ink
+    crossing = np.concatenate(([0], (inside[:, :-1] & inside[:, 1:]).sum(axis=0), [0]))
     step = max(1, int(round(row_height / rules["cuts_per_height"])))
     margin = max(1, int(np.ceil(rules["thinnest_digit"] * row_height)))
     cuts = np.array([0] + list(range(margin, width - margin + 1, step)) + [width])
@@ -2636,7 +2638,7 @@ def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
             inputs.append(x28)
             widths.append(wide)
             heights.append(rows[-1] - rows[0] + 1)
-            edge_ink.append((profile[cuts[i]] if i else 0) + (profile[cuts[j] - 1] if j < n else 0))
+            edge_ink.append(crossing[cuts[i]] + crossing[cuts[j]])
     return cuts, segments, np.array(inputs), np.array(widths), np.array(heights), np.array(edge_ink)
 
 

@@ -1776,6 +1776,70 @@ class TestReadingANumber(unittest.TestCase):
                          [0, 1, 1, 1, 4])
 
 
+class TestCuttingTouchingDigits(unittest.TestCase):
+    """Rule 4's parts on arrays made here: the dynamic programming, the features, the typical logit."""
+
+    def test_best_cutting_is_the_cutting_whose_scores_add_up_to_the_most(self):
+        rng = np.random.default_rng(0)
+        for _ in range(30):
+            n = int(rng.integers(1, 8))
+            segments = [(i, j) for i in range(n) for j in range(i + 1, n + 1) if j - i <= 3 or (i, j) == (0, n)]
+            scores = rng.normal(size=len(segments))
+
+            def cuttings(start):  # every way of covering [start, n) with the segments
+                if start == n:
+                    yield []
+                for s, (i, j) in enumerate(segments):
+                    if i == start:
+                        for rest in cuttings(j):
+                            yield [s] + rest
+            best = max(cuttings(0), key=lambda path: scores[path].sum())
+            path = mnist.best_cutting(scores, segments, n)
+            self.assertAlmostEqual(scores[path].sum(), scores[best].sum())
+            self.assertEqual([segments[s][0] for s in path][0], 0)
+            self.assertTrue(all(segments[a][1] == segments[b][0] for a, b in zip(path, path[1:])))
+            self.assertEqual(segments[path[-1]][1], n)
+
+    def test_piece_features_are_measured_against_the_row_and_the_typical_logit(self):
+        Z = np.array([[10.0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [2.0, 2.0, 0, 0, 0, 0, 0, 0, 0, 0]])
+        features = mnist.piece_features(Z, widths=np.array([30, 4]), heights=np.array([20, 10]),
+                                        edge_ink=np.array([0, 5]), uncut=np.array([True, False]),
+                                        row_height=20.0, typical=5.0)
+        named = dict(zip(mnist.SCORE_FEATURES, features.T))
+        np.testing.assert_allclose(named["recognised"], [2.0, 0.4])
+        np.testing.assert_allclose(named["sure"], [10 - np.log(np.exp(10) + 9), np.log(np.exp(2) / (2 * np.exp(2) + 8))])
+        np.testing.assert_allclose(named["too_wide"], [0.5, 0.0])           # 1.5 row heights wide
+        np.testing.assert_allclose(named["too_thin"], [0.0, mnist.NUMBER_RULES["thin_from"] - 0.2])
+        np.testing.assert_allclose(named["tall"], [1.0, 0.5])
+        np.testing.assert_allclose(named["cut_ink"], [0.0, 0.25])
+        np.testing.assert_allclose(named["uncut"], [1.0, 0.0])
+        np.testing.assert_allclose(named["digit"], [1.0, 1.0])
+        alone = mnist.piece_features(Z, np.array([30, 4]), np.array([20, 10]), np.array([0, 5]),
+                                     np.array([True, False]), 20.0, 5.0, alone=True)
+        self.assertEqual(alone[0, mnist.SCORE_FEATURES.index("too_wide")], 0.0)  # its own row
+
+    def test_the_typical_top_logit_is_the_median_of_the_largest_logits(self):
+        rng = np.random.default_rng(1)
+        Ws, bs = mnist.init_params([784, 16, 10], seed=0)
+        X = rng.random((101, 784)).astype(np.float32)
+        self.assertAlmostEqual(mnist.typical_top_logit(X, Ws, bs),
+                               float(np.median(mnist.logits(X, Ws, bs).max(axis=1))), places=5)
+
+    def test_a_lone_piece_narrower_than_tall_is_read_whole_without_trying_cuts(self):
+        labels = -np.ones((40, 40), int)
+        labels[5:35, 10:30] = 0            # 30 tall, 20 wide: narrower than lone_from
+        ink = (labels >= 0).astype(np.float32)
+        asked = []
+
+        def network(X):
+            asked.append(len(X))
+            return np.zeros((len(X), 10))
+        read = mnist.split_touching(ink, labels, [0], (5, 34, 10, 29), 0.1, 30.0, network, 10.0, alone=True)
+        self.assertEqual((len(read), asked), (1, [1]))
+        read = mnist.split_touching(ink, labels, [0], (5, 34, 10, 29), 0.1, 30.0, network, 10.0, alone=False)
+        self.assertGreater(asked[-1], 1)   # in a row, the same piece's cuttings are all read
+
+
 # ==== [12] Pictures ===============================================================================
 
 MODULE = "mnist_from_scratch"  # the module under test, imported by name in the subprocess checks below
@@ -3768,6 +3832,17 @@ class TestCommandLine(unittest.TestCase):
         self.assertGreater(meta["test_accuracy"], 0.9)
 
     @needs_mnist
+    def test_train_saves_how_strongly_the_network_answers_a_digit(self):
+        code, out, err = self.train_run
+        self.assertEqual(code, 0, err)
+        Ws, bs, meta = mnist.load_model(self.model)
+        X_train = real_mnist()[0]
+        val_size = meta["settings"]["val_size"]
+        self.assertAlmostEqual(meta["typical_logit"],
+                               mnist.typical_top_logit(X_train[-val_size:], Ws, bs), places=4)
+        self.assertGreater(meta["typical_logit"], 1.0)
+
+    @needs_mnist
     def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
         code, out, err = self.train_run
         self.assertEqual(code, 0, err)
@@ -5639,7 +5714,8 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     """Fit the weights of rule 4's score (NUMBER_RULES["score_weights"]) and print them: a
     structured perceptron (Collins 2002) on strings of 2-8 MNIST validation digits (the last
     5,000 training images, held out from training), made as in measure_numbers in all five
-    presentations, and on single digits (a number reader must leave one digit whole). For each string, the cutting that the weights choose is compared with the
+    presentations, as many again whose digits all touch (the hard part), and single digits (a
+    number reader must leave one digit whole). For each string, the cutting that the weights choose is compared with the
     best-scoring cutting that reads the string right; when they differ, the weights move towards
     the features of the right one and away from the chosen one (starting from 1 for
     "recognised", -1 for "digit" and 0 for the others). The average over all steps is kept.
@@ -5670,6 +5746,13 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
             if lattices is not None and len(lattices) == 1:
                 lone.append(lattices[0])
                 made.append((lattices, str(int(labels[chosen[0]]))))
+        rng = np.random.default_rng(5100 + number)
+        for _ in range(strings):  # the hard part: strings whose digits all touch
+            chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
+            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(len(chosen) - 1, rng, 1.0), rng)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
+            if lattices is not None:
+                made.append((lattices, "".join(str(int(labels[i])) for i in chosen)))
         print(f"{how}: {len(made) - len(lone)} strings, {len(lone)} single digits so far", flush=True)
     names = mnist.SCORE_FEATURES
     w = np.array([name == "recognised" for name in names], dtype=float) - np.array([name == "digit" for name in names])
