@@ -2384,8 +2384,8 @@ NUMBER_RULES = {
     "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
     "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
     "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
-    "chain_gap": 0.5,       # 5: digits along the edge at most 0.5 digit heights from the next (the
-    "chain_rows": 1.5,      #    strings' widest gap: 8 px at 16 px), and rows 1.5 digit heights
+    "chain_gap": 0.6,       # 5: digits along the edge at most 0.6 digit heights from the next (the
+    "chain_rows": 1.5,      #    strings' widest gap, 8 px at 16 px, and some blur), rows 1.5 apart
     "split_from": 0.5,      # 4: pieces wider than 0.5 row heights may hold several digits (a USPS 1: < 0.4)
     "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
     "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
@@ -2394,8 +2394,8 @@ NUMBER_RULES = {
     # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 5.76, "sure": 2.0, "too_wide": -10.79, "too_thin": -1.7,
-                      "tall": 6.96, "cut_ink": -3.8, "uncut": 0.6, "digit": -10.0},
+    "score_weights": {"recognised": 5.93, "sure": 2.51, "too_wide": -11.16, "too_thin": -2.61,
+                      "tall": 6.85, "cut_ink": -4.64, "uncut": 0.28, "digit": -10.0},
     # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
     # 1.09), and cut when its cutting scores 4.6 more than it whole: with the weights above, the
     # smallest margin that cuts none of the 3,886 lone validation digits of --fit-number-score

@@ -5456,22 +5456,30 @@ def glyph_of(ink, height=16):
     return ink[:, cols[0]:cols[-1] + 1]
 
 
-def number_strip(glyphs, gaps, rng, jitter=1, margin=8):
+def number_strip(glyphs, gaps, rng, jitter=1, margin=8, written_over=0.1):
     """Digits side by side, ink 1 on 0: glyphs[k + 1] starts gaps[k] pixels after glyphs[k] ends
     (0: touching, below 0: overlapping), each moved up or down by up to `jitter` pixels, and
-    `margin` pixels of background around all of them. Returns (strip, boxes (top, bottom, left,
-    right) of each digit in the strip)."""
-    height = max(g.shape[0] for g in glyphs) + 2 * jitter + 2 * margin
-    width = sum(g.shape[1] for g in glyphs) + sum(gaps) + 2 * margin
+    `margin` pixels of background around all of them. A digit is never written over its
+    neighbour: where the two would share more than `written_over` of the smaller one's ink, the
+    later one moves right until they do not (a 1 two pixels wide laid two pixels into a 0 would
+    vanish into its stroke, and no reader could find it). Returns (strip, boxes (top, bottom,
+    left, right) of each digit in the strip)."""
+    tallest = max(g.shape[0] for g in glyphs)
+    height = tallest + 2 * jitter + 2 * margin
+    width = sum(g.shape[1] for g in glyphs) + sum(max(gap, 0) for gap in gaps) + 2 * margin
     strip = np.zeros((height, width), np.float32)
     x, boxes = margin, []
     for k, glyph in enumerate(glyphs):
-        y = margin + jitter + int(rng.integers(-jitter, jitter + 1)) + (max(g.shape[0] for g in glyphs) - glyph.shape[0]) // 2
-        region = strip[y:y + glyph.shape[0], x:x + glyph.shape[1]]
-        np.maximum(region, glyph, out=region)
-        boxes.append((y, y + glyph.shape[0] - 1, x, x + glyph.shape[1] - 1))
-        x += glyph.shape[1] + (gaps[k] if k < len(gaps) else 0)
-    return strip, boxes
+        y = margin + jitter + int(rng.integers(-jitter, jitter + 1)) + (tallest - glyph.shape[0]) // 2
+        h, w = glyph.shape
+        if k:
+            least = written_over * min(glyph.sum(), glyphs[k - 1].sum())
+            while np.minimum(strip[y:y + h, x:x + w], glyph).sum() > least:
+                x += 1
+        np.maximum(strip[y:y + h, x:x + w], glyph, out=strip[y:y + h, x:x + w])
+        boxes.append((y, y + h - 1, x, x + w - 1))
+        x += w + (gaps[k] if k < len(gaps) else 0)
+    return strip[:, :boxes[-1][3] + 1 + margin], boxes
 
 
 def random_gaps(count, rng, touching=1 / 3):
