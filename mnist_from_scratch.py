@@ -2394,13 +2394,13 @@ NUMBER_RULES = {
     # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 5.93, "sure": 2.51, "too_wide": -11.16, "too_thin": -2.61,
-                      "tall": 6.85, "cut_ink": -4.64, "uncut": 0.28, "digit": -10.0},
+    "score_weights": {"recognised": 5.96, "sure": 2.25, "too_wide": -11.45, "too_thin": -2.52,
+                      "tall": 6.95, "cut_ink": -4.72, "uncut": 0.35, "digit": -10.0},
     # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
-    # 1.09), and cut when its cutting scores 4.6 more than it whole: with the weights above, the
+    # 1.09), and cut when its cutting scores 4.5 more than it whole: with the weights above, the
     # smallest margin that cuts none of the 3,886 lone validation digits of --fit-number-score
     "lone_from": 1.0,
-    "lone_margin": 4.6,
+    "lone_margin": 4.5,
 }
 
 
