@@ -2618,8 +2618,7 @@ def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
     crossing = np.concatenate(([0], (inside[:, :-1] & inside[:, 1:]).sum(axis=0), [0]))
     step = max(1, int(round(row_height / rules["cuts_per_height"])))
     margin = max(1, int(np.ceil(rules["thinnest_digit"] * row_height)))
-    cuts = np.array([0] + list(range(margin, width - margin + 1, step)) + [width])
-    cuts = np.unique(cuts)
+    cuts = np.unique([0] + list(range(margin, width - margin + 1, step)) + [width])
     n = len(cuts) - 1
     segments, inputs, widths, heights, edge_ink = [], [], [], [], []
     for i in range(n):
@@ -2642,33 +2641,50 @@ def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
     return cuts, segments, np.array(inputs), np.array(widths), np.array(heights), np.array(edge_ink)
 
 
-def split_touching(ink, labels, members, box, floor, row_height, network, typical, alone=False,
-                   rules=None):
-    """Rule 4: read a piece that may hold several touching digits ("recognition-based
-    segmentation"). Every candidate digit (cut_candidates) is read by the network and scored:
-    score = w . features (piece_features, the weights NUMBER_RULES["score_weights"]). The cutting
-    of the piece whose digits' scores add up to the most wins (best_cutting); the piece read whole
-    is one of the cuttings. A piece alone in the picture (alone=True) has no row to be compared
-    with: it is tried only when at least lone_from times as wide as tall, and cut only when the
-    cutting scores lone_margin more than the piece whole, so that one digit stays one digit.
-    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it.
-    Returns a list of (x28, P, box), left to right."""
+def scored_candidates(ink, labels, members, box, floor, row_height, network, typical, alone=False,
+                      rules=None):
+    """Rule 4's candidate digits of a piece (cut_candidates), read by the network at once and
+    described by piece_features. A piece narrower than split_from row heights (lone_from for a
+    piece alone in the picture, which has no row to be compared with) cannot hold two digits: its
+    one candidate is itself. Returns (cuts, segments, inputs, Z, features).
+    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
-    narrowest = rules["lone_from"] if alone else rules["split_from"]
-    if right - left + 1 < narrowest * row_height:
-        whole = digit_input(ink, labels, members, box, floor)
-        return [(whole, softmax(network(whole.reshape(1, 784)))[0], box)]
-    cuts, segments, inputs, widths, heights, edge_ink = cut_candidates(
-        ink, labels, members, box, floor, row_height, rules)
+    width = right - left + 1
+    if width < (rules["lone_from"] if alone else rules["split_from"]) * row_height:
+        cuts, segments = np.array([0, width]), [(0, 1)]
+        inputs = digit_input(ink, labels, members, box, floor)[None]
+        widths, heights, edge_ink = np.array([width]), np.array([bottom - top + 1]), np.zeros(1)
+    else:
+        cuts, segments, inputs, widths, heights, edge_ink = cut_candidates(
+            ink, labels, members, box, floor, row_height, rules)
     n = len(cuts) - 1
     Z = network(inputs.reshape(-1, 784))  # every candidate digit read at once
     uncut = np.array([segment == (0, n) for segment in segments])
     features = piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone, rules)
+    return cuts, segments, inputs, Z, features
+
+
+def split_touching(ink, labels, members, box, floor, row_height, network, typical, alone=False,
+                   rules=None):
+    """Rule 4: read a piece that may hold several touching digits ("recognition-based
+    segmentation"). Every candidate digit (scored_candidates) gets a score = w . features (the
+    weights NUMBER_RULES["score_weights"]). The cutting of the piece whose digits' scores add up
+    to the most wins (best_cutting); the piece read whole is one of the cuttings. A piece alone
+    in the picture (alone=True) is cut only when the cutting scores lone_margin more than the
+    piece whole, so that one digit stays one digit.
+    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it.
+    Returns a list of (x28, P, box), left to right."""
+    rules = NUMBER_RULES if rules is None else rules
+    top, bottom, left, _ = box
+    cuts, segments, inputs, Z, features = scored_candidates(
+        ink, labels, members, box, floor, row_height, network, typical, alone, rules)
     scores = features @ np.array([rules["score_weights"][name] for name in SCORE_FEATURES])
+    n = len(cuts) - 1
     path = best_cutting(scores, segments, n)
-    if alone and scores[path].sum() < scores[uncut.argmax()] + rules["lone_margin"]:
-        path = [int(uncut.argmax())]
+    whole = segments.index((0, n))
+    if alone and scores[path].sum() < scores[whole] + rules["lone_margin"]:
+        path = [whole]
     P = softmax(Z[path])
     return [(inputs[s], p, (top, bottom, left + cuts[segments[s][0]], left + cuts[segments[s][1]] - 1))
             for s, p in zip(path, P)]

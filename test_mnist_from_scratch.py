@@ -5688,29 +5688,17 @@ def piece_lattices(data, Ws, bs, activation, typical):
     x28, _, steps = mnist.predict_image(*read_image(io.BytesIO(data)), Ws, bs, activation)
     if x28 is None:
         return None
-    rules = mnist.NUMBER_RULES
     labels, rows = mnist.cut_into_digits(steps["pieces"], steps["ink"])
     if len(rows) != 1:
         return None
     row_height = float(np.median([box[1] - box[0] + 1 for _, box in rows[0]]))
-    if len(rows[0]) == 1:
-        row_height = rows[0][0][1][1] - rows[0][0][1][0] + 1
-    lattices, alone = [], len(rows[0]) == 1
+    lattices = []
     for members, box in rows[0]:
-        top, bottom, left, right = box
-        if right - left + 1 < (rules["lone_from"] if alone else rules["split_from"]) * row_height:
-            x = mnist.digit_input(steps["ink"], labels, members, box, steps["floor"])
-            cuts, segments, inputs = np.array([0, right - left + 1]), [(0, 1)], x[None]
-            widths, heights, edge_ink = np.array([right - left + 1]), np.array([bottom - top + 1]), np.zeros(1)
-        else:
-            cuts, segments, inputs, widths, heights, edge_ink = mnist.cut_candidates(
-                steps["ink"], labels, members, box, steps["floor"], row_height)
-        n = len(cuts) - 1
-        Z = mnist.logits(inputs.reshape(-1, 784), Ws, bs, activation)
-        uncut = np.array([segment == (0, n) for segment in segments])
-        features = mnist.piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone)
-        lattices.append({"features": features, "segments": segments, "n": n, "read": Z.argmax(axis=1),
-                         "width": (right - left + 1) / row_height})
+        cuts, segments, _, Z, features = mnist.scored_candidates(
+            steps["ink"], labels, members, box, steps["floor"], row_height,
+            lambda X: mnist.logits(X, Ws, bs, activation), typical, alone=len(rows[0]) == 1)
+        lattices.append({"features": features, "segments": segments, "n": len(cuts) - 1,
+                         "read": Z.argmax(axis=1)})
     return lattices
 
 
@@ -5749,10 +5737,11 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     structured perceptron (Collins 2002) on strings of 2-8 MNIST validation digits (the last
     5,000 training images, held out from training), made as in measure_numbers in all five
     presentations, as many again whose digits all touch (the hard part), and single digits (a
-    number reader must leave one digit whole). For each string, the cutting that the weights choose is compared with the
-    best-scoring cutting that reads the string right; when they differ, the weights move towards
-    the features of the right one and away from the chosen one (starting from 1 for
-    "recognised", -1 for "digit" and 0 for the others). The average over all steps is kept.
+    number reader must leave one digit whole). For each string, the cutting that the weights
+    choose is compared with the best-scoring cutting that reads the string right; when they
+    differ, the weights move towards the features of the right one and away from the chosen one
+    (starting from 1 for "recognised", -1 for "digit" and 0 for the others). The average over
+    all steps is kept.
     Then lone_margin: the smallest margin by which a lone piece's cutting must beat the piece
     whole so that none of `singles` lone validation digits per presentation, and per kind of
     image of the photo table (measure_photos), is cut.
