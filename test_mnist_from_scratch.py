@@ -3376,6 +3376,19 @@ class TestServingInABrowser(unittest.TestCase):
         self.assertTrue(wait_for(lambda: self.text("digit") == "11", 60), self.text("message"))
         self.assertRegex(self.text("message"), r"^digits \d+\.\d %, \d+\.\d %$")
 
+    def test_a_number_drawn_on_the_page_is_shown_whole(self):
+        one = [(60, 60), (60, 230)]                     # a 1 on the left
+        seven = [(120, 60), (240, 60), (165, 230)]      # a 7 on the right, well apart
+        draw_on_page(self.driver, [densify(one, 6), densify(seven, 6)])
+        self.wait_until_settled()
+        self.assertEqual(self.text("digit"), "17")
+        self.assertRegex(self.text("message"), r"^digits \d+\.\d %, \d+\.\d %$")
+        self.driver.find_element("id", "clear").click()  # three digits, smaller
+        draw_on_page(self.driver, [densify([(30, 70), (30, 220)], 6), densify([(90, 70), (90, 220)], 6),
+                                   densify([(150, 70), (250, 70), (190, 220)], 6)])
+        self.wait_until_settled()
+        self.assertEqual(self.text("digit"), "117")
+
     def test_the_page_fits_a_phone_and_a_desktop_and_its_screenshot_is_saved(self):
         layouts = {}
         for name, width, height in (("desktop", 1000, 700), ("phone", 390, 844)):
