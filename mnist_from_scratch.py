@@ -2712,7 +2712,7 @@ def read_digits(steps, network, typical, rules=None):
     return digits if len(digits) > 1 else []
 
 
-# predict marks a digit read with less: on USPS strings, 69 % of the misread digits and 4 % of
+# predict marks a digit read with less: on USPS strings, 66 % of the misread digits and 4 % of
 # the digits read right (docs/results.md)
 UNSURE = 0.95
 

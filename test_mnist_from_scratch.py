@@ -1601,6 +1601,21 @@ class TestReadingANumber(unittest.TestCase):
             strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
             self.assertEqual(self.read(present_number(strip, rng, "p64 black"))["number"], number)
 
+    def test_a_number_drawn_with_the_pad_pen_is_read(self):
+        rng = np.random.default_rng(0)
+        for which, number in enumerate(["2026", "31415926", "780"]):
+            strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
+            self.assertEqual(self.read(present_number(strip, rng, "mouse"))["number"], number)
+
+    def test_the_pad_pen_is_as_thick_for_the_digit_as_for_one_drawn_on_the_pad(self):
+        bar, _ = number_strip([np.ones((16, 2), np.float32)], [], np.random.default_rng(0), jitter=0)
+        for seed in range(3):
+            drawing = read_image(io.BytesIO(drawn_with_the_pad_pen(bar, np.random.default_rng(seed))))[0]
+            ink = drawing < 0.5 if np.median(drawing) > 0.5 else drawing > 0.5
+            rows = np.flatnonzero(ink.any(axis=1))
+            width = ink[(rows[0] + rows[-1]) // 2].sum()            # across the pen: 2 radii
+            self.assertAlmostEqual(width / (rows[-1] - rows[0] + 1), 2 * PEN_RADIUS / 200, delta=0.02)
+
     def test_touching_digits_are_cut_apart(self):
         for gap in range(0, -6, -1):  # moved together until the 0 and the 5 touch
             strip, _ = number_strip(self.glyphs("2058"), [4, gap, 4], np.random.default_rng(1), jitter=0)
@@ -5502,11 +5517,37 @@ def random_gaps(count, rng, touching=1 / 3):
             for _ in range(count)]
 
 
+def drawn_with_the_pad_pen(strip, rng):
+    """A strip of digits (ink 1 on 0, digits 16 px tall) as drawn with the mouse with the drawing
+    pad's pen: the digits' centre lines, 60 to 120 px tall, drawn with the pad's round,
+    anti-aliased pen (render_stroke's: PEN_RADIUS for a digit 200 px tall, 3/4 of its canvas, so
+    in proportion here), black on white or white on black. PNG bytes."""
+    from PIL import Image
+    scale = rng.uniform(60, 120) / 16
+    size = (round(strip.shape[1] * scale), round(strip.shape[0] * scale))
+    big = np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC))
+    centre = thin_to_skeleton(big > 0.35)
+    radius = mnist.PEN_RADIUS / 200 * 16 * scale
+    reach = int(np.ceil(radius + 0.5))
+    padded = np.pad(centre, reach).astype(np.float32)
+    ink = np.zeros(centre.shape, np.float32)
+    for dy in range(-reach, reach + 1):  # each pixel: the pen's cover at its distance from the line
+        for dx in range(-reach, reach + 1):
+            cover = min(1.0, max(0.0, radius + 0.5 - math.hypot(dy, dx)))
+            if cover > 0:
+                np.maximum(ink, cover * padded[reach + dy:reach + dy + ink.shape[0],
+                                                reach + dx:reach + dx + ink.shape[1]], out=ink)
+    return encode(ink if rng.random() < 0.5 else 1 - ink, "L", "PNG")
+
+
 def present_number(strip, rng, how):
     """Image bytes of a strip of digits (ink 1 on 0) as a user might give it: 'p16 black' /
-    'p16 white' at 16 px, 'p64 black' / 'p64 white' enlarged 4 times, or 'photo': written with
-    a pen on paper in a phone photo (photograph: lines, uneven light, JPEG)."""
+    'p16 white' at 16 px, 'p64 black' / 'p64 white' enlarged 4 times, 'photo': written with
+    a pen on paper in a phone photo (photograph: lines, uneven light, JPEG), or 'mouse': drawn
+    with the drawing pad's pen (drawn_with_the_pad_pen)."""
     from PIL import Image
+    if how == "mouse":
+        return drawn_with_the_pad_pen(strip, rng)
     if how == "photo":
         height, width = (int(v) for v in rng.integers(500, 900, size=2))
         scale = min(rng.uniform(0.4, 0.8) * width / strip.shape[1], 0.4 * height / strip.shape[0])
@@ -5525,7 +5566,10 @@ def present_number(strip, rng, how):
 
 NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 px, white on black",
                         "p64 black": "64 px, black on white", "p64 white": "64 px, white on black",
-                        "photo": "photo of paper (lines, uneven light, JPEG)"}
+                        "photo": "photo of paper (lines, uneven light, JPEG)",
+                        "mouse": "drawn with the mouse (the drawing pad's pen)"}
+# rule 4's score was fitted on these (fit_number_score); the drawings only measure it
+FITTED_PRESENTATIONS = ("p16 black", "p16 white", "p64 black", "p64 white", "photo")
 
 
 def read_number_bytes(data, Ws, bs, activation, alone=False, typical=None, sure=None):
@@ -5748,8 +5792,8 @@ def best_right_reading(lattices, truth, w):
 def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     """Fit the weights of rule 4's score (NUMBER_RULES["score_weights"]) and print them: a
     structured perceptron (Collins 2002) on strings of 2-8 MNIST validation digits (the last
-    5,000 training images, held out from training), made as in measure_numbers in all five
-    presentations, as many again whose digits all touch (the hard part), and single digits (a
+    5,000 training images, held out from training), made as in measure_numbers in the five
+    FITTED_PRESENTATIONS, as many again whose digits all touch (the hard part), and single digits (a
     number reader must leave one digit whole). For each string, the cutting that the weights
     choose is compared with the best-scoring cutting that reads the string right; when they
     differ, the weights move towards the features of the right one and away from the chosen one
@@ -5767,7 +5811,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     X_train, y_train, _, _ = real_mnist()
     images, labels = X_train[-5000:].reshape(-1, 28, 28), y_train[-5000:]
     made, lone = [], []
-    for number, how in enumerate(NUMBER_PRESENTATIONS):
+    for number, how in enumerate(FITTED_PRESENTATIONS):
         rng = np.random.default_rng(5000 + number)
         for _ in range(strings):
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
