@@ -5793,12 +5793,12 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     """Fit the weights of rule 4's score (NUMBER_RULES["score_weights"]) and print them: a
     structured perceptron (Collins 2002) on strings of 2-8 MNIST validation digits (the last
     5,000 training images, held out from training), made as in measure_numbers in the five
-    FITTED_PRESENTATIONS, as many again whose digits all touch (the hard part), and single digits (a
-    number reader must leave one digit whole). For each string, the cutting that the weights
-    choose is compared with the best-scoring cutting that reads the string right; when they
-    differ, the weights move towards the features of the right one and away from the chosen one
-    (starting from 1 for "recognised", -1 for "digit" and 0 for the others). The average over
-    all steps is kept.
+    FITTED_PRESENTATIONS, as many again whose digits all touch (the hard part), and single
+    digits (a number reader must leave one digit whole). For each string, the cutting that the
+    weights choose is compared with the best-scoring cutting that reads the string right; when
+    they differ, the weights move towards the features of the right one and away from the chosen
+    one (starting from 1 for "recognised", -1 for "digit" and 0 for the others). The average
+    over all steps is kept.
     Then lone_margin: the smallest margin by which a lone piece's cutting must beat the piece
     whole so that none of `singles` lone validation digits per presentation, and per kind of
     image of the photo table (measure_photos), is cut.
