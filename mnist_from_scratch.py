@@ -2348,9 +2348,9 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
 #                  strokes (a 7's bar); a short piece on its own is a small digit if it is tall
 #                  enough, a speck or a dash otherwise
-#   5. far away    the digits of a number lie close together: a piece along the picture's edge
-#                  and far from all the others (the edge of the table a photographed page lies
-#                  on) is not one of them
+#   5. far away    the digits of a number lie close together: a piece cut by the picture's edge,
+#                  lying along it and far from all the others (the edge of the table a
+#                  photographed page lies on) is not one of them
 #   4. touching    a piece wide enough for two digits may be several digits touching. Where to
 #      digits      cut it is decided with the network's help ("recognition-based
 #                  segmentation"): every way of cutting it at its columns into parts of a
@@ -2394,11 +2394,11 @@ NUMBER_RULES = {
     # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 5.96, "sure": 2.25, "too_wide": -11.45, "too_thin": -2.52,
-                      "tall": 6.95, "cut_ink": -4.72, "uncut": 0.35, "digit": -10.0},
+    "score_weights": {"recognised": 5.75, "sure": 2.15, "too_wide": -10.68, "too_thin": -2.50,
+                      "tall": 6.91, "cut_ink": -3.97, "uncut": 0.47, "digit": -10.0},
     # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
     # 1.09), and cut when its cutting scores 4.5 more than it whole: with the weights above, the
-    # smallest margin that cuts none of the 3,886 lone validation digits of --fit-number-score
+    # smallest margin that cuts none of the 3,885 lone validation digits of --fit-number-score
     "lone_from": 1.0,
     "lone_margin": 4.5,
 }
@@ -2485,11 +2485,12 @@ def cut_into_digits(pieces, ink, rules=None):
 
 
 def chained(rows, mass, shape, rules=None):
-    """Rule 5: the digits of a number lie close together. A digit lying wholly along the
-    picture's edge (within 0.15 of its shorter side, where what is left of the table a page lies
-    on shows) is kept only when it is chained to the others: within chain_gap times the height
-    of a digit kept sideways (and chain_rows times it up or down), starting from the one with the most ink
-    that is not along the edge. Every other digit is kept.
+    """Rule 5: the digits of a number lie close together. A digit that the picture's edge cuts
+    and that lies wholly along it (within 0.15 of its shorter side), as what is left of the
+    table a page lies on does, is kept only when it is chained to the others: within chain_gap
+    times the height of a digit kept sideways (and chain_rows times it up or down), starting
+    from the one with the most ink that is not such a digit. Every other digit is kept: one
+    written near the edge, but not cut by it, is written on the page.
     rows: as cut_into_digits makes them, with each digit's row height; shape: the picture's."""
     rules = NUMBER_RULES if rules is None else rules
     digits = [(r, k) for r, row in enumerate(rows) for k in range(len(row))]
@@ -2499,7 +2500,8 @@ def chained(rows, mass, shape, rules=None):
 
     def inside(digit):
         t, b, l, rt = rows[digit[0]][digit[1]][1]
-        return min(b, rt, shape[0] - 1 - t, shape[1] - 1 - l) > band
+        cut_by_edge = min(t, l, shape[0] - 1 - b, shape[1] - 1 - rt) == 0
+        return not cut_by_edge or min(b, rt, shape[0] - 1 - t, shape[1] - 1 - l) > band
     start = [d for d in digits if inside(d)] or digits
     kept = {max(start, key=lambda d: mass[rows[d[0]][d[1]][0]].sum())}
     grown = True

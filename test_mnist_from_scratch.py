@@ -1718,6 +1718,21 @@ class TestReadingANumber(unittest.TestCase):
         self.assertEqual(steps["number"], "12\n345")
         self.assertEqual([d["row"] for d in steps["digits"]], [0, 0, 1, 1, 1])
 
+    def test_a_digit_near_the_pictures_edge_is_read(self):
+        # a thin 1 two pixels from the picture's left edge, further from the next digit than
+        # rule 5's chain_gap: written on the page, since the edge does not cut it
+        ones = [g for g in (glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 4]
+        strip, _ = number_strip([ones[0]] + self.glyphs("23"), [12, 4], np.random.default_rng(6), jitter=0)
+        self.assertEqual(self.read(encode(1 - strip[:, 6:], "L", "PNG"))["number"], "123")
+
+    def test_rule_5_leaves_out_only_a_piece_that_the_edge_cuts_far_from_the_others(self):
+        def kept(first_box):  # a narrow piece along the left edge, 17 px (0.8 heights) from a "23"
+            rows = [[([0], first_box, 21), ([1], (40, 60, 20, 32), 21), ([2], (40, 60, 36, 48), 21)]]
+            return [box for row in mnist.chained(rows, np.array([5.0, 30.0, 30.0]), (100, 200)) for _, box in row]
+        self.assertEqual(len(kept((40, 60, 0, 3))), 2)       # cut by the edge: a table's edge
+        self.assertEqual(len(kept((40, 60, 2, 5))), 3)       # beside it: a digit
+        self.assertEqual(len(kept((40, 60, 0, 12))), 3)      # cut by it, but 0.4 heights away
+
     def test_one_digit_is_read_exactly_as_predict_image_reads_it(self):
         data = encode(self.images[self.legible[7][0]], "L", "PNG")
         gray, alpha = read_image(io.BytesIO(data))
