@@ -2384,7 +2384,7 @@ NUMBER_RULES = {
     "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
     "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
     "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
-    "chain_gap": 0.6,       # 5: digits along the edge at most 0.6 digit heights from the next (the
+    "chain_gap": 0.6,       # 5: digits the edge cuts at most 0.6 digit heights from the next (the
     "chain_rows": 1.5,      #    strings' widest gap, 8 px at 16 px, and some blur), rows 1.5 apart
     "split_from": 0.5,      # 4: pieces wider than 0.5 row heights may hold several digits (a USPS 1: < 0.4)
     "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
@@ -2714,7 +2714,7 @@ def read_digits(steps, network, typical, rules=None):
     return digits if len(digits) > 1 else []
 
 
-# predict marks a digit read with less: on USPS strings, 66 % of the misread digits and 4 % of
+# predict marks a digit read with less: on USPS strings, 68 % of the misread digits and 4 % of
 # the digits read right (docs/results.md)
 UNSURE = 0.95
 
