@@ -2386,7 +2386,7 @@ NUMBER_RULES = {
     "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
     "chain_gap": 0.6,       # 5: digits the edge cuts at most 0.6 digit heights from the next (the
     "chain_rows": 1.5,      #    strings' widest gap, 8 px at 16 px, and some blur), rows 1.5 apart
-    "split_from": 0.5,      # 4: pieces wider than 0.5 row heights may hold several digits (a USPS 1: < 0.4)
+    "split_from": 0.25,     # 4: pieces wide enough for two of the thinnest digits may hold several
     "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
     "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
     "cuts_per_height": 16,  # 4: a cut may fall every 1/16 of the row height: every column of a 16 px digit

@@ -1654,6 +1654,25 @@ class TestReadingANumber(unittest.TestCase):
                     right.append(self.read(present_number(strip, np.random.default_rng(9), how))["number"] == number)
             self.assertGreaterEqual(sum(right), 13, how)  # of 15; read whole, the pair is one digit: 0
 
+    def test_two_thin_1s_touching_in_a_number_are_two_digits(self):
+        # together narrower than half the row's height, as thin USPS 1s are: still wide enough
+        # for two of the thinnest digits, so rule 4 tries to cut them
+        ones = [g for g in (glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 5]
+        right = []
+        for first in range(10):
+            for gap in range(0, -4, -1):   # moved together until the two 1s are one piece
+                strip, _ = number_strip(self.glyphs("5")[:1] + ones[first:first + 2] + self.glyphs("3"),
+                                        [5, gap, 5], np.random.default_rng(4), jitter=0)
+                labels, count = label_components(strip > 0.5)
+                if count == 3:
+                    break
+            if count == 3:
+                extents = sorted(np.ptp(np.nonzero(labels == k)[1]) + 1 for k in range(count))
+                self.assertLess(extents[0], 8)  # the 1s: narrower than half of 16 px
+                right.append(self.read(present_number(strip, np.random.default_rng(4), "p16 black"))["number"] == "5113")
+        self.assertGreaterEqual(len(right), 5)
+        self.assertGreaterEqual(sum(right), 0.75 * len(right))  # left whole, the 1s are one digit: 0
+
     def test_a_single_wide_digit_stays_one_digit(self):
         wide = []  # the widest legible 0s and 2s: wider than tall, as wide as touching pairs are
         for digit in (0, 2):
