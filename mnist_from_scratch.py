@@ -2394,13 +2394,13 @@ NUMBER_RULES = {
     # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 5.75, "sure": 2.15, "too_wide": -10.68, "too_thin": -2.50,
-                      "tall": 6.91, "cut_ink": -3.97, "uncut": 0.47, "digit": -10.0},
+    "score_weights": {"recognised": 5.89, "sure": 2.20, "too_wide": -10.59, "too_thin": -2.57,
+                      "tall": 7.06, "cut_ink": -4.25, "uncut": 0.65, "digit": -10.0},
     # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
-    # 1.09), and cut when its cutting scores 4.5 more than it whole: with the weights above, the
+    # 1.09), and cut when its cutting scores 4.6 more than it whole: with the weights above, the
     # smallest margin that cuts none of the 3,885 lone validation digits of --fit-number-score
     "lone_from": 1.0,
-    "lone_margin": 4.5,
+    "lone_margin": 4.6,
 }
 
 
@@ -2714,7 +2714,7 @@ def read_digits(steps, network, typical, rules=None):
     return digits if len(digits) > 1 else []
 
 
-# predict marks a digit read with less: on USPS strings, 68 % of the misread digits and 4 % of
+# predict marks a digit read with less: on USPS strings, 67 % of the misread digits and 4 % of
 # the digits read right (docs/results.md)
 UNSURE = 0.95
 
