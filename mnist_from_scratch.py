@@ -2359,9 +2359,11 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  never seen two digits at once, and answers a pair weakly even when it is
 #                  sure which digit the pair looks most like), how sure it is, whether the part
 #                  is too wide or too thin for one digit, whether its ink fills the row's height,
-#                  how much ink the cuts went through, and a cost for every digit read. The
-#                  cutting whose parts' scores add up to the most wins, the piece whole being
-#                  one of the cuttings; dynamic programming finds it without trying them all.
+#                  how much ink the cuts went through, whether a second small network, the
+#                  judge, takes it for one whole digit (below), and a cost for every digit
+#                  read. The cutting whose parts' scores add up to the most wins, the piece
+#                  whole being one of the cuttings; dynamic programming finds it without
+#                  trying them all.
 #                  The weights of the score were fitted on strings of MNIST validation digits
 #                  (a structured perceptron: the test file's --fit-number-score), never on the
 #                  USPS strings the tables measure.
@@ -2394,13 +2396,13 @@ NUMBER_RULES = {
     # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 5.89, "sure": 2.20, "too_wide": -10.59, "too_thin": -2.57,
-                      "tall": 7.06, "cut_ink": -4.25, "uncut": 0.65, "digit": -10.0},
+    "score_weights": {"recognised": 2.95, "sure": 2.73, "too_wide": -7.02, "too_thin": -2.26,
+                      "tall": 9.09, "cut_ink": -3.66, "uncut": 0.73, "one": 3.32, "digit": -10.0},
     # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
-    # 1.09), and cut when its cutting scores 4.6 more than it whole: with the weights above, the
-    # smallest margin that cuts none of the 3,885 lone validation digits of --fit-number-score
+    # 1.09), and cut when its cutting scores 5.7 more than it whole: with the weights above, the
+    # smallest margin that cuts none of the 3,884 lone validation digits of --fit-number-score
     "lone_from": 1.0,
-    "lone_margin": 4.6,
+    "lone_margin": 5.7,
 }
 
 
@@ -2555,13 +2557,165 @@ def typical_top_logit(X, Ws, bs, activation="relu"):
     return float(np.median(logits(X, Ws, bs, activation).max(axis=1)))
 
 
+# Rule 4's judge: one whole digit, or not? The network answers "which digit?" for whatever it
+# is shown, two touching digits or a sliver cut off one as well: it has never seen anything
+# else. A 1 written into a 4 is read as a 4, and a cut through them as a 1 and a 4, both
+# confidently. A second, small network answers the question rule 4 needs: is this piece one
+# whole digit? It reads what the first network sees in the piece (its last hidden layer's
+# activations) and has two outputs, "one digit" and "not"; it is trained with the lesson's own
+# train_step. Its examples are the candidate digits that rule 4 cuts out of strings of two or
+# three training digits, most of them touching (judge_examples): a candidate holding at least
+# 85 % of one digit's ink and at most 15 % of any other's is one digit; one holding 30 % or
+# more of a second digit, or at most 60 % of any, is not (in between: left out). `train` makes
+# the judge and saves it with the model. Its answer, the log-odds of "one digit", is one of
+# the features of the score.
+
+def glyph_of(ink, height=16):
+    """A digit (ink 1 on 0) cut to the columns of its ink. An MNIST digit (28x28, its ink in a
+    20 px box) is first cut to its rows of ink and scaled so that the box becomes `height`
+    pixels: 16 is as tall as a USPS digit."""
+    ink = np.asarray(ink, dtype=np.float32)
+    if ink.shape[0] == 28:
+        rows = np.flatnonzero((ink > 0.05).any(axis=1))
+        ink = ink[rows[0]:rows[-1] + 1]
+        size = (max(1, round(ink.shape[0] * height / 20)), max(1, round(28 * height / 20)))
+        ink = np.clip(resize_area(ink, *size), 0, 1)
+    cols = np.flatnonzero((ink > 0.05).any(axis=0))
+    return ink[:, cols[0]:cols[-1] + 1]
+
+
+def number_strip(glyphs, gaps, rng, jitter=1, margin=8, written_over=0.1):
+    """Digits side by side, ink 1 on 0: glyphs[k + 1] starts gaps[k] pixels after glyphs[k] ends
+    (0: touching, below 0: overlapping), each moved up or down by up to `jitter` pixels, and
+    `margin` pixels of background around all of them. A digit is never written over its
+    neighbour: where the two would share more than `written_over` of the smaller one's ink, the
+    later one moves right until they do not (a 1 two pixels wide laid two pixels into a 0 would
+    vanish into its stroke, and no reader could find it). Returns (strip, boxes (top, bottom,
+    left, right) of each digit in the strip)."""
+    tallest = max(g.shape[0] for g in glyphs)
+    height = tallest + 2 * jitter + 2 * margin
+    width = sum(g.shape[1] for g in glyphs) + sum(max(gap, 0) for gap in gaps) + 2 * margin
+    strip = np.zeros((height, width), np.float32)
+    x, boxes = margin, []
+    for k, glyph in enumerate(glyphs):
+        y = margin + jitter + int(rng.integers(-jitter, jitter + 1)) + (tallest - glyph.shape[0]) // 2
+        h, w = glyph.shape
+        if k:
+            least = written_over * min(glyph.sum(), glyphs[k - 1].sum())
+            while np.minimum(strip[y:y + h, x:x + w], glyph).sum() > least:
+                x += 1
+        np.maximum(strip[y:y + h, x:x + w], glyph, out=strip[y:y + h, x:x + w])
+        boxes.append((y, y + h - 1, x, x + w - 1))
+        x += w + (gaps[k] if k < len(gaps) else 0)
+    return strip[:, :boxes[-1][3] + 1 + margin], boxes
+
+
+def random_gaps(count, rng, touching=1 / 3):
+    """count gaps between digits 16 px tall: `touching` of them overlapping or touching (-2 to
+    0 px), the others 1 to 8 px (a tight to a wide hand)."""
+    return [int(rng.integers(-2, 1)) if rng.random() < touching else int(rng.integers(1, 9))
+            for _ in range(count)]
+
+
+def judge_examples(images, rng, strings=600, rules=None):
+    """The judge's examples: rule 4's candidate digits cut out of `strings` strings of two or
+    three of the digits `images` (n, 28, 28), black on white, 16 to 32 px tall, 7 of 10 gaps
+    touching. Every candidate that is one digit, and twice as many of those that are not,
+    chosen at random (a string holds far more wrong cuts than right ones). Returns X (m, 784)
+    and y (m,): 1 one digit, 0 not. Needs: image_to_mnist, cut_into_digits, candidate_segments."""
+    X, y = [], []
+    for _ in range(strings):
+        chosen = rng.choice(len(images), int(rng.integers(2, 4)), replace=False)
+        height = int(rng.integers(16, 33))
+        glyphs = [glyph_of(images[i], height) for i in chosen]
+        gaps = [round(gap * height / 16) for gap in random_gaps(len(chosen) - 1, rng, touching=0.7)]
+        strip, boxes = number_strip(glyphs, gaps, rng)
+        x28, steps = image_to_mnist(1.0 - strip)
+        if x28 is None:
+            continue
+        share = np.zeros((len(glyphs), strip.shape[1]))  # each digit's share of its ink, by column
+        for k, (glyph, (_, _, left, right)) in enumerate(zip(glyphs, boxes)):
+            share[k, left:right + 1] = glyph.sum(axis=0) / glyph.sum()
+        labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
+        for row in rows:
+            row_height = float(np.median([box[1] - box[0] + 1 for _, box in row]))
+            for members, box in row:
+                _, cuts, segments = candidate_segments(labels, members, box, row_height, rules)
+                held = -np.sort([-share[:, box[2] + cuts[i]:box[2] + cuts[j]].sum(axis=1)
+                                 for i, j in segments], axis=1)  # largest share first
+                one = np.flatnonzero((held[:, 0] >= 0.85) & (held[:, 1] <= 0.15))
+                not_one = np.flatnonzero((held[:, 1] >= 0.3) | (held[:, 0] <= 0.6))
+                not_one = rng.permutation(not_one)[:2 * len(one)]
+                for s, is_one in [(s, 1) for s in one] + [(s, 0) for s in not_one]:
+                    x = segment_input(steps["ink"], labels, members, box, steps["floor"], cuts, segments[s])
+                    if x is not None:
+                        X.append(x.reshape(784))
+                        y.append(is_one)
+    return np.array(X, np.float32).reshape(-1, 784), np.array(y, int)
+
+
+# strings the judge's examples are cut from: about 14,000 pieces, 7 s on one core; 1,500
+# strings read USPS strings no better (docs/results.md)
+JUDGE_STRINGS = 600
+
+
+def train_judge(X, y, Ws, bs, activation="relu", hidden=64, epochs=20, lr=0.05, seed=0):
+    """Train rule 4's judge on examples X (m, 784), y (m,) (judge_examples) for the network Ws,
+    bs: a network of one hidden layer of `hidden` units from that network's last hidden layer
+    to two outputs (0: not one digit, 1: one digit), trained by train_step in mini-batches of
+    128, the learning rate falling linearly to 0. Returns {'Ws', 'bs', 'scale'}: its weights
+    and the number its inputs are divided by (their standard deviation: inputs of about unit
+    size, as pixels are). About a second for 20,000 examples.
+    Needs: forward, init_params, train_step."""
+    H = forward(X, Ws, bs, activation)[-2]
+    scale = float(H.std()) or 1.0
+    H = H / scale
+    judge_Ws, judge_bs = init_params([H.shape[1], hidden, 2], seed=seed)
+    vWs, vbs = [np.zeros_like(W) for W in judge_Ws], [np.zeros_like(b) for b in judge_bs]
+    rng = np.random.default_rng(seed + 1)
+    for epoch in range(epochs):
+        order = rng.permutation(len(H))
+        for i in range(0, len(H), 128):
+            batch = order[i:i + 128]
+            train_step(H[batch], y[batch], judge_Ws, judge_bs, vWs, vbs, lr * (1 - epoch / epochs),
+                       momentum=0.9, weight_decay=1e-4)
+    return {"Ws": judge_Ws, "bs": judge_bs, "scale": scale}
+
+
+def judge_says(hidden_layer, judge):
+    """The judge's answer for pieces whose last hidden layer (of the first network) is
+    `hidden_layer` (m, n): the log-odds that each is one whole digit, Z_one - Z_not, clipped to
+    [-10, 10] and divided by 10. Zero ("cannot tell") for every piece when judge is None: a
+    model saved without one. Needs: forward."""
+    if judge is None:
+        return np.zeros(len(hidden_layer))
+    Z = forward(hidden_layer / judge["scale"], judge["Ws"], judge["bs"])[-1]
+    return np.clip(Z[:, 1] - Z[:, 0], -10, 10) / 10
+
+
+def number_reader(Ws, bs, activation="relu", judge=None):
+    """The function rule 4 reads candidate digits with: inputs (m, 784) -> (Z (m, 10), the
+    network's logits, and one (m,), the judge's answer: judge_says). judge: as train_judge
+    makes it, or as it is saved in a model's meta (lists of numbers). Needs: forward."""
+    if judge is not None:
+        judge = {"Ws": [np.asarray(W, np.float32) for W in judge["Ws"]],
+                 "bs": [np.asarray(b, np.float32) for b in judge["bs"]], "scale": float(judge["scale"])}
+
+    def read(X):
+        As = forward(X, Ws, bs, activation)
+        return As[-1], judge_says(As[-2], judge)
+    return read
+
+
 # What a cut-out piece is scored on (rule 4): one number each, in the order of the weights in
 # NUMBER_RULES["score_weights"].
-SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "digit")
+SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "one",
+                  "digit")
 
 
-def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone=False, rules=None):
-    """The features of k cut-out pieces that say how much each looks like one digit, (k, 8):
+def piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical, alone=False,
+                   rules=None):
+    """The features of k cut-out pieces that say how much each looks like one digit, (k, 9):
       recognised  its largest logit / the network's typical one (a pair of digits read as one
                   digit answers weakly: the network has never seen one)
       sure        log of its largest probability (how clearly it is that digit and no other)
@@ -2572,8 +2726,10 @@ def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alo
       tall        the height of its ink / the row height, at most 1 (a digit fills the row)
       cut_ink     the rows in which its cuts went through a stroke, / row height
       uncut       1 for the piece as it was found, 0 for a piece cut out of it
+      one         the judge's answer: how surely it is one whole digit (judge_says, -1 to 1)
       digit       1: every digit read costs the same, so a cutting needs evidence for each
-    Z (k, 10) its logits; widths, heights, edge_ink (k,) in pixels; uncut (k,) booleans."""
+    Z (k, 10) its logits; one (k,) the judge's answers; widths, heights, edge_ink (k,) in
+    pixels; uncut (k,) booleans."""
     rules = NUMBER_RULES if rules is None else rules
     k = len(Z)
     top = Z.max(axis=1)
@@ -2582,7 +2738,7 @@ def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alo
     too_wide = np.where(uncut & alone, 0.0, np.maximum(width - 1, 0))
     return np.stack([top / typical, log_P, too_wide,
                      np.maximum(rules["thin_from"] - width, 0), np.minimum(heights / row_height, 1),
-                     edge_ink / row_height, uncut.astype(float), np.ones(k)], axis=1)
+                     edge_ink / row_height, uncut.astype(float), one, np.ones(k)], axis=1)
 
 
 def best_cutting(scores, segments, n):
@@ -2603,43 +2759,58 @@ def best_cutting(scores, segments, n):
     return path[::-1]
 
 
-def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
-    """Every digit that may be cut out of a piece: the piece split at candidate columns, every
-    row_height / cuts_per_height pixels (every column of a 16 px digit), at least
-    thinnest_digit row heights from either end. A segment between two cuts i < j, between
-    thinnest_digit and widest_digit row heights wide, is a candidate digit; so is the whole piece.
-    Returns (cuts, segments, inputs, widths, heights, edge_ink): the cut columns (from the box's
-    left, 0 and the width included), the segments as (i, j) index pairs, their (28, 28)
-    inputs, and per segment its width, the height of its ink and the ink its cuts go through
-    (the rows where ink lies on both sides of a cut: a stroke cut in two)."""
+def candidate_segments(labels, members, box, row_height, rules=None):
+    """Where a piece may be cut (rule 4): at candidate columns every row_height / cuts_per_height
+    pixels (every column of a 16 px digit), at least thinnest_digit row heights from either end.
+    A segment between two cuts i < j, between thinnest_digit and widest_digit row heights wide,
+    is a candidate digit; so is the whole piece. Returns (inside, cuts, segments): the piece's
+    pixels within its box (boolean), the cut columns (from the box's left, 0 and the width
+    included) and the segments as (i, j) index pairs."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
     width = right - left + 1
     inside = np.isin(labels[top:bottom + 1, left:right + 1], members)
-    # crossing[c]: the rows in which a cut between columns c - 1 and c goes through ink
-    crossing = np.concatenate(([0], (inside[:, :-1] & inside[:, 1:]).sum(axis=0), [0]))
     step = max(1, int(round(row_height / rules["cuts_per_height"])))
     margin = max(1, int(np.ceil(rules["thinnest_digit"] * row_height)))
     cuts = np.unique([0] + list(range(margin, width - margin + 1, step)) + [width])
     n = len(cuts) - 1
+    narrowest, widest = rules["thinnest_digit"] * row_height, rules["widest_digit"] * row_height
+    segments = [(i, j) for i in range(n) for j in range(i + 1, n + 1)
+                if (i, j) == (0, n) or narrowest <= cuts[j] - cuts[i] <= widest]
+    return inside, cuts, segments
+
+
+def segment_input(ink, labels, members, box, floor, cuts, segment):
+    """The (28, 28) input of the segment (i, j) of a piece (candidate_segments), or None when it
+    holds no ink. A side that is the piece's own edge keeps the rim a single digit has."""
+    i, j = segment
+    n = len(cuts) - 1
+    left = box[2]
+    return digit_input(ink, labels, members, box, floor,
+                       None if (i, j) == (0, n) else (left + cuts[i] if i else None,
+                                                      left + cuts[j] if j < n else None))
+
+
+def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
+    """Every digit that may be cut out of a piece (candidate_segments), with its input.
+    Returns (cuts, segments, inputs, widths, heights, edge_ink): the cut columns, the segments
+    that hold ink as (i, j) index pairs, their (28, 28) inputs, and per segment its width, the
+    height of its ink and the ink its cuts go through (the rows where ink lies on both sides of
+    a cut: a stroke cut in two)."""
+    inside, cuts, candidates = candidate_segments(labels, members, box, row_height, rules)
+    # crossing[c]: the rows in which a cut between columns c - 1 and c goes through ink
+    crossing = np.concatenate(([0], (inside[:, :-1] & inside[:, 1:]).sum(axis=0), [0]))
     segments, inputs, widths, heights, edge_ink = [], [], [], [], []
-    for i in range(n):
-        for j in range(i + 1, n + 1):
-            wide = cuts[j] - cuts[i]
-            if (i, j) != (0, n) and not rules["thinnest_digit"] * row_height <= wide <= rules["widest_digit"] * row_height:
-                continue
-            # a side that is the piece's own edge keeps the rim a single digit has
-            x28 = digit_input(ink, labels, members, box, floor,
-                              None if (i, j) == (0, n) else (left + cuts[i] if i else None,
-                                                             left + cuts[j] if j < n else None))
-            if x28 is None:
-                continue
-            rows = np.flatnonzero(inside[:, cuts[i]:cuts[j]].any(axis=1))
-            segments.append((i, j))
-            inputs.append(x28)
-            widths.append(wide)
-            heights.append(rows[-1] - rows[0] + 1)
-            edge_ink.append(crossing[cuts[i]] + crossing[cuts[j]])
+    for i, j in candidates:
+        x28 = segment_input(ink, labels, members, box, floor, cuts, (i, j))
+        if x28 is None:
+            continue
+        rows = np.flatnonzero(inside[:, cuts[i]:cuts[j]].any(axis=1))
+        segments.append((i, j))
+        inputs.append(x28)
+        widths.append(cuts[j] - cuts[i])
+        heights.append(rows[-1] - rows[0] + 1)
+        edge_ink.append(crossing[cuts[i]] + crossing[cuts[j]])
     return cuts, segments, np.array(inputs), np.array(widths), np.array(heights), np.array(edge_ink)
 
 
@@ -2649,7 +2820,8 @@ def scored_candidates(ink, labels, members, box, floor, row_height, network, typ
     described by piece_features. A piece narrower than split_from row heights (lone_from for a
     piece alone in the picture, which has no row to be compared with) cannot hold two digits: its
     one candidate is itself. Returns (cuts, segments, inputs, Z, features).
-    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it."""
+    network: a function (m, 784) -> (logits (m, 10), the judge's answers (m,)), as number_reader
+    makes it; typical: typical_top_logit of the network."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
     width = right - left + 1
@@ -2661,9 +2833,10 @@ def scored_candidates(ink, labels, members, box, floor, row_height, network, typ
         cuts, segments, inputs, widths, heights, edge_ink = cut_candidates(
             ink, labels, members, box, floor, row_height, rules)
     n = len(cuts) - 1
-    Z = network(inputs.reshape(-1, 784))  # every candidate digit read at once
+    Z, one = network(inputs.reshape(-1, 784))  # every candidate digit read at once
     uncut = np.array([segment == (0, n) for segment in segments])
-    features = piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone, rules)
+    features = piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical, alone,
+                              rules)
     return cuts, segments, inputs, Z, features
 
 
@@ -2675,7 +2848,7 @@ def split_touching(ink, labels, members, box, floor, row_height, network, typica
     to the most wins (best_cutting); the piece read whole is one of the cuttings. A piece alone
     in the picture (alone=True) is cut only when the cutting scores lone_margin more than the
     piece whole, so that one digit stays one digit.
-    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it.
+    network: as number_reader makes it (logits, judge's answers); typical: typical_top_logit.
     Returns a list of (x28, P, box), left to right."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, _ = box
@@ -2698,7 +2871,7 @@ def read_digits(steps, network, typical, rules=None):
     Returns a list of dicts {'digit', 'probabilities' (10,), 'x28' (28, 28), 'box' (top, bottom,
     left, right in the pixels of steps['gray'], inclusive), 'row' (0, 1, ...)}; an empty list
     when the picture holds one digit, which predict_image reads as it is.
-    network: a function (m, 784) -> (m, 10) logits; typical: typical_top_logit of it.
+    network: as number_reader makes it (logits, judge's answers); typical: typical_top_logit.
     """
     rules = NUMBER_RULES if rules is None else rules
     labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
@@ -2732,20 +2905,22 @@ def number_text(digits):
 TYPICAL_TOP_LOGIT = 14.3
 
 
-def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typical=None):
+def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typical=None,
+                   judge=None):
     """predict_image, reading every digit when the image holds more than one (MNIST models).
 
     Returns (x28, P, steps) as predict_image does, and when a digit is found also
     steps['digits'], the digits in reading order (see read_digits; boxes in the pixels of
     `gray`), and steps['number'], their text (number_text). With one digit found the answer is
     predict_image's, unchanged; with several, x28 and P are those of the first digit.
-    typical: the network's typical_top_logit (saved with the model as meta["typical_logit"]).
-    Needs: predict_image, read_digits, logits.
+    typical: the network's typical_top_logit (saved with the model as meta["typical_logit"]);
+    judge: rule 4's judge (train_judge; saved with the model, meta["judge"]).
+    Needs: predict_image, read_digits, number_reader.
     """
     x28, P, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
     if x28 is None or dataset != "mnist":
         return x28, P, steps
-    digits = read_digits(steps, lambda X: logits(X, Ws, bs, activation),
+    digits = read_digits(steps, number_reader(Ws, bs, activation, judge),
                          TYPICAL_TOP_LOGIT if typical is None else typical)
     if len(digits) <= 1:  # one digit: predict_image's reading, its box that of the digit's pixels
         ys, xs = np.nonzero(steps["mask"])
@@ -3855,7 +4030,8 @@ class HTTPError(Exception):
         self.status = status
 
 
-def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None, typical=None):
+def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None, typical=None,
+                        judge=None):
     """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> predict_image,
     the path of `predict` (images prepared for the model's data set).
 
@@ -3865,7 +4041,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
     Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
     with more than MAX_IMAGE_PIXELS. room_for(pixels), if given, is a context manager that
     waits until that many pixels may be decoded (the server's budget of memory for images).
-    typical: the model's typical top logit (predict_number).
+    typical, judge: the model's typical top logit and rule 4's judge (predict_number).
     """
     import contextlib
     import io
@@ -3887,7 +4063,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
         except ValueError:
             raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
         with np.errstate(all="ignore"):    # this thread only: a 0/0 in an odd image is no log line
-            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, typical)
+            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, typical, judge)
     if x is None:
         return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
     return {"digit": int(p.argmax()),
@@ -4107,7 +4283,7 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
                 else:
                     body = self.read_image_body()
                     answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for,
-                                                 meta.get("typical_logit"))
+                                                 meta.get("typical_logit"), meta.get("judge"))
                     self.answer_json(200, answer)
             except HTTPError as refusal:
                 self.close_connection = True          # a refused request's body may be left unread
@@ -5653,6 +5829,22 @@ def command_train(args):
             on_epoch=lambda e: print_epoch(e, args.epochs), on_progress=progress_printer(args.epochs))
     if interrupted:
         print("interrupted: saving the best model so far", file=sys.stderr)
+    judge = None
+    if dataset == "mnist" and not interrupted and len(X_fit) >= 3:  # for reading numbers ([11b])
+        start = time.perf_counter()
+        print(f"training the judge of cut-out digits (for reading numbers) on pieces of "
+              f"{JUDGE_STRINGS} strings of touching digits ...", end="", flush=True)
+        try:
+            X_judge, y_judge = judge_examples(X_fit.reshape(-1, 28, 28),
+                                              np.random.default_rng(args.seed), JUDGE_STRINGS)
+            if len(set(y_judge)) == 2:
+                judge = train_judge(X_judge, y_judge, Ws, bs, args.activation, seed=args.seed)
+                print(f" {len(y_judge)} pieces, {time.perf_counter() - start:.1f} s", flush=True)
+            else:  # images too few or too odd to cut: numbers are read without it
+                print(f" too few pieces ({len(y_judge)}): saved without it", flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\ninterrupted: saving the model without the judge", file=sys.stderr)
     result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
     best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
     settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
@@ -5663,6 +5855,9 @@ def command_train(args):
             "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
             "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
+            "judge": None if judge is None else {"Ws": [W.tolist() for W in judge["Ws"]],
+                                                 "bs": [b.tolist() for b in judge["bs"]],
+                                                 "scale": judge["scale"]},
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
     target = args.model
@@ -5826,7 +6021,8 @@ def command_predict(args):
             print(f"error: {e}", file=sys.stderr, flush=True)
             unreadable.append(path)
             continue
-        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, meta.get("typical_logit"))
+        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
+                                     meta.get("typical_logit"), meta.get("judge"))
         digit = None if p is None else int(p.argmax())
         several = len(steps.get("digits", [])) > 1
         if args.json and not class_names:

@@ -1574,8 +1574,13 @@ class TestReadingANumber(unittest.TestCase):
                                                 batch_size=64, lr=0.05, seed=0)
         # it answers less strongly than the default network: rule 4 must know by how much
         cls.typical = mnist.typical_top_logit(X_train[-5000:], cls.Ws, cls.bs)
+        # and its own judge of cut-out digits, as `train` makes one (a few seconds)
+        examples = mnist.judge_examples(X_train[:30000].reshape(-1, 28, 28), np.random.default_rng(0))
+        cls.judge = mnist.train_judge(*examples, cls.Ws, cls.bs)
         cls.meta = {"activation": "relu", "sizes": [784, 128, 10], "test_accuracy": 0.97,
-                    "typical_logit": cls.typical}
+                    "typical_logit": cls.typical,
+                    "judge": {key: [a.tolist() for a in cls.judge[key]] for key in ("Ws", "bs")}
+                    | {"scale": cls.judge["scale"]}}
         cls.folder = tempfile.TemporaryDirectory()
         cls.model = os.path.join(cls.folder.name, "model.npz")
         mnist.save_model(cls.model, cls.Ws, cls.bs, cls.meta)
@@ -1589,26 +1594,27 @@ class TestReadingANumber(unittest.TestCase):
         cls.folder.cleanup()
 
     def glyphs(self, number, which=0, height=16):
-        return [glyph_of(self.images[self.legible[int(d)][which]], height) for d in number]
+        return [mnist.glyph_of(self.images[self.legible[int(d)][which]], height) for d in number]
 
     def read(self, data):
-        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs, typical=self.typical)
+        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs, typical=self.typical,
+                                             judge=self.judge)
         return steps
 
     def test_a_row_of_digits_with_gaps_is_read_in_order(self):
         rng = np.random.default_rng(0)
         for which, number in enumerate(["2026", "31415926", "780"]):
-            strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
+            strip, _ = mnist.number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
             self.assertEqual(self.read(present_number(strip, rng, "p64 black"))["number"], number)
 
     def test_a_number_drawn_with_the_pad_pen_is_read(self):
         rng = np.random.default_rng(0)
         for which, number in enumerate(["2026", "31415926", "780"]):
-            strip, _ = number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
+            strip, _ = mnist.number_strip(self.glyphs(number, which), [3, 6, 2, 8, 4, 5, 3][:len(number) - 1], rng)
             self.assertEqual(self.read(present_number(strip, rng, "mouse"))["number"], number)
 
     def test_the_pad_pen_is_as_thick_for_the_digit_as_for_one_drawn_on_the_pad(self):
-        bar, _ = number_strip([np.ones((16, 2), np.float32)], [], np.random.default_rng(0), jitter=0)
+        bar, _ = mnist.number_strip([np.ones((16, 2), np.float32)], [], np.random.default_rng(0), jitter=0)
         for seed in range(3):
             drawing = read_image(io.BytesIO(drawn_with_the_pad_pen(bar, np.random.default_rng(seed))))[0]
             ink = drawing < 0.5 if np.median(drawing) > 0.5 else drawing > 0.5
@@ -1618,7 +1624,7 @@ class TestReadingANumber(unittest.TestCase):
 
     def test_touching_digits_are_cut_apart(self):
         for gap in range(0, -6, -1):  # moved together until the 0 and the 5 touch
-            strip, _ = number_strip(self.glyphs("2058"), [4, gap, 4], np.random.default_rng(1), jitter=0)
+            strip, _ = mnist.number_strip(self.glyphs("2058"), [4, gap, 4], np.random.default_rng(1), jitter=0)
             if label_components(strip > 0.5)[1] == 3:
                 break
         steps = self.read(present_number(strip, np.random.default_rng(1), "p64 white"))
@@ -1628,7 +1634,7 @@ class TestReadingANumber(unittest.TestCase):
     def touching_pair(self, number, which):
         """A strip of the two digits of `number` moved together until their ink is one piece."""
         for gap in range(0, -8, -1):
-            strip, _ = number_strip(self.glyphs(number, which), [gap], np.random.default_rng(2), jitter=0)
+            strip, _ = mnist.number_strip(self.glyphs(number, which), [gap], np.random.default_rng(2), jitter=0)
             if label_components(strip > 0.5)[1] == 1:
                 return strip
         return None
@@ -1648,7 +1654,7 @@ class TestReadingANumber(unittest.TestCase):
                     for gap in range(0, -8, -1):   # the 1 moved towards its neighbour until they touch
                         gaps = [5] * (len(number) - 1)
                         gaps[k] = gap
-                        strip, _ = number_strip(self.glyphs(number, which), gaps, np.random.default_rng(9), jitter=0)
+                        strip, _ = mnist.number_strip(self.glyphs(number, which), gaps, np.random.default_rng(9), jitter=0)
                         if label_components(strip > 0.5)[1] == len(number) - 1:
                             break
                     right.append(self.read(present_number(strip, np.random.default_rng(9), how))["number"] == number)
@@ -1657,11 +1663,11 @@ class TestReadingANumber(unittest.TestCase):
     def test_two_thin_1s_touching_in_a_number_are_two_digits(self):
         # together narrower than half the row's height, as thin USPS 1s are: still wide enough
         # for two of the thinnest digits, so rule 4 tries to cut them
-        ones = [g for g in (glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 5]
+        ones = [g for g in (mnist.glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 5]
         right = []
         for first in range(10):
             for gap in range(0, -4, -1):   # moved together until the two 1s are one piece
-                strip, _ = number_strip(self.glyphs("5")[:1] + ones[first:first + 2] + self.glyphs("3"),
+                strip, _ = mnist.number_strip(self.glyphs("5")[:1] + ones[first:first + 2] + self.glyphs("3"),
                                         [5, gap, 5], np.random.default_rng(4), jitter=0)
                 labels, count = label_components(strip > 0.5)
                 if count == 3:
@@ -1676,14 +1682,14 @@ class TestReadingANumber(unittest.TestCase):
     def test_a_single_wide_digit_stays_one_digit(self):
         wide = []  # the widest legible 0s and 2s: wider than tall, as wide as touching pairs are
         for digit in (0, 2):
-            ratios = [(glyph_of(self.images[i]).shape[1] / glyph_of(self.images[i]).shape[0], i)
+            ratios = [(mnist.glyph_of(self.images[i]).shape[1] / mnist.glyph_of(self.images[i]).shape[0], i)
                       for i in np.flatnonzero(self.labels == digit)[:400]]
             wide += [i for ratio, i in sorted(ratios)[-5:]]
         for index in wide:
-            glyph = glyph_of(self.images[index])
+            glyph = mnist.glyph_of(self.images[index])
             self.assertGreater(glyph.shape[1], 1.1 * glyph.shape[0])
             for how in ("p16 black", "p64 white"):
-                strip, _ = number_strip([glyph], [], np.random.default_rng(4))
+                strip, _ = mnist.number_strip([glyph], [], np.random.default_rng(4))
                 number = self.read(present_number(strip, np.random.default_rng(4), how))["number"]
                 self.assertEqual(len(number), 1, f"test digit {index} ({how}) read as {number}")
 
@@ -1703,8 +1709,8 @@ class TestReadingANumber(unittest.TestCase):
 
     def number_with(self, index, before, after):
         rng = np.random.default_rng(2)
-        glyphs = self.glyphs(before) + [glyph_of(self.images[index])] + self.glyphs(after)
-        strip, _ = number_strip(glyphs, [5] * (len(glyphs) - 1), rng)
+        glyphs = self.glyphs(before) + [mnist.glyph_of(self.images[index])] + self.glyphs(after)
+        strip, _ = mnist.number_strip(glyphs, [5] * (len(glyphs) - 1), rng)
         return self.read(present_number(strip, rng, "p64 black"))
 
     def test_a_5_with_a_separate_flag_is_one_digit(self):
@@ -1719,8 +1725,8 @@ class TestReadingANumber(unittest.TestCase):
 
     def test_a_small_digit_beside_a_big_one_is_read(self):
         rng = np.random.default_rng(3)
-        big, small = glyph_of(self.images[self.legible[4][0]], 40), glyph_of(self.images[self.legible[3][0]], 14)
-        strip, boxes = number_strip([big, small, big], [6, 6], rng, jitter=0)
+        big, small = mnist.glyph_of(self.images[self.legible[4][0]], 40), mnist.glyph_of(self.images[self.legible[3][0]], 14)
+        strip, boxes = mnist.number_strip([big, small, big], [6, 6], rng, jitter=0)
         steps = self.read(present_number(strip, rng, "p16 black"))
         self.assertEqual(steps["number"], "434")
         heights = [d["box"][1] - d["box"][0] + 1 for d in steps["digits"]]
@@ -1728,8 +1734,8 @@ class TestReadingANumber(unittest.TestCase):
 
     def test_two_rows_are_read_top_to_bottom_each_left_to_right(self):
         rng = np.random.default_rng(4)
-        top, _ = number_strip(self.glyphs("12"), [5], rng)
-        bottom, _ = number_strip(self.glyphs("345", 1), [5, 5], rng)
+        top, _ = mnist.number_strip(self.glyphs("12"), [5], rng)
+        bottom, _ = mnist.number_strip(self.glyphs("345", 1), [5, 5], rng)
         width = max(top.shape[1], bottom.shape[1])
         page = np.vstack([np.pad(top, ((0, 0), (0, width - top.shape[1]))),
                           np.pad(bottom, ((0, 0), (0, width - bottom.shape[1])))])
@@ -1740,8 +1746,8 @@ class TestReadingANumber(unittest.TestCase):
     def test_a_digit_near_the_pictures_edge_is_read(self):
         # a thin 1 two pixels from the picture's left edge, further from the next digit than
         # rule 5's chain_gap: written on the page, since the edge does not cut it
-        ones = [g for g in (glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 4]
-        strip, _ = number_strip([ones[0]] + self.glyphs("23"), [12, 4], np.random.default_rng(6), jitter=0)
+        ones = [g for g in (mnist.glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 4]
+        strip, _ = mnist.number_strip([ones[0]] + self.glyphs("23"), [12, 4], np.random.default_rng(6), jitter=0)
         self.assertEqual(self.read(encode(1 - strip[:, 6:], "L", "PNG"))["number"], "123")
 
     def test_rule_5_leaves_out_only_a_piece_that_the_edge_cuts_far_from_the_others(self):
@@ -1756,24 +1762,26 @@ class TestReadingANumber(unittest.TestCase):
         data = encode(self.images[self.legible[7][0]], "L", "PNG")
         gray, alpha = read_image(io.BytesIO(data))
         x_one, P_one, _ = mnist.predict_image(gray, alpha, self.Ws, self.bs)
-        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs, typical=self.typical)
+        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs, typical=self.typical,
+                                             judge=self.judge)
         np.testing.assert_array_equal(x28, x_one)
         np.testing.assert_array_equal(P, P_one)
         self.assertEqual((steps["number"], len(steps["digits"])), ("7", 1))
 
     def test_boxes_are_in_the_pixels_of_a_large_photo(self):
         rng = np.random.default_rng(5)
-        strip, boxes = number_strip(self.glyphs("4096"), [4, 4, 4], rng, jitter=0)
+        strip, boxes = mnist.number_strip(self.glyphs("4096"), [4, 4, 4], rng, jitter=0)
         big = np.kron(strip, np.ones((16, 16), np.float32))   # 16 x larger than the working size
         gray = (1 - big).astype(np.float32)
-        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs, typical=self.typical)
+        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs, typical=self.typical,
+                                             judge=self.judge)
         self.assertEqual(steps["number"], "4096")
         for digit, (top, bottom, left, right) in zip(steps["digits"], boxes):
             np.testing.assert_allclose(digit["box"], (16 * top, 16 * bottom + 15, 16 * left, 16 * right + 15), atol=20)
 
     def write_number(self, folder, name, number):
         rng = np.random.default_rng(len(name))
-        strip, _ = number_strip(self.glyphs(number), [5] * (len(number) - 1), rng)
+        strip, _ = mnist.number_strip(self.glyphs(number), [5] * (len(number) - 1), rng)
         path = os.path.join(folder, name)
         with open(path, "wb") as file:
             file.write(present_number(strip, rng, "p64 black"))
@@ -1825,7 +1833,7 @@ class TestReadingANumber(unittest.TestCase):
     def test_the_api_answers_the_number(self):
         url, _ = start_server(self, self.Ws, self.bs, self.meta)
         rng = np.random.default_rng(6)
-        strip, _ = number_strip(self.glyphs("314"), [5, 5], rng)
+        strip, _ = mnist.number_strip(self.glyphs("314"), [5, 5], rng)
         status, _, answer = http("POST", url + "/predict", present_number(strip, rng, "p64 black"), "image/png")
         self.assertEqual((status, answer["number"], len(answer["digits"])), (200, "314", 3))
         self.assertEqual(sorted(answer["digits"][0]["box"]), ["bottom", "left", "right", "top"])
@@ -1837,6 +1845,25 @@ class TestReadingANumber(unittest.TestCase):
     def test_edit_distance_counts_digits_misread_missed_or_added(self):
         self.assertEqual([mnist.edit_distance("2026", read) for read in ("2026", "2028", "226", "20126", "")],
                          [0, 1, 1, 1, 4])
+
+
+    def test_the_judge_tells_one_whole_digit_from_touching_ones_and_slivers(self):
+        # pieces cut out of strings of MNIST test digits, never trained on
+        X, y = mnist.judge_examples(self.images, np.random.default_rng(7), strings=150)
+        one = mnist.number_reader(self.Ws, self.bs, judge=self.judge)(X)[1]
+        self.assertGreater(len(y), 1000)
+        self.assertGreater((one[y == 1] > 0).mean(), 0.85)     # one digit: said so
+        self.assertGreater((one[y == 0] < 0).mean(), 0.85)     # two, or part of one: said so
+        without = mnist.number_reader(self.Ws, self.bs, judge=None)(X)[1]
+        np.testing.assert_array_equal(without, 0.0)           # no judge: "cannot tell"
+
+    def test_without_a_judge_a_number_with_gaps_is_still_read(self):
+        rng = np.random.default_rng(3)
+        strip, _ = mnist.number_strip(self.glyphs("2026"), [4, 5, 3], rng)
+        data = encode(1 - strip, "L", "PNG")
+        _, _, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs,
+                                           typical=self.typical, judge=None)
+        self.assertEqual(steps["number"], "2026")
 
 
 class TestCuttingTouchingDigits(unittest.TestCase):
@@ -1865,7 +1892,7 @@ class TestCuttingTouchingDigits(unittest.TestCase):
 
     def test_piece_features_are_measured_against_the_row_and_the_typical_logit(self):
         Z = np.array([[10.0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [2.0, 2.0, 0, 0, 0, 0, 0, 0, 0, 0]])
-        features = mnist.piece_features(Z, widths=np.array([30, 4]), heights=np.array([20, 10]),
+        features = mnist.piece_features(Z, np.array([0.7, -0.2]), widths=np.array([30, 4]), heights=np.array([20, 10]),
                                         edge_ink=np.array([0, 5]), uncut=np.array([True, False]),
                                         row_height=20.0, typical=5.0)
         named = dict(zip(mnist.SCORE_FEATURES, features.T))
@@ -1876,8 +1903,9 @@ class TestCuttingTouchingDigits(unittest.TestCase):
         np.testing.assert_allclose(named["tall"], [1.0, 0.5])
         np.testing.assert_allclose(named["cut_ink"], [0.0, 0.25])
         np.testing.assert_allclose(named["uncut"], [1.0, 0.0])
+        np.testing.assert_allclose(named["one"], [0.7, -0.2])              # the judge's answer
         np.testing.assert_allclose(named["digit"], [1.0, 1.0])
-        alone = mnist.piece_features(Z, np.array([30, 4]), np.array([20, 10]), np.array([0, 5]),
+        alone = mnist.piece_features(Z, np.zeros(2), np.array([30, 4]), np.array([20, 10]), np.array([0, 5]),
                                      np.array([True, False]), 20.0, 5.0, alone=True)
         self.assertEqual(alone[0, mnist.SCORE_FEATURES.index("too_wide")], 0.0)  # its own row
 
@@ -1896,7 +1924,7 @@ class TestCuttingTouchingDigits(unittest.TestCase):
 
         def network(X):
             asked.append(len(X))
-            return np.zeros((len(X), 10))
+            return np.zeros((len(X), 10)), np.zeros(len(X))
         read = mnist.split_touching(ink, labels, [0], (5, 34, 10, 29), 0.1, 30.0, network, 10.0, alone=True)
         self.assertEqual((len(read), asked), (1, [1]))
         read = mnist.split_touching(ink, labels, [0], (5, 34, 10, 29), 0.1, 30.0, network, 10.0, alone=False)
@@ -3919,6 +3947,28 @@ class TestCommandLine(unittest.TestCase):
         self.assertGreater(meta["typical_logit"], 1.0)
 
     @needs_mnist
+    def test_train_saves_the_judge_of_cut_out_digits_and_predict_uses_it(self):
+        code, out, err = self.train_run
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"training the judge of cut-out digits .* \d+ pieces, [\d.]+ s")
+        Ws, bs, meta = mnist.load_model(self.model)
+        judge = meta["judge"]
+        self.assertEqual([np.shape(W) for W in judge["Ws"]], [(32, 64), (64, 2)])
+        self.assertGreater(judge["scale"], 0)
+        X_test, y_test = real_mnist()[2:]
+        rng = np.random.default_rng(5)
+        chosen = [int(np.flatnonzero(y_test == d)[0]) for d in (4, 1, 7)]
+        strip, _ = mnist.number_strip([mnist.glyph_of(X_test[i].reshape(28, 28)) for i in chosen], [0, 0], rng)
+        path = os.path.join(self.tmp.name, "417.png")
+        with open(path, "wb") as f:
+            f.write(encode(1 - strip, "L", "PNG"))
+        with mock.patch.object(mnist, "judge_says", wraps=mnist.judge_says) as says, \
+                contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(mnist.main(["predict", path, "--model", self.model]), 0)
+        self.assertTrue(says.called)
+        self.assertIsNotNone(says.call_args[0][1])   # with the saved judge, not without one
+
+    @needs_mnist
     def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
         code, out, err = self.train_run
         self.assertEqual(code, 0, err)
@@ -5504,53 +5554,6 @@ def measure_notebooks(runs=3):
 
 
 # The number table of docs/results.md: strings of real handwritten digits (not a test: minutes)
-def glyph_of(ink, height=16):
-    """A digit (ink 1 on 0) cut to its ink's columns; an MNIST digit (28x28, 20 px box) is cut to
-    its box and scaled so its 20 px box becomes `height` pixels, as tall as a USPS digit."""
-    ink = np.asarray(ink, dtype=np.float32)
-    if ink.shape[0] == 28:
-        from PIL import Image
-        rows = np.flatnonzero((ink > 0.05).any(axis=1))
-        ink = ink[rows[0]:rows[-1] + 1]
-        size = (max(1, round(28 * height / 20)), max(1, round(ink.shape[0] * height / 20)))
-        ink = np.clip(np.asarray(Image.fromarray(ink, "F").resize(size, Image.BILINEAR)), 0, 1)
-    cols = np.flatnonzero((ink > 0.05).any(axis=0))
-    return ink[:, cols[0]:cols[-1] + 1]
-
-
-def number_strip(glyphs, gaps, rng, jitter=1, margin=8, written_over=0.1):
-    """Digits side by side, ink 1 on 0: glyphs[k + 1] starts gaps[k] pixels after glyphs[k] ends
-    (0: touching, below 0: overlapping), each moved up or down by up to `jitter` pixels, and
-    `margin` pixels of background around all of them. A digit is never written over its
-    neighbour: where the two would share more than `written_over` of the smaller one's ink, the
-    later one moves right until they do not (a 1 two pixels wide laid two pixels into a 0 would
-    vanish into its stroke, and no reader could find it). Returns (strip, boxes (top, bottom,
-    left, right) of each digit in the strip)."""
-    tallest = max(g.shape[0] for g in glyphs)
-    height = tallest + 2 * jitter + 2 * margin
-    width = sum(g.shape[1] for g in glyphs) + sum(max(gap, 0) for gap in gaps) + 2 * margin
-    strip = np.zeros((height, width), np.float32)
-    x, boxes = margin, []
-    for k, glyph in enumerate(glyphs):
-        y = margin + jitter + int(rng.integers(-jitter, jitter + 1)) + (tallest - glyph.shape[0]) // 2
-        h, w = glyph.shape
-        if k:
-            least = written_over * min(glyph.sum(), glyphs[k - 1].sum())
-            while np.minimum(strip[y:y + h, x:x + w], glyph).sum() > least:
-                x += 1
-        np.maximum(strip[y:y + h, x:x + w], glyph, out=strip[y:y + h, x:x + w])
-        boxes.append((y, y + h - 1, x, x + w - 1))
-        x += w + (gaps[k] if k < len(gaps) else 0)
-    return strip[:, :boxes[-1][3] + 1 + margin], boxes
-
-
-def random_gaps(count, rng, touching=1 / 3):
-    """count gaps between digits 16 px tall: a third of them overlapping or touching (-2 to 0 px),
-    the others 1 to 8 px (a tight to a wide hand)."""
-    return [int(rng.integers(-2, 1)) if rng.random() < touching else int(rng.integers(1, 9))
-            for _ in range(count)]
-
-
 def drawn_with_the_pad_pen(strip, rng):
     """A strip of digits (ink 1 on 0, digits 16 px tall) as drawn with the mouse with the drawing
     pad's pen: the digits' centre lines, 60 to 120 px tall, drawn with the pad's round,
@@ -5606,12 +5609,13 @@ NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 p
 FITTED_PRESENTATIONS = ("p16 black", "p16 white", "p64 black", "p64 white", "photo")
 
 
-def read_number_bytes(data, Ws, bs, activation, alone=False, typical=None, sure=None):
+def read_number_bytes(data, Ws, bs, activation, alone=False, typical=None, sure=None, judge=None):
     """bytes -> read_image -> predict_number: the number as predict reads it ('' for none);
     alone=True: also the digit predict_image reads in the same image (None for none).
-    typical: the model's typical top logit (meta["typical_logit"]). sure: a list that receives
-    each digit's probability, in reading order."""
-    x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation, typical=typical)
+    typical, judge: the model's typical top logit and rule 4's judge (meta["typical_logit"],
+    meta["judge"]). sure: a list that receives each digit's probability, in reading order."""
+    x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation,
+                                         typical=typical, judge=judge)
     number = "" if x28 is None else steps["number"]
     if sure is not None:
         sure += [float(d["probabilities"].max()) for d in steps.get("digits", [])]
@@ -5633,7 +5637,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical = meta.get("typical_logit")
+    typical, judge = meta.get("typical_logit"), meta.get("judge")
     usps_images, usps_labels = load_usps(folder)
     sources = {"USPS": (usps_images, usps_labels)}
     if HAVE_MNIST:
@@ -5653,11 +5657,11 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
             for number in range(strings + strings // 3):
                 pair = number >= strings
                 chosen = rng.choice(len(labels), 2 if pair else int(rng.integers(2, 9)), replace=False)
-                gaps = [int(rng.integers(-2, 1))] if pair else random_gaps(len(chosen) - 1, rng)
-                strip, _ = number_strip([glyph_of(images[i]) for i in chosen], gaps, rng)
+                gaps = [int(rng.integers(-2, 1))] if pair else mnist.random_gaps(len(chosen) - 1, rng)
+                strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], gaps, rng)
                 truth = "".join(str(int(labels[i])) for i in chosen)
                 sure = []
-                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation, typical=typical,
+                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation, typical=typical, judge=judge,
                                          sure=sure)
                 if source == "USPS" and not pair and len(read) == len(truth) == len(sure):
                     for read_digit, true_digit, p in zip(read, truth, sure):
@@ -5686,7 +5690,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     def singles_row(name, images_and_truths):
         several = right = right_alone = 0
         for data, truth in images_and_truths:
-            number, one = read_number_bytes(data, Ws, bs, activation, alone=True, typical=typical)
+            number, one = read_number_bytes(data, Ws, bs, activation, alone=True, typical=typical, judge=judge)
             several += len(number) > 1
             right += number == str(truth)
             right_alone += one == truth
@@ -5704,7 +5708,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     given = 0
     for number, kind in enumerate(NO_DIGIT_KINDS):  # the streams of measure_photos
         rng = np.random.default_rng(4048 + number)
-        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation, typical=typical) != ""
+        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation, typical=typical, judge=judge) != ""
                      for _ in range(singles // 5))
     print(f"\nimages without a digit given a number or digit by predict: {given} of {len(NO_DIGIT_KINDS) * (singles // 5)}")
 
@@ -5728,6 +5732,7 @@ NUMBER_ABLATIONS = {
     "score: too wide, too thin (4)": without_score("too_wide", "too_thin"),
     "score: ink filling the row's height (4)": without_score("tall"),
     "score: ink cut through (4)": without_score("cut_ink"),
+    "score: the judge of one whole digit (4)": without_score("one"),
     "a piece alone is cut only by a margin (4)": {"lone_margin": 0.0},
 }
 
@@ -5741,7 +5746,7 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical = meta.get("typical_logit")
+    typical, judge = meta.get("typical_logit"), meta.get("judge")
     usps = load_usps(folder)
     kinds = [("USPS", "p16 black"), ("USPS", "p64 white"), ("USPS", "photo")]
     if HAVE_MNIST:
@@ -5754,7 +5759,7 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
         made = []
         for _ in range(strings):
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
-            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(len(chosen) - 1, rng), rng)
+            strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng), rng)
             made.append((present_number(strip, rng, how), "".join(str(int(labels[i])) for i in chosen)))
         columns.append((f"{source}, {NUMBER_PRESENTATIONS[how]}", made))
     print(f"model {model_path}; {strings} strings of 2-8 digits per column; numbers exactly right / digits right")
@@ -5764,7 +5769,7 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
         cells = []
         with mock.patch.dict(mnist.NUMBER_RULES, change):
             for _, made in columns:
-                read = [read_number_bytes(data, Ws, bs, activation, typical=typical) for data, _ in made]
+                read = [read_number_bytes(data, Ws, bs, activation, typical=typical, judge=judge) for data, _ in made]
                 total = sum(len(truth) for _, truth in made)
                 right = total - sum(mnist.edit_distance(truth, r) for (_, truth), r in zip(made, read))
                 exact = sum(truth == r for (_, truth), r in zip(made, read))
@@ -5772,7 +5777,7 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
-def piece_lattices(data, Ws, bs, activation, typical):
+def piece_lattices(data, Ws, bs, activation, typical, judge=None):
     """The pieces of a picture of a number, as rule 4 sees them: per piece (in reading order, one
     row expected), its candidate digits' features (piece_features), segments (i, j), last cut
     index n and the digits they are read as. None when the picture holds not exactly one row."""
@@ -5787,7 +5792,7 @@ def piece_lattices(data, Ws, bs, activation, typical):
     for members, box in rows[0]:
         cuts, segments, _, Z, features = mnist.scored_candidates(
             steps["ink"], labels, members, box, steps["floor"], row_height,
-            lambda X: mnist.logits(X, Ws, bs, activation), typical, alone=len(rows[0]) == 1)
+            mnist.number_reader(Ws, bs, activation, judge), typical, alone=len(rows[0]) == 1)
         lattices.append({"features": features, "segments": segments, "n": len(cuts) - 1,
                          "read": Z.argmax(axis=1)})
     return lattices
@@ -5842,6 +5847,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
     typical = meta.get("typical_logit") or mnist.TYPICAL_TOP_LOGIT
+    judge = meta.get("judge")
     X_train, y_train, _, _ = real_mnist()
     images, labels = X_train[-5000:].reshape(-1, 28, 28), y_train[-5000:]
     made, lone = [], []
@@ -5849,22 +5855,22 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
         rng = np.random.default_rng(5000 + number)
         for _ in range(strings):
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
-            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(len(chosen) - 1, rng), rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
+            strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng), rng)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
             if lattices is not None:
                 made.append((lattices, "".join(str(int(labels[i])) for i in chosen)))
         for _ in range(singles):
             chosen = rng.choice(len(labels), 1)
-            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], [], rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
+            strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], [], rng)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
             if lattices is not None and len(lattices) == 1:
                 lone.append(lattices[0])
                 made.append((lattices, str(int(labels[chosen[0]]))))
         rng = np.random.default_rng(5100 + number)
         for _ in range(strings):  # the hard part: strings whose digits all touch
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
-            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(len(chosen) - 1, rng, 1.0), rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
+            strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng, 1.0), rng)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
             if lattices is not None:
                 made.append((lattices, "".join(str(int(labels[i])) for i in chosen)))
         print(f"{how}: {len(made) - len(lone)} strings, {len(lone)} single digits so far", flush=True)
@@ -5890,7 +5896,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     for kind in MEASURED_KINDS:
         rng = np.random.default_rng(6000 + MEASURED_KINDS.index(kind))
         for i in rng.choice(len(labels), singles, replace=False):
-            lattices = piece_lattices(make_image(kind, images[i], rng), Ws, bs, activation, typical)
+            lattices = piece_lattices(make_image(kind, images[i], rng), Ws, bs, activation, typical, judge)
             if lattices is not None and len(lattices) == 1:
                 lone.append(lattices[0])
     margins = [0.0]
@@ -5915,14 +5921,14 @@ def time_number_photos(model_path, photos=5, folder=USPS_DIR):
     from PIL import Image
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical = meta.get("typical_logit")
+    typical, judge = meta.get("typical_logit"), meta.get("judge")
     images, labels = load_usps(folder)
     times = []
     with tempfile.TemporaryDirectory() as temporary:
         for number in range(photos):
             rng = np.random.default_rng(100 + number)
             chosen = rng.choice(len(labels), 10, replace=False)
-            strip, _ = number_strip([glyph_of(images[i]) for i in chosen], random_gaps(9, rng), rng)
+            strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(9, rng), rng)
             size = (800, round(strip.shape[0] * 800 / strip.shape[1]))
             ink = np.zeros((750, 1000), np.float32)
             ink[300:300 + size[1], 100:900] = np.clip(np.asarray(Image.fromarray(strip, "F").resize(size, Image.BICUBIC)), 0, 1)
@@ -5934,7 +5940,7 @@ def time_number_photos(model_path, photos=5, folder=USPS_DIR):
             read = time.perf_counter()
             x28, P, steps = mnist.predict_image(gray, alpha, Ws, bs, activation)
             prepared = time.perf_counter()
-            digits = mnist.read_digits(steps, lambda X: mnist.logits(X, Ws, bs, activation),
+            digits = mnist.read_digits(steps, mnist.number_reader(Ws, bs, activation, judge),
                                        typical or mnist.TYPICAL_TOP_LOGIT)
             done = time.perf_counter()
             times.append((read - start, prepared - read, done - prepared))
