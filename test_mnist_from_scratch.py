@@ -5841,7 +5841,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     over all steps is kept.
     Then lone_margin: the smallest margin by which a lone piece's cutting must beat the piece
     whole so that none of `singles` lone validation digits per presentation, and per kind of
-    image of the photo table (measure_photos), is cut.
+    image of the photo table (measure_photos), is cut, plus 1 (a tenth of a digit's cost).
 
         python test_mnist_from_scratch.py --fit-number-score MODEL [STRINGS [SINGLES]]
     """
@@ -5909,7 +5909,9 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
           f"without a margin, {sum(m > 0 for m in margins)} of {len(lone)} lone digits would be cut")
     scale = 10 / -w[names.index("digit")]  # only the weights' ratios matter: each digit costs 10
     print('"score_weights": {' + ", ".join(f'"{name}": {scale * value:.2f}' for name, value in zip(names, w)) + "},")
-    print(f'"lone_margin": {np.ceil(scale * max(margins) * 10) / 10:.1f},')
+    # the largest margin of a lone validation digit, plus a tenth of a digit's cost for digits
+    # unlike them (without it, a USPS 6 of measure_numbers' single digits was cut in two)
+    print(f'"lone_margin": {np.ceil(scale * max(margins) * 10) / 10 + 1.0:.1f},')
 
 
 def time_number_photos(model_path, photos=5, folder=USPS_DIR):
