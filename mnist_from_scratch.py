@@ -2619,12 +2619,24 @@ def random_gaps(count, rng, touching=1 / 3):
             for _ in range(count)]
 
 
+def one_digit_or_not(held):
+    """The judge's label of candidate digits that hold the shares `held` (k, n) of the ink of
+    each of n >= 2 digits: 1 for one whole digit (85 % or more of one, 15 % or less of any
+    other), 0 for not (30 % or more of a second digit, or 60 % or less of any), -1 for neither
+    (left out: a judge need not decide what is almost a digit)."""
+    held = -np.sort(-np.asarray(held, dtype=float), axis=1)  # largest share first
+    one = (held[:, 0] >= 0.85) & (held[:, 1] <= 0.15)
+    not_one = (held[:, 1] >= 0.3) | (held[:, 0] <= 0.6)
+    return np.where(one, 1, np.where(not_one, 0, -1))
+
+
 def judge_examples(images, rng, strings=600, rules=None):
     """The judge's examples: rule 4's candidate digits cut out of `strings` strings of two or
     three of the digits `images` (n, 28, 28), black on white, 16 to 32 px tall, 7 of 10 gaps
     touching. Every candidate that is one digit, and twice as many of those that are not,
     chosen at random (a string holds far more wrong cuts than right ones). Returns X (m, 784)
-    and y (m,): 1 one digit, 0 not. Needs: image_to_mnist, cut_into_digits, candidate_segments."""
+    and y (m,): 1 one digit, 0 not (one_digit_or_not).
+    Needs: image_to_mnist, cut_into_digits, candidate_segments, one_digit_or_not."""
     X, y = [], []
     for _ in range(strings):
         chosen = rng.choice(len(images), int(rng.integers(2, 4)), replace=False)
@@ -2643,11 +2655,10 @@ def judge_examples(images, rng, strings=600, rules=None):
             row_height = float(np.median([box[1] - box[0] + 1 for _, box in row]))
             for members, box in row:
                 _, cuts, segments = candidate_segments(labels, members, box, row_height, rules)
-                held = -np.sort([-share[:, box[2] + cuts[i]:box[2] + cuts[j]].sum(axis=1)
-                                 for i, j in segments], axis=1)  # largest share first
-                one = np.flatnonzero((held[:, 0] >= 0.85) & (held[:, 1] <= 0.15))
-                not_one = np.flatnonzero((held[:, 1] >= 0.3) | (held[:, 0] <= 0.6))
-                not_one = rng.permutation(not_one)[:2 * len(one)]
+                label = one_digit_or_not([share[:, box[2] + cuts[i]:box[2] + cuts[j]].sum(axis=1)
+                                          for i, j in segments])
+                one = np.flatnonzero(label == 1)
+                not_one = rng.permutation(np.flatnonzero(label == 0))[:2 * len(one)]
                 for s, is_one in [(s, 1) for s in one] + [(s, 0) for s in not_one]:
                     x = segment_input(steps["ink"], labels, members, box, steps["floor"], cuts, segments[s])
                     if x is not None:

@@ -1910,6 +1910,15 @@ class TestCuttingTouchingDigits(unittest.TestCase):
                                      np.array([True, False]), 20.0, 5.0, alone=True)
         self.assertEqual(alone[0, mnist.SCORE_FEATURES.index("too_wide")], 0.0)  # its own row
 
+    def test_the_judge_learns_one_whole_digit_from_what_a_piece_holds_of_each_digit(self):
+        held = [[1.0, 0.0], [0.9, 0.1],     # one digit, a sliver of the next at most
+                [0.0, 0.86, 0.14],          # the second of three digits
+                [0.7, 0.3], [0.5, 0.5],     # much of two digits
+                [0.55, 0.0], [0.0, 0.2],    # part of one digit only
+                [0.8, 0.0], [0.9, 0.2]]     # almost a digit: left out
+        np.testing.assert_array_equal(
+            [mnist.one_digit_or_not([h])[0] for h in held], [1, 1, 1, 0, 0, 0, 0, -1, -1])
+
     def test_the_typical_top_logit_is_the_median_of_the_largest_logits(self):
         rng = np.random.default_rng(1)
         Ws, bs = mnist.init_params([784, 16, 10], seed=0)
