@@ -2564,13 +2564,13 @@ def typical_top_logit(X, Ws, bs, activation="relu"):
 # confidently. A second output layer, trained on its own, answers the question rule 4 needs:
 # is this piece one whole digit? Its two units, "not" and "one digit", read what the network
 # sees in the piece (its last hidden layer's activations), as the ten digit units do; it is
-# trained with the lesson's own train_step while the network stays as it is (a hidden layer of
-# its own reads the strings no better: docs/results.md). Its examples are the candidate digits that rule 4 cuts out of strings of two or
-# three training digits, most of them touching (judge_examples): a candidate holding at least
-# 85 % of one digit's ink and at most 15 % of any other's is one digit; one holding 30 % or
-# more of a second digit, or at most 60 % of any, is not (in between: left out). `train` makes
-# the judge and saves it with the model. Its answer, the log-odds of "one digit", is one of
-# the features of the score.
+# trained with the lesson's own train_step while the network stays as it is (a hidden layer
+# of its own reads the strings no better: docs/results.md). Its examples are the candidate
+# digits that rule 4 cuts out of strings of two or three training digits, most of them
+# touching (judge_examples), labelled by how much of each digit's ink they hold
+# (one_digit_or_not). `train` makes the judge and saves it with the model. Its answer, the
+# log-odds of "one digit", is one of the features of the score.
+
 
 def glyph_of(ink, height=16):
     """A digit (ink 1 on 0) cut to the columns of its ink. An MNIST digit (28x28, its ink in a
