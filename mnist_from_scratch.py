@@ -2359,7 +2359,7 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  never seen two digits at once, and answers a pair weakly even when it is
 #                  sure which digit the pair looks most like), how sure it is, whether the part
 #                  is too wide or too thin for one digit, whether its ink fills the row's height,
-#                  how much ink the cuts went through, whether a second small network, the
+#                  how much ink the cuts went through, whether a second output layer, the
 #                  judge, takes it for one whole digit (below), and a cost for every digit
 #                  read. The cutting whose parts' scores add up to the most wins, the piece
 #                  whole being one of the cuttings; dynamic programming finds it without
@@ -2679,7 +2679,9 @@ def train_judge(X, y, Ws, bs, activation="relu", epochs=20, lr=0.05, seed=0):
     mini-batches of 128, the learning rate falling linearly to 0. Returns {'Ws', 'bs', 'scale'}:
     its weights (lists of one array each, as forward takes them) and the number its inputs are
     divided by (their standard deviation: inputs of about unit size, as pixels are). Under a
-    second for 14,000 examples. Needs: forward, init_params, train_step."""
+    second for 14,000 examples. The settings are the lesson's usual ones, not tuned: what
+    counts is how many strings are read right, and neither more examples nor a hidden layer
+    read more of them (docs/results.md). Needs: forward, init_params, train_step."""
     H = forward(X, Ws, bs, activation)[-2]
     scale = float(H.std()) or 1.0
     H = H / scale
