@@ -2697,6 +2697,15 @@ def train_judge(X, y, Ws, bs, activation="relu", epochs=20, lr=0.05, seed=0):
     return {"Ws": judge_Ws, "bs": judge_bs, "scale": scale}
 
 
+def judge_for_saving(judge):
+    """The judge as a model's meta keeps it: plain lists of numbers, which save_model writes as
+    text with the rest of the meta (None stays None). number_reader takes either form."""
+    if judge is None:
+        return None
+    return {"Ws": [np.asarray(W).tolist() for W in judge["Ws"]],
+            "bs": [np.asarray(b).tolist() for b in judge["bs"]], "scale": float(judge["scale"])}
+
+
 def judge_says(hidden_layer, judge):
     """The judge's answer for pieces whose last hidden layer (of the first network) is
     `hidden_layer` (m, n): the log-odds that each is one whole digit, Z_one - Z_not, clipped to
@@ -5870,9 +5879,7 @@ def command_train(args):
             "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
             "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
-            "judge": None if judge is None else {"Ws": [W.tolist() for W in judge["Ws"]],
-                                                 "bs": [b.tolist() for b in judge["bs"]],
-                                                 "scale": judge["scale"]},
+            "judge": judge_for_saving(judge),
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
     target = args.model

@@ -1579,8 +1579,7 @@ class TestReadingANumber(unittest.TestCase):
         cls.judge = mnist.train_judge(*examples, cls.Ws, cls.bs)
         cls.meta = {"activation": "relu", "sizes": [784, 128, 10], "test_accuracy": 0.97,
                     "typical_logit": cls.typical,
-                    "judge": {key: [a.tolist() for a in cls.judge[key]] for key in ("Ws", "bs")}
-                    | {"scale": cls.judge["scale"]}}
+                    "judge": mnist.judge_for_saving(cls.judge)}
         cls.folder = tempfile.TemporaryDirectory()
         cls.model = os.path.join(cls.folder.name, "model.npz")
         mnist.save_model(cls.model, cls.Ws, cls.bs, cls.meta)
