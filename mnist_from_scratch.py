@@ -2667,7 +2667,7 @@ def judge_examples(images, rng, strings=600, rules=None):
     return np.array(X, np.float32).reshape(-1, 784), np.array(y, int)
 
 
-# strings the judge's examples are cut from: about 14,000 pieces, 7 s on one core; 1,500
+# strings the judge's examples are cut from: about 14,000 pieces, 8 s; 1,500
 # strings read USPS strings no better (docs/results.md)
 JUDGE_STRINGS = 600
 
