@@ -4572,6 +4572,7 @@ LESSON_INLINE_LATEX = {
     "|analytic - numeric| / (|analytic| + |numeric|)":
         r"\frac{\lVert g_{analytic} - g_{numeric} \rVert}{\lVert g_{analytic} \rVert + \lVert g_{numeric} \rVert}",
     "(f' <= 1/4)": r"(f' \le 1/4)",
+    "-log(1/10) = 2.30": r"-\log(1/10) = 2.30",
 }
 
 
@@ -5163,9 +5164,9 @@ NOTEBOOK_ADDITIONS = [
      '                 "pictures/distorted.png"))'),
     ("augment_batch", "markdown", "Compare the validation accuracies printed by the short run "
      "of `train_full` above with those of section [7]'s `train`, on the same 10,000 images. "
-     "`train_full` changes more than the distortions and dropout (the learning rate, the "
-     "centred inputs: see its list above); the last experiment at the end of the notebook "
-     "runs it without the two, to see what they add."),
+     "`train_full` changes more than the distortions and dropout (its learning rate glides "
+     "down a cosine, for one); the last experiment at the end of the notebook runs it "
+     "without the two, to see what they add."),
 ]
 
 NOTEBOOK_TITLE = """\
@@ -5481,7 +5482,7 @@ def what_comes_next(code):
     node = ast.parse(code).body[0]
     if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
         doc = (ast.get_docstring(node) or "").split("\n\n")[0].replace("\n", " ")
-        first = re.split(r"(?<=[.:;])\s+(?=[A-Z])", doc)[0].rstrip(".:;") if doc else ""
+        first = re.split(r";\s|(?<=[.:])\s+(?=[A-Z])", doc)[0].rstrip(".:") if doc else ""
         word = first.split(" ")[0]
         if len(word) > 1 and word[0].isupper() and word[1:].islower():
             first = first[0].lower() + first[1:]
@@ -5522,7 +5523,8 @@ def lesson_notebook(source, exercises=False):
             name = name[0] if name else None
             names.add(name)
             if kind == "try":
-                cells.append(notebook_cell("markdown", "**Try it**" + (f": {text}" if text else "")))
+                cells.append(notebook_cell("markdown", "**Try it**" + (f": {inline_latex(text)}"
+                                                                       if text else "")))
             elif kind == "markdown":
                 cells.append(notebook_cell("markdown", text))
             elif exercises and name in EXERCISES:
