@@ -4513,19 +4513,28 @@ def run_server(server, host):
 # --exercises` writes the same notebook as an assignment. Both are made from the cells above,
 # so a change to the lesson changes them too:
 #   * each cell's comment introduction becomes text (markdown): its lists become lists, and
-#     its indented formulas LaTeX equations where LESSON_LATEX knows them (code blocks where not);
+#     its formulas LaTeX where LESSON_LATEX (a formula on a line of its own) or
+#     LESSON_INLINE_LATEX (one inside a sentence) know them, code blocks where not;
 #   * its code is cut, with Python's own parser (ast), into one code cell per function or
-#     group of statements, and a comment between them becomes text; a function longer than a
-#     screen gives its docstring to the text above it, and is folded if it is still too long;
-#   * its "Try it" block becomes a caption and a code cell that runs what the section built.
-# What only a notebook needs comes from here: the first cell, which fetches MNIST into a
-# `data` folder beside the notebook; the picture functions of section [12] (folded, and tagged
-# "hide-input" for nbconvert), with a picture where a student would rather look than read;
-# questions; and an ending. In the exercises the
-# student writes the bodies of the functions in EXERCISES; after each one a check cell runs
-# the check_* function below on it, and says "correct", "wrong" (what was expected, what came
-# out, and a hint for the usual mistakes) or "unfinished". The checks are ordinary functions
-# of this file, copied into the notebook, so they can be read and tested here.
+#     group of statements (an activation shares its cell with its derivative), and a comment
+#     between them becomes text; a function longer than a screen gives its docstring to the
+#     text above it, and is folded if it is still too long; where three code cells would
+#     follow each other, a sentence naming the next one (from its docstring) comes between;
+#   * its "Try it" block becomes a caption and a code cell that runs what the section built;
+#     a training that prints each epoch (on_epoch=show) also redraws its curves there, in
+#     place, as each epoch ends;
+#   * section [0] keeps only the imports and definitions the rest of the lesson uses.
+# What only a notebook needs comes from here: the title; one folded first code cell with what
+# the lesson does not teach (get_mnist, which fetches MNIST into a `data` folder beside the
+# notebook, the picture functions of section [12], and the checks of the exercises); a
+# one-line data cell; a picture, with what to look at in it, where a student would rather
+# look than read; questions; and an ending whose experiments each run as written. In the
+# exercises the student writes the bodies of the functions in EXERCISES, from the equations,
+# shapes and names its stub gives; after each one a check cell runs the check_* function
+# below on it, and says "correct", "wrong" (what was expected, what came out, and a hint for
+# the usual mistakes) or "unfinished". A lesson function from which an answer follows by a
+# small change (FOLDED_UNTIL) is folded until its exercise passes. The checks are ordinary
+# functions of this file, copied into the notebook, so they can be read and tested here.
 # A notebook is a JSON file (the nbformat 4 layout), so the standard library's json writes it.
 
 LESSON_SECTIONS = range(0, 11)  # the lesson: sections [0] to [10]
@@ -5472,7 +5481,8 @@ def paired(pieces):
 def in_notebook(try_code):
     """A "Try it" code as the notebook runs it: a training that prints every epoch with
     on_epoch=show also draws its curves there, as each epoch ends."""
-    return try_code.replace("on_epoch=show)", "on_epoch=learning_curves(show))")
+    import re
+    return re.sub(r"on_epoch=show\b", "on_epoch=learning_curves(show)", try_code)
 
 
 def what_comes_next(code):
