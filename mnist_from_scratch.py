@@ -4560,6 +4560,17 @@ LESSON_LATEX = {
         r"q = A\,(p - c) + c + t, \qquad A = R(\theta)\, H(h)\, S(s_{row}, s_{col}) \quad (2 \times 2)",
     "p = A^-1 (q - c - t) + c": r"p = A^{-1}\,(q - c - t) + c",
     "A = f(Z) * mask": r"A = f(Z) \odot \mathrm{mask}",
+    "q = A (p - c) + c + t": r"q = A\,(p - c) + c + t",
+    "q = p + d(p)": r"q = p + d(p)",
+    "(X - mean) W1 + b1 = X W1 + (b1 - mean W1)":
+        r"(X - \mathrm{mean})\,W_1 + b_1 = X\,W_1 + (b_1 - \mathrm{mean}\,W_1)",
+    "η_t = η (1 + cos(π t / T)) / 2": r"\eta_t = \eta\,\frac{1 + \cos(\pi t / T)}{2}",
+    "top = I[r0, c0] + fc (I[r0, c0 + 1] - I[r0, c0])":
+        r"\mathrm{top} = I_{r_0, c_0} + f_c\,(I_{r_0, c_0 + 1} - I_{r_0, c_0})",
+    "bottom = I[r0 + 1, c0] + fc (I[r0 + 1, c0 + 1] - I[r0 + 1, c0])":
+        r"\mathrm{bottom} = I_{r_0 + 1, c_0} + f_c\,(I_{r_0 + 1, c_0 + 1} - I_{r_0 + 1, c_0})",
+    "value = top + fr (bottom - top)":
+        r"\mathrm{value} = \mathrm{top} + f_r\,(\mathrm{bottom} - \mathrm{top})",
 }
 
 
@@ -4582,6 +4593,11 @@ LESSON_INLINE_LATEX = {
         r"\frac{\lVert g_{analytic} - g_{numeric} \rVert}{\lVert g_{analytic} \rVert + \lVert g_{numeric} \rVert}",
     "(f' <= 1/4)": r"(f' \le 1/4)",
     "-log(1/10) = 2.30": r"-\log(1/10) = 2.30",
+    "A = f(Z) * mask": r"A = f(Z) \odot \mathrm{mask}",
+    "dW = A_prev^T dZ": r"dW = A_{prev}^{\top} dZ",
+    "r0 = floor(row), c0 = floor(col)": r"r_0 = \lfloor row \rfloor,\ c_0 = \lfloor col \rfloor",
+    "fr = row - r0, fc = col - c0 in [0, 1)": r"f_r = row - r_0,\ f_c = col - c_0 \in [0, 1)",
+    "(1-fr)(1-fc), (1-fr)fc, fr(1-fc), fr fc": r"(1-f_r)(1-f_c),\ (1-f_r) f_c,\ f_r (1-f_c),\ f_r f_c",
 }
 
 
@@ -4638,8 +4654,8 @@ def text_to_markdown(lines):
     for line in lines:
         stripped = line.strip()
         indent = len(line) - len(line.lstrip(" "))
-        item = indent >= 2 and re.match(r"(\d+\.|\*|-)\s", stripped)
-        equation = latex_equation(line) if indent >= 4 and not in_list else None
+        item = re.match(r"\d+\.\s" if indent < 2 else r"(\d+\.|\*|-)\s", stripped)
+        equation = latex_equation(line) if indent >= 4 else None
         preformatted = not item and not equation and not (in_list and indent >= 4) and (
             indent >= 4 or (indent >= 2 and "  " in stripped))
         if in_code and not preformatted:
@@ -4651,6 +4667,8 @@ def text_to_markdown(lines):
         elif item:
             markdown.append(("" if in_list else "\n") + stripped)
             in_list = True
+        elif in_list and equation:
+            markdown.append("\n   " + equation + "\n")  # inside the item
         elif in_list and indent >= 2:
             markdown.append("   " + stripped)  # the item goes on
         elif equation:
