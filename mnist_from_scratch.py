@@ -4540,6 +4540,7 @@ def run_server(server, host):
 LESSON_SECTIONS = range(0, 11)  # the lesson: sections [0] to [10]
 CELL_LINES = 40   # a code cell that fits on one screen; longer ones give their docstring to the text
 FOLD_LINES = 50   # a function still longer than this is folded: run, and read in the file
+SHOWN_WHOLE = range(0, 10)  # sections whose code is never folded: the plain network, all in view
 
 # The lesson's indented formulas in LaTeX, by their ASCII form (the formula, or the whole line);
 # a formula not listed here stays a code block in the notebook, as it is written above.
@@ -5445,10 +5446,11 @@ def exercise_cells(name, source):
     return cells
 
 
-def function_cells(name, source, folded_until=None):
+def function_cells(name, source, folded_until=None, foldable=True):
     """A function (or a run of statements) of the lesson as it is: a code cell, its docstring
-    moved to the text above when it is long, folded when it is longer than a screen anyway,
-    or folded until the exercise `folded_until` passes, when it would give that answer away."""
+    moved to the text above when it is long, folded when it is longer than a screen anyway
+    (if foldable), or folded until the exercise `folded_until` passes, when it would give that
+    answer away."""
     code, aside = docstring_aside(source, CELL_LINES)
     cells = [notebook_cell("markdown", aside)] if aside else []
     if folded_until:
@@ -5457,7 +5459,7 @@ def function_cells(name, source, folded_until=None):
                                    f"answer to exercise {number}, `{folded_until}`. Unfold it "
                                    f"once that exercise's check says correct.*"))
         return cells + [notebook_cell("code", code, **FOLDED)]
-    if len(code.split("\n")) > FOLD_LINES:
+    if foldable and len(code.split("\n")) > FOLD_LINES:
         cells.append(notebook_cell("markdown", f"*`{name}` takes more than a screen "
                                    f"({len(code.splitlines())} lines): its code is folded; "
                                    f"unfold it, or read it in the file.*"))
@@ -5559,7 +5561,8 @@ def lesson_notebook(source, exercises=False):
                 cells += exercise_cells(name, text)
             else:
                 cells += function_cells(name, in_notebook(text) if after_try else text,
-                                        FOLDED_UNTIL.get(name) if exercises else None)
+                                        FOLDED_UNTIL.get(name) if exercises else None,
+                                        foldable=number not in SHOWN_WHOLE)
             after_try = kind == "try"
         for addition in [a for a in additions if a[0] in names]:  # after the section
             cells.append(notebook_cell(addition[1], addition[2]))
