@@ -5210,9 +5210,10 @@ In this notebook you build, one piece at a time, a neural network that reads han
 5. make it generalise better with distorted digits and dropout.
 
 The only library is NumPy (and matplotlib, for the pictures). Run the cells from top to
-bottom: the whole notebook takes under a minute. The folded cell below holds what the notebook needs but the lesson does not teach
-(the download, the pictures): run it, no need to read it. The code after it is the lesson of
-[`mnist_from_scratch.py`](mnist_from_scratch.py), sections [0] to [10], cell by cell.
+bottom: the whole notebook takes under a minute. The folded cell below holds what the
+notebook needs but the lesson does not teach (the download, the pictures): run it, no need
+to read it. The code after it is the lesson of [`mnist_from_scratch.py`](mnist_from_scratch.py),
+sections [0] to [10], cell by cell.
 
 **Notation.** $X$ $(m, 784)$: a batch of $m$ images, one per row. $W, b$: a layer's weights
 $(n_{in}, n_{out})$ and biases $(n_{out})$. $Z = A_{prev} W + b$, $A = f(Z)$. $P =
