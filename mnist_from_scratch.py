@@ -124,6 +124,10 @@ def parse_idx(raw, name="IDX data"):
     return data.astype(dtype.newbyteorder("="), copy=False)
 
 
+# The files come compressed (.gz) or unpacked: read_bytes reads either, and load_idx parses
+# what it read.
+
+
 def read_bytes(path):
     """The bytes of a file, decompressed when its name ends in .gz. Needs: gzip."""
     try:
@@ -140,6 +144,9 @@ def load_idx(path):
     """Read an IDX file (.gz or raw) of any type and any number of dimensions.
     Needs: parse_idx, read_bytes, IDX_TYPES."""
     return parse_idx(read_bytes(path), path)
+
+
+# The network wants each image as one row of numbers in [0, 1], with its label beside it.
 
 
 def to_unit_float(pixels):
@@ -165,6 +172,9 @@ def images_and_labels(images, labels, name):
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{name}: labels must be digits 0..9")
     return to_unit_float(images.reshape(len(images), 784)), labels.astype(np.int64)
+
+
+# Then the four files, found under any of the names they go by, and loaded together.
 
 
 def find_idx_file(data_dir, stem):
@@ -262,6 +272,9 @@ def xavier_init(n_in, n_out, rng):
     return rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / (n_in + n_out))
 
 
+# init_params takes the rule that suits the activation, for every layer of the network.
+
+
 def init_params(sizes, activation="relu", seed=0, dtype=np.float32):
     """Random weights and zero biases for layer sizes like [784, 512, 256, 10].
 
@@ -300,6 +313,9 @@ def relu_derivative(A):
     return A > 0
 
 
+# Two older activations, smooth S-shaped curves, each with its derivative.
+
+
 def sigmoid(Z):
     """A = 1 / (1 + e^-Z), squashes to (0, 1). In place, like relu: Z is overwritten."""
     np.negative(Z, out=Z)
@@ -329,6 +345,9 @@ ACTIVATIONS = {"relu": (relu, relu_derivative),
                "tanh": (tanh, tanh_derivative)}
 
 
+# At the end, softmax turns each image's ten scores into ten probabilities.
+
+
 def softmax(Z):
     """P = e^Z / sum_k e^Z_k along each row: ten scores -> ten probabilities that sum to 1.
 
@@ -338,6 +357,9 @@ def softmax(Z):
     """
     E = np.exp(Z - Z.max(axis=1, keepdims=True))
     return E / E.sum(axis=1, keepdims=True)
+
+
+# The forward pass itself: every layer in turn, each one's output kept for the backward pass.
 
 
 def forward(X, Ws, bs, activation="relu"):
@@ -356,6 +378,9 @@ def forward(X, Ws, bs, activation="relu"):
             Z = f(Z)    # A = f(Z), overwriting Z
         As.append(Z)
     return As
+
+
+# Two uses of it: the scores of any number of images, and their probabilities.
 
 
 def logits(X, Ws, bs, activation="relu", batch=10000):
@@ -395,6 +420,10 @@ def cross_entropy(Z, y):
     """Mean cross-entropy loss of logits Z (m, 10) against integer labels y (m,).
     Needs: log_softmax."""
     return -log_softmax(Z)[np.arange(len(y)), y].mean()
+
+
+# The loss is what training lowers; the accuracy, the share of right answers, is what a
+# reader of digits is judged by.
 
 
 def accuracy(Z, y):
@@ -476,6 +505,9 @@ def relative_error(a, b):
     """|a - b| / (|a| + |b|) with norms over all entries; 0 when both are 0."""
     denom = np.linalg.norm(a) + np.linalg.norm(b)
     return float(np.linalg.norm(a - b) / denom) if denom > 0 else 0.0
+
+
+# gradient_check puts the two side by side, for every weight and bias of a small network.
 
 
 def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", seed=0):
@@ -4481,24 +4513,34 @@ def run_server(server, host):
 # --exercises` writes the same notebook as an assignment. Both are made from the cells above,
 # so a change to the lesson changes them too:
 #   * each cell's comment introduction becomes text (markdown): its lists become lists, and
-#     its indented formulas LaTeX equations where LESSON_LATEX knows them (code blocks where not);
+#     its formulas LaTeX where LESSON_LATEX (a formula on a line of its own) or
+#     LESSON_INLINE_LATEX (one inside a sentence) know them, code blocks where not;
 #   * its code is cut, with Python's own parser (ast), into one code cell per function or
-#     group of statements, and a comment between them becomes text; a function longer than a
-#     screen gives its docstring to the text above it, and is folded if it is still too long;
-#   * its "Try it" block becomes a caption and a code cell that runs what the section built.
-# What only a notebook needs comes from here: the first cell, which fetches MNIST into a
-# `data` folder beside the notebook; the picture functions of section [12] (folded, and tagged
-# "hide-input" for nbconvert), with a picture where a student would rather look than read;
-# questions; and an ending. In the exercises the
-# student writes the bodies of the functions in EXERCISES; after each one a check cell runs
-# the check_* function below on it, and says "correct", "wrong" (what was expected, what came
-# out, and a hint for the usual mistakes) or "unfinished". The checks are ordinary functions
-# of this file, copied into the notebook, so they can be read and tested here.
+#     group of statements (an activation shares its cell with its derivative), and a comment
+#     between them becomes text; a function longer than a screen gives its docstring to the
+#     text above it, and is folded if it is still too long; where three code cells would
+#     follow each other, a sentence naming the next one (from its docstring) comes between;
+#   * its "Try it" block becomes a caption and a code cell that runs what the section built;
+#     a training that prints each epoch (on_epoch=show) also redraws its curves there, in
+#     place, as each epoch ends;
+#   * section [0] keeps only the imports and definitions the rest of the lesson uses.
+# What only a notebook needs comes from here: the title; one folded first code cell with what
+# the lesson does not teach (get_mnist, which fetches MNIST into a `data` folder beside the
+# notebook, the picture functions of section [12], and the checks of the exercises); a
+# one-line data cell; a picture, with what to look at in it, where a student would rather
+# look than read; questions; and an ending whose experiments each run as written. In the
+# exercises the student writes the bodies of the functions in EXERCISES, from the equations,
+# shapes and names its stub gives; after each one a check cell runs the check_* function
+# below on it, and says "correct", "wrong" (what was expected, what came out, and a hint for
+# the usual mistakes) or "unfinished". A lesson function from which an answer follows by a
+# small change (FOLDED_UNTIL) is folded until its exercise passes. The checks are ordinary
+# functions of this file, copied into the notebook, so they can be read and tested here.
 # A notebook is a JSON file (the nbformat 4 layout), so the standard library's json writes it.
 
 LESSON_SECTIONS = range(0, 11)  # the lesson: sections [0] to [10]
 CELL_LINES = 40   # a code cell that fits on one screen; longer ones give their docstring to the text
 FOLD_LINES = 50   # a function still longer than this is folded: run, and read in the file
+SHOWN_WHOLE = range(0, 10)  # sections whose code is never folded: the plain network, all in view
 
 # The lesson's indented formulas in LaTeX, by their ASCII form (the formula, or the whole line);
 # a formula not listed here stays a code block in the notebook, as it is written above.
@@ -4519,7 +4561,57 @@ LESSON_LATEX = {
         r"q = A\,(p - c) + c + t, \qquad A = R(\theta)\, H(h)\, S(s_{row}, s_{col}) \quad (2 \times 2)",
     "p = A^-1 (q - c - t) + c": r"p = A^{-1}\,(q - c - t) + c",
     "A = f(Z) * mask": r"A = f(Z) \odot \mathrm{mask}",
+    "q = A (p - c) + c + t": r"q = A\,(p - c) + c + t",
+    "q = p + d(p)": r"q = p + d(p)",
+    "(X - mean) W1 + b1 = X W1 + (b1 - mean W1)":
+        r"(X - \mathrm{mean})\,W_1 + b_1 = X\,W_1 + (b_1 - \mathrm{mean}\,W_1)",
+    "η_t = η (1 + cos(π t / T)) / 2": r"\eta_t = \eta\,\frac{1 + \cos(\pi t / T)}{2}",
+    "top = I[r0, c0] + fc (I[r0, c0 + 1] - I[r0, c0])":
+        r"\mathrm{top} = I_{r_0, c_0} + f_c\,(I_{r_0, c_0 + 1} - I_{r_0, c_0})",
+    "bottom = I[r0 + 1, c0] + fc (I[r0 + 1, c0 + 1] - I[r0 + 1, c0])":
+        r"\mathrm{bottom} = I_{r_0 + 1, c_0} + f_c\,(I_{r_0 + 1, c_0 + 1} - I_{r_0 + 1, c_0})",
+    "value = top + fr (bottom - top)":
+        r"\mathrm{value} = \mathrm{top} + f_r\,(\mathrm{bottom} - \mathrm{top})",
 }
+
+
+# Formulas inside the lesson's sentences, in LaTeX, by their ASCII form (a line break may fall
+# anywhere a space is).
+LESSON_INLINE_LATEX = {
+    "W ~ Normal(0, std = sqrt(2 / n_in))": r"W \sim \mathcal{N}\big(0, \sigma = \sqrt{2 / n_{in}}\big)",
+    "Var(Z) = n_in * Var(W) * E[A_prev^2]":
+        r"\mathrm{Var}(Z) = n_{in}\, \mathrm{Var}(W)\, \mathbb{E}[A_{prev}^2]",
+    "E[A^2]": r"\mathbb{E}[A^2]",
+    "std = sqrt(2 / (n_in + n_out))": r"\sigma = \sqrt{2 / (n_{in} + n_{out})}",
+    "L = -(1/m) sum_i log P[i, y_i]": r"L = -\frac{1}{m} \sum_i \log P_{i, y_i}",
+    "P = softmax(Z)": r"P = \mathrm{softmax}(Z)",
+    "log P[i, k] = Z[i, k] - log sum_j e^Z[i, j]": r"\log P_{i,k} = Z_{i,k} - \log \sum_j e^{Z_{i,j}}",
+    "max + log sum e^(Z - max)": r"\max + \log \sum e^{Z - \max}",
+    "log(0)": r"\log 0",
+    "A_0 = X": r"A_0 = X",
+    "dW = (1/m) A^T (P - Y)": r"dW = \frac{1}{m} A^{\top} (P - Y)",
+    "|analytic - numeric| / (|analytic| + |numeric|)":
+        r"\frac{\lVert g_{analytic} - g_{numeric} \rVert}{\lVert g_{analytic} \rVert + \lVert g_{numeric} \rVert}",
+    "(f' <= 1/4)": r"(f' \le 1/4)",
+    "-log(1/10) = 2.30": r"-\log(1/10) = 2.30",
+    "A = f(Z) * mask": r"A = f(Z) \odot \mathrm{mask}",
+    "dW = A_prev^T dZ": r"dW = A_{prev}^{\top} dZ",
+    "r0 = floor(row), c0 = floor(col)": r"r_0 = \lfloor row \rfloor,\ c_0 = \lfloor col \rfloor",
+    "fr = row - r0, fc = col - c0 in [0, 1)": r"f_r = row - r_0,\ f_c = col - c_0 \in [0, 1)",
+    "(1-fr)(1-fc), (1-fr)fc, fr(1-fc), fr fc": r"(1-f_r)(1-f_c),\ (1-f_r) f_c,\ f_r (1-f_c),\ f_r f_c",
+}
+
+
+def inline_latex(markdown):
+    """markdown with the formulas of LESSON_INLINE_LATEX in its sentences as $...$; code
+    (```...```, `...`) and display equations ($$...$$) stay as they are."""
+    import re
+    pieces = re.split(r"(```.*?```|`[^`\n]*`|\$\$.*?\$\$)", markdown, flags=re.S)
+    for i in range(0, len(pieces), 2):  # the even pieces are text
+        for ascii_form, latex in LESSON_INLINE_LATEX.items():
+            pattern = r"\s+".join(map(re.escape, ascii_form.split(" ")))
+            pieces[i] = re.sub(pattern, lambda _: "$" + latex + "$", pieces[i])
+    return "".join(pieces)
 
 
 def split_into_cells(source):
@@ -4563,8 +4655,8 @@ def text_to_markdown(lines):
     for line in lines:
         stripped = line.strip()
         indent = len(line) - len(line.lstrip(" "))
-        item = indent >= 2 and re.match(r"(\d+\.|\*|-)\s", stripped)
-        equation = latex_equation(line) if indent >= 4 and not in_list else None
+        item = re.match(r"\d+\.\s" if indent < 2 else r"(\d+\.|\*|-)\s", stripped)
+        equation = latex_equation(line) if indent >= 4 else None
         preformatted = not item and not equation and not (in_list and indent >= 4) and (
             indent >= 4 or (indent >= 2 and "  " in stripped))
         if in_code and not preformatted:
@@ -4576,6 +4668,8 @@ def text_to_markdown(lines):
         elif item:
             markdown.append(("" if in_list else "\n") + stripped)
             in_list = True
+        elif in_list and equation:
+            markdown.append("\n   " + equation + "\n")  # inside the item
         elif in_list and indent >= 2:
             markdown.append("   " + stripped)  # the item goes on
         elif equation:
@@ -4590,7 +4684,7 @@ def text_to_markdown(lines):
             markdown.append(stripped)
     if in_code:
         markdown.append("```")
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(markdown)).strip()
+    return inline_latex(re.sub(r"\n{3,}", "\n\n", "\n".join(markdown)).strip())
 
 
 def comment_to_markdown(lines):
@@ -4688,29 +4782,31 @@ def exercise_stub(source, number):
 
 
 # What the student writes in `notebook --exercises`, in the lesson's order, each with the
-# equations and shapes that stand in its cell for the body.
+# equations, the shapes and the names of its arrays, which stand in its cell for the body: what
+# to compute, not how to write it.
 EXERCISES = {
     "he_init": "W ~ Normal(0, std = sqrt(2 / n_in)), shape (n_in, n_out), drawn with rng",
-    "relu": "A = max(0, Z), element by element: Z (m, n) -> A (m, n)",
+    "relu": "A = max(0, Z), entry by entry: Z (m, n) -> A (m, n)",
     "relu_derivative": "dA/dZ = 1 where the unit is on (A > 0), 0 where it is off: A (m, n) -> (m, n)",
     "softmax": "P[i, k] = e^Z[i, k] / sum_j e^Z[i, j], row by row: Z (m, 10) -> P (m, 10)\n"
-               "e^1000 overflows: subtract each row's maximum first (it cancels out)",
+               "it must also work for scores like 1000, whose e^1000 overflows",
     "forward": "A_0 = X;  Z = A_prev W + b   (m, n_in) @ (n_in, n_out) + (n_out,) -> (m, n_out)\n"
-               "A = f(Z) for every layer but the last, whose Z are the logits\n"
-               "f = ACTIVATIONS[activation][0]; return As = [X, A_1, ..., Z_L]",
+               "A = f(Z) for every layer but the last, whose Z are the logits Z_L\n"
+               "f: the first of the pair ACTIVATIONS[activation]; returns As = [X, A_1, ..., Z_L]",
     "cross_entropy": "L = -(1/m) sum_i log P[i, y_i]: Z (m, 10), y (m,) -> one number\n"
-                     "log P = log_softmax(Z) (stable: no log(0))",
-    "backward": "dZ_L = (P - Y) / m   (m, 10), P = softmax(Z_L), Y one-hot\n"
-                "for each layer l from the last down:\n"
-                "    dW = A_prev^T dZ      (n_in, m) @ (m, n_out) -> (n_in, n_out)\n"
-                "    db = sum of dZ over the batch (axis 0) -> (n_out,)\n"
-                "    dA_prev = dZ W^T      (m, n_out) @ (n_out, n_in) -> (m, n_in)\n"
-                "    dZ_prev = dA_prev * f'(A_prev),  f' = ACTIVATIONS[activation][1]\n"
-                "return dWs, dbs (lists shaped like Ws, bs)",
-    "sgd_step": "for each param, grad, v:  g = grad + weight_decay * param\n"
-                "    v = momentum * v + g;  param = param - lr * v\n"
-                "both IN PLACE (v *= ..., param -= ...): the lists hold the same arrays after",
+                     "log P = log_softmax(Z), which never takes log(0)",
+    "backward": "the equations are those of the text above: dZ_L first, then dW, db, dA_prev and\n"
+                "dZ_prev for each layer from the last down; f': the second of ACTIVATIONS[activation]\n"
+                "As = [X, A_1, ..., Z_L] (forward's list), y (m,), Ws -> dWs, dbs shaped like Ws, bs",
+    "sgd_step": "g = grad + weight_decay * param;  v = momentum * v + g;  param = param - lr * v\n"
+                "for every (param, grad, v) of the lists, changing the arrays themselves: the\n"
+                "lists hold the same arrays afterwards",
 }
+
+# Lesson functions from which an exercise's answer follows by a small change: in the exercises
+# they are folded until that exercise passes.
+FOLDED_UNTIL = {"xavier_init": "he_init", "log_softmax": "softmax",
+                "forward_with_dropout": "forward", "backward_with_dropout": "backward"}
 
 
 # The checks. Each check_NAME(NAME, ...) runs the student's function on fixed small inputs
@@ -4723,12 +4819,15 @@ class ExerciseWrong(Exception):
 
 def run_check(name, test):
     """Run test(), the check of exercise `name`, and print its verdict; True when it passed.
-    Needs: EXERCISES (the order), ExerciseWrong."""
+    Needs: EXERCISES (the order), FOLDED_UNTIL, ExerciseWrong."""
     import traceback
     names = list(EXERCISES)
     number = names.index(name) + 1
     after = (f"Next: exercise {number + 1}, {names[number]}." if number < len(names)
              else "That was the last exercise: run the rest of the notebook to train your network.")
+    unfolded = [f for f, until in FOLDED_UNTIL.items() if until == name]
+    if unfolded:
+        after += f" You may now unfold {unfolded[0]}, below, and compare."
     try:
         with np.errstate(all="ignore"):  # overflows show up in the answer, not as warnings
             test()
@@ -4746,10 +4845,13 @@ def run_check(name, test):
         print(f"✗ exercise {number}, {name}: wrong. {e}")
         return False
     except Exception as e:
-        shape_hint = (" Hint: a shape error often means a transpose, or a sum over the wrong "
-                      "axis; print the .shape of each array." if "shape" in str(e)
-                      or "broadcast" in str(e) or "mismatch" in str(e) else "")
-        print(f"✗ exercise {number}, {name}: wrong: it raised {type(e).__name__}: {e}.{shape_hint}")
+        hint = (" Hint: a shape error often means a transpose, or a sum over the wrong axis; "
+                "print the .shape of each array." if "shape" in str(e) or "broadcast" in str(e)
+                or "mismatch" in str(e) else
+                " Hint: Python's max, min, `if` and `and` look at one number at a time; on a "
+                "whole array use NumPy's, which work entry by entry: np.maximum(Z, 0), not "
+                "max(0, Z)." if "truth value" in str(e) else "")
+        print(f"✗ exercise {number}, {name}: wrong: it raised {type(e).__name__}: {e}.{hint}")
         return False
     print(f"✓ exercise {number}, {name}: correct. {after}")
     return True
@@ -4833,6 +4935,11 @@ def check_softmax(softmax):
                softmax(np.array([[1000.0, 1001.0, 1002.0]])),
                "Hint: e^1000 overflows to infinity (inf / inf = nan). Subtract each row's "
                "maximum from Z first: it cancels out, and the largest power becomes e^0 = 1.")
+        expect("softmax of rows of very different scale [[1000, 1001, 1002], [1, 2, 3]]",
+               [[0.0900, 0.2447, 0.6652]] * 2, softmax(np.array([[1000.0, 1001, 1002], [1, 2, 3]])),
+               "Hint: the second row came out wrong (e^(1 - 1002) = 0, and 0 / 0 = nan): one "
+               "maximum for the whole batch is too much for some rows. Subtract each row's own "
+               "maximum, Z.max(axis=1, keepdims=True).")
     run_check("softmax", test)
 
 
@@ -4967,9 +5074,16 @@ def check_sgd_step(sgd_step):
         expect("W after one step (lr 0.1, momentum 0.9)", [[0.95, 2.05], [2.9, 4.0]], W,
                "Hint: v = momentum * v + grad, then W = W - lr * v.")
         expect("b after one step", [0.4, -0.7], b, "Hint: the biases are stepped like the weights.")
+        if not np.any(vW):
+            raise ExerciseWrong(
+                "the velocity v is still 0 after a step with a gradient. Hint: v = momentum * "
+                "v + g, and the step is W = W - lr * v (with no v at all it is plain SGD, not "
+                "momentum); if you wrote `v = ...`, that makes a new array the list does not "
+                "hold: update v in place (v *= momentum; v += g).")
         sgd_step([W, b], [dW.copy(), db.copy()], [vW, vb], 0.1, 0.9)
         expect("W after a second step with the same gradient", [[0.855, 2.145], [2.71, 4.0]], W,
-               "Hint: the velocity must carry over: update v in place (v *= momentum; v += g).")
+               "Hint: the velocity must carry over: v = momentum * v + g, with the v of the "
+               "step before.")
         W = np.array([[1.0, 2.0], [3.0, 4.0]])
         sgd_step([W], [dW.copy()], [np.zeros_like(W)], 0.1, 0.9, weight_decay=0.1)
         expect("W after one step with weight_decay 0.1", [[0.94, 2.03], [2.87, 3.96]], W,
@@ -4996,7 +5110,8 @@ def exercise_progress(namespace):
 
 
 # The notebook's own cells. The pictures, questions and the ending are placed after the
-# section that defines the function named first (or at the end, if none does).
+# section that defines the function named first (or at the end, if none does). Each picture
+# says what to look at in it.
 PICTURE_TOOLS = ["PLOT_DPI", "display_available", "_new_figure", "_check_png_path",
                  "_save_figure", "write_atomically", "plot_digits", "plot_probabilities",
                  "plot_history", "plot_confusion", "worst_errors",
@@ -5004,16 +5119,20 @@ PICTURE_TOOLS = ["PLOT_DPI", "display_available", "_new_figure", "_check_png_pat
 CHECK_TOOLS = ["ExerciseWrong", "run_check", "expect", "finite_differences", "backward_hint"]
 
 NOTEBOOK_ADDITIONS = [
-    ("load_mnist", "markdown", "### What the digits look like\n\nThe first 16 training images "
-     "with their labels. Each one is a row of 784 numbers in $[0, 1]$, drawn here as 28 × 28 "
-     "pixels."),
+    ("load_mnist", "markdown", "### What the digits look like\n\nThe first 16 training images, "
+     "each one a row of 784 numbers in $[0, 1]$ drawn as 28 × 28 pixels (0 black, 1 white), "
+     "with its label from `y_train` above it. Look at how differently people write the same "
+     "digit: that is what the network must learn to see through."),
     ("load_mnist", "code", 'show_picture(plot_digits(X_train[:16], [f"label {k}" for k in y_train[:16]], '
      '"pictures/digits.png"))'),
     ("load_mnist", "markdown", "**Question.** How many numbers does the network see in one pass "
      "over the training images?\n\n<details><summary>Answer</summary>\n\n$60\\,000 \\times 784 "
      "= 47\\,040\\,000$ pixels, and 60,000 labels.\n</details>"),
     ("predict_proba", "markdown", "### What the untrained network says\n\nThe first six "
-     "training images, and the probabilities the random network gives to each digit:"),
+     "training images, each above ten bars: the probabilities $P$ the random network gives "
+     "the digits 0 to 9. The orange bar is the digit it would answer, the largest probability. "
+     "Look at the heights: every bar is near $0.1$, and the orange one is only a little "
+     "taller, by chance, and rarely over the true digit. The network knows nothing yet."),
     ("predict_proba", "code", 'show_picture(plot_probabilities(X_train[:6], predict_proba(X_train[:6], '
      'Ws, bs),\n                                "pictures/untrained.png"))'),
     ("predict_proba", "markdown", "**Question.** Why is every probability close to $0.1$?\n\n"
@@ -5033,34 +5152,49 @@ NOTEBOOK_ADDITIONS = [
      "error would the check show for a batch of $m = 8$?\n\n<details><summary>Answer</summary>"
      "\n\nEvery gradient would be 8 times too large: $|8g - g| / (|8g| + |g|) = 7/9 \\approx "
      "0.78$, far above $10^{-6}$.\n</details>"),
-    ("train", "markdown", "### Loss and accuracy, epoch by epoch"),
-    ("train", "code", 'show_picture(plot_history(history, "pictures/history.png"))'),
+    ("train", "markdown", "### Loss and accuracy, epoch by epoch\n\nThe picture above was "
+     "redrawn as each epoch ended. Left the loss, right the accuracy; blue the training "
+     "images (averaged over the epoch, while the network was still changing), orange the "
+     "validation images, which it never learns from. Look at the orange curves: they are "
+     "what the network does on new digits. The title says how long the epochs took."),
     ("train", "markdown", "**Question.** Is this network overfitting? What would the curves "
-     "look like if it were?\n\n<details><summary>Answer</summary>\n\nNot yet: both losses "
-     "fall. Overfitting shows as a training loss that keeps falling while the validation loss "
-     "turns up.\n</details>"),
+     "look like if it were?\n\n<details><summary>Answer</summary>\n\nNot yet: the validation "
+     "loss still falls from epoch to epoch. Overfitting shows as a training loss that keeps "
+     "falling while the validation loss turns up.\n</details>"),
     ("evaluate", "markdown", "### Which digits it mixes up\n\nRow: the true digit; column: "
-     "the network's answer. The diagonal holds the right answers."),
+     "the network's answer. The diagonal, dark, holds the right answers, about a thousand "
+     "per digit. Look off the diagonal for the largest numbers: the pairs of digits it "
+     "mixes up most, and in which direction."),
     ("evaluate", "code", 'show_picture(plot_confusion(result["confusion"], "pictures/confusion.png"))'),
-    ("evaluate", "markdown", "### The mistakes it was most sure about\n\nSome of them are "
-     "hard to read for people too; a few are labelled wrong in MNIST itself."),
+    ("evaluate", "markdown", "### The mistakes it was most sure about\n\nEach title says the "
+     "true digit, what the network said, and how sure it was. Look at whether you would have "
+     "read them right: some are hard to read for people too, a few are labelled wrong in "
+     "MNIST itself."),
     ("evaluate", "code", "probabilities = predict_proba(X_test, Ws, bs)\n"
      "worst = worst_errors(probabilities, y_test, 16)\n"
      "show_picture(plot_errors(X_test[worst], y_test[worst], probabilities[worst].argmax(axis=1),\n"
      '                 probabilities[worst].max(axis=1), "pictures/mistakes.png", n=16))'),
     ("evaluate", "markdown", "### What the first layer learned\n\nEach tile is one hidden "
-     "unit's 784 weights, what training added to its random start: red pixels push the unit "
-     "up, blue ones down."),
-    ("evaluate", "code", 'start = init_params([784, 128, 10], seed=0)[0][0]  # the start '
-     'train() drew\nshow_picture(plot_weights(Ws[0], "pictures/weights.png", start=start))'),
+     "unit's 784 weights drawn as 28 × 28, minus the random weights it started from: what "
+     "training added. Red pixels push the unit up when there is ink on them, blue ones down. "
+     "Look for strokes and blobs, pieces of digits: what each unit looks for."),
+    ("evaluate", "code", "sizes = [W.shape[0] for W in Ws] + [Ws[-1].shape[1]]  # the network "
+     "trained above\nstart = init_params(sizes, seed=0)[0][0]  # its random start: train's "
+     "seed is 0\nshow_picture(plot_weights(Ws[0], \"pictures/weights.png\", start=start))"),
     ("augment_batch", "markdown", "### Distorted digits beside their originals\n\nEach row: "
-     "two digits, each as it is in MNIST and three random distortions of it. The label "
-     "stays: a distorted 7 is still a 7."),
+     "two digits, each as it is in MNIST and then three random distortions of it. Look at "
+     "how each copy is shifted, turned, slanted or bent a little, and is still plainly the "
+     "same digit: the label stays."),
     ("augment_batch", "code", "originals = X_train[:6]\n"
      "distorted = augment_batch(np.repeat(originals, 3, axis=0), np.random.default_rng(1))\n"
      "shown = np.concatenate([np.vstack([o, d]) for o, d in zip(originals, distorted.reshape(6, 3, 784))])\n"
      'show_picture(plot_digits(shown, ["original", "distorted", "distorted", "distorted"] * 6,\n'
      '                 "pictures/distorted.png"))'),
+    ("augment_batch", "markdown", "Compare the validation accuracies printed by the short run "
+     "of `train_full` above with those of section [7]'s `train`, on the same 10,000 images. "
+     "`train_full` changes more than the distortions and dropout (its learning rate glides "
+     "down a cosine, for one); the last experiment at the end of the notebook runs it "
+     "without the two, to see what they add."),
 ]
 
 NOTEBOOK_TITLE = """\
@@ -5072,12 +5206,14 @@ In this notebook you build, one piece at a time, a neural network that reads han
 2. give a network random weights, and run images through it (the forward pass);
 3. measure how wrong it is (the loss), and work out by hand how each weight should change
    (backpropagation), checked against the definition of a derivative;
-4. train it, evaluate it on images it never saw, save it;
+4. train it, watching it learn, then evaluate it on images it never saw, and save it;
 5. make it generalise better with distorted digits and dropout.
 
 The only library is NumPy (and matplotlib, for the pictures). Run the cells from top to
-bottom: the whole notebook takes well under a minute. The code is the lesson of
-[`mnist_from_scratch.py`](mnist_from_scratch.py), sections [0] to [10], cell by cell.
+bottom: the whole notebook takes under a minute. The folded cell below holds what the
+notebook needs but the lesson does not teach (the download, the pictures): run it, no need
+to read it. The code after it is the lesson of [`mnist_from_scratch.py`](mnist_from_scratch.py),
+sections [0] to [10], cell by cell.
 
 **Notation.** $X$ $(m, 784)$: a batch of $m$ images, one per row. $W, b$: a layer's weights
 $(n_{in}, n_{out})$ and biases $(n_{out})$. $Z = A_{prev} W + b$, $A = f(Z)$. $P =
@@ -5091,35 +5227,74 @@ EXERCISES_TITLE = """\
 You write the heart of a neural network that reads handwritten digits: the initialization,
 ReLU and its derivative, softmax, the forward pass, the loss, backpropagation and the
 gradient descent step. Each exercise is a function whose body says `# your code here`; its
-docstring, the text above it and the comments in it give the equations and the shapes.
+docstring, the text above it and the comments in it give the equations, the shapes and the
+names of the arrays. How to write them in NumPy is yours to find.
 
-1. Write the body (delete the `raise NotImplementedError` line), and run the cell.
-2. Run the check cell below it. It says **✓ correct**, **✗ wrong** (what was expected, what
+1. Run the folded cell below (the download, the pictures and the checks), then the data cell.
+2. Write the body of each exercise (delete the `raise NotImplementedError` line), and run
+   the cell.
+3. Run the check cell below it. It says **✓ correct**, **✗ wrong** (what was expected, what
    came out, and a hint), or **… unfinished**.
-3. When every check passes, run the rest: the notebook trains *your* network on MNIST and
+4. When every check passes, run the rest: the notebook trains *your* network on MNIST and
    shows how well it reads digits it never saw.
 
 Use NumPy only (`np.exp`, `np.maximum`, `@`, `.sum(axis=...)`, ...), and no Python loop over
-the images: every line works on the whole batch at once."""
+the images: every line works on the whole batch at once. A few functions of the lesson are
+folded because they would give an answer away; unfold each once its exercise passes."""
 
-NOTEBOOK_ENDING = """\
+# The ending's experiments: each a sentence and one line that runs as it is at the end of the
+# notebook (a test runs every one).
+EXPERIMENTS = [
+    ("A wider and deeper network, the command line's: two hidden layers of 512 and 256 units",
+     "Ws, bs, history = train(X_train[:10000], y_train[:10000], X_train[55000:], y_train[55000:],\n"
+     "                        hidden=(512, 256), epochs=3, on_epoch=learning_curves(show))"),
+    ("A smaller learning rate: slower steps, slower learning",
+     "Ws, bs, history = train(X_train[:10000], y_train[:10000], X_train[55000:], y_train[55000:],\n"
+     "                        hidden=(128,), lr=0.02, epochs=3, on_epoch=learning_curves(show))"),
+    ("All 55,000 training images instead of 10,000 (each epoch takes five and a half times as "
+     "long)",
+     "Ws, bs, history = train(X_train[:55000], y_train[:55000], X_train[55000:], y_train[55000:],\n"
+     "                        hidden=(128,), epochs=3, on_epoch=learning_curves(show))"),
+    ("tanh instead of ReLU (train_full of section [10] takes any activation of section [3])",
+     "Ws, bs, history, _ = train_full(X_train[:10000], y_train[:10000], X_train[55000:],\n"
+     "                                y_train[55000:], hidden=(128,), epochs=3, activation=\"tanh\",\n"
+     "                                on_epoch=learning_curves(show))"),
+    ("Dropout alone, a fifth of the hidden units switched off in every step",
+     "Ws, bs, history, _ = train_full(X_train[:10000], y_train[:10000], X_train[55000:],\n"
+     "                                y_train[55000:], hidden=(128,), epochs=3, dropout=0.2,\n"
+     "                                on_epoch=learning_curves(show))"),
+    ("train_full without distortions and dropout, to see what those two add to it",
+     "Ws, bs, history, _ = train_full(X_train[:10000], y_train[:10000], X_train[55000:],\n"
+     "                                y_train[55000:], hidden=(128,), epochs=3, augment=None,\n"
+     "                                dropout=0.0, on_epoch=learning_curves(show))"),
+]
+
+
+def notebook_ending():
+    """The notebook's last cell: what was built, and experiments to try next (EXPERIMENTS)."""
+    experiments = "\n\n".join(f"- {words}:\n\n  ```python\n  " + code.replace("\n", "\n  ")
+                              + "\n  ```" for words, code in EXPERIMENTS)
+    return f"""\
 ## Summary: what you built
 
 - A loader for the IDX files of MNIST, giving images as rows of 784 numbers in $[0, 1]$.
-- A fully connected network: $Z = A_{prev} W + b$, $A = \\mathrm{ReLU}(Z)$, softmax at the end,
-  with He initialization.
+- A fully connected network: $Z = A_{{prev}} W + b$, $A = \\mathrm{{ReLU}}(Z)$, softmax at the
+  end, with He initialization.
 - The cross-entropy loss, computed stably with log-sum-exp.
-- Backpropagation written by hand, $dZ_L = (P - Y)/m$, $dW = A_{prev}^\\top dZ$,
-  $dA_{prev} = dZ\\,W^\\top$, and checked against finite differences.
-- Mini-batch SGD with momentum and a cosine learning rate; evaluation with a confusion matrix;
-  saving a model to one `.npz` file.
-- Distorted training digits and dropout, which make it generalise better.
+- Backpropagation written by hand, $dZ_L = (P - Y)/m$, $dW = A_{{prev}}^\\top dZ$,
+  $dA_{{prev}} = dZ\\,W^\\top$, and checked against finite differences.
+- Mini-batch SGD with momentum, keeping the epoch that did best on the validation images;
+  evaluation with a confusion matrix; saving a model to one `.npz` file.
+- Distorted training digits and dropout, which make it generalise better, and `train_full`,
+  the training of the command line, which adds a learning rate that glides down a cosine.
 
 ## Where next
 
-- **Experiment**: change `hidden=(128,)` to `(512, 256)`, the learning rate `lr`, `epochs`,
-  `activation="tanh"`, `dropout=0.2`, and watch the curves and the confusion matrix change.
-  Train on all 55,000 training images (a minute or two).
+Change one thing, run it in a new cell, watch the curves, then run the cells of section [8]
+again to see the test accuracy and the confusion matrix change:
+
+{experiments}
+
 - **Fashion-MNIST**: the same network on pictures of clothes (`python mnist_from_scratch.py
   train --dataset fashion`). How much harder is it?
 - **The command line**: `python mnist_from_scratch.py train` trains the full network
@@ -5130,9 +5305,11 @@ NOTEBOOK_ENDING = """\
 
 # What the lesson says in the command line's terms, in a notebook's.
 NOTEBOOK_WORDS = {
-    "`python mnist_from_scratch.py download` puts it there": "the first code cell put it there",
+    "`python mnist_from_scratch.py download` puts it there":
+        "the cell `get_mnist(\"data\")` at the top of this notebook put it there",
     "`python mnist_from_scratch.py download` fetches them into data/ and checks them":
-        "the first code cell of this notebook fetched them into `data` and checked them",
+        "the cell `get_mnist(\"data\")` at the top of this notebook fetched them into `data` "
+        "and checked them",
 }
 
 
@@ -5147,41 +5324,69 @@ def notebook_cell(kind, text, **metadata):
     return cell
 
 
-def data_cell():
-    """The notebook's first code cell: MNIST into `data` beside the notebook, with checksums."""
+def get_mnist_code():
+    """The notebook's get_mnist: MNIST into a folder beside the notebook, with checksums."""
     files = "".join(f'    "{name}.gz": "{sha}",\n' for name, sha in MNIST_FILES.items())
     mirrors = "".join(f'    "{url}",\n' for url in MNIST_MIRRORS)
-    return f'''\
-# MNIST: four files (11 MB) into the folder `data` beside this notebook, unless they are there.
-import gzip, hashlib, os, urllib.request
-
-MIRRORS = [
+    return f"""\
+MNIST_MIRRORS = [
 {mirrors}]
-FILES = {{  # name -> SHA-256 of its contents: a download is kept only if complete and genuine
+MNIST_SHA256 = {{  # name -> SHA-256 of its contents: a download is kept only if complete and genuine
 {files}}}
-os.makedirs("data", exist_ok=True)
-for name, sha256 in FILES.items():
-    path = os.path.join("data", name)
-    for mirror in MIRRORS:
-        if os.path.exists(path) or os.path.exists(path[:-3]):
-            break
-        try:
-            with urllib.request.urlopen(mirror + name, timeout=30) as response:
-                data = response.read()
-            genuine = hashlib.sha256(gzip.decompress(data)).hexdigest() == sha256
-        except (OSError, EOFError) as error:  # no network, or a cut-off file
-            print(f"{{mirror}}: {{error}}")
-            continue
-        if genuine:
-            with open(path + ".part", "wb") as f:
-                f.write(data)
-            os.replace(path + ".part", path)
-    if not (os.path.exists(path) or os.path.exists(path[:-3])):
-        raise RuntimeError(f"could not download {{name}}. Offline? Put the four MNIST .gz files "
-                           f"in the folder 'data' beside this notebook (Jupyter: the file "
-                           f"browser's Upload button; Colab: the Files panel on the left), "
-                           f"then run this cell again.")
-print("MNIST is in", os.path.abspath("data"))'''
+
+
+def get_mnist(folder="data"):
+    \"\"\"The four MNIST files (11 MB) into `folder`, unless they are there.\"\"\"
+    os.makedirs(folder, exist_ok=True)
+    for name, sha256 in MNIST_SHA256.items():
+        path = os.path.join(folder, name)
+        for mirror in MNIST_MIRRORS:
+            if os.path.exists(path) or os.path.exists(path[:-3]):
+                break
+            try:
+                with urllib.request.urlopen(mirror + name, timeout=30) as response:
+                    data = response.read()
+                genuine = hashlib.sha256(gzip.decompress(data)).hexdigest() == sha256
+            except (OSError, EOFError) as error:  # no network, or a cut-off file
+                print(f"{{mirror}}: {{error}}")
+                continue
+            if genuine:
+                with open(path + ".part", "wb") as f:
+                    f.write(data)
+                os.replace(path + ".part", path)
+        if not (os.path.exists(path) or os.path.exists(path[:-3])):
+            raise RuntimeError(f"could not download {{name}}. Offline? Put the four MNIST .gz files "
+                               f"in the folder '{{folder}}' beside this notebook (Jupyter: the file "
+                               f"browser's Upload button; Colab: the Files panel on the left), "
+                               f"then run this cell again.")
+    print("MNIST is in", os.path.abspath(folder))"""
+
+
+# What only the notebook needs, in its folded first code cell: showing a picture file, and the
+# training curves redrawn in place after every epoch (an IPython display handle).
+NOTEBOOK_TOOLS = '''\
+def show_picture(path):
+    """Show below the cell the PNG file a picture function wrote."""
+    from IPython.display import Image, display
+    display(Image(filename=path))
+
+
+def learning_curves(then=None, path="pictures/history.png"):
+    """An on_epoch function for train: after every epoch it redraws the loss and accuracy
+    curves below the cell (the same picture, updated in place), then calls then(entry)."""
+    from IPython.display import Image, display
+    history, shown = [], []
+
+    def on_epoch(entry):
+        history.append(entry)
+        picture = Image(filename=plot_history(history, path))
+        if shown:
+            shown[0].update(picture)
+        else:
+            shown.append(display(picture, display_id=True))
+        if then is not None:
+            then(entry)
+    return on_epoch'''
 
 
 def definitions(source, names):
@@ -5201,34 +5406,31 @@ def definitions(source, names):
 FOLDED = {"jupyter": {"source_hidden": True}, "tags": ["hide-input"]}  # a cell to run, not read
 
 
-def setup_cells(source, exercises):
-    """The cells before the lesson: the title, the data, the picture functions of section [12]
-    (and, for the exercises, their checks), all but the data folded."""
-    cells = [notebook_cell("markdown", EXERCISES_TITLE if exercises else NOTEBOOK_TITLE),
-             notebook_cell("markdown", "## Before we start: the data, and the pictures\n\n"
-                           "Run these cells first. The first one gets MNIST (it needs the "
-                           "internet once, or the four files in `data`); the next ones hold "
-                           "the picture functions of the program's section [12], which draw "
-                           "into a folder `pictures` beside the notebook (not part of the "
-                           "lesson: no need to read them)."),
-             notebook_cell("code", data_cell()),
-             notebook_cell("code", "import os, sys, textwrap\n"
-                           "from IPython.display import Image, display\n\n"
-                           'os.makedirs("pictures", exist_ok=True)\n\n\n'
-                           "def show_picture(path):\n"
-                           '    """Show below the cell the PNG file a picture function wrote."""\n'
-                           "    display(Image(filename=path))", **FOLDED)]
+def helpers_cell(source, exercises):
+    """The notebook's first code cell, folded (in Colab too: a form titled by its first
+    line): get_mnist, the picture functions of section [12], show_picture, learning_curves
+    and, for the exercises, their checks. The lesson does not teach these: run, not read."""
+    parts = ["# @title The notebook's helpers: the download, the pictures"
+             + (", the checks" if exercises else "") + " (run this cell; no need to read it)\n"
+             "import gzip, hashlib, os, sys, urllib.request\n\nimport numpy as np\n\n"
+             'os.makedirs("pictures", exist_ok=True)', get_mnist_code()]
     for tool in definitions(source, PICTURE_TOOLS):  # even one the lesson defines later
         tool = docstring_aside(tool, 0, note="")[0]  # to run, not to read: kept short
-        cells.append(notebook_cell("code", "\n".join(filter(str.strip, tool.split("\n"))), **FOLDED))
+        parts.append("\n".join(filter(str.strip, tool.split("\n"))))
+    parts.append(NOTEBOOK_TOOLS)
     if exercises:
-        cells.append(notebook_cell("markdown", "The checks of the exercises (no need to read "
-                                   "them: the check cells below call them)."))
+        parts.append(f"EXERCISES = {list(EXERCISES)!r}\nFOLDED_UNTIL = {FOLDED_UNTIL!r}")
         checks = CHECK_TOOLS + [f"check_{name}" for name in EXERCISES] + ["exercise_progress"]
-        cells.append(notebook_cell("code", f"import numpy as np\n\nEXERCISES = {list(EXERCISES)!r}",
-                                   **FOLDED))
-        cells += [notebook_cell("code", check, **FOLDED) for check in definitions(source, checks)]
-    return cells
+        parts += definitions(source, checks)
+    return notebook_cell("code", "\n\n\n".join(parts), cellView="form", **FOLDED)
+
+
+def setup_cells(source, exercises):
+    """The cells before the lesson: the title, the folded helpers, and the data."""
+    return [notebook_cell("markdown", EXERCISES_TITLE if exercises else NOTEBOOK_TITLE),
+            helpers_cell(source, exercises),
+            notebook_cell("code", 'get_mnist("data")  # the four MNIST files into the folder '
+                          '`data` beside this notebook, once')]
 
 
 def exercise_cells(name, source):
@@ -5245,12 +5447,20 @@ def exercise_cells(name, source):
     return cells
 
 
-def function_cells(name, source):
+def function_cells(name, source, folded_until=None, foldable=True):
     """A function (or a run of statements) of the lesson as it is: a code cell, its docstring
-    moved to the text above when it is long, folded when it is longer than a screen anyway."""
+    moved to the text above when it is long, folded when it is longer than a screen anyway
+    (if foldable), or folded until the exercise `folded_until` passes, when it would give that
+    answer away."""
     code, aside = docstring_aside(source, CELL_LINES)
     cells = [notebook_cell("markdown", aside)] if aside else []
-    if len(code.split("\n")) > FOLD_LINES:
+    if folded_until:
+        number = list(EXERCISES).index(folded_until) + 1
+        cells.append(notebook_cell("markdown", f"*`{name}` is folded: it would give away the "
+                                   f"answer to exercise {number}, `{folded_until}`. Unfold it "
+                                   f"once that exercise's check says correct.*"))
+        return cells + [notebook_cell("code", code, **FOLDED)]
+    if foldable and len(code.split("\n")) > FOLD_LINES:
         cells.append(notebook_cell("markdown", f"*`{name}` takes more than a screen "
                                    f"({len(code.splitlines())} lines): its code is folded; "
                                    f"unfold it, or read it in the file.*"))
@@ -5258,34 +5468,109 @@ def function_cells(name, source):
     return cells + [notebook_cell("code", code, **({"exercise": name} if name in EXERCISES else {}))]
 
 
+def imports_used(code, rest):
+    """Section [0]'s code without the imports and definitions that `rest` (the other lesson
+    sections' code) never uses: the notebook's [0] imports what its lesson needs."""
+    import ast
+    import re
+    lines, kept = code.split("\n"), []
+    for node in ast.parse(code).body:
+        names = ([alias.asname or alias.name for alias in node.names]
+                 if isinstance(node, (ast.Import, ast.ImportFrom)) else [getattr(node, "name", "")])
+        used = r"\b{}\." if isinstance(node, (ast.Import, ast.ImportFrom)) else r"\b{}\b"
+        if not any(re.search(used.format(re.escape(name)), rest) for name in names if name):
+            continue
+        kept.append("\n".join(lines[node.lineno - 1:node.end_lineno]))
+    return "\n".join(kept)
+
+
+def paired(pieces):
+    """Code pieces with a function X_derivative joined to the cell of X just before it (an
+    activation and its slope read together), unless either is an exercise."""
+    joined = []
+    for piece in pieces:
+        previous = joined[-1] if joined else None
+        if (piece[0] == "code" and len(piece) > 2 and piece[2] and previous and previous[0] == "code"
+                and len(previous) > 2 and piece[2] == f"{previous[2]}_derivative"
+                and not {piece[2], previous[2]} & set(EXERCISES)):
+            joined[-1] = ("code", previous[1] + "\n\n\n" + piece[1], previous[2])
+        else:
+            joined.append(piece)
+    return joined
+
+
+def in_notebook(try_code):
+    """A "Try it" code as the notebook runs it: a training that prints every epoch with
+    on_epoch=show also draws its curves there, as each epoch ends."""
+    import re
+    return re.sub(r"on_epoch=show\b", "on_epoch=learning_curves(show)", try_code)
+
+
+def what_comes_next(code):
+    """One sentence naming what a code cell defines, from its docstring's first sentence."""
+    import ast
+    import re
+    node = ast.parse(code).body[0]
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        doc = (ast.get_docstring(node) or "").split("\n\n")[0].replace("\n", " ")
+        first = re.split(r";\s|(?<=[.:])\s+(?=[A-Z])", doc)[0].rstrip(".:") if doc else ""
+        word = first.split(" ")[0]
+        if len(word) > 1 and word[0].isupper() and word[1:].islower():
+            first = first[0].lower() + first[1:]
+        return f"Next, `{node.name}`" + (f": {first}." if first else ".")
+    names = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+    return f"Next, `{names[0]}`." if names else "Next:"
+
+
+def text_between_code(cells):
+    """The cells with a sentence of text before any code cell that would be the third in a
+    row, so that text and code alternate."""
+    spaced, in_a_row = [], 0
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            in_a_row += 1
+            if in_a_row > 2 and not cell["metadata"].get("check"):
+                spaced.append(notebook_cell("markdown", what_comes_next("".join(cell["source"]))))
+                in_a_row = 1
+        else:
+            in_a_row = 0
+        spaced.append(cell)
+    return spaced
+
+
 def lesson_notebook(source, exercises=False):
     """The lesson cells of `source` (this file's text) as a notebook, a dict in the nbformat 4
     layout ready for json.dump; with exercises=True the assignment (see EXERCISES)."""
     cells, additions = setup_cells(source, exercises), list(NOTEBOOK_ADDITIONS)
-    for number, title, text in split_into_cells(source):
-        if number not in LESSON_SECTIONS:
-            continue
+    sections = [cell for cell in split_into_cells(source) if cell[0] in LESSON_SECTIONS]
+    for number, title, text in sections:
         intro, code = split_cell(text)
+        if number == 0:
+            code = imports_used(code, "".join(split_cell(t)[1] for n, _, t in sections if n != 0))
         cells.append(notebook_cell("markdown", f"## [{number}] {title}\n\n"
                                    + comment_to_markdown(intro)))
-        names = set()
-        for kind, text, *name in code_pieces(code):
+        names, after_try = set(), False
+        for kind, text, *name in paired(code_pieces(code)):
             name = name[0] if name else None
             names.add(name)
             if kind == "try":
-                cells.append(notebook_cell("markdown", "**Try it**" + (f": {text}" if text else "")))
+                cells.append(notebook_cell("markdown", "**Try it**" + (f": {inline_latex(text)}"
+                                                                       if text else "")))
             elif kind == "markdown":
                 cells.append(notebook_cell("markdown", text))
             elif exercises and name in EXERCISES:
                 cells += exercise_cells(name, text)
             else:
-                cells += function_cells(name, text)
+                cells += function_cells(name, in_notebook(text) if after_try else text,
+                                        FOLDED_UNTIL.get(name) if exercises else None,
+                                        foldable=number not in SHOWN_WHOLE)
+            after_try = kind == "try"
         for addition in [a for a in additions if a[0] in names]:  # after the section
             cells.append(notebook_cell(addition[1], addition[2]))
             additions.remove(addition)
     cells += [notebook_cell(kind, text) for _, kind, text in additions]
-    cells.append(notebook_cell("markdown", NOTEBOOK_ENDING))
-    return {"nbformat": 4, "nbformat_minor": 4, "cells": cells,
+    cells.append(notebook_cell("markdown", notebook_ending()))
+    return {"nbformat": 4, "nbformat_minor": 4, "cells": text_between_code(cells),
             "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                         "language": "python"},
                          "language_info": {"name": "python"}}}
