@@ -5021,5 +5021,35 @@ def best_right_reading(lattices, truth, w):
     return best[len(truth)][1] if len(truth) in best else None
 
 
+# ==== docs/measure.py: the script behind docs/results.md ==========================================
+
+def measuring_commands(text):
+    """The measuring commands a page names: each `python docs/measure.py ...` (the words after the
+    script's name, up to a closing backtick or a # comment), and each mode quoted alone in
+    backticks (`--measure-usps model.npz 1000`, even across a line break)."""
+    full = re.findall(r"python docs/measure\.py((?:[ \t]+[^\s`#]+)*)", text)
+    alone = re.findall(r"`((?:--measure-|--fit-number-|--time-number-|--serve-screenshot)[^`]*)`", text)
+    return [words.split() for words in full + alone]
+
+
+class TestTheMeasuringScript(unittest.TestCase):
+    def test_every_measuring_command_in_the_docs_is_one_the_script_accepts(self):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("measure", os.path.join(HERE, "docs", "measure.py"))
+        measure = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(measure)
+        named = 0
+        for page in ("docs/results.md", "README.md"):
+            with open(os.path.join(HERE, page), encoding="utf-8") as file:
+                commands = measuring_commands(file.read())
+            named += len(commands)
+            for words in commands:
+                with self.subTest(page=page, command=" ".join(words)):  # a wrong one raises UsageError
+                    mode, _, _, _ = measure.parse(words)  # parsed only: nothing is measured
+                    self.assertEqual(mode.name, words[0])
+        self.assertGreater(named, 0, "the pages name no docs/measure.py command")
+
+
 if __name__ == "__main__":
     unittest.main()
