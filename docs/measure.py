@@ -35,10 +35,10 @@ from mnist_from_scratch import image_to_mnist, read_image, write_atomically  # n
 from test_mnist_from_scratch import (DATA_DIR, HAVE_MNIST, NO_DIGIT_KINDS, ONE, SCRIPT,  # noqa: E402
                                      best_right_reading, cell_output, cell_text, densify, draw_on_page,
                                      drawn_canvas, encode, execute_notebook, http, make_image,
-                                     missing_for_the_browser_test, page_is_settled, photograph,
-                                     pictures_in, plain_recipe, prepare, present_number, real_mnist,
-                                     run_cli, start_chromium, synthetic_no_digit, wait_for,
-                                     with_reference_bodies, write_notebook)
+                                     missing_for_the_browser_test, missing_for_the_notebook_tests,
+                                     page_is_settled, photograph, pictures_in, plain_recipe, prepare,
+                                     present_number, real_mnist, run_cli, start_chromium,
+                                     synthetic_no_digit, wait_for, with_reference_bodies, write_notebook)
 
 
 # The synthetic photo table of docs/results.md (not a test: it takes about 20 minutes)
@@ -1152,6 +1152,7 @@ def usage(mode):
 
 
 def help_text():
+    """What --help prints: the usage, then every mode with its arguments and what it measures."""
     lines = [f"usage: python {os.path.relpath(__file__, ROOT)} MODE [ARGUMENTS]", "",
              "The measurements behind docs/results.md. MODEL defaults to model.npz; USPS_FOLDER is the",
              "folder holding USPS's zip.train.gz (default: $USPS_DIR, else data/usps). Modes:", ""]
@@ -1191,6 +1192,9 @@ def missing_input(mode, files, folder):
     for path in models:
         if not os.path.isfile(path):
             return f"no model at {path}: train one with python mnist_from_scratch.py train --model {path}"
+    if mode.name == "--measure-notebooks" and missing_for_the_notebook_tests():
+        return ("the notebooks run in a Jupyter kernel, which needs " + ", ".join(missing_for_the_notebook_tests())
+                + " (pip install nbformat nbclient ipykernel)")
     if mode.usps and not os.path.isfile(os.path.join(folder, "zip.train.gz")):
         return (f"no zip.train.gz in {folder}: put USPS's file there, or name its folder "
                 "(an argument, or the environment variable USPS_DIR)")
@@ -1198,6 +1202,7 @@ def missing_input(mode, files, folder):
 
 
 def main(words):
+    """Run the mode `words` name (the command line after the script's name); the exit status."""
     if words[:1] in (["-h"], ["--help"]):
         print(help_text())
         return 0
