@@ -4,11 +4,12 @@ script, and the page names the command beside the figure.
     python docs/measure.py --help                        # every mode and its arguments
     python docs/measure.py --measure-usps model.npz      # for instance: the USPS table
 
-It runs from any folder (it finds the program and the test file beside itself, one folder up);
-the files it is given (MODEL, OUT.png, USPS_FOLDER) are read from the folder it runs in. The
-images it measures on (phone photos, scans, mouse drawings, strings of digits) are made by the
-test file's generators, so the tests and the measurements see the same kinds of image. Nothing
-here is a test: most modes take minutes, some an hour.
+It runs from any folder: it finds the program, the test file and data/ one folder up from
+itself, and the paths it is given (MODEL, OUT.png, USPS_FOLDER) are taken from the folder it
+runs in, as any command's are. The images it measures on (phone photos, scans, mouse drawings,
+strings of digits) are made by the test file's generators, so the tests and the measurements
+see the same kinds of image. Nothing here is a test: a mode takes minutes (the full photo table
+about 20).
 """
 
 import contextlib
@@ -1144,7 +1145,7 @@ class UsageError(Exception):
 
 
 def usage(mode):
-    """The arguments of a mode as --help shows them: "[MODEL] [THREADS [REQUESTS_PER_THREAD]]"."""
+    """A mode as --help shows it: "--measure-serve [MODEL] [THREADS [REQUESTS_PER_THREAD]]"."""
     files = " ".join(f"[{name}]" for name, _ in mode.files)
     counts = "".join(f" [{name}" for name in mode.counts) + "]" * len(mode.counts)
     words = [mode.name, files, counts.strip(), "[USPS_FOLDER]" if mode.usps else "", mode.variant]
@@ -1154,8 +1155,9 @@ def usage(mode):
 def help_text():
     """What --help prints: the usage, then every mode with its arguments and what it measures."""
     lines = [f"usage: python {os.path.relpath(__file__, ROOT)} MODE [ARGUMENTS]", "",
-             "The measurements behind docs/results.md. MODEL defaults to model.npz; USPS_FOLDER is the",
-             "folder holding USPS's zip.train.gz (default: $USPS_DIR, else data/usps). Modes:", ""]
+             "The measurements behind docs/results.md. MODEL defaults to model.npz (in the folder this",
+             "runs in); USPS_FOLDER is the folder holding USPS's zip.train.gz (default: $USPS_DIR, else",
+             "the repository's data/usps). Numbers are counts, in the order shown. Modes:", ""]
     for mode in MODES:
         lines += [f"  {usage(mode)}", f"      {mode.what}"]
     return "\n".join(lines)
@@ -1192,9 +1194,9 @@ def missing_input(mode, files, folder):
     for path in models:
         if not os.path.isfile(path):
             return f"no model at {path}: train one with python mnist_from_scratch.py train --model {path}"
-    if mode.name == "--measure-notebooks" and missing_for_the_notebook_tests():
-        return ("the notebooks run in a Jupyter kernel, which needs " + ", ".join(missing_for_the_notebook_tests())
-                + " (pip install nbformat nbclient ipykernel)")
+    tools = missing_for_the_notebook_tests() if mode.name == "--measure-notebooks" else ()
+    if tools:
+        return f"the notebooks run in a Jupyter kernel, which needs {', '.join(tools)} (pip install nbclient ipykernel)"
     if mode.usps and not os.path.isfile(os.path.join(folder, "zip.train.gz")):
         return (f"no zip.train.gz in {folder}: put USPS's file there, or name its folder "
                 "(an argument, or the environment variable USPS_DIR)")
