@@ -5853,22 +5853,6 @@ def command_train(args):
             on_epoch=lambda e: print_epoch(e, args.epochs), on_progress=progress_printer(args.epochs))
     if interrupted:
         print("interrupted: saving the best model so far", file=sys.stderr)
-    judge = None
-    if dataset == "mnist" and not interrupted and len(X_fit) >= 3:  # for reading numbers ([11b])
-        start = time.perf_counter()
-        print(f"training the judge of cut-out digits (for reading numbers) on pieces of "
-              f"{JUDGE_STRINGS} strings of touching digits ...", end="", flush=True)
-        try:
-            X_judge, y_judge = judge_examples(X_fit.reshape(-1, 28, 28),
-                                              np.random.default_rng(args.seed), JUDGE_STRINGS)
-            if len(set(y_judge)) == 2:
-                judge = train_judge(X_judge, y_judge, Ws, bs, args.activation, seed=args.seed)
-                print(f" {len(y_judge)} pieces, {time.perf_counter() - start:.1f} s", flush=True)
-            else:  # images too few or too odd to cut: numbers are read without it
-                print(f" too few pieces ({len(y_judge)}): saved without it", flush=True)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted: saving the model without the judge", file=sys.stderr)
     result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
     best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
     settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
@@ -5879,7 +5863,6 @@ def command_train(args):
             "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
             "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
-            "judge": judge_for_saving(judge),
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
     target = args.model
@@ -6284,9 +6267,7 @@ def build_parser():
     # train: the options most runs use first, then one group per part of the lesson.
     p = parser.train_parser = add("train", "train a network on MNIST, report test accuracy and save it",
                                   images, data, show)
-    p.epilog = ("After the last epoch, an MNIST model also gets the judge that tells one whole "
-                "digit from touching ones when a number is read (section [11b]; a few seconds). "
-                "--dataset fashion brings its own defaults: ") + " ".join(
+    p.epilog = "--dataset fashion brings its own defaults: " + " ".join(
         as_flag(name, value) for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items())
     D = TRAIN_DEFAULTS  # argparse fills in %(default)s in each help text
     p.add_argument("--model", metavar="FILE",

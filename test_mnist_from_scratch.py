@@ -3987,28 +3987,6 @@ class TestCommandLine(unittest.TestCase):
         self.assertGreater(meta["typical_logit"], 1.0)
 
     @needs_mnist
-    def test_train_saves_the_judge_of_cut_out_digits_and_predict_uses_it(self):
-        code, out, err = self.train_run
-        self.assertEqual(code, 0, err)
-        self.assertRegex(out, r"training the judge of cut-out digits .* \d+ pieces, [\d.]+ s")
-        Ws, bs, meta = mnist.load_model(self.model)
-        judge = meta["judge"]
-        self.assertEqual([np.shape(W) for W in judge["Ws"]], [(32, 2)])   # from the last hidden layer
-        self.assertGreater(judge["scale"], 0)
-        X_test, y_test = real_mnist()[2:]
-        rng = np.random.default_rng(5)
-        chosen = [int(np.flatnonzero(y_test == d)[0]) for d in (4, 1, 7)]
-        strip, _ = mnist.number_strip([mnist.glyph_of(X_test[i].reshape(28, 28)) for i in chosen], [0, 0], rng)
-        path = os.path.join(self.tmp.name, "417.png")
-        with open(path, "wb") as f:
-            f.write(encode(1 - strip, "L", "PNG"))
-        with mock.patch.object(mnist, "judge_says", wraps=mnist.judge_says) as says, \
-                contextlib.redirect_stdout(io.StringIO()):
-            self.assertEqual(mnist.main(["predict", path, "--model", self.model]), 0)
-        self.assertTrue(says.called)
-        self.assertIsNotNone(says.call_args[0][1])   # with the saved judge, not without one
-
-    @needs_mnist
     def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
         code, out, err = self.train_run
         self.assertEqual(code, 0, err)
