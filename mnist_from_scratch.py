@@ -1195,6 +1195,17 @@ def train_step_with_dropout(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum, we
     return loss, correct
 
 
+def stop_if_stuck(Ws, bs, X, activation, epoch, lr):
+    """Raise FloatingPointError when the network gives the first 500 images of X all the same
+    scores: its hidden units no longer switch on for any image (steps too big killed them), so
+    it can only guess, and no further step can change that. Needs: logits."""
+    Z = logits(X[:500], Ws, bs, activation)
+    if len(Z) > 1 and np.ptp(Z, axis=0).max() < 1e-5:
+        raise FloatingPointError(
+            f"the network stopped learning in epoch {epoch}: its hidden units no longer switch "
+            f"on, so every image gets the same scores; the learning rate {lr:g} is too high")
+
+
 def train_full(X, y, X_val=None, y_val=None,
                hidden=(512, 256),   # two hidden layers, the network the command line trains
                activation="relu",   # relu, sigmoid or tanh (section [3])
@@ -1265,7 +1276,7 @@ def train_full(X, y, X_val=None, y_val=None,
                 if not loss < 1000:
                     raise FloatingPointError(
                         f"the loss exploded to {loss:.3g} in epoch {epoch}: the learning rate "
-                        f"{lr:g} is too high for this network; try --lr {lr / 10:g}")
+                        f"{lr:g} is too high for this network")
                 loss_sum += loss * len(y_batch)
                 correct += right
                 step += 1
@@ -1280,6 +1291,8 @@ def train_full(X, y, X_val=None, y_val=None,
                 entry["val_loss"] = float(cross_entropy(Z_val, y_val))
                 entry["val_acc"] = accuracy(Z_val, y_val)
             history.append(entry)
+            stop_if_stuck(Ws, raw_bs, X_val if X_val is not None and len(X_val) else X,
+                          activation, epoch, lr)
             if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
                 best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in raw_bs])
             if on_epoch is not None:
@@ -5759,11 +5772,26 @@ def same_measure(new_meta, old_meta):
     return None
 
 
-# Replacing a saved model. A finished run saves where --model says, as asked, and says what it
-# replaced; a note at the start says so while there is still time to stop or rename. A run
-# stopped with Ctrl-C replaces the model only when it is at least as accurate (test images, or
-# validation images when the test set has no labels); otherwise the old model stays and the
-# stopped run's model is saved beside it as NAME.interrupted.npz. Nothing is thrown away.
+# Replacing a saved model. A run saves where --model says, and a note at the start says when a
+# model is there already, while there is still time to stop or rename. A run never replaces a
+# clearly more accurate model (measured on the test images, or on the validation images when
+# the test set has no labels): when a finished run's model is more than a point less accurate
+# than the saved one, or a run stopped with Ctrl-C less accurate at all (or not comparable),
+# the old model stays and the new one is saved beside it, as NAME.worse.npz or
+# NAME.interrupted.npz. Nothing is thrown away.
+CLEARLY_WORSE = 0.01  # a point: over ten times what a change of seed moves the default
+
+
+def where_to_save(path, meta, previous, interrupted):
+    """Where `train` saves its model (meta) when the model `previous` is at path (see above)."""
+    compared = same_measure(meta, previous) if previous is not None else None
+    if previous is None or (not interrupted and compared is None):
+        return path
+    if interrupted and (compared is None or compared[0] < compared[1]):
+        return os.path.splitext(path)[0] + ".interrupted.npz"
+    if not interrupted and compared[0] < compared[1] - CLEARLY_WORSE:
+        return os.path.splitext(path)[0] + ".worse.npz"
+    return path
 
 
 # What `--dataset` changes besides the files. Each data set has its own model file, so training on
@@ -5832,7 +5860,7 @@ def command_train(args):
         print(notice, flush=True)
     if previous is not None:
         print(f"note: {args.model} holds a model ({saved_accuracy(previous) or 'no accuracy saved'}); "
-              f"this run replaces it when it ends (--model NAME.npz keeps both)", flush=True)
+              f"this run replaces it unless it is clearly less accurate (--model NAME.npz keeps both)", flush=True)
     print(f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
           f"{DATASETS[dataset]['title']} images, "
           f"validating on {len(X_val)}, {args.epochs} epochs of {batches}, "
@@ -5841,16 +5869,21 @@ def command_train(args):
           f"distortions {args.augment}" + ("" if not distorts else f" ({drawn} drawn per epoch)"
                                            if drawn < n else " (one for every image)")
           + (", centred inputs" if args.center else ""), flush=True)
-    # A loss that explodes is reported as one clear error by train(); NumPy's overflow
-    # warnings on the way there would only be noise.
+    # A loss that explodes, or a network that stops learning, makes train_full raise
+    # FloatingPointError, told here as one line; NumPy's overflow warnings on the way there
+    # would only be noise.
     with np.errstate(over="ignore", invalid="ignore"):
-        Ws, bs, history, interrupted = train_full(
+        try:
+            Ws, bs, history, interrupted = train_full(
                 X_fit, y_fit, X_val, y_val, hidden=args.hidden, activation=args.activation,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, schedule=args.schedule, dropout=args.dropout,
-            augment=AUGMENT_PRESETS[args.augment] if args.augment != "none" else None,
-            distortions=args.distortions, center=args.center, seed=args.seed,
-            on_epoch=lambda e: print_epoch(e, args.epochs), on_progress=progress_printer(args.epochs))
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                weight_decay=args.weight_decay, schedule=args.schedule, dropout=args.dropout,
+                augment=AUGMENT_PRESETS[args.augment] if args.augment != "none" else None,
+                distortions=args.distortions, center=args.center, seed=args.seed,
+                on_epoch=lambda e: print_epoch(e, args.epochs),
+                on_progress=progress_printer(args.epochs))
+        except FloatingPointError as e:
+            raise UserError(f"{e}; try --lr {args.lr / 10:g} (the saved model is unchanged)") from None
     if interrupted:
         print("interrupted: saving the best model so far", file=sys.stderr)
     result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
@@ -5865,20 +5898,19 @@ def command_train(args):
             "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
-    target = args.model
-    if interrupted and previous is not None:
-        compared = same_measure(meta, previous)
-        if compared is None or compared[0] < compared[1]:  # the old model stays
-            target = os.path.splitext(args.model)[0] + ".interrupted.npz"
+    target = where_to_save(args.model, meta, previous, interrupted)
     save_model(target, Ws, bs, meta)
     if result:
         print(f"test accuracy {100 * result['accuracy']:.2f} % (loss {result['loss']:.4f}) "
               f"on {result['n']} images")
-    if target != args.model:
+    kept = f"kept {args.model} ({previous and saved_accuracy(previous) or 'no accuracy saved'})"
+    if target.endswith(".worse.npz"):
+        print(f"{kept}: this run's model is more than a point less accurate; saved it as "
+              f"{target} (rename it to {args.model} to use it instead)")
+    elif target != args.model:
         why = ("it is better than this stopped run" if same_measure(meta, previous) else
                "its accuracy cannot be compared with this stopped run's")
-        print(f"kept {args.model} ({saved_accuracy(previous) or 'no accuracy saved'}): {why}; "
-              f"saved this one as {target}")
+        print(f"{kept}: {why}; saved this one as {target}")
     else:
         replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
                     if previous is not None else "")
@@ -6273,8 +6305,9 @@ def build_parser():
     p.add_argument("--model", metavar="FILE",
                    help=f"model file to save (default: {MODEL_FOR_DATASET['mnist']}, with --dataset "
                         f"fashion {MODEL_FOR_DATASET['fashion']}); a model there is replaced when "
-                        f"training ends (after Ctrl-C only by a run at least as accurate, else "
-                        f"saved beside it as NAME.interrupted.npz)")
+                        f"training ends, unless it is more accurate on the test images: by more "
+                        f"than a point (the new model is then saved beside it as NAME.worse.npz) "
+                        f"or, after Ctrl-C, at all (NAME.interrupted.npz)")
     p.add_argument("--recipe", choices=list(RECIPES),
                    help="preset settings: `best` trains the most accurate network (minutes); "
                         "flags given as well override it")

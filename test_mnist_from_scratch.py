@@ -10,6 +10,9 @@ download` once, or copy the four .gz files there). No test needs the internet.
 import argparse
 
 
+import atexit
+
+
 import contextlib
 
 
@@ -4207,6 +4210,28 @@ class TestCommandLine(unittest.TestCase):
             self.assertEqual(f.read(), before)
 
 
+    @needs_mnist
+    def test_train_lr_5_as_the_readme_writes_it_stops_in_one_line_and_keeps_the_saved_model(self):
+        folder = tempfile.mkdtemp()  # the user's folder, where `train` saves model.npz
+        self.addCleanup(shutil.rmtree, folder)
+        save_model_claiming(os.path.join(folder, "model.npz"), 0.99)
+        before = folder_snapshot(folder)
+        code, out, err = run_cli("train", "--lr", "5", "--data-dir", mnist_slice_folder(), cwd=folder)
+        self.assertEqual(code, 2, (out, err))
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertRegex(err, r"^error: the network stopped learning in epoch \d: .* try --lr 0\.5 ")
+        self.assertLess(len(re.findall(r"^epoch", out, flags=re.MULTILINE)), 9)  # stopped early
+        self.assertEqual(folder_snapshot(folder), before)  # model.npz untouched, nothing added
+
+    def test_a_network_whose_units_all_died_is_stopped_and_a_live_one_is_not(self):
+        Ws, bs = mnist.init_params([784, 16, 10], seed=0)
+        X = np.random.default_rng(0).random((50, 784), dtype=np.float32)
+        mnist.stop_if_stuck(Ws, bs, X, "relu", 1, 0.2)  # a fresh network: no error
+        bs[0][:] = -1000.0  # no hidden unit switches on for any image: the same scores for all
+        with self.assertRaisesRegex(FloatingPointError, "stopped learning in epoch 3: .* 5 is too high"):
+            mnist.stop_if_stuck(Ws, bs, X, "relu", 3, 5.0)
+
+
 def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
     """A stand-in for MNIST in the CSV layout load_dataset reads (label, then 784 pixels): random
     pixels, so training on it takes milliseconds. Made at run time; no real image in it."""
@@ -4215,6 +4240,26 @@ def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
     for name, rows in (("mnist_train.csv", train_rows), ("mnist_test.csv", test_rows)):
         table = np.column_stack([np.arange(rows) % 10, rng.integers(0, 256, (rows, 784))])
         np.savetxt(os.path.join(folder, name), table, fmt="%d", delimiter=",")
+
+
+_MNIST_SLICE = None
+
+
+def mnist_slice_folder():
+    """A folder holding the first 6,000 training and 1,000 test images of the real MNIST as CSV
+    files (a slice, which the IDX checksums would refuse), written once: `train` as a user types
+    it, with its own --val-size 5000, then learns on 1,000 images, in seconds."""
+    global _MNIST_SLICE
+    if _MNIST_SLICE is None:
+        folder = tempfile.mkdtemp()
+        atexit.register(shutil.rmtree, folder, True)
+        X_train, y_train, X_test, y_test = real_mnist()
+        for name, X, y in (("mnist_train.csv", X_train[:6000], y_train[:6000]),
+                           ("mnist_test.csv", X_test[:1000], y_test[:1000])):
+            table = np.column_stack([y, np.rint(X * 255).astype(np.int64)])
+            np.savetxt(os.path.join(folder, name), table, fmt="%d", delimiter=",")
+        _MNIST_SLICE = folder
+    return _MNIST_SLICE
 
 
 def save_model_claiming(path, test_accuracy, hidden=8):
@@ -4426,14 +4471,45 @@ class TestCarelessUse(unittest.TestCase):
     def test_finished_run_says_which_model_it_replaced_with_both_accuracies(self):
         model = os.path.join(self.dir, "replaced.npz")
         self.addCleanup(os.unlink, model)
-        save_model_claiming(model, 0.9876)
+        save_model_claiming(model, 0.01)  # a model no run can be a point less accurate than
         code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
                                  "--hidden", "4", "--val-size", "10")
         self.assertEqual(code, 0, err)
-        self.assertIn(f"note: {model} holds a model (98.76 % on the test images); this run replaces it", out)
+        self.assertIn(f"note: {model} holds a model (1.00 % on the test images); this run replaces it", out)
         new = mnist.load_model(model)[2]["test_accuracy"]
-        self.assertIn(f"saved {model}, replacing a model of 98.76 % on the test images", out)
+        self.assertIn(f"saved {model}, replacing a model of 1.00 % on the test images", out)
         self.assertIn(f"test accuracy {100 * new:.2f} %", out)
+
+    def test_a_finished_run_a_point_less_accurate_keeps_the_saved_model_and_saves_beside_it(self):
+        model = os.path.join(self.dir, "better_finished.npz")
+        beside = os.path.join(self.dir, "better_finished.worse.npz")
+        for path in (model, beside):
+            self.addCleanup(lambda p=path: os.path.exists(p) and os.unlink(p))
+        save_model_claiming(model, 0.9876)  # random pixels: this run gets about 10 %
+        with open(model, "rb") as f:
+            before = f.read()
+        code, out, err = run_cli("train", "--data-dir", self.data, "--model", model, "--epochs", "1",
+                                 "--hidden", "4", "--val-size", "10")
+        self.assertEqual(code, 0, err)
+        with open(model, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertLess(mnist.load_model(beside)[2]["test_accuracy"], 0.9776)
+        self.assertIn(f"kept {model} (98.76 % on the test images): this run's model is more than a "
+                      f"point less accurate; saved it as {beside} (rename it to {model} to use it "
+                      f"instead)", out)
+
+    def test_a_saved_model_is_replaced_unless_clearly_more_accurate_or_a_stopped_run_is_worse(self):
+        def target(new, old, interrupted=False):
+            meta = {"test_accuracy": new}
+            return mnist.where_to_save("m.npz", meta, None if old is None else {"test_accuracy": old},
+                                       interrupted)
+        self.assertEqual(target(0.95, None), "m.npz")            # nothing there
+        self.assertEqual(target(0.985, 0.99), "m.npz")           # within a point: replaced
+        self.assertEqual(target(0.975, 0.99), "m.worse.npz")     # more than a point worse: beside
+        self.assertEqual(target(0.99, 0.98, interrupted=True), "m.npz")
+        self.assertEqual(target(0.985, 0.99, interrupted=True), "m.interrupted.npz")
+        self.assertEqual(mnist.where_to_save("m.npz", {"test_accuracy": 0.9}, {}, False), "m.npz")
+        self.assertEqual(mnist.where_to_save("m.npz", {"test_accuracy": 0.9}, {}, True), "m.interrupted.npz")
 
     def test_ctrl_c_keeps_a_more_accurate_saved_model_and_saves_the_stopped_run_beside_it(self):
         model = os.path.join(self.dir, "better.npz")
