@@ -536,17 +536,27 @@ def sgd_step(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
 
 
 def train_step(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum=0.9, weight_decay=0.0,
-               activation="relu"):
+               activation="relu", dropout=0.0, rng=None):
     """One step on one mini-batch: forward, loss, backward, step.
 
     Updates Ws, bs and their velocities vWs, vbs in place; returns the batch's mean loss and
-    how many of its images the network got right, both from before the step.
-    Needs: forward, backward, cross_entropy, sgd_step.
+    how many of its images the network got right, both from before the step. With dropout > 0
+    (section [10]) a random share of the hidden units, drawn from rng, is off for this step.
+    Needs: forward, backward, cross_entropy, sgd_step; for dropout also dropout_masks,
+    forward_with_dropout, backward_with_dropout.
     """
-    As = forward(X_batch, Ws, bs, activation)
+    if dropout:
+        sizes = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
+        masks = dropout_masks(sizes, len(X_batch), dropout, rng)
+        As = forward_with_dropout(X_batch, Ws, bs, masks, activation)
+    else:
+        As = forward(X_batch, Ws, bs, activation)
     loss = float(cross_entropy(As[-1], y_batch))
     correct = int((As[-1].argmax(axis=1) == y_batch).sum())
-    dWs, dbs = backward(As, y_batch, Ws, activation)
+    if dropout:
+        dWs, dbs = backward_with_dropout(As, y_batch, Ws, masks, activation)
+    else:
+        dWs, dbs = backward(As, y_batch, Ws, activation)
     sgd_step(Ws, dWs, vWs, lr, momentum, weight_decay)
     sgd_step(bs, dbs, vbs, lr, momentum)  # no weight decay on biases
     return loss, correct
@@ -560,39 +570,74 @@ def train(X, y, X_val, y_val,
           momentum=0.9,       # μ: the usual value
           weight_decay=5e-5,  # λ: a little, against large weights
           seed=0,             # the same seed and number of BLAS threads give the same model
+          activation="relu",  # relu, sigmoid or tanh (section [3])
+          dropout=0.0,        # share of hidden units switched off in each step (section [10])
+          prepare=None,       # prepare(X_epoch, rng): the images to learn from this epoch
+          lr_at=None,         # lr_at(step): η at that step, e.g. a schedule; None: lr throughout
+          on_batch=None,      # called as on_batch(epoch, fraction of the epoch done)
           on_epoch=None):     # called with each epoch's history entry, e.g. to print it
     """Train a network on X (n, 784), y (n,); return Ws, bs, history.
 
-    The returned weights are those of the epoch with the best accuracy on X_val, y_val.
-    history has one dict per epoch: train_loss and train_acc (averages over the epoch's
-    mini-batches), val_loss, val_acc and seconds.
+    The returned weights are those of the epoch with the best accuracy on X_val, y_val (of the
+    last epoch when X_val is None or empty). history has one dict per epoch: train_loss and
+    train_acc (averages over the epoch's mini-batches), val_loss, val_acc and seconds.
+    Section [10] plugs its refinements in through prepare (distorted, centred images), lr_at
+    (a schedule) and dropout. Two failures cannot mend themselves, and stop training with a
+    FloatingPointError: a loss that explodes, and a network that gives every image the same
+    scores (its hidden units are dead). Ctrl-C ends training early with the best epoch so far
+    (history then has fewer than `epochs` entries).
     Needs: init_params, train_step, logits, cross_entropy, accuracy (and what those need).
     """
-    Ws, bs = init_params([X.shape[1], *hidden, 10], seed=seed)
+    Ws, bs = init_params([X.shape[1], *hidden, 10], activation, seed)
     vWs = [np.zeros_like(W) for W in Ws]  # the velocities v start at 0
     vbs = [np.zeros_like(b) for b in bs]
     rng = np.random.default_rng(seed + 1)  # the order of the images, epoch by epoch
-    best, history = None, []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        order = rng.permutation(len(X))  # shuffle: a new random order every epoch
-        X_epoch, y_epoch = X[order], y[order]
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(X), batch_size):  # mini-batches
-            X_batch, y_batch = X_epoch[i:i + batch_size], y_epoch[i:i + batch_size]
-            loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum,
-                                     weight_decay)
-            loss_sum += loss * len(y_batch)
-            correct += right
-        Z_val = logits(X_val, Ws, bs)  # measure on the validation images
-        entry = {"epoch": epoch, "train_loss": loss_sum / len(X), "train_acc": correct / len(X),
-                 "val_loss": float(cross_entropy(Z_val, y_val)), "val_acc": accuracy(Z_val, y_val),
-                 "seconds": time.perf_counter() - start}
-        history.append(entry)
-        if best is None or entry["val_acc"] > best[0]:  # keep the best epoch
-            best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in bs])
-        if on_epoch is not None:
-            on_epoch(entry)
+    best, history, step = None, [], 0
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            order = rng.permutation(len(X))  # shuffle: a new random order every epoch
+            X_epoch, y_epoch = X[order], y[order]
+            if prepare is not None:
+                X_epoch = prepare(X_epoch, rng)
+            loss_sum, correct = 0.0, 0
+            for i in range(0, len(X), batch_size):  # mini-batches
+                X_batch, y_batch = X_epoch[i:i + batch_size], y_epoch[i:i + batch_size]
+                eta = lr if lr_at is None else lr_at(step)
+                loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, eta, momentum,
+                                         weight_decay, activation, dropout, rng)
+                # A fresh network's loss is about log(10) = 2.3 and falls from there; 1000 (or
+                # NaN, or infinity) means the steps are too big and it diverged.
+                if not loss < 1000:
+                    raise FloatingPointError(f"the loss exploded to {loss:.3g} in epoch {epoch}: "
+                                             f"the learning rate {lr:g} is too high")
+                loss_sum += loss * len(y_batch)
+                correct += right
+                step += 1
+                if on_batch is not None:
+                    on_batch(epoch, (i + batch_size) / len(X))
+            entry = {"epoch": epoch, "train_loss": loss_sum / len(X), "train_acc": correct / len(X),
+                     "val_loss": None, "val_acc": None}
+            if X_val is not None and len(X_val):  # measure on the validation images
+                Z_val = logits(X_val, Ws, bs, activation)
+                entry["val_loss"] = float(cross_entropy(Z_val, y_val))
+                entry["val_acc"] = accuracy(Z_val, y_val)
+                # Every image gets the same scores: no hidden unit switches on any more, so
+                # no gradient reaches the weights before them, and it stays so.
+                if len(Z_val) > 1 and np.ptp(Z_val, axis=0).max() < 1e-5:
+                    raise FloatingPointError(
+                        f"the network stopped learning in epoch {epoch}: its hidden units no "
+                        f"longer switch on, so every image gets the same scores; the learning "
+                        f"rate {lr:g} is too high")
+            entry["seconds"] = time.perf_counter() - start
+            history.append(entry)
+            if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
+                best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in bs])
+            if on_epoch is not None:
+                on_epoch(entry)
+    except KeyboardInterrupt:  # Ctrl-C: stop here, with the best epoch so far
+        if best is None:
+            raise
     return best[1], best[2], history
 
 
@@ -1178,34 +1223,6 @@ def learning_rate(schedule, lr, step, total_steps):
     return lr
 
 
-def train_step_with_dropout(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum, weight_decay,
-                            activation, rate, rng):
-    """train_step() of section [7] with dropout: fresh random masks for this batch, drawn
-    from rng, in the forward and the backward pass. Returns the batch's loss and how many it
-    got right. Needs: dropout_masks, forward_with_dropout, backward_with_dropout,
-    cross_entropy, sgd_step."""
-    sizes = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
-    masks = dropout_masks(sizes, len(X_batch), rate, rng)
-    As = forward_with_dropout(X_batch, Ws, bs, masks, activation)
-    loss = float(cross_entropy(As[-1], y_batch))
-    correct = int((As[-1].argmax(axis=1) == y_batch).sum())
-    dWs, dbs = backward_with_dropout(As, y_batch, Ws, masks, activation)
-    sgd_step(Ws, dWs, vWs, lr, momentum, weight_decay)
-    sgd_step(bs, dbs, vbs, lr, momentum)  # no weight decay on biases
-    return loss, correct
-
-
-def stop_if_stuck(Ws, bs, X, activation, epoch, lr):
-    """Raise FloatingPointError when the network gives the first 500 images of X all the same
-    scores: its hidden units no longer switch on for any image (steps too big killed them), so
-    it can only guess, and no further step can change that. Needs: logits."""
-    Z = logits(X[:500], Ws, bs, activation)
-    if len(Z) > 1 and np.ptp(Z, axis=0).max() < 1e-5:
-        raise FloatingPointError(
-            f"the network stopped learning in epoch {epoch}: its hidden units no longer switch "
-            f"on, so every image gets the same scores; the learning rate {lr:g} is too high")
-
-
 def train_full(X, y, X_val=None, y_val=None,
                hidden=(512, 256),   # two hidden layers, the network the command line trains
                activation="relu",   # relu, sigmoid or tanh (section [3])
@@ -1223,85 +1240,34 @@ def train_full(X, y, X_val=None, y_val=None,
                seed=0,              # the same seed and number of BLAS threads give the same model
                on_epoch=None,       # called with each epoch's history entry
                on_progress=None):   # called as on_progress(epoch, fraction) after every batch
-    """Train a network on X (n, 784), y (n,) as the command line does; return Ws, bs,
-    history, interrupted.
+    """train() of section [7] with this section's refinements plugged in, as the command line
+    trains; returns Ws, bs, history, interrupted.
 
-    As train() of section [7]: the weights of the best epoch on X_val, y_val are returned (of
-    the last epoch when there are no validation images), and history has one dict per epoch
-    (its train_loss and train_acc as the network saw the images, distorted and with dropout).
-    The returned network takes raw images, also when it learned on centred ones. Ctrl-C stops
-    cleanly (interrupted=True) with the best weights so far. A loss that explodes (NaN,
-    infinite, or above 1000) raises FloatingPointError.
-    Needs: init_params, train_step, train_step_with_dropout, augment_batch, learning_rate,
-    logits, cross_entropy, accuracy (and what those need).
+    Each epoch's shuffled images are distorted (augment) and centred (center) by the prepare
+    function below, the learning rate follows the schedule, dropout switches hidden units off.
+    As in train(), the weights of the best epoch on X_val, y_val are returned, and history's
+    train_loss and train_acc are as the network saw the images, distorted and with dropout.
+    The returned network takes raw images, also when it learned on centred ones.
+    interrupted: whether Ctrl-C stopped training early (with the best weights so far).
+    Needs: train, augment_batch, learning_rate (and what those need).
     """
-    sizes = [X.shape[1], *hidden, 10]
-    Ws, bs = init_params(sizes, activation, seed)
-    vWs = [np.zeros_like(W) for W in Ws]
-    vbs = [np.zeros_like(b) for b in bs]
-    rng = np.random.default_rng(seed + 1)
-    n = len(X)
-    total_steps = epochs * math.ceil(n / batch_size)
-    shuffled = np.empty_like(X)  # reused every epoch: one buffer, not a new 170 MB array
-    mean = X.mean(axis=0) if center else None
+    total_steps = epochs * math.ceil(len(X) / batch_size)
+    mean = X.mean(axis=0) if center else np.float32(0)  # the mean training image, (784,)
 
-    def as_for_raw_images(bs):  # b1 - mean @ W1: the same outputs on raw images
-        return [bs[0] - mean @ Ws[0], *bs[1:]] if center else bs
+    def prepare(X_epoch, rng):  # this epoch's images: freshly distorted, then centred
+        if augment:
+            X_epoch = augment_batch(X_epoch, rng, **augment, maps=distortions or None)
+        return X_epoch - mean if center else X_epoch
 
-    best, history, step = None, [], 0
-    try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            order = rng.permutation(n)
-            # Shuffled into the buffer, so each mini-batch below is a slice (a view, no copy).
-            np.take(X, order, axis=0, out=shuffled, mode="clip")  # "clip": no hidden temp copy
-            y_shuffled = y[order]
-            if augment:  # fresh random distortions every epoch, in place
-                augment_batch(shuffled, rng, **augment, maps=distortions or None, out=shuffled)
-            if center:
-                shuffled -= mean
-            loss_sum, correct = 0.0, 0
-            for i in range(0, n, batch_size):
-                X_batch, y_batch = shuffled[i:i + batch_size], y_shuffled[i:i + batch_size]
-                eta = learning_rate(schedule, lr, step, total_steps)
-                if dropout:
-                    loss, right = train_step_with_dropout(X_batch, y_batch, Ws, bs, vWs, vbs, eta,
-                                                          momentum, weight_decay, activation,
-                                                          dropout, rng)
-                else:
-                    loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, eta, momentum,
-                                             weight_decay, activation)
-                # A fresh network's loss is about log(10) = 2.3 and only falls from there; a
-                # loss of 1000 (or NaN, or infinity) means the steps are too big and it diverged.
-                if not loss < 1000:
-                    raise FloatingPointError(
-                        f"the loss exploded to {loss:.3g} in epoch {epoch}: the learning rate "
-                        f"{lr:g} is too high for this network")
-                loss_sum += loss * len(y_batch)
-                correct += right
-                step += 1
-                if on_progress is not None:
-                    on_progress(epoch, (i + batch_size) / n)
-            seconds = time.perf_counter() - start
-            entry = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
-                     "val_loss": None, "val_acc": None, "seconds": seconds}
-            raw_bs = as_for_raw_images(bs)  # the biases for raw images, once per epoch
-            if X_val is not None and len(X_val):
-                Z_val = logits(X_val, Ws, raw_bs, activation)
-                entry["val_loss"] = float(cross_entropy(Z_val, y_val))
-                entry["val_acc"] = accuracy(Z_val, y_val)
-            history.append(entry)
-            stop_if_stuck(Ws, raw_bs, X_val if X_val is not None and len(X_val) else X,
-                          activation, epoch, lr)
-            if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
-                best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in raw_bs])
-            if on_epoch is not None:
-                on_epoch(entry)
-    except KeyboardInterrupt:
-        if best is None:
-            raise
-        return best[1], best[2], history, True
-    return best[1], best[2], history, False
+    Ws, bs, history = train(X, y, None if X_val is None else X_val - mean, y_val, hidden=hidden,
+                            epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                            weight_decay=weight_decay, seed=seed, activation=activation,
+                            dropout=dropout, prepare=prepare,
+                            lr_at=lambda step: learning_rate(schedule, lr, step, total_steps),
+                            on_batch=on_progress, on_epoch=on_epoch)
+    if center:  # b1 - mean @ W1: the same outputs on raw images
+        bs = [bs[0] - mean @ Ws[0], *bs[1:]]
+    return Ws, bs, history, len(history) < epochs
 
 
 # Try it: digits distorted, dropout's gradients checked, a short run of train_full with both.

@@ -474,6 +474,7 @@ class TestTraining(unittest.TestCase):
         for Wa, Wb in zip(a[0] + a[1], b[0] + b[1]):
             np.testing.assert_array_equal(Wa, Wb)
         self.assertFalse(np.array_equal(a[0][0], c[0][0]))
+        X = X - 0.5  # centred: on all-positive noise the plain loop's units die (and it stops)
         d = mnist.train(X, y, X[:50], y[:50], hidden=(16,), epochs=2, batch_size=32, seed=5)
         e = mnist.train(X, y, X[:50], y[:50], hidden=(16,), epochs=2, batch_size=32, seed=5)
         for Wd, We in zip(d[0] + d[1], e[0] + e[1]):
@@ -546,9 +547,9 @@ class TestTraining(unittest.TestCase):
         self.assertLess(history[1]["train_loss"], history[0]["train_loss"])
 
     def test_the_plain_loop_keeps_the_best_validation_epoch_not_the_last(self):
-        rng = np.random.default_rng(0)  # random labels, as in the test above
-        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
-        X_val, y_val = rng.random((200, 784), dtype=np.float32), rng.integers(0, 10, 200)
+        rng = np.random.default_rng(0)  # random labels, as in the test above, on centred noise
+        X, y = rng.random((300, 784), dtype=np.float32) - 0.5, rng.integers(0, 10, 300)
+        X_val, y_val = rng.random((200, 784), dtype=np.float32) - 0.5, rng.integers(0, 10, 200)
         Ws, bs, history = mnist.train(X, y, X_val, y_val, hidden=(32,), epochs=8, batch_size=20,
                                       lr=0.05, seed=1)
         accuracies = [e["val_acc"] for e in history]
@@ -557,8 +558,8 @@ class TestTraining(unittest.TestCase):
 
     def test_the_full_training_with_its_extras_off_is_the_plain_loop_bit_for_bit(self):
         rng = np.random.default_rng(0)
-        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
-        X_val, y_val = rng.random((100, 784), dtype=np.float32), rng.integers(0, 10, 100)
+        X, y = rng.random((300, 784), dtype=np.float32) - 0.5, rng.integers(0, 10, 300)
+        X_val, y_val = rng.random((100, 784), dtype=np.float32) - 0.5, rng.integers(0, 10, 100)
         common = dict(hidden=(16,), epochs=3, batch_size=32, lr=0.05, momentum=0.8,
                       weight_decay=1e-4, seed=4)
         plain = mnist.train(X, y, X_val, y_val, **common)
@@ -567,6 +568,33 @@ class TestTraining(unittest.TestCase):
         for a, b in zip(plain[0] + plain[1], full[0] + full[1]):
             np.testing.assert_array_equal(a, b)
         self.assertEqual([e["val_loss"] for e in plain[2]], [e["val_loss"] for e in full[2]])
+
+    def test_the_full_training_runs_the_plain_loop_with_its_refinements_plugged_in(self):
+        rng = np.random.default_rng(1)
+        X, y = rng.random((300, 784), dtype=np.float32), rng.integers(0, 10, 300)
+        with mock.patch.object(mnist, "train", wraps=mnist.train) as loop:
+            Ws, bs, history, _ = mnist.train_full(X, y, X[:50], y[:50], hidden=(16,), epochs=2,
+                                                  batch_size=32, dropout=0.2,
+                                                  augment=AUGMENT_PRESETS["light"], seed=3)
+        self.assertEqual(loop.call_count, 1)  # one loop: train's, nothing typed out again
+        hooks = loop.call_args.kwargs
+        self.assertEqual(hooks["dropout"], 0.2)
+        self.assertEqual(hooks["lr_at"](0), 0.2)  # the cosine starts at lr ...
+        self.assertAlmostEqual(hooks["lr_at"](10), 0.1)  # ... and is halfway down after half the steps
+        centred = hooks["prepare"](X[:40], np.random.default_rng(0))
+        self.assertLess(abs(float(centred.mean())), 0.05)  # distorted, then the mean image taken off
+        self.assertEqual(len(history), 2)
+
+    @needs_mnist
+    def test_a_network_whose_hidden_units_died_stops_training_with_a_clear_error(self):
+        X_train, y_train = real_mnist()[:2]
+        common = dict(hidden=(64,), epochs=3, batch_size=64, seed=0)
+        with self.assertRaisesRegex(FloatingPointError, "stopped learning in epoch 3: its hidden "
+                                                        "units .* the learning rate 5 is too high"):
+            mnist.train(X_train[:2000], y_train[:2000], X_train[-1000:], y_train[-1000:], lr=5.0, **common)
+        history = mnist.train(X_train[:2000], y_train[:2000], X_train[-1000:], y_train[-1000:],
+                              lr=0.1, **common)[2]
+        self.assertEqual(len(history), 3)  # a network that learns is not stopped
 
     def test_exploding_loss_stops_with_a_clear_error(self):
         rng = np.random.default_rng(0)
@@ -4222,14 +4250,6 @@ class TestCommandLine(unittest.TestCase):
         self.assertRegex(err, r"^error: the network stopped learning in epoch \d: .* try --lr 0\.5 ")
         self.assertLess(len(re.findall(r"^epoch", out, flags=re.MULTILINE)), 9)  # stopped early
         self.assertEqual(folder_snapshot(folder), before)  # model.npz untouched, nothing added
-
-    def test_a_network_whose_units_all_died_is_stopped_and_a_live_one_is_not(self):
-        Ws, bs = mnist.init_params([784, 16, 10], seed=0)
-        X = np.random.default_rng(0).random((50, 784), dtype=np.float32)
-        mnist.stop_if_stuck(Ws, bs, X, "relu", 1, 0.2)  # a fresh network: no error
-        bs[0][:] = -1000.0  # no hidden unit switches on for any image: the same scores for all
-        with self.assertRaisesRegex(FloatingPointError, "stopped learning in epoch 3: .* 5 is too high"):
-            mnist.stop_if_stuck(Ws, bs, X, "relu", 3, 5.0)
 
 
 def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
