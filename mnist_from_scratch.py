@@ -23,7 +23,7 @@ runs when pasted below the cells above it. The functions that do the mathematics
 `backward`, `softmax`, `cross_entropy`, `sgd_step`, ...) take arrays and numbers and return
 arrays, and a function that calls others names them in its docstring's "Needs:" line, so you
 know exactly what to copy with it. Two of them change their input to save memory, and say so:
-`relu` (and `sigmoid`, `tanh`) overwrite Z, and `sgd_step` updates the weights in place.
+`relu` overwrites Z, and `sgd_step` updates the weights in place.
 The application follows: preparing real photos, pictures, a drawing window, a web page, and
 the command line. The `# %% [n]` lines split the file into cells that VS Code, Spyder,
 PyCharm and Jupytext run one at a time, like a notebook; `python mnist_from_scratch.py
@@ -62,23 +62,14 @@ Sections:
 #
 # The lesson (sections [0] to [10]) needs NumPy and the standard library only; each of its
 # cells runs when pasted below the cells above it, so this cell comes first in any copy.
-import argparse
 import gzip
-import hashlib
-import inspect
 import json
 import math
 import os
-import sys
-import textwrap
 import time
 import zipfile
 
 import numpy as np
-
-
-class UserError(Exception):
-    """A problem the user can fix (a missing file, a bad option): printed as one line, exit 2."""
 
 
 # %% [1] Loading the data
@@ -181,15 +172,15 @@ def load_mnist(data_dir="data"):
     files in data_dir; X float32 in [0, 1], y int64 digits 0..9.
 
     Fashion-MNIST's files have the same names, so load_mnist("data/fashion") reads it too.
-    Needs: find_idx_file, load_idx, images_and_labels, UserError.
+    Needs: find_idx_file, load_idx, images_and_labels.
     """
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     paths = [find_idx_file(data_dir, stem) for stem in stems]
     for stem, path in zip(stems, paths):
         if path is None:
-            raise UserError(f"{stem}.gz is not in {data_dir}/: run `python mnist_from_scratch.py "
-                            f"download` first (add --dataset fashion for Fashion-MNIST)")
+            raise FileNotFoundError(f"{stem}.gz is not in {data_dir}/: download MNIST's four "
+                                    f"files there first (see the Try it line below)")
     images, labels, test_images, test_labels = [load_idx(path) for path in paths]
     X_train, y_train = images_and_labels(images, labels, paths[0])
     X_test, y_test = images_and_labels(test_images, test_labels, paths[2])
@@ -292,7 +283,7 @@ def relu(Z):
     forward() never needs Z again, so this saves a new (m, n) array per layer. If you call it
     yourself and want to keep Z, pass a copy: relu(Z.copy()).
     """
-    return np.maximum(Z, 0, out=Z)
+    return np.maximum(Z, 0, out=Z)  # out=Z: the result is written over Z, not into a new array
 
 
 def relu_derivative(A):
@@ -301,11 +292,8 @@ def relu_derivative(A):
 
 
 def sigmoid(Z):
-    """A = 1 / (1 + e^-Z), squashes to (0, 1). In place, like relu: Z is overwritten."""
-    np.negative(Z, out=Z)
-    np.exp(Z, out=Z)
-    Z += 1
-    return np.reciprocal(Z, out=Z)
+    """A = 1 / (1 + e^-Z), squashes to (0, 1)."""
+    return 1 / (1 + np.exp(-Z))
 
 
 def sigmoid_derivative(A):
@@ -314,8 +302,8 @@ def sigmoid_derivative(A):
 
 
 def tanh(Z):
-    """A = tanh(Z), squashes to (-1, 1). In place, like relu: Z is overwritten."""
-    return np.tanh(Z, out=Z)
+    """A = tanh(Z), squashes to (-1, 1)."""
+    return np.tanh(Z)
 
 
 def tanh_derivative(A):
@@ -353,7 +341,7 @@ def forward(X, Ws, bs, activation="relu"):
         Z = As[-1] @ W  # (m, n_in) @ (n_in, n_out) -> (m, n_out)
         Z += b          # + (n_out,) added to every row; in place, no new (m, n_out) array
         if l < len(Ws) - 1:
-            Z = f(Z)    # A = f(Z), overwriting Z
+            Z = f(Z)    # A = f(Z); relu writes it over Z
         As.append(Z)
     return As
 
@@ -523,16 +511,14 @@ def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", seed=0):
 
 def sgd_step(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
     """One step of SGD with momentum. Works IN PLACE and returns nothing: every array in
-    params and velocities is updated where it is, and each gradient's memory is reused as
-    scratch space (so grads hold η v afterwards, no longer the gradients).
+    params and velocities is updated where it is (-= and *= change an array itself), so the
+    caller's Ws, bs and velocities hold the new values. grads are left as they were.
     Needs: nothing but NumPy."""
     for param, grad, v in zip(params, grads, velocities):
-        if weight_decay:
-            grad += weight_decay * param  # g = dW + λ W
+        g = grad + weight_decay * param if weight_decay else grad  # g = dW + λ W
         v *= momentum
-        v += grad                         # v = μ v + g
-        np.multiply(v, lr, out=grad)      # η v, into the gradient's memory: no new array
-        param -= grad                     # W = W - η v
+        v += g                            # v = μ v + g
+        param -= lr * v                   # W = W - η v
 
 
 def train_step(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum=0.9, weight_decay=0.0,
@@ -718,34 +704,31 @@ def write_atomically(path, write):
 
 def save_model(path, Ws, bs, meta):
     """Save weights, biases and meta (a dict) to path as .npz, atomically.
-    Needs: write_atomically, MODEL_FORMAT, UserError, json."""
+    Needs: write_atomically, MODEL_FORMAT, json."""
     arrays = {}
     for l, (W, b) in enumerate(zip(Ws, bs), start=1):
         arrays[f"W{l}"], arrays[f"b{l}"] = W, b
     meta = dict(meta, format=MODEL_FORMAT, sizes=[Ws[0].shape[0]] + [W.shape[1] for W in Ws])
     arrays["meta"] = np.array(json.dumps(meta))
-    try:
-        write_atomically(path, lambda f: np.savez(f, **arrays))
-    except OSError as e:
-        raise UserError(f"cannot write the model to {path}: {e.strerror}; "
-                        f"choose another path with --model") from None
+    write_atomically(path, lambda f: np.savez(f, **arrays))  # an OSError says why it cannot
 
 
 def load_model(path):
     """Load a model saved by save_model; returns Ws, bs, meta. Refuses anything else.
-    Needs: MODEL_FORMAT, ACTIVATIONS, UserError, os, zipfile, json."""
+    Raises FileNotFoundError when there is no file, ValueError when it is not such a model.
+    Needs: MODEL_FORMAT, ACTIVATIONS, os, zipfile, json."""
     if not os.path.exists(path):
-        raise UserError(f"no model at {path}: run `train` first, or give --model")
+        raise FileNotFoundError(f"no model at {path}")
     if not zipfile.is_zipfile(path):  # an .npz is a zip archive of .npy files
-        raise UserError(f"{path}: not a model file of this program (not an .npz archive)")
+        raise ValueError(f"{path}: not a model file of this program (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError:
-        raise UserError(f"{path}: refused: it holds pickled Python objects, which could run "
-                        f"code when loaded; a model file holds plain arrays only") from None
+        raise ValueError(f"{path}: refused: it holds pickled Python objects, which could run "
+                         f"code when loaded; a model file holds plain arrays only") from None
     except Exception as e:  # a damaged archive
-        raise UserError(f"{path}: not a model file of this program ({e})") from None
+        raise ValueError(f"{path}: not a model file of this program ({e})") from None
     try:
         meta = json.loads(str(arrays.pop("meta")))
         sizes = meta["sizes"]
@@ -753,18 +736,18 @@ def load_model(path):
         Ws = [arrays.pop(f"W{l}") for l in range(1, L + 1)]
         bs = [arrays.pop(f"b{l}") for l in range(1, L + 1)]
     except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: not a model file of this program (missing {e})") from None
+        raise ValueError(f"{path}: not a model file of this program (missing {e})") from None
     if meta.get("format", MODEL_FORMAT) > MODEL_FORMAT:
-        raise UserError(f"{path}: written by a newer version of this program (model format "
-                        f"{meta['format']}, this one reads {MODEL_FORMAT}); update the program")
+        raise ValueError(f"{path}: written by a newer version of this program (model format "
+                         f"{meta['format']}, this one reads {MODEL_FORMAT}); update the program")
     for l, (W, b) in enumerate(zip(Ws, bs)):
         if W.shape != (sizes[l], sizes[l + 1]) or b.shape != (sizes[l + 1],) \
                 or W.dtype.kind != "f" or b.dtype.kind != "f":
-            raise UserError(f"{path}: layer {l + 1} has shape {W.shape}/{b.shape}, but the "
-                            f"file says the sizes are {sizes}; the file is damaged")
-    meta.setdefault("activation", "relu")  # the files of the first version did not say
+            raise ValueError(f"{path}: layer {l + 1} has shape {W.shape}/{b.shape}, but the "
+                             f"file says the sizes are {sizes}; the file is damaged")
+    meta.setdefault("activation", "relu")  # a model that does not say is a ReLU network
     if sizes[0] != 784 or sizes[-1] != 10 or meta["activation"] not in ACTIVATIONS:
-        raise UserError(f"{path}: not an MNIST model of this program (sizes {sizes})")
+        raise ValueError(f"{path}: not an MNIST model of this program (sizes {sizes})")
     return Ws, bs, meta
 
 
@@ -1100,9 +1083,7 @@ def mirror_some(images, rng, chance):
 AUGMENT_PRESETS = {
     "none": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
                  elastic_alpha=0.0, elastic_sigma=0.0),
-    "light": {name: parameter.default  # augment_batch's own defaults, written once there
-              for name, parameter in inspect.signature(augment_batch).parameters.items()
-              if name.startswith(("max_", "elastic_"))},
+    "light": {},  # augment_batch's own defaults, written once there
     "strong": dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
                    elastic_alpha=34.0, elastic_sigma=5.0),
     "mirror": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
@@ -1255,7 +1236,7 @@ def train_full(X, y, X_val=None, y_val=None,
     mean = X.mean(axis=0) if center else np.float32(0)  # the mean training image, (784,)
 
     def prepare(X_epoch, rng):  # this epoch's images: freshly distorted, then centred
-        if augment:
+        if augment is not None:
             X_epoch = augment_batch(X_epoch, rng, **augment, maps=distortions or None)
         return X_epoch - mean if center else X_epoch
 
@@ -1314,6 +1295,19 @@ def train_full(X, y, X_val=None, y_val=None,
 # stands out from the paper's own noise, or, with printed lines and the table set aside, the
 # largest piece of ink left is no bigger than a speck, or a small piece cut by the picture's edge.
 # Every intermediate image is kept in `steps`, so `predict --plot --steps` can draw them.
+
+# The application needs a few more of the standard library's modules than the lesson did, and
+# one kind of error of its own.
+import argparse
+import hashlib
+import inspect
+import sys
+import textwrap
+
+
+class UserError(Exception):
+    """A problem the user can fix (a missing file, a bad option): printed as one line, exit 2."""
+
 
 # MNIST's own numbers, the defaults of the steps below: images of 28x28 pixels, each digit scaled
 # to fit a 20x20 box inside them, the mean centre of mass of MNIST digits measured at (14.0, 14.0),
@@ -5629,7 +5623,7 @@ def check_model_to_write(path, flag):
     if os.path.exists(path):
         try:
             load_model(path)
-        except UserError:
+        except ValueError:
             raise UserError(f"{flag} {path}: the file there is not a model of this program, "
                             f"and saving would replace it\nchoose another file name") from None
 
@@ -5814,7 +5808,7 @@ def command_train(args):
     X_fit, y_fit = X_train[:n], y_train[:n]
     X_val, y_val = X_train[n:], y_train[n:]
     sizes = [784, *args.hidden, 10]
-    distorts = any(value for name, value in AUGMENT_PRESETS[args.augment].items() if name != "mirror")
+    distorts = args.augment in ("light", "strong")  # "mirror" only turns some images over
     # augment_batch draws distortions a chunk at a time, and never more than one per image.
     chunk = inspect.signature(augment_batch).parameters["chunk_size"].default
     drawn = min(n, math.ceil(args.distortions / chunk) * chunk) if args.distortions else n
@@ -5865,7 +5859,11 @@ def command_train(args):
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
     target = where_to_save(args.model, meta, previous, interrupted)
-    save_model(target, Ws, bs, meta)
+    try:
+        save_model(target, Ws, bs, meta)
+    except OSError as e:
+        raise UserError(f"--model {target}: cannot write ({e.strerror}); choose another path "
+                        f"with --model") from None
     if result:
         print(f"test accuracy {100 * result['accuracy']:.2f} % (loss {result['loss']:.4f}) "
               f"on {result['n']} images")

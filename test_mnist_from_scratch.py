@@ -252,13 +252,14 @@ class TestLoadingTheData(unittest.TestCase):
         self.assertEqual((y_train.tolist(), y_test.tolist(), y_train.dtype), ([7, 0, 9], [7, 0], np.int64))
         np.testing.assert_allclose(X_train, images.reshape(3, 784) / 255, rtol=1e-6)  # pixels / 255
 
-    def test_the_lessons_loader_says_in_one_line_how_to_get_missing_files(self):
-        with self.assertRaises(mnist.UserError) as caught:
+    def test_the_lessons_loader_says_in_one_line_which_file_is_missing_and_where(self):
+        with self.assertRaises(FileNotFoundError) as caught:
             mnist.load_mnist(self.tmp.name)
         message = str(caught.exception)
         self.assertEqual(len(message.splitlines()), 1)
         self.assertIn("train-images-idx3-ubyte", message)
-        self.assertIn("`python mnist_from_scratch.py download`", message)
+        self.assertIn(self.tmp.name, message)
+        self.assertNotRegex(message, r"--|`")  # the lesson speaks of no command or flag
 
     def test_kaggle_csv_with_header_and_unlabelled_test_file(self):
         header = "label," + ",".join(f"pixel{i}" for i in range(784))
@@ -626,19 +627,28 @@ class TestSavingAndLoading(unittest.TestCase):
     def test_npz_holding_a_pickled_object_is_refused(self):
         np.savez(self.path, meta=np.array([{"evil": 1}], dtype=object),
                  W1=np.zeros((784, 10)), b1=np.zeros(10))
-        with self.assertRaisesRegex(mnist.UserError, "refused"):
+        with self.assertRaisesRegex(ValueError, "refused"):
             mnist.load_model(self.path)
 
     def test_file_that_is_not_a_model_is_refused_with_a_reason(self):
         with open(self.path, "wb") as f:
             f.write(b"hello")
-        with self.assertRaisesRegex(mnist.UserError, "not a model file"):
+        with self.assertRaisesRegex(ValueError, "not a model file"):
             mnist.load_model(self.path)
         Ws, bs = mnist.init_params([784, 20, 10])
         np.savez(self.path, W1=Ws[0], b1=bs[0], W2=Ws[1][:5], b2=bs[1],
                  meta=np.array(json.dumps({"sizes": [784, 20, 10]})))
-        with self.assertRaisesRegex(mnist.UserError, "layer 2"):
+        with self.assertRaisesRegex(ValueError, "layer 2"):
             mnist.load_model(self.path)
+
+    def test_the_lessons_save_and_load_raise_plain_errors_that_name_no_flag(self):
+        with self.assertRaisesRegex(FileNotFoundError, "no model at .*none.npz$"):
+            mnist.load_model(os.path.join(self.tmp.name, "none.npz"))
+        Ws, bs = mnist.init_params([784, 8, 10])
+        with self.assertRaises(OSError) as caught:
+            mnist.save_model(os.path.join(self.tmp.name, "no_folder", "m.npz"), Ws, bs, {})
+        self.assertNotIsInstance(caught.exception, mnist.UserError)
+        self.assertFalse(issubclass(mnist.UserError, (OSError, ValueError)))
 
 
 # ==== [10] Better generalisation: distorted digits and dropout ====================================
@@ -1132,9 +1142,13 @@ class TestTheFileAsALesson(unittest.TestCase):
         self.assertIs(mnist.relu(Z), Z)
         np.testing.assert_array_equal(Z, [[0.0, 2.0]])
         W, grad, v = np.ones(2), np.full(2, 0.5), np.zeros(2)
-        self.assertIsNone(mnist.sgd_step([W], [grad], [v], lr=0.1, momentum=0.9))
-        np.testing.assert_allclose(W, [0.95, 0.95])  # W - η v with v = 0.5
-        np.testing.assert_allclose(v, [0.5, 0.5])
+        self.assertIsNone(mnist.sgd_step([W], [grad], [v], lr=0.1, momentum=0.9, weight_decay=0.1))
+        np.testing.assert_allclose(W, [0.94, 0.94])  # W - η v with v = 0.5 + 0.1 W = 0.6
+        np.testing.assert_allclose(v, [0.6, 0.6])
+        np.testing.assert_array_equal(grad, [0.5, 0.5])  # the gradient itself is left alone
+        Z = np.array([[-1.0, 2.0]])
+        self.assertIsNot(mnist.sigmoid(Z), Z)  # sigmoid and tanh are their formulas: a new array
+        np.testing.assert_array_equal(Z, [[-1.0, 2.0]])
 
 
 # ==== [11] Predicting one image ===================================================================
