@@ -760,326 +760,216 @@ def load_model(path):
 # %% [10] Better generalisation: distorted digits and dropout
 #
 # The plain network of section [7] gets nearly every training image right but fewer of the
-# test images, about 98 %: it has partly learned its training images by heart. Two remedies
-# make it generalise better. train_full, at the end of this section, uses them; it is the
-# training the command line runs.
+# test images, about 98 %: it has partly learned its training images by heart. Four
+# refinements make it generalise better or learn faster. train_full, at the end of this
+# section, plugs them into the loop of train(); it is the training the command line runs.
 #
-# Distorted digits (data augmentation). People write the same "7" a little further left,
-# tilted, slanted, narrower, with a shaky stroke. Before every epoch each training image is
-# distorted a little, at random, and keeps its label: a distorted 7 is still a 7, so the
-# network learns what makes a 7 rather than the exact pixels of 55,000 images. Simard,
-# Steinkraus and Platt (2003) showed that two kinds of distortion take a plain fully
-# connected network from about 98.4 % to about 99.3 % test accuracy on MNIST:
-#   1. an affine map: shift, rotate, scale and slant (shear) the whole digit;
-#   2. an elastic distortion: move every pixel by a small random amount that varies
-#      smoothly across the image, like writing on a rubber sheet that is gently pulled.
+# 1. Distorted digits (data augmentation). People write the same 7 a little further left,
+#    tilted, slanted, narrower, with a shaky stroke. Before every epoch each training image is
+#    distorted a little, at random, and keeps its label: a distorted 7 is still a 7, so the
+#    network learns what makes a 7 rather than the exact pixels of 55,000 images. Simard,
+#    Steinkraus and Platt (2003) took a plain fully connected network from about 98.4 % to
+#    99.3 % this way, with two distortions:
+#      an affine map: shift, rotate, scale and slant (shear) the whole digit,
+#        q = A (p - c) + c + t    p = (row, col) in the old image, q in the new one, c the centre
+#      an elastic distortion: every pixel moves by a small random amount that varies smoothly
+#      across the image, like writing on a rubber sheet that is gently pulled,
+#        q = p + d(p)    d = alpha * (Gaussian blur of uniform noise in [-1, 1])
+#    A new image is drawn by asking, for each of its pixels q, where in the old image it comes
+#    from (the inverse map, which leaves no holes), and reading the old image there by
+#    bilinear interpolation: usually between pixels, so the four around are mixed.
+# 2. Dropout (Srivastava et al., 2014). In every training step each hidden unit is switched
+#    off at random, so no unit can rely on another being there: the network learns redundant
+#    features, which generalise better.
+#        A = f(Z) * mask    mask = 0 (dropped) or 1 / keep (kept), drawn anew for every batch
+#    At test time nothing is dropped.
+# 3. Centred inputs (LeCun et al., "Efficient BackProp", 1998). Pixels are all >= 0, so the
+#    gradients of one unit's weights, dW = A_prev^T dZ, all share the sign of dZ and the steps
+#    zig-zag; inputs centred on 0 do not. The network learns on X - mean, and since
+#        (X - mean) W1 + b1 = X W1 + (b1 - mean W1)
+#    the biases b1 - mean W1 give the same outputs on raw images: that is what is returned.
+# 4. A cosine learning rate: big steps early to make progress, small ones late to settle,
+#        η_t = η (1 + cos(π t / T)) / 2    step t of T, from η down to 0
 #
-# Dropout (Srivastava et al., 2014). In every training step each hidden unit is switched off
-# at random, so no unit can rely on one particular other unit being there: the network
-# learns redundant features, which generalise better. It changes one line of the forward
-# pass and two of the backward pass (forward_with_dropout, backward_with_dropout, below). At
-# test time nothing is dropped.
-#
-# How a distortion is made. For every pixel (i, j) of the NEW image we compute where in the
-# OLD image it is read from, the "sampling coordinates" (rows[i, j], cols[i, j]), usually
-# fractional, and bilinear_sample reads the old image there. Asking "where does each new
-# pixel come from?" (the inverse map) rather than "where does each old pixel go?" leaves no
-# holes. Everything works on a whole batch at once: images and coordinates (m, 28, 28), in
-# (row, column) order as in array indexing (row i grows downwards, column j to the right),
-# pixel centres at the integers 0..27, the centre of the frame at (13.5, 13.5).
+# Images and sampling coordinates below are batches (m, 28, 28) in (row, column) order, as in
+# array indexing (row i grows downwards, column j to the right), pixel centres at the whole
+# numbers 0..27, the centre of the frame at c = (13.5, 13.5).
 
 
 def random_affine_grids(m, rng, max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0,
                         max_shear=0.0, size=28):
-    """Sampling coordinates of m random affine maps (shift, rotation, scale, shear).
+    """Sampling coordinates of m random affine maps; returns (rows, cols), (m, size, size).
 
-    Each image n gets its own random parameters, drawn uniformly:
-      shift      t_row, t_col in [-max_shift, +max_shift] pixels (positive: down / right),
-      rotation   theta in [-max_rotation_deg, +max_rotation_deg] degrees,
-      scale      s_row, s_col in [1 - max_scale, 1 + max_scale], each axis on its own
-                 (so a digit can get taller, wider, or both),
-      shear      h in [-max_shear, +max_shear]: the column moves by h per row, a slant.
-
-    The digit is moved by the forward map, about the frame centre c = (13.5, 13.5):
+    Each image gets its own parameters, uniform in: shift t_row, t_col in [-max_shift,
+    max_shift] pixels (down / right); rotation theta in [-max_rotation_deg, max_rotation_deg]
+    degrees; scale s_row, s_col in [1 - max_scale, 1 + max_scale], each axis on its own;
+    shear h in [-max_shear, max_shear] (the column moves by h per row, a slant). The map is
         q = A (p - c) + c + t,    A = R(theta) @ H(h) @ S(s_row, s_col)   (2x2)
-    where p = (row, col) in the old image and q in the new one. To draw the new image
-    we need the inverse, for every new pixel q:
+    and the new image reads the old one at its inverse, for every new pixel q:
         p = A^-1 (q - c - t) + c
-    Returns (rows, cols), each (m, size, size) float32: new pixel (n, i, j) is read from
-    the old image n at (rows[n, i, j], cols[n, i, j]). All strengths 0 give the identity
-    grid rows[n, i, j] = i, cols[n, i, j] = j exactly.
+    New pixel (n, i, j) is read from old image n at (rows[n, i, j], cols[n, i, j]), float32.
+    All strengths 0 give the pixel grid itself: rows[n, i, j] = i, cols[n, i, j] = j.
     """
-    # One random number per image and parameter: (m,) vectors.
-    t_row = rng.uniform(-max_shift, max_shift, size=m)
+    t_row = rng.uniform(-max_shift, max_shift, size=m)  # one number per image: (m,) vectors
     t_col = rng.uniform(-max_shift, max_shift, size=m)
     theta = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, size=m))
     s_row = rng.uniform(1.0 - max_scale, 1.0 + max_scale, size=m)
     s_col = rng.uniform(1.0 - max_scale, 1.0 + max_scale, size=m)
     h = rng.uniform(-max_shear, max_shear, size=m)
-
-    # The three 2x2 matrices, for (row, col) column vectors:
-    #   S = [[s_row, 0], [0, s_col]]   stretch each axis
-    #   H = [[1, 0], [h, 1]]           col' = col + h * row: a slant, like italics
-    #   R = [[cos, -sin], [sin, cos]]  rotation by theta
-    # A = R @ H @ S, written out entry by entry so it stays a product of (m,) vectors:
+    # S = [[s_row, 0], [0, s_col]], H = [[1, 0], [h, 1]], R = [[cos, -sin], [sin, cos]];
+    # A = R @ H @ S entry by entry, so that it stays a product of (m,) vectors:
     cos, sin = np.cos(theta), np.sin(theta)
-    a00 = (cos - sin * h) * s_row          # A = [[a00, a01],
-    a01 = -sin * s_col                     #      [a10, a11]]
-    a10 = (sin + cos * h) * s_row
-    a11 = cos * s_col
-
-    # Inverse of a 2x2 matrix: A^-1 = (1 / det A) [[a11, -a01], [-a10, a00]].
-    # det A = s_row * s_col (a rotation and a shear keep areas), never 0 since max_scale < 1.
+    a00, a01 = (cos - sin * h) * s_row, -sin * s_col
+    a10, a11 = (sin + cos * h) * s_row, cos * s_col
+    # A^-1 = [[a11, -a01], [-a10, a00]] / det A, and det A = s_row s_col > 0 (max_scale < 1).
     det = a00 * a11 - a01 * a10
-    # A^-1 = [[i00, i01], [i10, i11]]:
     i00, i01, i10, i11 = a11 / det, -a01 / det, -a10 / det, a00 / det
-
-    # p = A^-1 (q - c - t) + c, for all q = (i, j) of the grid. The grid is separable:
-    # u_i = i - c depends only on the row, v_j = j - c only on the column, so
-    #   rows[n, i, j] = i00[n] (u_i - t_row[n]) + i01[n] (v_j - t_col[n]) + c
-    # is a (m, size, 1) column plus a (m, 1, size) row, broadcast to (m, size, size).
+    # p = A^-1 (q - c - t) + c on the grid q = (i, j) is separable: with u = i - c - t_row and
+    # v = j - c - t_col, rows = i00 u + i01 v + c is an (m, size, 1) column plus an
+    # (m, 1, size) row. They are made float32 first: the big sums are then float32 too.
     c = (size - 1) / 2.0
-    u = np.arange(size) - c                                      # (size,) row offsets
-    v = np.arange(size) - c                                      # (size,) column offsets
-    du = u[None, :] - t_row[:, None]                             # (m, size): u_i - t_row
-    dv = v[None, :] - t_col[:, None]                             # (m, size): v_j - t_col
-    # The small (m, size) factors are made float32 so that the big (m, size, size) sums
-    # are computed in float32 directly: half the memory traffic of float64.
-    row_part = (i00[:, None] * du + c).astype(np.float32)[:, :, None]      # (m, size, 1)
-    col_part = (i01[:, None] * dv).astype(np.float32)[:, None, :]          # (m, 1, size)
-    rows = row_part + col_part                                   # (m, size, size)
-    row_part = (i10[:, None] * du).astype(np.float32)[:, :, None]
-    col_part = (i11[:, None] * dv + c).astype(np.float32)[:, None, :]
-    cols = row_part + col_part
-    return rows, cols                                            # 2 x (m, size, size)
+    du = (np.arange(size) - c)[None, :] - t_row[:, None]              # (m, size): u
+    dv = (np.arange(size) - c)[None, :] - t_col[:, None]              # (m, size): v
+    rows = ((i00[:, None] * du + c).astype(np.float32)[:, :, None]
+            + (i01[:, None] * dv).astype(np.float32)[:, None, :])     # (m, size, size)
+    cols = ((i10[:, None] * du).astype(np.float32)[:, :, None]
+            + (i11[:, None] * dv + c).astype(np.float32)[:, None, :])
+    return rows, cols
 
 
 def gaussian_matrix(size, sigma, centres=None):
-    """The (size, k) matrix G that smooths with a Gaussian of std sigma: G[i, a] = g(i - x_a).
-
-    g(d) = exp(-d^2 / (2 sigma^2)) / Z, where Z makes the whole kernel g(-(size-1)) ..
-    g(size-1) sum to 1. The x_a are the k positions the values come from: by default every
-    pixel, x_a = a for a = 0 .. size-1, and then (G @ x)[i] = sum_k g(i - k) x[k] is the
-    convolution of x with the Gaussian, counting values outside the frame as 0; G is square
-    and symmetric, because g(d) = g(-d). `centres` gives other positions, e.g. a few control
-    points (see elastic_displacement); they need not be whole numbers.
-    """
-    offsets = np.arange(-(size - 1), size)                     # d = -(size-1) .. size-1
-    Z = np.exp(-offsets ** 2 / (2.0 * sigma ** 2)).sum()       # smoothing keeps averages
+    """The (size, k) matrix G[i, a] = g(i - x_a) of a Gaussian g of std sigma, normalised so
+    that the whole kernel g(-(size-1)) .. g(size-1) sums to 1. By default x_a = a, every
+    pixel: then G @ x is x blurred (values outside the frame count as 0). `centres` gives
+    other positions x_a, such as control points; they need not be whole numbers."""
+    offsets = np.arange(-(size - 1), size)
+    Z = np.exp(-offsets ** 2 / (2.0 * sigma ** 2)).sum()
     x = np.arange(size, dtype=np.float64) if centres is None else np.asarray(centres, float)
-    d = np.arange(size)[:, None] - x[None, :]                  # (size, k): d = i - x_a
+    d = np.arange(size)[:, None] - x[None, :]                  # (size, k): i - x_a
     return (np.exp(-d ** 2 / (2.0 * sigma ** 2)) / Z).astype(np.float32)
 
 
 def elastic_displacement(m, rng, alpha, sigma, size=28):
-    """Random smooth displacement fields (d_rows, d_cols) for m images (Simard et al. 2003).
+    """Random smooth displacements (d_rows, d_cols), each (m, size, size) float32.
 
-    Simard's recipe, for each image and each of the two directions (down, right):
-      1. draw an independent uniform number in [-1, 1] for every pixel: field (size, size);
-      2. smooth it with a Gaussian of standard deviation sigma pixels, so that neighbouring
-         pixels move together (small sigma: a jittery, noisy look; large sigma: the whole
-         digit bends gently);
-      3. multiply by alpha, the strength, in pixels per unit of smoothed field.
-    Smoothing averages about 4 pi sigma^2 independent values, which shrinks their spread
-    by sqrt(4 pi sigma^2) (14 for sigma = 4), so alpha is much larger than the resulting
-    displacement: alpha = 34, sigma = 4 moves pixels by about 1.4 px (standard deviation),
-    alpha = 34, sigma = 5 by about 1.1 px.
-
-    For speed the random numbers are drawn only at k x k control points spaced h <= sigma
-    apart, each weighted by h (it stands for h x h pixels): the Gaussian blurs away all detail
-    finer than sigma anyway, so the field has the same spread (to 1e-4) and smoothness from
-    6 x 6 random numbers instead of 28 x 28 when sigma = 5.
-    Returns (d_rows, d_cols), each (m, size, size) float32. Needs: gaussian_matrix, math.
+    Simard's recipe, for each image and direction: uniform noise in [-1, 1] at every pixel,
+    blurred by a Gaussian of std sigma (neighbours move together: small sigma looks jittery,
+    large sigma bends the whole digit), times alpha. The blur averages about 4 pi sigma^2
+    values, so alpha = 25, sigma = 5 moves pixels by about 0.8 px (std). The blur leaves no
+    detail finer than sigma, so the noise is drawn at k x k control points h <= sigma apart,
+    each weighted by h (it stands for h x h pixels): the same spread, from 6 x 6 random
+    numbers instead of 28 x 28 when sigma = 5. Needs: gaussian_matrix, math.
     """
     k = min(size, math.ceil(size / sigma))                    # control points per side
-    h = size / k                                               # their spacing, <= sigma
+    h = size / k                                               # their spacing
     centres = (np.arange(k) + 0.5) * h - 0.5                   # spread evenly over the frame
-    # float32 random numbers are drawn about twice as fast as float64, and are plenty here.
-    # The strength alpha multiplies the small field rather than the big smoothed one: the
-    # same product (matrix products are linear), for k x k multiplications, not size x size.
     field = (alpha * h) * (2.0 * rng.random((m, 2, k, k), dtype=np.float32) - 1.0)
-
-    # Gaussian smoothing as two matrix products. A 2-D Gaussian is separable,
-    #   g(di, dj) = g(di) * g(dj),
-    # so the smoothed field d[i, j] = sum_a sum_b g(i - x_a) g(j - x_b) F[a, b] is
-    # G @ F @ G.T with G[i, a] = g(i - x_a), (size, k):
-    #   (G @ F)[i, b]   = sum_a g(i - x_a) F[a, b]    spreads down each column,
-    #   (. @ G.T)[i, j] = sum_b .[i, b] g(j - x_b)    spreads along each row,
-    # done by the fast matrix-product routine, for every field of the batch at once (matmul
-    # broadcasts G over the (m, 2) leading axes). With control points at every pixel (k =
-    # size, h = 1) this is exactly Simard's recipe, a Gaussian blur of per-pixel noise.
+    # A 2-D Gaussian is separable, g(di, dj) = g(di) g(dj), so the blur is two matrix products:
+    # d[i, j] = sum_a sum_b g(i - x_a) g(j - x_b) F[a, b] = (G @ F @ G.T)[i, j].
     G = gaussian_matrix(size, sigma, centres)                  # (size, k)
     displacement = G @ field @ G.T                             # (s,k) @ (m,2,k,k) @ (k,s)
-    return displacement[:, 0], displacement[:, 1]             # d_rows, d_cols: (m, s, s)
+    return displacement[:, 0], displacement[:, 1]
+
+
+# Bilinear interpolation reads an image at a point (row, col) between pixels: with
+# r0 = floor(row), c0 = floor(col) and the fractions fr = row - r0, fc = col - c0 in [0, 1),
+#     top    = I[r0, c0]     + fc (I[r0, c0 + 1]     - I[r0, c0])
+#     bottom = I[r0 + 1, c0] + fc (I[r0 + 1, c0 + 1] - I[r0 + 1, c0])
+#     value  = top + fr (bottom - top)
+# weights (1-fr)(1-fc), (1-fr)fc, fr(1-fc), fr fc that sum to 1; at whole numbers, the pixel
+# itself. Outside the frame the image is black. It is done in two steps, where to read (a plan)
+# and reading, so that one plan can read many images (augment_batch's maps).
 
 
 def sampling_plan(rows, cols, H=28, W=28):
-    """Where bilinear interpolation reads, for a batch of sampling coordinates.
-
-    rows, cols (m, H2, W2) float32: coordinates in an H x W frame (row 0 .. H-1 top to
-    bottom, column 0 .. W-1 left to right). Returns the plan (where, fr, fc), each (m, H2, W2):
-    where (int32) locates the top-left neighbour (r0, c0) = (floor(row), floor(col)) in an
-    image with a black border, as bilinear_read reads it; fr = row - r0 and fc = col - c0, in
-    [0, 1), are the fractional parts. It is a step of its own so that a plan can be reused.
-    """
-    # A point more than 1 pixel outside the frame is black whatever its neighbours: clip it
-    # onto the black border, one pixel above and left of the frame, two below and right.
+    """Where bilinear interpolation reads for coordinates rows, cols (m, H2, W2) in an H x W
+    frame: (where, fr, fc), each (m, H2, W2); `where` is the flat index of (r0, c0) in the image
+    framed by a black border (bilinear_read), fr and fc the fractions."""
+    # A point more than a pixel outside the frame is black: clip it onto the black border,
+    # one pixel above and left of the frame, two below and right.
     rows = np.clip(rows, -1.0, H)
     cols = np.clip(cols, -1.0, W)
-    r0 = np.floor(rows)                                         # in -1 .. H
-    c0 = np.floor(cols)
-    fr = rows - r0                                              # in [0, 1)
-    fc = cols - c0
-    # (r0, c0) in the bordered image is (r0 + 1, c0 + 1): its index with rows laid end to end.
+    r0, c0 = np.floor(rows), np.floor(cols)
+    # (r0, c0) is (r0 + 1, c0 + 1) in the bordered image, whose rows have W + 3 pixels.
     where = (r0.astype(np.int32) + 1) * (W + 3) + (c0.astype(np.int32) + 1)
-    return where, fr, fc
+    return where, rows - r0, cols - c0
 
 
 def bilinear_read(images, plan):
-    """Read a batch of images (m, H, W) float32 where sampling_plan says; returns (m, H2, W2).
-
-    Bilinear interpolation: with r0 = floor(row), c0 = floor(col) and the fractional
-    parts fr = row - r0, fc = col - c0 in [0, 1), the value is a weighted mean of the
-    four pixels around the point,
-        top    = (1 - fc) * I[r0, c0]     + fc * I[r0, c0 + 1]
-        bottom = (1 - fc) * I[r0 + 1, c0] + fc * I[r0 + 1, c0 + 1]
-        out    = (1 - fr) * top + fr * bottom
-    i.e. weights (1-fr)(1-fc), (1-fr)fc, fr(1-fc), fr fc, which sum to 1. At integer
-    coordinates (fr = fc = 0) it returns the pixel itself, exactly. Outside the frame the
-    image is black (0): a digit shifted out of the frame loses ink, none is wrapped around or
-    smeared from the border.
-    """
+    """Read images (m, H, W) float32 where sampling_plan says; returns (m, H2, W2)."""
     where, fr, fc = plan
     m, H, W = images.shape
-    padded = np.zeros((m, H + 3, W + 3), dtype=images.dtype)    # the black border
+    padded = np.zeros((m, H + 3, W + 3), dtype=images.dtype)  # the black border
     padded[:, 1:H + 1, 1:W + 1] = images
-    # The four neighbours by flat index into the bordered batch: the right, lower and
-    # lower-right ones are 1, W+3 and W+4 elements further (int32 indices are faster, and fit
-    # below 2^31 elements).
+    # Flat indices into the whole bordered batch; int32 (half the memory traffic of int64)
+    # holds them for up to 2 million images, and augment_batch reads 256 at a time.
     stride = W + 3
-    index_type = np.int32 if padded.size < 2 ** 31 else np.int64
-    image_start = np.arange(m, dtype=index_type) * ((H + 3) * stride)        # (m,)
-    flat = where + image_start[:, None, None]                                 # (m, H2, W2)
+    flat = where + (np.arange(m, dtype=np.int32) * ((H + 3) * stride))[:, None, None]
     pixels = padded.reshape(-1)
-    top_left = np.take(pixels, flat)                            # I[r0,     c0    ]
-    top_right = np.take(pixels[1:], flat)                       # I[r0,     c0 + 1]
-    bottom_left = np.take(pixels[stride:], flat)                # I[r0 + 1, c0    ]
-    bottom_right = np.take(pixels[stride + 1:], flat)           # I[r0 + 1, c0 + 1]
-
-    # (1 - f) a + f b written as a + f (b - a): one multiply fewer, and exactly a at f = 0.
+    top_left, top_right = np.take(pixels, flat), np.take(pixels[1:], flat)
+    bottom_left, bottom_right = np.take(pixels[stride:], flat), np.take(pixels[stride + 1:], flat)
     top = top_left + fc * (top_right - top_left)
     bottom = bottom_left + fc * (bottom_right - bottom_left)
-    return top + fr * (bottom - top)                            # (m, H2, W2)
+    return top + fr * (bottom - top)
 
 
 def bilinear_sample(images, rows, cols):
-    """Read a batch of images (m, H, W) float32 at fractional coordinates rows, cols
-    (m, H2, W2), by bilinear interpolation; returns (m, H2, W2) float32 with out[n, i, j] =
-    image n read at (rows, cols)[n, i, j]. Needs: sampling_plan, bilinear_read."""
+    """Images (m, H, W) read at the coordinates rows, cols (m, H2, W2): out[n, i, j] is image n
+    at (rows, cols)[n, i, j], by bilinear interpolation. Needs: sampling_plan, bilinear_read."""
     return bilinear_read(images, sampling_plan(rows, cols, *images.shape[1:]))
 
 
 def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.075,
-                  max_shear=0.15, elastic_alpha=25.0, elastic_sigma=5.0, mirror=0.0,
-                  maps=None, chunk_size=256, out=None):
-    """Randomly distorted copies of a batch of images (affine map + elastic distortion).
+                  max_shear=0.15, elastic_alpha=25.0, elastic_sigma=5.0, mirror=0.0, maps=None):
+    """Randomly distorted copies of images (m, 28, 28) or (m, 784), float32 in [0, 1]: an affine
+    map (random_affine_grids) and an elastic distortion (elastic_displacement), read by bilinear
+    interpolation. Returns the same shape; the labels stay valid as they are.
 
-    images: (m, 28, 28) or (m, 784) float32 in [0, 1]; returns the same shape and dtype.
-    rng: a np.random.Generator, e.g. np.random.default_rng(seed): the same seed gives the
-    same distortions, so a training run can be repeated exactly.
-    Strengths (each 0 switches that distortion off; all 0 returns an unchanged copy):
-      max_shift         pixels, uniform in [-max_shift, max_shift] down and right;
-      max_rotation_deg  degrees, uniform in [-max_rotation_deg, max_rotation_deg];
-      max_scale         each axis scaled by a factor in [1 - max_scale, 1 + max_scale];
-      max_shear         slant: the column moves by h per row, h in [-max_shear, max_shear];
-      elastic_alpha     strength of the elastic displacement, pixels per unit field;
-      elastic_sigma     its smoothness: std of the Gaussian, in pixels;
-      mirror            the chance that an image is mirrored left to right: for clothes (a
-                        mirrored shirt is still a shirt), never for digits (a mirrored 3 is no 3).
-    The defaults are the "light" strengths of AUGMENT_PRESETS (the command line's default).
-    Only images go in and out: the labels of the batch stay valid as they are.
-    maps: how many different distortions to draw; None (the default) draws one for every
-    image. Drawing a distortion costs more than reading an image through it, so with
-    maps=2048 image i gets the distortion of image i % 2,048 (maps rounded up to whole
-    chunks); the images of a shuffled training set meet them at random, a different one every
-    epoch. train_full distorts so: half the time, as accurate (see docs/results.md).
-    out: an array of the same shape to write the result into; it may be `images` itself,
-    which saves a second copy of the data set. chunk_size images are done at a time, so that
-    the temporaries stay in the processor's cache.
-    Needs: random_affine_grids, elastic_displacement, sampling_plan, bilinear_read,
-    mirror_some.
+    rng: np.random.Generator; the same seed gives the same distortions. Each strength 0
+    switches its part off; the defaults are the "light" preset. mirror: the chance that an
+    image is mirrored left to right, for clothes (never for digits: a mirrored 3 is no 3).
+    maps: how many distortions to draw (rounded up to whole chunks of 256), dealt out in turn,
+    image i getting distortion i % maps; None draws one for every image. Drawing costs more
+    than reading, so train_full draws 2,048 per epoch: half the time, as accurate
+    (docs/results.md). Needs: random_affine_grids, elastic_displacement, sampling_plan,
+    bilinear_read, mirror_some.
     """
     images = np.asarray(images)
-    shape = images.shape
-    if images.ndim == 2 and shape[1] == 784:
-        images = images.reshape(-1, 28, 28)
-    elif images.ndim != 3 or shape[1:] != (28, 28):
-        raise ValueError(f"augment_batch needs images of shape (m, 784) or (m, 28, 28), "
-                         f"got {shape}; reshape the batch first")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"augment_batch needs float images in [0, 1], got {images.dtype}; "
-                         f"convert with images.astype(np.float32) / 255")
-    strengths = dict(max_shift=max_shift, max_rotation_deg=max_rotation_deg,
-                     max_scale=max_scale, max_shear=max_shear,
-                     elastic_alpha=elastic_alpha, elastic_sigma=elastic_sigma)
-    for name, value in strengths.items():
-        if not value >= 0:                                      # also catches NaN
-            raise ValueError(f"{name} must be >= 0, got {value}; use 0 to switch it off")
-    if max_scale >= 1:
-        raise ValueError(f"max_scale must be below 1 (a scale factor 1 - max_scale must "
-                         f"stay positive), got {max_scale}; try 0.1")
-    if elastic_alpha > 0 and elastic_sigma == 0:
-        raise ValueError("elastic_sigma must be > 0 when elastic_alpha > 0; try 5")
-    if not 0 <= mirror <= 1:
-        raise ValueError(f"mirror is a chance, from 0 to 1, got {mirror}; try 0.5")
-    if maps is not None and not maps >= 1:
-        raise ValueError(f"maps must be at least 1 (or None: one per image), got {maps}")
-
-    result = np.empty(shape, dtype=images.dtype) if out is None else out
-    out = result.reshape(images.shape)
+    out = np.empty_like(images).reshape(-1, 28, 28)
     if max_shift == max_rotation_deg == max_scale == max_shear == elastic_alpha == 0:
-        result[...] = images.reshape(shape)                     # nothing to distort: a copy
-        mirror_some(out, rng, mirror)
-        return result
-    if maps is not None and maps >= len(images):
-        maps = None                                             # one for every image anyway
-    kept = []                                                   # plans to reuse, if maps
-    for number, start in enumerate(range(0, len(images), chunk_size)):
-        batch = images[start:start + chunk_size]
-        m = len(batch)
-        if maps is not None and number * chunk_size >= maps:
-            plan = [part[:m] for part in kept[number % len(kept)]]  # a chunk drawn before
-        else:
-            rows, cols = random_affine_grids(m, rng, max_shift, max_rotation_deg,
-                                             max_scale, max_shear)
-            if elastic_alpha > 0:
-                # Read the old image at (affine position + elastic displacement): the elastic
-                # field moves every new pixel's reading point a little, smoothly.
-                d_rows, d_cols = elastic_displacement(m, rng, elastic_alpha, elastic_sigma)
-                rows += d_rows
-                cols += d_cols
-            plan = sampling_plan(rows, cols)
-            if maps is not None:
-                kept.append(plan)
-        # Kept alive until the next chunk's result replaces it, so its memory is reused: faster.
-        augmented = bilinear_read(batch, plan)
-        out[start:start + m] = augmented
+        out[...] = images.reshape(out.shape)  # nothing to distort: no random numbers drawn
+    else:
+        reuse = maps is not None and maps < len(out)
+        kept = []  # the plans drawn, to deal out again when reuse
+        for number, start in enumerate(range(0, len(out), 256)):  # 256: stays in the cache
+            chunk = images.reshape(out.shape)[start:start + 256]
+            if reuse and number * 256 >= maps:
+                plan = [part[:len(chunk)] for part in kept[number % len(kept)]]
+            else:
+                rows, cols = random_affine_grids(len(chunk), rng, max_shift, max_rotation_deg,
+                                                 max_scale, max_shear)
+                if elastic_alpha > 0:  # the elastic field moves each reading point a little
+                    d_rows, d_cols = elastic_displacement(len(chunk), rng, elastic_alpha,
+                                                          elastic_sigma)
+                    rows, cols = rows + d_rows, cols + d_cols
+                plan = sampling_plan(rows, cols)
+                if reuse:
+                    kept.append(plan)
+            out[start:start + 256] = bilinear_read(chunk, plan)
     mirror_some(out, rng, mirror)
-    return result
+    return out.reshape(images.shape)
 
 
 def mirror_some(images, rng, chance):
-    """Mirror each image of (m, 28, 28) left to right with the given chance, in place.
-    Needs: nothing but NumPy."""
+    """Mirror each image of (m, 28, 28) left to right with the given chance, in place."""
     if chance > 0:
         chosen = rng.random(len(images)) < chance
         images[chosen] = images[chosen, :, ::-1]                # columns in reverse order
 
 
-# Named strength settings for the command line (--augment NAME). "light" is the default
-# (augment_batch's own defaults): on the validation images and on USPS it did clearly better
-# than "none" and as well as "strong", see docs/results.md. "mirror" is for clothes
-# (Fashion-MNIST's default), not for digits.
+# Named strengths for the command line (--augment NAME). "light" is the default: on the
+# validation images and on USPS it did clearly better than "none" and as well as "strong"
+# (docs/results.md). "mirror" is for clothes (Fashion-MNIST's default), not for digits.
 AUGMENT_PRESETS = {
     "none": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
                  elastic_alpha=0.0, elastic_sigma=0.0),
@@ -1091,28 +981,24 @@ AUGMENT_PRESETS = {
 }
 
 
-# Dropout in the forward and backward pass. While training, each hidden layer's activations
-# are multiplied by a random mask, 0 (dropped) or 1 / keep (kept):
-#     A = f(Z) * mask
-# and the backward pass multiplies the gradient by the same mask: a dropped unit passes
-# nothing back. The output layer is never dropped, and at test time nothing is: the trained
-# network is used with forward() of section [3].
+# Dropout: each hidden layer's A = f(Z) * mask, and the backward pass multiplies its gradient
+# by the same mask, so a dropped unit passes nothing back. The passes with dropout are twins
+# of forward() and backward() rather than an option of theirs: the passes of [3] and [5] stay
+# exactly as taught (and as the exercises have them written), and the twins show side by side
+# the one line dropout adds to the forward pass and the two it adds to the backward pass.
 
 
 def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
-    """Random masks for inverted dropout, one (m, n) array per hidden layer.
-
-    Each hidden unit is kept with probability keep = 1 - rate. A kept unit's value is divided
-    by keep ("inverted" dropout), so the expected activation is unchanged and the network
-    needs no rescaling at test time, when nothing is dropped.
-    """
+    """Masks for inverted dropout, one (m, n) array per hidden layer of sizes: each unit kept
+    with probability keep = 1 - rate, and a kept one divided by keep, so the expected
+    activation is unchanged and nothing needs rescaling at test time, when nothing is dropped."""
     keep = 1.0 - rate
     return [(rng.random((m, n), dtype=dtype) < keep) * dtype(1 / keep) for n in sizes[1:-1]]
 
 
 def forward_with_dropout(X, Ws, bs, masks, activation="relu"):
-    """forward() of section [3] with dropout: returns As = [X, A_1, ..., A_{L-1}, Z_L] where
-    each hidden layer's A = f(Z) * mask, masks[l] (m, n) from dropout_masks.
+    """forward() of section [3] with each hidden layer's A = f(Z) * mask (masks from
+    dropout_masks); returns As = [X, A_1, ..., A_{L-1}, Z_L].
     Needs: ACTIVATIONS (and the functions it names)."""
     f = ACTIVATIONS[activation][0]
     As = [X]
@@ -1127,8 +1013,7 @@ def forward_with_dropout(X, Ws, bs, masks, activation="relu"):
 
 
 def backward_with_dropout(As, y, Ws, masks, activation="relu"):
-    """backward() of section [5] for forward_with_dropout: returns dWs, dbs shaped like Ws, bs.
-    As: the list forward_with_dropout returned (left unchanged), masks the same masks.
+    """backward() of section [5] for forward_with_dropout (the same masks); returns dWs, dbs.
     Needs: softmax, ACTIVATIONS (and the functions it names)."""
     derivative = ACTIVATIONS[activation][1]
     m = len(y)
@@ -1143,9 +1028,8 @@ def backward_with_dropout(As, y, Ws, masks, activation="relu"):
         if l == 0:
             break
         dA = dZ @ Ws[l].T               # (m, n_out) @ (n_out, n_in) -> (m, n_in)
-        # A_prev = f(Z_prev) * mask, so dL/df(Z_prev) = dA * mask: dropped units pass nothing
-        # back, kept ones are scaled by 1/keep. f' needs f(Z_prev) itself, which is
-        # A_prev / mask where the unit was kept (and does not matter where it was dropped).
+        # A_prev = f(Z_prev) * mask, so dropped units pass nothing back and kept ones are
+        # scaled by 1/keep; f' needs f(Z_prev) = A_prev / mask where the unit was kept.
         mask = masks[l - 1]
         dA *= mask
         A_prev = np.divide(A_prev, mask, out=np.zeros_like(A_prev), where=mask != 0)
@@ -1156,12 +1040,10 @@ def backward_with_dropout(As, y, Ws, masks, activation="relu"):
 
 def gradient_check_with_dropout(sizes=(20, 16, 12, 10), m=8, activation="relu", rate=0.5,
                                 seed=0):
-    """gradient_check() of section [6] for the network with dropout: one set of random masks
-    is drawn and held fixed, and the gradients backward_with_dropout computes are compared
-    with finite differences of that network's loss; returns [(name, error), ...].
-    Needs: init_params (with he_init, xavier_init), dropout_masks, forward_with_dropout,
-    backward_with_dropout, cross_entropy, numerical_gradient, relative_error.
-    """
+    """gradient_check() of section [6] for the network with dropout, one set of masks held
+    fixed; returns [(name, error), ...]. Needs: init_params (with he_init, xavier_init),
+    dropout_masks, forward_with_dropout, backward_with_dropout, cross_entropy,
+    numerical_gradient, relative_error."""
     rng = np.random.default_rng(seed)
     Ws, bs = init_params(list(sizes), activation, seed, dtype=np.float64)
     for b in bs:
@@ -1182,23 +1064,8 @@ def gradient_check_with_dropout(sizes=(20, 16, 12, 10), m=8, activation="relu", 
     return errors
 
 
-# Everything together: the training the command line runs. train_full is train() of section
-# [7] with distortions and dropout, and with what makes it faster and sturdier, each a few
-# lines around the same loop:
-#   - the learning rate follows a cosine (learning_rate), gliding from lr down to 0 over the
-#     run: big steps early to make progress, small steps late to settle into a minimum;
-#   - centred inputs (LeCun et al., "Efficient BackProp", 1998): inputs that are all positive
-#     make the gradients of a unit's weights, dW = A_prev^T dZ, share one sign and zig-zag;
-#     inputs centred on 0 do not. The network learns on X - mean, and as
-#         (X - mean) @ W1 + b1 = X @ W1 + (b1 - mean @ W1),
-#     the biases b1 - mean @ W1 give the same outputs on raw images, so that is what it returns;
-#   - one buffer for the shuffled images, distorted in place, instead of new copies each epoch;
-#   - a loss that explodes stops with an error that says what to do, Ctrl-C stops with the
-#     best weights so far, and on_progress lets the caller show how far an epoch has got.
-
-
 def learning_rate(schedule, lr, step, total_steps):
-    """η at a given step: constant, or cosine from lr down to 0. Needs: math."""
+    """η at a step: lr throughout ("constant"), or the cosine from lr down to 0. Needs: math."""
     if schedule == "cosine":
         return lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
     return lr
