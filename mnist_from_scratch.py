@@ -5676,9 +5676,8 @@ def command_train(args):
     X_val, y_val = X_train[n:], y_train[n:]
     sizes = [784, *args.hidden, 10]
     distorts = args.augment in ("light", "strong")  # "mirror" only turns some images over
-    # augment_batch draws distortions a chunk at a time, and never more than one per image.
-    chunk = inspect.signature(augment_batch).parameters["chunk_size"].default
-    drawn = min(n, math.ceil(args.distortions / chunk) * chunk) if args.distortions else n
+    # augment_batch draws distortions 256 at a time, and never more than one per image.
+    drawn = min(n, math.ceil(args.distortions / 256) * 256) if args.distortions else n
     # A batch can hold no more than all the training images: then there is one step per epoch.
     batches = (f"batches of {args.batch_size}" if args.batch_size < n else
                f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
