@@ -5342,21 +5342,28 @@ def load_dataset(data_dir="data", download=True, dataset="mnist"):
 
 # %% [17] Command line
 
-# The command line's defaults for `train` are the default arguments of train_full() (section
-# [10]), read from its signature, so each value is written in one place only.
-TRAIN_DEFAULTS = {name: parameter.default
-                  for name, parameter in inspect.signature(train_full).parameters.items()}
-VAL_SIZE = 5000         # training images held out to choose the best epoch
 DATA_DIR = "data"
 MODEL_PATH = "model.npz"
 
-# `train --recipe best`: a bigger network, dropout and distorted training images. Slower
-# (minutes, not seconds) and more accurate; see the README's results table. Any flag given
-# on the command line as well overrides the recipe's value.
-RECIPES = {
+# Every setting of `train`, in one table. "mnist" holds the defaults: train_full's own (section
+# [10]), plus the distortions and the validation images the command line adds. "fashion" is
+# what --dataset fashion changes: chosen on its validation images (mirrored clothes and centred
+# inputs helped; docs/results.md), and written out so that a change to the digits' defaults does
+# not move them. "best" is what --recipe best changes: a bigger network, dropout and one
+# distortion per image, minutes rather than seconds and more accurate (the README's results
+# table); a recipe wins over the data set's row, and a flag the user gives wins over both.
+TRAIN_SETTINGS = {
+    "mnist": dict(hidden=(512, 256), activation="relu", epochs=9, batch_size=256, lr=0.2,
+                  momentum=0.9, weight_decay=5e-5, schedule="cosine", center=True,
+                  val_size=5000,  # training images held out to choose the best epoch
+                  seed=0, augment="light", distortions=2048, dropout=0.0),
+    "fashion": dict(hidden=(512, 256), epochs=40, batch_size=128, lr=0.1, momentum=0.9,
+                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="mirror",
+                    center=True),
     "best": dict(hidden=(1024, 1024), dropout=0.2, augment="light", epochs=50, lr=0.05,
                  batch_size=128, distortions=0, center=False),
 }
+RECIPES = ["best"]  # the rows of TRAIN_SETTINGS that --recipe chooses
 
 
 
@@ -5621,17 +5628,9 @@ def where_to_save(path, meta, previous, interrupted):
     return path
 
 
-# What `--dataset` changes besides the files. Each data set has its own model file, so training on
-# one does not replace the other's model, and may have its own training settings: Fashion-MNIST's
-# were chosen on its validation images (mirrored clothes and centred inputs helped; see
-# docs/results.md), and are written out so that a change to the digits' defaults does not move
-# them. Flags given on the command line override them.
+# What `--dataset` changes besides the files and the settings (TRAIN_SETTINGS): each data set
+# has its own model file, so training on one does not replace the other's model.
 MODEL_FOR_DATASET = {"mnist": MODEL_PATH, "fashion": "fashion_model.npz"}
-TRAIN_DEFAULTS_FOR_DATASET = {
-    "fashion": dict(hidden=(512, 256), epochs=40, batch_size=128, lr=0.1, momentum=0.9,
-                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="mirror",
-                    center=True),
-}
 
 
 def with_dataset_defaults(args):
@@ -5661,9 +5660,122 @@ def load_model_and_dataset(args):
     return Ws, bs, meta, trained_on, None if trained_on == "mnist" else class_names
 
 
+def add_train_command(add, shared):
+    """`train`'s options: the ones most runs use first, then one group per part of the lesson.
+    None has a default of its own: args holds only the flags given (train_settings fills in the
+    rest from TRAIN_SETTINGS), and each help text shows MNIST's default."""
+    D = TRAIN_SETTINGS["mnist"]
+    p = add("train", "train a network on MNIST, report test accuracy and save it",
+            shared.images, shared.data, shared.show)
+    p.argument_default = argparse.SUPPRESS
+    p.epilog = ("--dataset fashion brings its own defaults: "
+                + " ".join(as_flag(name, value) for name, value in TRAIN_SETTINGS["fashion"].items())
+                + "; --recipe best: "
+                + " ".join(as_flag(name, value) for name, value in TRAIN_SETTINGS["best"].items()))
+    p.add_argument("--model", metavar="FILE", default=None,
+                   help=f"model file to save (default: {MODEL_FOR_DATASET['mnist']}, with --dataset "
+                        f"fashion {MODEL_FOR_DATASET['fashion']}); a model there is replaced when "
+                        f"training ends, unless it is more accurate on the test images: by more "
+                        f"than a point (the new model is then saved beside it as NAME.worse.npz) "
+                        f"or, after Ctrl-C, at all (NAME.interrupted.npz)")
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="preset settings: `best` trains the most accurate network (minutes); "
+                        "flags given as well override it")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw the loss and accuracy per epoch when training ends")
+    network = p.add_argument_group("the network")
+    network.add_argument("--hidden", type=layer_sizes, metavar="SIZES",
+                         help=f"hidden layer sizes, e.g. 128 or 128,64 "
+                              f"(default: {','.join(map(str, D['hidden']))})")
+    network.add_argument("--activation", choices=list(ACTIVATIONS),
+                         help=f"hidden-layer nonlinearity (default: {D['activation']})")
+    steps = p.add_argument_group("the training loop")
+    steps.add_argument("--epochs", type=positive_int, metavar="N",
+                       help=f"passes over the training images (default: {D['epochs']})")
+    steps.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help=f"images per gradient step (default: {D['batch_size']})")
+    steps.add_argument("--lr", type=positive_float,
+                       help=f"learning rate at the start (default: {D['lr']})")
+    steps.add_argument("--momentum", type=fraction_below_one,
+                       help=f"momentum, 0 for plain SGD (default: {D['momentum']})")
+    steps.add_argument("--weight-decay", type=non_negative_float, metavar="L2",
+                       help=f"L2 weight decay (default: {D['weight_decay']:g})")
+    steps.add_argument("--schedule", choices=["cosine", "constant"],
+                       help=f"learning-rate schedule (default: {D['schedule']})")
+    steps.add_argument("--center", action=argparse.BooleanOptionalAction,
+                       help="learn on images minus the mean training image, folded into the first "
+                            "layer's biases when training ends (default: "
+                            + as_flag("center", D["center"]) + ")")
+    steps.add_argument("--val-size", type=non_negative_int, metavar="N",
+                       help=f"training images held out to pick the best epoch (default: {D['val_size']})")
+    steps.add_argument("--seed", type=non_negative_int,
+                       help=f"random seed; the same seed and the same number of BLAS threads "
+                            f"(OPENBLAS_NUM_THREADS) give the same model (default: {D['seed']})")
+    generalise = p.add_argument_group("distortions and dropout")
+    generalise.add_argument("--augment", choices=list(AUGMENT_PRESETS),
+                            help=f"random distortions (shift, rotation, scale, shear, elastic) of the "
+                                 f"training images every epoch, none to switch them off; mirror turns "
+                                 f"half of them left to right instead, for clothes (default: {D['augment']})")
+    generalise.add_argument("--distortions", type=non_negative_int, metavar="N",
+                            help=f"how many different random distortions are drawn each epoch (rounded "
+                                 f"up to a multiple of 256) and dealt out to the shuffled training "
+                                 f"images; 0 draws one for every image, about half a second more per "
+                                 f"epoch (default: {D['distortions']})")
+    generalise.add_argument("--dropout", type=fraction_below_one, metavar="RATE",
+                            help=f"fraction of hidden units dropped while training, 0 = off "
+                                 f"(default: {D['dropout']:g})")
+    p.set_defaults(run=command_train, paths={"data_dir": "data folder", "model": "model to write",
+                                             "plot": "picture to write"})
+
+
+def train_settings(args):
+    """Every setting of this run (TRAIN_SETTINGS' names): MNIST's defaults, changed by the data
+    set's row, then by the recipe's, then by the flags the user gave (argparse leaves the others
+    out of args). They are set on args as well, for the code that reads them there."""
+    settings = dict(TRAIN_SETTINGS["mnist"])
+    for row in (args.dataset, args.recipe):
+        settings.update(TRAIN_SETTINGS.get(row) or {})
+    settings.update({name: getattr(args, name) for name in settings if hasattr(args, name)})
+    vars(args).update(settings)
+    return settings
+
+
+def describe_training(args, n, n_val, dataset):
+    """The line that says, before the first epoch, what is trained on what, and how."""
+    sizes = [784, *args.hidden, 10]
+    # augment_batch draws distortions 256 at a time, and never more than one per image.
+    drawn = min(n, math.ceil(args.distortions / 256) * 256) if args.distortions else n
+    distortions = (f" ({drawn} drawn per epoch)" if drawn < n else " (one for every image)"
+                   ) if args.augment in ("light", "strong") else ""  # "mirror" only turns some over
+    # A batch can hold no more than all the training images: then there is one step per epoch.
+    batches = (f"batches of {args.batch_size}" if args.batch_size < n else
+               f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
+    return (f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
+            f"{DATASETS[dataset]['title']} images, validating on {n_val}, {args.epochs} epochs of "
+            f"{batches}, lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, weight "
+            f"decay {args.weight_decay:g}, dropout {args.dropout:g}, distortions {args.augment}"
+            f"{distortions}" + (", centred inputs" if args.center else ""))
+
+
+def say_where_saved(args, target, previous, meta, seconds):
+    """The last line of `train`: where the model went, and what happened to the one there."""
+    kept = f"kept {args.model} ({previous and saved_accuracy(previous) or 'no accuracy saved'})"
+    if target.endswith(".worse.npz"):
+        return (f"{kept}: this run's model is more than a point less accurate; saved it as "
+                f"{target} (rename it to {args.model} to use it instead)")
+    if target != args.model:
+        why = ("it is better than this stopped run" if same_measure(meta, previous) else
+               "its accuracy cannot be compared with this stopped run's")
+        return f"{kept}: {why}; saved this one as {target}"
+    replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
+                if previous is not None else "")
+    return f"saved {args.model}{replaced}  ({seconds:.1f} s in all)"
+
+
 def command_train(args):
     wall = time.perf_counter()
     dataset = with_dataset_defaults(args)
+    settings = train_settings(args)
     previous = load_model(args.model)[2] if os.path.exists(args.model) else None  # checked
     X_train, y_train, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
     if args.val_size >= len(X_train):
@@ -5674,30 +5786,15 @@ def command_train(args):
     # training, used to pick the best epoch. The test set is only looked at once, at the end.
     X_fit, y_fit = X_train[:n], y_train[:n]
     X_val, y_val = X_train[n:], y_train[n:]
-    sizes = [784, *args.hidden, 10]
-    distorts = args.augment in ("light", "strong")  # "mirror" only turns some images over
-    # augment_batch draws distortions 256 at a time, and never more than one per image.
-    drawn = min(n, math.ceil(args.distortions / 256) * 256) if args.distortions else n
-    # A batch can hold no more than all the training images: then there is one step per epoch.
-    batches = (f"batches of {args.batch_size}" if args.batch_size < n else
-               f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
     notice = busy_machine_notice()
     if notice:
         print(notice, flush=True)
     if previous is not None:
         print(f"note: {args.model} holds a model ({saved_accuracy(previous) or 'no accuracy saved'}); "
               f"this run replaces it unless it is clearly less accurate (--model NAME.npz keeps both)", flush=True)
-    print(f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
-          f"{DATASETS[dataset]['title']} images, "
-          f"validating on {len(X_val)}, {args.epochs} epochs of {batches}, "
-          f"lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, "
-          f"weight decay {args.weight_decay:g}, dropout {args.dropout:g}, "
-          f"distortions {args.augment}" + ("" if not distorts else f" ({drawn} drawn per epoch)"
-                                           if drawn < n else " (one for every image)")
-          + (", centred inputs" if args.center else ""), flush=True)
-    # A loss that explodes, or a network that stops learning, makes train_full raise
-    # FloatingPointError, told here as one line; NumPy's overflow warnings on the way there
-    # would only be noise.
+    print(describe_training(args, n, len(X_val), dataset), flush=True)
+    # train() raises FloatingPointError when the loss explodes or the network stops learning;
+    # it is told here as one line. NumPy's overflow warnings on the way there are only noise.
     with np.errstate(over="ignore", invalid="ignore"):
         try:
             Ws, bs, history, interrupted = train_full(
@@ -5714,12 +5811,11 @@ def command_train(args):
         print("interrupted: saving the best model so far", file=sys.stderr)
     result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
     best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
-    settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
-                                              "weight_decay", "schedule", "val_size", "seed",
-                                              "dropout", "augment", "distortions", "center",
-                                              "recipe")}
+    elsewhere = ("hidden", "activation")  # saved as the layer sizes and the model's activation
     meta = {"activation": args.activation, "dataset": dataset,
-            "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
+            "classes": DATASETS[dataset]["classes"], "history": history,
+            "settings": dict({k: v for k, v in settings.items() if k not in elsewhere},
+                             recipe=args.recipe),
             "val_accuracy": best_val, "interrupted": interrupted,
             "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
             "test_accuracy": result["accuracy"] if result else None,
@@ -5733,18 +5829,7 @@ def command_train(args):
     if result:
         print(f"test accuracy {100 * result['accuracy']:.2f} % (loss {result['loss']:.4f}) "
               f"on {result['n']} images")
-    kept = f"kept {args.model} ({previous and saved_accuracy(previous) or 'no accuracy saved'})"
-    if target.endswith(".worse.npz"):
-        print(f"{kept}: this run's model is more than a point less accurate; saved it as "
-              f"{target} (rename it to {args.model} to use it instead)")
-    elif target != args.model:
-        why = ("it is better than this stopped run" if same_measure(meta, previous) else
-               "its accuracy cannot be compared with this stopped run's")
-        print(f"{kept}: {why}; saved this one as {target}")
-    else:
-        replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
-                    if previous is not None else "")
-        print(f"saved {args.model}{replaced}  ({time.perf_counter() - wall:.1f} s in all)")
+    print(say_where_saved(args, target, previous, meta, time.perf_counter() - wall))
     if args.plot:
         print(f"wrote {plot_history(history, args.plot, args.show)}")
     return 0
@@ -6126,67 +6211,8 @@ def build_parser():
     show.add_argument("--show", action="store_true",
                       help="also open the pictures in a window (when there is a display)")
 
-    # train: the options most runs use first, then one group per part of the lesson.
-    p = parser.train_parser = add("train", "train a network on MNIST, report test accuracy and save it",
-                                  images, data, show)
-    p.epilog = "--dataset fashion brings its own defaults: " + " ".join(
-        as_flag(name, value) for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items())
-    D = TRAIN_DEFAULTS  # argparse fills in %(default)s in each help text
-    p.add_argument("--model", metavar="FILE",
-                   help=f"model file to save (default: {MODEL_FOR_DATASET['mnist']}, with --dataset "
-                        f"fashion {MODEL_FOR_DATASET['fashion']}); a model there is replaced when "
-                        f"training ends, unless it is more accurate on the test images: by more "
-                        f"than a point (the new model is then saved beside it as NAME.worse.npz) "
-                        f"or, after Ctrl-C, at all (NAME.interrupted.npz)")
-    p.add_argument("--recipe", choices=list(RECIPES),
-                   help="preset settings: `best` trains the most accurate network (minutes); "
-                        "flags given as well override it")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="draw the loss and accuracy per epoch when training ends")
-    network = p.add_argument_group("the network")
-    network.add_argument("--hidden", type=layer_sizes, default=D["hidden"], metavar="SIZES",
-                         help=f"hidden layer sizes, e.g. 128 or 128,64 "
-                              f"(default: {','.join(map(str, D['hidden']))})")
-    network.add_argument("--activation", choices=list(ACTIVATIONS), default=D["activation"],
-                         help="hidden-layer nonlinearity (default: %(default)s)")
-    steps = p.add_argument_group("the training loop")
-    steps.add_argument("--epochs", type=positive_int, default=D["epochs"], metavar="N",
-                       help="passes over the training images (default: %(default)s)")
-    steps.add_argument("--batch-size", type=positive_int, default=D["batch_size"], metavar="N",
-                       help="images per gradient step (default: %(default)s)")
-    steps.add_argument("--lr", type=positive_float, default=D["lr"],
-                       help="learning rate at the start (default: %(default)s)")
-    steps.add_argument("--momentum", type=fraction_below_one, default=D["momentum"],
-                       help="momentum, 0 for plain SGD (default: %(default)s)")
-    steps.add_argument("--weight-decay", type=non_negative_float, default=D["weight_decay"],
-                       metavar="L2", help="L2 weight decay (default: %(default)g)")
-    steps.add_argument("--schedule", choices=["cosine", "constant"], default=D["schedule"],
-                       help="learning-rate schedule (default: %(default)s)")
-    steps.add_argument("--center", action=argparse.BooleanOptionalAction, default=D["center"],
-                       help="learn on images minus the mean training image, folded into the first "
-                            "layer's biases when training ends (default: "
-                            + as_flag("center", D["center"]) + ")")
-    steps.add_argument("--val-size", type=non_negative_int, default=VAL_SIZE, metavar="N",
-                       help="training images held out to pick the best epoch (default: %(default)s)")
-    steps.add_argument("--seed", type=non_negative_int, default=D["seed"],
-                       help="random seed; the same seed and the same number of BLAS threads "
-                            "(OPENBLAS_NUM_THREADS) give the same model (default: %(default)s)")
-    generalise = p.add_argument_group("distortions and dropout")
-    generalise.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="light",
-                            help="random distortions (shift, rotation, scale, shear, elastic) of the "
-                                 "training images every epoch, none to switch them off; mirror turns "
-                                 "half of them left to right instead, for clothes (default: light)")
-    generalise.add_argument("--distortions", type=non_negative_int, default=D["distortions"],
-                            metavar="N",
-                            help="how many different random distortions are drawn each epoch (rounded "
-                                 "up to a multiple of 256) and dealt out to the shuffled training "
-                                 "images; 0 draws one for every image, about half a second more per "
-                                 "epoch (default: %(default)s)")
-    generalise.add_argument("--dropout", type=fraction_below_one, default=D["dropout"], metavar="RATE",
-                            help="fraction of hidden units dropped while training, 0 = off "
-                                 "(default: %(default)g)")
-    p.set_defaults(run=command_train, paths={"data_dir": "data folder", "model": "model to write",
-                                             "plot": "picture to write"})
+    shared = argparse.Namespace(data=data, images=images, saved_model=saved_model, show=show)
+    add_train_command(add, shared)
 
     p = add("evaluate", "measure a saved model on the 10,000 test images", saved_model, data, show)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -6271,16 +6297,9 @@ def build_parser():
 
 
 def parse_command_line(argv):
-    """The command line read into args. --dataset and --recipe are read first, as they change the
-    defaults of train's other options (flags given as well still win); then the model file left
-    out is filled in: each data set has its own (MODEL_FOR_DATASET)."""
+    """The command line read into args; the model file left out is filled in: each data set has
+    its own (MODEL_FOR_DATASET)."""
     parser = build_parser()
-    steering = argparse.ArgumentParser(add_help=False)
-    steering.add_argument("--dataset", nargs="?")
-    steering.add_argument("--recipe", nargs="?")
-    chosen = steering.parse_known_args(argv)[0]
-    parser.train_parser.set_defaults(**TRAIN_DEFAULTS_FOR_DATASET.get(chosen.dataset, {}))
-    parser.train_parser.set_defaults(**RECIPES.get(chosen.recipe, {}))  # a recipe wins over the data set
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

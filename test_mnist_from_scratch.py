@@ -4148,6 +4148,27 @@ class TestCommandLine(unittest.TestCase):
         self.assertGreaterEqual(len(meta["history"]), 1)
         self.assertLess(len(meta["history"]), 200)
 
+    def test_train_passes_only_the_flags_given_and_takes_the_rest_from_one_table(self):
+        given = vars(mnist.build_parser().parse_args(["train", "--lr", "0.5"]))
+        self.assertEqual(given["lr"], 0.5)
+        self.assertTrue(set(mnist.TRAIN_SETTINGS["mnist"]).isdisjoint(set(given) - {"lr"}))
+        args = mnist.parse_command_line(["train", "--dataset", "fashion", "--recipe", "best", "--epochs", "3"])
+        settings = mnist.train_settings(args)
+        self.assertEqual(settings["epochs"], 3)                  # a flag wins over everything
+        self.assertEqual((settings["lr"], settings["hidden"]), (0.05, (1024, 1024)))  # the recipe
+        self.assertEqual(settings["weight_decay"], mnist.TRAIN_SETTINGS["fashion"]["weight_decay"])
+        self.assertEqual(args.lr, 0.05)
+        plain = mnist.train_settings(mnist.parse_command_line(["train"]))
+        self.assertEqual(plain, mnist.TRAIN_SETTINGS["mnist"])
+
+    def test_the_command_lines_default_training_is_train_fulls_own(self):
+        import inspect
+        defaults = {name: p.default for name, p in inspect.signature(mnist.train_full).parameters.items()}
+        for name, value in mnist.TRAIN_SETTINGS["mnist"].items():
+            if name in defaults and name != "augment":  # train_full distorts only when asked
+                self.assertEqual(value, defaults[name], name)
+        self.assertEqual(mnist.AUGMENT_PRESETS[mnist.TRAIN_SETTINGS["mnist"]["augment"]], {})  # augment_batch's defaults
+
     def test_help_lists_every_command(self):
         code, out, _ = run_cli("--help")
         self.assertEqual(code, 0)
@@ -4677,7 +4698,7 @@ class TestFashionMNIST(unittest.TestCase):
         self.assertEqual(meta["classes"][:3], ["T-shirt/top", "Trouser", "Pullover"])
         self.assertEqual(len(meta["classes"]), 10)
         # settings not given on the command line come from Fashion-MNIST's own defaults
-        fashion_defaults = mnist.TRAIN_DEFAULTS_FOR_DATASET["fashion"]
+        fashion_defaults = mnist.TRAIN_SETTINGS["fashion"]
         self.assertEqual(meta["settings"]["dropout"], fashion_defaults["dropout"])
         self.assertEqual(meta["settings"]["augment"], fashion_defaults["augment"])
         self.assertEqual(meta["settings"]["center"], fashion_defaults["center"])
