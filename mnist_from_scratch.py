@@ -761,23 +761,20 @@ def load_model(path):
 #
 # The plain network of section [7] gets nearly every training image right but fewer of the
 # test images, about 98 %: it has partly learned its training images by heart. Four
-# refinements make it generalise better or learn faster. train_full, at the end of this
-# section, plugs them into the loop of train(); it is the training the command line runs.
+# refinements make it generalise better or learn faster; train_full, at the end of this
+# section, plugs them into the loop of train(), and is the training the command line runs.
 #
-# 1. Distorted digits (data augmentation). People write the same 7 a little further left,
-#    tilted, slanted, narrower, with a shaky stroke. Before every epoch each training image is
-#    distorted a little, at random, and keeps its label: a distorted 7 is still a 7, so the
-#    network learns what makes a 7 rather than the exact pixels of 55,000 images. Simard,
-#    Steinkraus and Platt (2003) took a plain fully connected network from about 98.4 % to
-#    99.3 % this way, with two distortions:
+# 1. Distorted digits (data augmentation). People write the same 7 further left, tilted,
+#    slanted, narrower, with a shaky stroke. Before every epoch each training image is
+#    distorted a little, at random, and keeps its label, so the network learns what makes a 7
+#    rather than the exact pixels of 55,000 images. Simard, Steinkraus and Platt (2003) took a
+#    plain fully connected network from about 98.4 % to 99.3 % with two distortions:
 #      an affine map: shift, rotate, scale and slant (shear) the whole digit,
 #        q = A (p - c) + c + t    p = (row, col) in the old image, q in the new one, c the centre
-#      an elastic distortion: every pixel moves by a small random amount that varies smoothly
-#      across the image, like writing on a rubber sheet that is gently pulled,
+#      an elastic distortion: each pixel moves a little, smoothly varying (a rubber sheet),
 #        q = p + d(p)    d = alpha * (Gaussian blur of uniform noise in [-1, 1])
-#    A new image is drawn by asking, for each of its pixels q, where in the old image it comes
-#    from (the inverse map, which leaves no holes), and reading the old image there by
-#    bilinear interpolation: usually between pixels, so the four around are mixed.
+#    Each pixel q of the new image is read from the old image where it comes from (the inverse
+#    map leaves no holes), by bilinear interpolation: mostly between pixels, mixing four.
 # 2. Dropout (Srivastava et al., 2014). In every training step each hidden unit is switched
 #    off at random, so no unit can rely on another being there: the network learns redundant
 #    features, which generalise better.
@@ -798,16 +795,14 @@ def load_model(path):
 
 def random_affine_grids(m, rng, max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0,
                         max_shear=0.0, size=28):
-    """Sampling coordinates of m random affine maps; returns (rows, cols), (m, size, size).
+    """Sampling coordinates (rows, cols), (m, size, size) float32, of m random affine maps:
+    new pixel (n, i, j) is read from old image n at (rows[n, i, j], cols[n, i, j]).
 
-    Each image gets its own parameters, uniform in: shift t_row, t_col in [-max_shift,
-    max_shift] pixels (down / right); rotation theta in [-max_rotation_deg, max_rotation_deg]
-    degrees; scale s_row, s_col in [1 - max_scale, 1 + max_scale], each axis on its own;
-    shear h in [-max_shear, max_shear] (the column moves by h per row, a slant). The map is
+    Each image's parameters are uniform: shift t_row, t_col in +-max_shift pixels; rotation
+    theta in +-max_rotation_deg degrees; scale s_row, s_col in 1 +- max_scale, each axis on its
+    own; shear h in +-max_shear (the column moves by h per row, a slant). The map and its inverse:
         q = A (p - c) + c + t,    A = R(theta) @ H(h) @ S(s_row, s_col)   (2x2)
-    and the new image reads the old one at its inverse, for every new pixel q:
         p = A^-1 (q - c - t) + c
-    New pixel (n, i, j) is read from old image n at (rows[n, i, j], cols[n, i, j]), float32.
     All strengths 0 give the pixel grid itself: rows[n, i, j] = i, cols[n, i, j] = j.
     """
     t_row = rng.uniform(-max_shift, max_shift, size=m)  # one number per image: (m,) vectors
@@ -852,13 +847,12 @@ def gaussian_matrix(size, sigma, centres=None):
 def elastic_displacement(m, rng, alpha, sigma, size=28):
     """Random smooth displacements (d_rows, d_cols), each (m, size, size) float32.
 
-    Simard's recipe, for each image and direction: uniform noise in [-1, 1] at every pixel,
-    blurred by a Gaussian of std sigma (neighbours move together: small sigma looks jittery,
-    large sigma bends the whole digit), times alpha. The blur averages about 4 pi sigma^2
-    values, so alpha = 25, sigma = 5 moves pixels by about 0.8 px (std). The blur leaves no
-    detail finer than sigma, so the noise is drawn at k x k control points h <= sigma apart,
-    each weighted by h (it stands for h x h pixels): the same spread, from 6 x 6 random
-    numbers instead of 28 x 28 when sigma = 5. Needs: gaussian_matrix, math.
+    Simard's recipe, per image and direction: uniform noise in [-1, 1] at every pixel, blurred
+    by a Gaussian of std sigma (small sigma jitters, large sigma bends the whole digit), times
+    alpha; the blur averages about 4 pi sigma^2 values, so alpha = 25, sigma = 5 moves pixels
+    by about 0.8 px. As the blur keeps no detail finer than sigma, the noise is drawn only at
+    k x k control points h <= sigma apart, each weighted by h: the same field from 6 x 6
+    random numbers instead of 28 x 28 when sigma = 5. Needs: gaussian_matrix, math.
     """
     k = min(size, math.ceil(size / sigma))                    # control points per side
     h = size / k                                               # their spacing
@@ -925,14 +919,13 @@ def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.
     map (random_affine_grids) and an elastic distortion (elastic_displacement), read by bilinear
     interpolation. Returns the same shape; the labels stay valid as they are.
 
-    rng: np.random.Generator; the same seed gives the same distortions. Each strength 0
-    switches its part off; the defaults are the "light" preset. mirror: the chance that an
-    image is mirrored left to right, for clothes (never for digits: a mirrored 3 is no 3).
-    maps: how many distortions to draw (rounded up to whole chunks of 256), dealt out in turn,
-    image i getting distortion i % maps; None draws one for every image. Drawing costs more
-    than reading, so train_full draws 2,048 per epoch: half the time, as accurate
-    (docs/results.md). Needs: random_affine_grids, elastic_displacement, sampling_plan,
-    bilinear_read, mirror_some.
+    The same rng seed gives the same distortions; a strength 0 switches its part off; the
+    defaults are the "light" preset. mirror: the chance that an image is mirrored left to
+    right, for clothes (a mirrored 3 is no 3). maps: how many distortions to draw (in whole
+    chunks of 256), dealt out so that image i gets distortion i % maps, or None: one each.
+    Drawing costs more than reading, so train_full draws 2,048 per epoch: half the time, as
+    accurate (docs/results.md). Needs: random_affine_grids, elastic_displacement,
+    sampling_plan, bilinear_read, mirror_some.
     """
     images = np.asarray(images)
     out = np.empty_like(images).reshape(-1, 28, 28)
@@ -967,25 +960,10 @@ def mirror_some(images, rng, chance):
         images[chosen] = images[chosen, :, ::-1]                # columns in reverse order
 
 
-# Named strengths for the command line (--augment NAME). "light" is the default: on the
-# validation images and on USPS it did clearly better than "none" and as well as "strong"
-# (docs/results.md). "mirror" is for clothes (Fashion-MNIST's default), not for digits.
-AUGMENT_PRESETS = {
-    "none": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
-                 elastic_alpha=0.0, elastic_sigma=0.0),
-    "light": {},  # augment_batch's own defaults, written once there
-    "strong": dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
-                   elastic_alpha=34.0, elastic_sigma=5.0),
-    "mirror": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
-                   elastic_alpha=0.0, elastic_sigma=0.0, mirror=0.5),
-}
-
-
 # Dropout: each hidden layer's A = f(Z) * mask, and the backward pass multiplies its gradient
-# by the same mask, so a dropped unit passes nothing back. The passes with dropout are twins
-# of forward() and backward() rather than an option of theirs: the passes of [3] and [5] stay
-# exactly as taught (and as the exercises have them written), and the twins show side by side
-# the one line dropout adds to the forward pass and the two it adds to the backward pass.
+# by the same mask, so a dropped unit passes nothing back. These passes are twins of forward()
+# and backward() rather than an option of theirs, so that [3] and [5] stay as taught, and the
+# twins show the one line dropout adds forward and the two it adds backward.
 
 
 def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
@@ -1081,7 +1059,7 @@ def train_full(X, y, X_val=None, y_val=None,
                weight_decay=5e-5,   # λ: a little, against large weights
                schedule="cosine",   # or "constant": lr all the way
                dropout=0.0,         # fraction of hidden units dropped: 0.1 gained too little
-               augment=None,        # None, or augment_batch's strengths: AUGMENT_PRESETS["light"]
+               augment=None,        # None, or augment_batch's strengths ({}: its own defaults)
                distortions=2048,    # drawn per epoch and dealt out (0: one per image): as
                                     # accurate in half the distorting time, docs/results.md
                center=True,         # learn on centred inputs (above): better in fewer epochs
@@ -1089,14 +1067,12 @@ def train_full(X, y, X_val=None, y_val=None,
                on_epoch=None,       # called with each epoch's history entry
                on_progress=None):   # called as on_progress(epoch, fraction) after every batch
     """train() of section [7] with this section's refinements plugged in, as the command line
-    trains; returns Ws, bs, history, interrupted.
+    trains; returns Ws, bs, history, interrupted (Ctrl-C stopped it, with the best so far).
 
-    Each epoch's shuffled images are distorted (augment) and centred (center) by the prepare
-    function below, the learning rate follows the schedule, dropout switches hidden units off.
-    As in train(), the weights of the best epoch on X_val, y_val are returned, and history's
+    prepare distorts and centres each epoch's shuffled images, lr_at follows the schedule and
+    train_step drops units. As in train(), the best epoch on X_val, y_val is returned; history's
     train_loss and train_acc are as the network saw the images, distorted and with dropout.
     The returned network takes raw images, also when it learned on centred ones.
-    interrupted: whether Ctrl-C stopped training early (with the best weights so far).
     Needs: train, augment_batch, learning_rate (and what those need).
     """
     total_steps = epochs * math.ceil(len(X) / batch_size)
@@ -1120,11 +1096,10 @@ def train_full(X, y, X_val=None, y_val=None,
 
 # Try it: digits distorted, dropout's gradients checked, a short run of train_full with both.
 #     distorted = augment_batch(np.repeat(X_train[:4], 3, axis=0), np.random.default_rng(0))
-#     print(distorted.shape, distorted.min(), distorted.max())
 #     print(max(error for _, error in gradient_check_with_dropout()))
 #     Ws, bs, history, _ = train_full(X_train[:10000], y_train[:10000], X_train[55000:],
 #                                     y_train[55000:], hidden=(128,), epochs=3, dropout=0.1,
-#                                     augment=AUGMENT_PRESETS["light"], on_epoch=show)
+#                                     augment={}, on_epoch=show)
 
 
 # %% [11] Predicting one image: turning any image into an MNIST-like 28x28 input
@@ -5364,6 +5339,20 @@ TRAIN_SETTINGS = {
                  batch_size=128, distortions=0, center=False),
 }
 RECIPES = ["best"]  # the rows of TRAIN_SETTINGS that --recipe chooses
+
+# Named strengths for the command line (--augment NAME). "light" is the default: on the
+# validation images and on USPS it did clearly better than "none" and as well as "strong"
+# (docs/results.md). "mirror" is for clothes (Fashion-MNIST's default), not for digits.
+AUGMENT_PRESETS = {
+    "none": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
+                 elastic_alpha=0.0, elastic_sigma=0.0),
+    "light": {},  # augment_batch's own defaults, written once there
+    "strong": dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
+                   elastic_alpha=34.0, elastic_sigma=5.0),
+    "mirror": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
+                   elastic_alpha=0.0, elastic_sigma=0.0, mirror=0.5),
+}
+
 
 
 
