@@ -506,7 +506,9 @@ def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", seed=0):
 # Momentum lets consistent gradient directions build up speed and noisy ones cancel out.
 # After every epoch the network is measured on validation images, which it never learns from,
 # and the weights of the best epoch are kept: a network that trains too long starts to learn
-# its training images by heart and gets worse on new ones.
+# its training images by heart and gets worse on new ones. Two failures no later epoch mends,
+# both from steps too big, stop the loop with an error that says so: the loss explodes, or
+# every ReLU switches off for good ("dies"), and the network gives every image the same scores.
 
 
 def sgd_step(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):

@@ -557,6 +557,36 @@ class TestTraining(unittest.TestCase):
         self.assertLess(accuracies[-1], max(accuracies))  # the last epoch is worse
         self.assertEqual(mnist.evaluate(X_val, y_val, Ws, bs)["accuracy"], max(accuracies))
 
+    def test_the_plain_loop_takes_an_activation_and_dropout_as_the_notebook_suggests(self):
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 10, 300)
+        X = 0.2 * rng.random((300, 784), dtype=np.float32)
+        for i, k in enumerate(y):
+            X[i, 78 * k: 78 * (k + 1)] += 0.8  # class k lights up its own tenth of the pixels
+        for options in ({"activation": "tanh"}, {"dropout": 0.2}):
+            with self.subTest(**options):
+                Ws, bs, history = mnist.train(X, y, X, y, hidden=(16,), epochs=5, batch_size=20, **options)
+                self.assertGreater(history[-1]["val_acc"], 0.9)
+                activation = options.get("activation", "relu")
+                self.assertEqual(mnist.evaluate(X, y, Ws, bs, activation)["accuracy"],
+                                 max(e["val_acc"] for e in history))
+
+    def test_ctrl_c_in_the_plain_loop_returns_the_best_epoch_so_far(self):
+        rng = np.random.default_rng(0)
+        X, y = rng.random((200, 784), dtype=np.float32) - 0.5, rng.integers(0, 10, 200)
+
+        def press_ctrl_c_after_epoch_2(entry):
+            if entry["epoch"] == 2:
+                raise KeyboardInterrupt
+        Ws, bs, history = mnist.train(X, y, X[:50], y[:50], hidden=(8,), epochs=50, batch_size=20,
+                                      on_epoch=press_ctrl_c_after_epoch_2)
+        self.assertEqual(len(history), 2)
+        self.assertEqual(mnist.evaluate(X[:50], y[:50], Ws, bs)["accuracy"],
+                         max(e["val_acc"] for e in history))
+        interrupted = mnist.train_full(X, y, X[:50], y[:50], hidden=(8,), epochs=50, batch_size=20,
+                                       on_epoch=press_ctrl_c_after_epoch_2)[3]
+        self.assertTrue(interrupted)
+
     def test_the_full_training_with_its_extras_off_is_the_plain_loop_bit_for_bit(self):
         rng = np.random.default_rng(0)
         X, y = rng.random((300, 784), dtype=np.float32) - 0.5, rng.integers(0, 10, 300)
