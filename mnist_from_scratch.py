@@ -1083,7 +1083,9 @@ def train_full(X, y, X_val=None, y_val=None,
     def prepare(X_epoch, rng):  # this epoch's images: freshly distorted, then centred
         if augment is not None:
             X_epoch = augment_batch(X_epoch, rng, **augment, maps=distortions or None)
-        return X_epoch - mean if center else X_epoch
+        if center:
+            X_epoch -= mean  # in place: X_epoch is this epoch's own shuffled copy
+        return X_epoch
 
     Ws, bs, history = train(X, y, None if X_val is None else X_val - mean, y_val, hidden=hidden,
                             epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
