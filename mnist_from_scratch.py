@@ -568,7 +568,8 @@ def train(X, y, X_val, y_val,
 
     The returned weights are those of the epoch with the best accuracy on X_val, y_val (of the
     last epoch when X_val is None or empty). history has one dict per epoch: train_loss and
-    train_acc (averages over the epoch's mini-batches), val_loss, val_acc and seconds.
+    train_acc (averages over the epoch's mini-batches), val_loss, val_acc, and seconds (the
+    training pass alone).
     Section [10] plugs its refinements in through prepare (distorted, centred images), lr_at
     (a schedule) and dropout. Two failures cannot mend themselves, and stop training with a
     FloatingPointError: a loss that explodes, and a network that gives every image the same
@@ -605,7 +606,7 @@ def train(X, y, X_val, y_val,
                 if on_batch is not None:
                     on_batch(epoch, (i + batch_size) / len(X))
             entry = {"epoch": epoch, "train_loss": loss_sum / len(X), "train_acc": correct / len(X),
-                     "val_loss": None, "val_acc": None}
+                     "val_loss": None, "val_acc": None, "seconds": time.perf_counter() - start}
             if X_val is not None and len(X_val):  # measure on the validation images
                 Z_val = logits(X_val, Ws, bs, activation)
                 entry["val_loss"] = float(cross_entropy(Z_val, y_val))
@@ -617,7 +618,6 @@ def train(X, y, X_val, y_val,
                         f"the network stopped learning in epoch {epoch}: its hidden units no "
                         f"longer switch on, so every image gets the same scores; the learning "
                         f"rate {lr:g} is too high")
-            entry["seconds"] = time.perf_counter() - start
             history.append(entry)
             if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
                 best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in bs])
