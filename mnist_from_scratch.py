@@ -611,8 +611,9 @@ def train(X, y, X_val, y_val,
                 Z_val = logits(X_val, Ws, bs, activation)
                 entry["val_loss"] = float(cross_entropy(Z_val, y_val))
                 entry["val_acc"] = accuracy(Z_val, y_val)
-                # Every image gets the same scores: no hidden unit switches on any more, so
-                # no gradient reaches the weights before them, and it stays so.
+                # Every image gets the same scores (exactly; 1e-5 leaves room for rounding): no
+                # hidden unit switches on any more, so no gradient reaches the weights before
+                # them, for good.
                 if len(Z_val) > 1 and np.ptp(Z_val, axis=0).max() < 1e-5:
                     raise FloatingPointError(
                         f"the network stopped learning in epoch {epoch}: its hidden units no "
