@@ -3988,11 +3988,11 @@ class TestTheNotebookInAKernel(unittest.TestCase):
                       self.check_says("relu_derivative", "A", ("return A > 0", "return A")))
 
     def test_sgd_step_going_uphill_is_told_the_step_is_in_the_wrong_direction(self):
-        self.assertIn("wrong direction", self.check_says("sgd_step", "+=", ("param -= grad", "param += grad")))
+        self.assertIn("wrong direction", self.check_says("sgd_step", "+=", ("param -= lr * v", "param += lr * v")))
 
     def test_sgd_step_making_new_arrays_is_told_the_update_is_not_in_place(self):
         self.assertIn("not in place", self.check_says(
-            "sgd_step", "new array", ("param -= grad", "param = param - grad")))
+            "sgd_step", "new array", ("param -= lr * v", "param = param - lr * v")))
 
 
 # ==== [16]-[17] Getting the data and the command line =============================================
