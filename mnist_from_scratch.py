@@ -179,8 +179,8 @@ def load_mnist(data_dir="data"):
     paths = [find_idx_file(data_dir, stem) for stem in stems]
     for stem, path in zip(stems, paths):
         if path is None:
-            raise FileNotFoundError(f"{stem}.gz is not in {data_dir}/: download MNIST's four "
-                                    f"files there first (see the Try it line below)")
+            raise FileNotFoundError(f"{stem}.gz is not in {data_dir}/: put MNIST's four files "
+                                    f"there first")
     images, labels, test_images, test_labels = [load_idx(path) for path in paths]
     X_train, y_train = images_and_labels(images, labels, paths[0])
     X_test, y_test = images_and_labels(test_images, test_labels, paths[2])
