@@ -23,7 +23,7 @@ runs when pasted below the cells above it. The functions that do the mathematics
 `backward`, `softmax`, `cross_entropy`, `sgd_step`, ...) take arrays and numbers and return
 arrays, and a function that calls others names them in its docstring's "Needs:" line, so you
 know exactly what to copy with it. Two of them change their input to save memory, and say so:
-`relu` (and `sigmoid`, `tanh`) overwrite Z, and `sgd_step` updates the weights in place.
+`relu` overwrites Z, and `sgd_step` updates the weights in place.
 The application follows: preparing real photos, pictures, a drawing window, a web page, and
 the command line. The `# %% [n]` lines split the file into cells that VS Code, Spyder,
 PyCharm and Jupytext run one at a time, like a notebook; `python mnist_from_scratch.py
@@ -62,23 +62,14 @@ Sections:
 #
 # The lesson (sections [0] to [10]) needs NumPy and the standard library only; each of its
 # cells runs when pasted below the cells above it, so this cell comes first in any copy.
-import argparse
 import gzip
-import hashlib
-import inspect
 import json
 import math
 import os
-import sys
-import textwrap
 import time
 import zipfile
 
 import numpy as np
-
-
-class UserError(Exception):
-    """A problem the user can fix (a missing file, a bad option): printed as one line, exit 2."""
 
 
 # %% [1] Loading the data
@@ -191,15 +182,15 @@ def load_mnist(data_dir="data"):
     files in data_dir; X float32 in [0, 1], y int64 digits 0..9.
 
     Fashion-MNIST's files have the same names, so load_mnist("data/fashion") reads it too.
-    Needs: find_idx_file, load_idx, images_and_labels, UserError.
+    Needs: find_idx_file, load_idx, images_and_labels.
     """
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     paths = [find_idx_file(data_dir, stem) for stem in stems]
     for stem, path in zip(stems, paths):
         if path is None:
-            raise UserError(f"{stem}.gz is not in {data_dir}/: run `python mnist_from_scratch.py "
-                            f"download` first (add --dataset fashion for Fashion-MNIST)")
+            raise FileNotFoundError(f"{stem}.gz is not in {data_dir}/: put MNIST's four files "
+                                    f"there first")
     images, labels, test_images, test_labels = [load_idx(path) for path in paths]
     X_train, y_train = images_and_labels(images, labels, paths[0])
     X_test, y_test = images_and_labels(test_images, test_labels, paths[2])
@@ -305,7 +296,7 @@ def relu(Z):
     forward() never needs Z again, so this saves a new (m, n) array per layer. If you call it
     yourself and want to keep Z, pass a copy: relu(Z.copy()).
     """
-    return np.maximum(Z, 0, out=Z)
+    return np.maximum(Z, 0, out=Z)  # out=Z: the result is written over Z, not into a new array
 
 
 def relu_derivative(A):
@@ -317,11 +308,8 @@ def relu_derivative(A):
 
 
 def sigmoid(Z):
-    """A = 1 / (1 + e^-Z), squashes to (0, 1). In place, like relu: Z is overwritten."""
-    np.negative(Z, out=Z)
-    np.exp(Z, out=Z)
-    Z += 1
-    return np.reciprocal(Z, out=Z)
+    """A = 1 / (1 + e^-Z), squashes to (0, 1)."""
+    return 1 / (1 + np.exp(-Z))
 
 
 def sigmoid_derivative(A):
@@ -330,8 +318,8 @@ def sigmoid_derivative(A):
 
 
 def tanh(Z):
-    """A = tanh(Z), squashes to (-1, 1). In place, like relu: Z is overwritten."""
-    return np.tanh(Z, out=Z)
+    """A = tanh(Z), squashes to (-1, 1)."""
+    return np.tanh(Z)
 
 
 def tanh_derivative(A):
@@ -375,7 +363,7 @@ def forward(X, Ws, bs, activation="relu"):
         Z = As[-1] @ W  # (m, n_in) @ (n_in, n_out) -> (m, n_out)
         Z += b          # + (n_out,) added to every row; in place, no new (m, n_out) array
         if l < len(Ws) - 1:
-            Z = f(Z)    # A = f(Z), overwriting Z
+            Z = f(Z)    # A = f(Z); relu writes it over Z
         As.append(Z)
     return As
 
@@ -550,35 +538,45 @@ def gradient_check(sizes=(20, 16, 12, 10), m=8, activation="relu", seed=0):
 # Momentum lets consistent gradient directions build up speed and noisy ones cancel out.
 # After every epoch the network is measured on validation images, which it never learns from,
 # and the weights of the best epoch are kept: a network that trains too long starts to learn
-# its training images by heart and gets worse on new ones.
+# its training images by heart and gets worse on new ones. Two failures no later epoch mends,
+# both from steps too big, stop the loop with an error that says so: the loss explodes, or
+# every ReLU switches off for good ("dies"), and the network gives every image the same scores.
 
 
 def sgd_step(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
     """One step of SGD with momentum. Works IN PLACE and returns nothing: every array in
-    params and velocities is updated where it is, and each gradient's memory is reused as
-    scratch space (so grads hold η v afterwards, no longer the gradients).
+    params and velocities is updated where it is (-= and *= change an array itself), so the
+    caller's Ws, bs and velocities hold the new values. grads are left as they were.
     Needs: nothing but NumPy."""
     for param, grad, v in zip(params, grads, velocities):
-        if weight_decay:
-            grad += weight_decay * param  # g = dW + λ W
+        g = grad + weight_decay * param if weight_decay else grad  # g = dW + λ W
         v *= momentum
-        v += grad                         # v = μ v + g
-        np.multiply(v, lr, out=grad)      # η v, into the gradient's memory: no new array
-        param -= grad                     # W = W - η v
+        v += g                            # v = μ v + g
+        param -= lr * v                   # W = W - η v
 
 
 def train_step(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum=0.9, weight_decay=0.0,
-               activation="relu"):
+               activation="relu", dropout=0.0, rng=None):
     """One step on one mini-batch: forward, loss, backward, step.
 
     Updates Ws, bs and their velocities vWs, vbs in place; returns the batch's mean loss and
-    how many of its images the network got right, both from before the step.
-    Needs: forward, backward, cross_entropy, sgd_step.
+    how many of its images the network got right, both from before the step. With dropout > 0
+    (section [10]) a random share of the hidden units, drawn from rng, is off for this step.
+    Needs: forward, backward, cross_entropy, sgd_step; for dropout also dropout_masks,
+    forward_with_dropout, backward_with_dropout.
     """
-    As = forward(X_batch, Ws, bs, activation)
+    if dropout:
+        sizes = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
+        masks = dropout_masks(sizes, len(X_batch), dropout, rng)
+        As = forward_with_dropout(X_batch, Ws, bs, masks, activation)
+    else:
+        As = forward(X_batch, Ws, bs, activation)
     loss = float(cross_entropy(As[-1], y_batch))
     correct = int((As[-1].argmax(axis=1) == y_batch).sum())
-    dWs, dbs = backward(As, y_batch, Ws, activation)
+    if dropout:
+        dWs, dbs = backward_with_dropout(As, y_batch, Ws, masks, activation)
+    else:
+        dWs, dbs = backward(As, y_batch, Ws, activation)
     sgd_step(Ws, dWs, vWs, lr, momentum, weight_decay)
     sgd_step(bs, dbs, vbs, lr, momentum)  # no weight decay on biases
     return loss, correct
@@ -592,39 +590,75 @@ def train(X, y, X_val, y_val,
           momentum=0.9,       # μ: the usual value
           weight_decay=5e-5,  # λ: a little, against large weights
           seed=0,             # the same seed and number of BLAS threads give the same model
+          activation="relu",  # relu, sigmoid or tanh (section [3])
+          dropout=0.0,        # share of hidden units switched off in each step (section [10])
+          prepare=None,       # prepare(X_epoch, rng): the images to learn from this epoch
+          lr_at=None,         # lr_at(step): η at that step, e.g. a schedule; None: lr throughout
+          on_batch=None,      # called as on_batch(epoch, fraction of the epoch done)
           on_epoch=None):     # called with each epoch's history entry, e.g. to print it
     """Train a network on X (n, 784), y (n,); return Ws, bs, history.
 
-    The returned weights are those of the epoch with the best accuracy on X_val, y_val.
-    history has one dict per epoch: train_loss and train_acc (averages over the epoch's
-    mini-batches), val_loss, val_acc and seconds.
+    The returned weights are those of the epoch with the best accuracy on X_val, y_val (of the
+    last epoch when X_val is None or empty). history has one dict per epoch: train_loss and
+    train_acc (averages over the epoch's mini-batches), val_loss, val_acc, and seconds (the
+    training pass alone).
+    Section [10] plugs its refinements in through prepare (distorted, centred images), lr_at
+    (a schedule) and dropout. Two failures cannot mend themselves, and stop training with a
+    FloatingPointError: a loss that explodes, and a network that gives every image the same
+    scores (its hidden units are dead). Ctrl-C ends training early with the best epoch so far
+    (history then has fewer than `epochs` entries).
     Needs: init_params, train_step, logits, cross_entropy, accuracy (and what those need).
     """
-    Ws, bs = init_params([X.shape[1], *hidden, 10], seed=seed)
+    Ws, bs = init_params([X.shape[1], *hidden, 10], activation, seed)
     vWs = [np.zeros_like(W) for W in Ws]  # the velocities v start at 0
     vbs = [np.zeros_like(b) for b in bs]
     rng = np.random.default_rng(seed + 1)  # the order of the images, epoch by epoch
-    best, history = None, []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        order = rng.permutation(len(X))  # shuffle: a new random order every epoch
-        X_epoch, y_epoch = X[order], y[order]
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(X), batch_size):  # mini-batches
-            X_batch, y_batch = X_epoch[i:i + batch_size], y_epoch[i:i + batch_size]
-            loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum,
-                                     weight_decay)
-            loss_sum += loss * len(y_batch)
-            correct += right
-        Z_val = logits(X_val, Ws, bs)  # measure on the validation images
-        entry = {"epoch": epoch, "train_loss": loss_sum / len(X), "train_acc": correct / len(X),
-                 "val_loss": float(cross_entropy(Z_val, y_val)), "val_acc": accuracy(Z_val, y_val),
-                 "seconds": time.perf_counter() - start}
-        history.append(entry)
-        if best is None or entry["val_acc"] > best[0]:  # keep the best epoch
-            best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in bs])
-        if on_epoch is not None:
-            on_epoch(entry)
+    best, history, step = None, [], 0
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            order = rng.permutation(len(X))  # shuffle: a new random order every epoch
+            X_epoch, y_epoch = X[order], y[order]
+            if prepare is not None:
+                X_epoch = prepare(X_epoch, rng)
+            loss_sum, correct = 0.0, 0
+            for i in range(0, len(X), batch_size):  # mini-batches
+                X_batch, y_batch = X_epoch[i:i + batch_size], y_epoch[i:i + batch_size]
+                eta = lr if lr_at is None else lr_at(step)
+                loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, eta, momentum,
+                                         weight_decay, activation, dropout, rng)
+                # A fresh network's loss is about log(10) = 2.3 and falls from there; 1000 (or
+                # NaN, or infinity) means the steps are too big and it diverged.
+                if not loss < 1000:
+                    raise FloatingPointError(f"the loss exploded to {loss:.3g} in epoch {epoch}: "
+                                             f"the learning rate {lr:g} is too high")
+                loss_sum += loss * len(y_batch)
+                correct += right
+                step += 1
+                if on_batch is not None:
+                    on_batch(epoch, (i + batch_size) / len(X))
+            entry = {"epoch": epoch, "train_loss": loss_sum / len(X), "train_acc": correct / len(X),
+                     "val_loss": None, "val_acc": None, "seconds": time.perf_counter() - start}
+            if X_val is not None and len(X_val):  # measure on the validation images
+                Z_val = logits(X_val, Ws, bs, activation)
+                entry["val_loss"] = float(cross_entropy(Z_val, y_val))
+                entry["val_acc"] = accuracy(Z_val, y_val)
+                # Every image gets the same scores (exactly; 1e-5 leaves room for rounding): no
+                # hidden unit switches on any more, so no gradient reaches the weights before
+                # them, for good.
+                if len(Z_val) > 1 and np.ptp(Z_val, axis=0).max() < 1e-5:
+                    raise FloatingPointError(
+                        f"the network stopped learning in epoch {epoch}: its hidden units no "
+                        f"longer switch on, so every image gets the same scores; the learning "
+                        f"rate {lr:g} is too high")
+            history.append(entry)
+            if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
+                best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in bs])
+            if on_epoch is not None:
+                on_epoch(entry)
+    except KeyboardInterrupt:  # Ctrl-C: stop here, with the best epoch so far
+        if best is None:
+            raise
     return best[1], best[2], history
 
 
@@ -705,34 +739,31 @@ def write_atomically(path, write):
 
 def save_model(path, Ws, bs, meta):
     """Save weights, biases and meta (a dict) to path as .npz, atomically.
-    Needs: write_atomically, MODEL_FORMAT, UserError, json."""
+    Needs: write_atomically, MODEL_FORMAT, json."""
     arrays = {}
     for l, (W, b) in enumerate(zip(Ws, bs), start=1):
         arrays[f"W{l}"], arrays[f"b{l}"] = W, b
     meta = dict(meta, format=MODEL_FORMAT, sizes=[Ws[0].shape[0]] + [W.shape[1] for W in Ws])
     arrays["meta"] = np.array(json.dumps(meta))
-    try:
-        write_atomically(path, lambda f: np.savez(f, **arrays))
-    except OSError as e:
-        raise UserError(f"cannot write the model to {path}: {e.strerror}; "
-                        f"choose another path with --model") from None
+    write_atomically(path, lambda f: np.savez(f, **arrays))  # an OSError says why it cannot
 
 
 def load_model(path):
     """Load a model saved by save_model; returns Ws, bs, meta. Refuses anything else.
-    Needs: MODEL_FORMAT, ACTIVATIONS, UserError, os, zipfile, json."""
+    Raises FileNotFoundError when there is no file, ValueError when it is not such a model.
+    Needs: MODEL_FORMAT, ACTIVATIONS, os, zipfile, json."""
     if not os.path.exists(path):
-        raise UserError(f"no model at {path}: run `train` first, or give --model")
+        raise FileNotFoundError(f"no model at {path}")
     if not zipfile.is_zipfile(path):  # an .npz is a zip archive of .npy files
-        raise UserError(f"{path}: not a model file of this program (not an .npz archive)")
+        raise ValueError(f"{path}: not a model file of this program (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError:
-        raise UserError(f"{path}: refused: it holds pickled Python objects, which could run "
-                        f"code when loaded; a model file holds plain arrays only") from None
+        raise ValueError(f"{path}: refused: it holds pickled Python objects, which could run "
+                         f"code when loaded; a model file holds plain arrays only") from None
     except Exception as e:  # a damaged archive
-        raise UserError(f"{path}: not a model file of this program ({e})") from None
+        raise ValueError(f"{path}: not a model file of this program ({e})") from None
     try:
         meta = json.loads(str(arrays.pop("meta")))
         sizes = meta["sizes"]
@@ -740,18 +771,18 @@ def load_model(path):
         Ws = [arrays.pop(f"W{l}") for l in range(1, L + 1)]
         bs = [arrays.pop(f"b{l}") for l in range(1, L + 1)]
     except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: not a model file of this program (missing {e})") from None
+        raise ValueError(f"{path}: not a model file of this program (missing {e})") from None
     if meta.get("format", MODEL_FORMAT) > MODEL_FORMAT:
-        raise UserError(f"{path}: written by a newer version of this program (model format "
-                        f"{meta['format']}, this one reads {MODEL_FORMAT}); update the program")
+        raise ValueError(f"{path}: written by a newer version of this program (model format "
+                         f"{meta['format']}, this one reads {MODEL_FORMAT}); update the program")
     for l, (W, b) in enumerate(zip(Ws, bs)):
         if W.shape != (sizes[l], sizes[l + 1]) or b.shape != (sizes[l + 1],) \
                 or W.dtype.kind != "f" or b.dtype.kind != "f":
-            raise UserError(f"{path}: layer {l + 1} has shape {W.shape}/{b.shape}, but the "
-                            f"file says the sizes are {sizes}; the file is damaged")
-    meta.setdefault("activation", "relu")  # the files of the first version did not say
+            raise ValueError(f"{path}: layer {l + 1} has shape {W.shape}/{b.shape}, but the "
+                             f"file says the sizes are {sizes}; the file is damaged")
+    meta.setdefault("activation", "relu")  # a model that does not say is a ReLU network
     if sizes[0] != 784 or sizes[-1] != 10 or meta["activation"] not in ACTIVATIONS:
-        raise UserError(f"{path}: not an MNIST model of this program (sizes {sizes})")
+        raise ValueError(f"{path}: not an MNIST model of this program (sizes {sizes})")
     return Ws, bs, meta
 
 
@@ -764,361 +795,223 @@ def load_model(path):
 # %% [10] Better generalisation: distorted digits and dropout
 #
 # The plain network of section [7] gets nearly every training image right but fewer of the
-# test images, about 98 %: it has partly learned its training images by heart. Two remedies
-# make it generalise better. train_full, at the end of this section, uses them; it is the
-# training the command line runs.
+# test images, about 98 %: it has partly learned its training images by heart. Four
+# refinements make it generalise better or learn faster; train_full, at the end of this
+# section, plugs them into the loop of train(), and is the training the command line runs.
 #
-# Distorted digits (data augmentation). People write the same "7" a little further left,
-# tilted, slanted, narrower, with a shaky stroke. Before every epoch each training image is
-# distorted a little, at random, and keeps its label: a distorted 7 is still a 7, so the
-# network learns what makes a 7 rather than the exact pixels of 55,000 images. Simard,
-# Steinkraus and Platt (2003) showed that two kinds of distortion take a plain fully
-# connected network from about 98.4 % to about 99.3 % test accuracy on MNIST:
-#   1. an affine map: shift, rotate, scale and slant (shear) the whole digit;
-#   2. an elastic distortion: move every pixel by a small random amount that varies
-#      smoothly across the image, like writing on a rubber sheet that is gently pulled.
+# 1. Distorted digits (data augmentation). People write the same 7 further left, tilted,
+#    slanted, narrower, with a shaky stroke. Before every epoch each training image is
+#    distorted a little, at random, and keeps its label, so the network learns what makes a 7
+#    rather than the exact pixels of 55,000 images. Simard, Steinkraus and Platt (2003) took a
+#    plain fully connected network from about 98.4 % to 99.3 % with two distortions:
+#      an affine map: shift, rotate, scale and slant (shear) the whole digit,
+#        q = A (p - c) + c + t    p = (row, col) in the old image, q in the new one, c the centre
+#      an elastic distortion: each pixel moves a little, smoothly varying (a rubber sheet),
+#        q = p + d(p)    d = alpha * (Gaussian blur of uniform noise in [-1, 1])
+#    Each pixel q of the new image is read from the old image where it comes from (the inverse
+#    map leaves no holes), by bilinear interpolation: mostly between pixels, mixing four.
+# 2. Dropout (Srivastava et al., 2014). In every training step each hidden unit is switched
+#    off at random, so no unit can rely on another being there: the network learns redundant
+#    features, which generalise better.
+#        A = f(Z) * mask    mask = 0 (dropped) or 1 / keep (kept), drawn anew for every batch
+#    At test time nothing is dropped.
+# 3. Centred inputs (LeCun et al., "Efficient BackProp", 1998). Pixels are all >= 0, so the
+#    gradients of one unit's weights, dW = A_prev^T dZ, all share the sign of dZ and the steps
+#    zig-zag; inputs centred on 0 do not. The network learns on X - mean, and since
+#        (X - mean) W1 + b1 = X W1 + (b1 - mean W1)
+#    the biases b1 - mean W1 give the same outputs on raw images: that is what is returned.
+# 4. A cosine learning rate: big steps early to make progress, small ones late to settle,
+#        η_t = η (1 + cos(π t / T)) / 2    step t of T, from η down to 0
 #
-# Dropout (Srivastava et al., 2014). In every training step each hidden unit is switched off
-# at random, so no unit can rely on one particular other unit being there: the network
-# learns redundant features, which generalise better. It changes one line of the forward
-# pass and two of the backward pass (forward_with_dropout, backward_with_dropout, below). At
-# test time nothing is dropped.
-#
-# How a distortion is made. For every pixel (i, j) of the NEW image we compute where in the
-# OLD image it is read from, the "sampling coordinates" (rows[i, j], cols[i, j]), usually
-# fractional, and bilinear_sample reads the old image there. Asking "where does each new
-# pixel come from?" (the inverse map) rather than "where does each old pixel go?" leaves no
-# holes. Everything works on a whole batch at once: images and coordinates (m, 28, 28), in
-# (row, column) order as in array indexing (row i grows downwards, column j to the right),
-# pixel centres at the integers 0..27, the centre of the frame at (13.5, 13.5).
+# Images and sampling coordinates below are batches (m, 28, 28) in (row, column) order, as in
+# array indexing (row i grows downwards, column j to the right), pixel centres at the whole
+# numbers 0..27, the centre of the frame at c = (13.5, 13.5).
 
 
 def random_affine_grids(m, rng, max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0,
                         max_shear=0.0, size=28):
-    """Sampling coordinates of m random affine maps (shift, rotation, scale, shear).
+    """Sampling coordinates (rows, cols), (m, size, size) float32, of m random affine maps:
+    new pixel (n, i, j) is read from old image n at (rows[n, i, j], cols[n, i, j]).
 
-    Each image n gets its own random parameters, drawn uniformly:
-      shift      t_row, t_col in [-max_shift, +max_shift] pixels (positive: down / right),
-      rotation   theta in [-max_rotation_deg, +max_rotation_deg] degrees,
-      scale      s_row, s_col in [1 - max_scale, 1 + max_scale], each axis on its own
-                 (so a digit can get taller, wider, or both),
-      shear      h in [-max_shear, +max_shear]: the column moves by h per row, a slant.
-
-    The digit is moved by the forward map, about the frame centre c = (13.5, 13.5):
+    Each image's parameters are uniform: shift t_row, t_col in +-max_shift pixels; rotation
+    theta in +-max_rotation_deg degrees; scale s_row, s_col in 1 +- max_scale, each axis on its
+    own; shear h in +-max_shear (the column moves by h per row, a slant). The map and its inverse:
         q = A (p - c) + c + t,    A = R(theta) @ H(h) @ S(s_row, s_col)   (2x2)
-    where p = (row, col) in the old image and q in the new one. To draw the new image
-    we need the inverse, for every new pixel q:
         p = A^-1 (q - c - t) + c
-    Returns (rows, cols), each (m, size, size) float32: new pixel (n, i, j) is read from
-    the old image n at (rows[n, i, j], cols[n, i, j]). All strengths 0 give the identity
-    grid rows[n, i, j] = i, cols[n, i, j] = j exactly.
+    All strengths 0 give the pixel grid itself: rows[n, i, j] = i, cols[n, i, j] = j.
     """
-    # One random number per image and parameter: (m,) vectors.
-    t_row = rng.uniform(-max_shift, max_shift, size=m)
+    t_row = rng.uniform(-max_shift, max_shift, size=m)  # one number per image: (m,) vectors
     t_col = rng.uniform(-max_shift, max_shift, size=m)
     theta = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, size=m))
     s_row = rng.uniform(1.0 - max_scale, 1.0 + max_scale, size=m)
     s_col = rng.uniform(1.0 - max_scale, 1.0 + max_scale, size=m)
     h = rng.uniform(-max_shear, max_shear, size=m)
-
-    # The three 2x2 matrices, for (row, col) column vectors:
-    #   S = [[s_row, 0], [0, s_col]]   stretch each axis
-    #   H = [[1, 0], [h, 1]]           col' = col + h * row: a slant, like italics
-    #   R = [[cos, -sin], [sin, cos]]  rotation by theta
-    # A = R @ H @ S, written out entry by entry so it stays a product of (m,) vectors:
+    # S = [[s_row, 0], [0, s_col]], H = [[1, 0], [h, 1]], R = [[cos, -sin], [sin, cos]];
+    # A = R @ H @ S entry by entry, so that it stays a product of (m,) vectors:
     cos, sin = np.cos(theta), np.sin(theta)
-    a00 = (cos - sin * h) * s_row          # A = [[a00, a01],
-    a01 = -sin * s_col                     #      [a10, a11]]
-    a10 = (sin + cos * h) * s_row
-    a11 = cos * s_col
-
-    # Inverse of a 2x2 matrix: A^-1 = (1 / det A) [[a11, -a01], [-a10, a00]].
-    # det A = s_row * s_col (a rotation and a shear keep areas), never 0 since max_scale < 1.
+    a00, a01 = (cos - sin * h) * s_row, -sin * s_col
+    a10, a11 = (sin + cos * h) * s_row, cos * s_col
+    # A^-1 = [[a11, -a01], [-a10, a00]] / det A, and det A = s_row s_col > 0 (max_scale < 1).
     det = a00 * a11 - a01 * a10
-    # A^-1 = [[i00, i01], [i10, i11]]:
     i00, i01, i10, i11 = a11 / det, -a01 / det, -a10 / det, a00 / det
-
-    # p = A^-1 (q - c - t) + c, for all q = (i, j) of the grid. The grid is separable:
-    # u_i = i - c depends only on the row, v_j = j - c only on the column, so
-    #   rows[n, i, j] = i00[n] (u_i - t_row[n]) + i01[n] (v_j - t_col[n]) + c
-    # is a (m, size, 1) column plus a (m, 1, size) row, broadcast to (m, size, size).
+    # p = A^-1 (q - c - t) + c on the grid q = (i, j) is separable: with u = i - c - t_row and
+    # v = j - c - t_col, rows = i00 u + i01 v + c is an (m, size, 1) column plus an
+    # (m, 1, size) row. They are made float32 first: the big sums are then float32 too.
     c = (size - 1) / 2.0
-    u = np.arange(size) - c                                      # (size,) row offsets
-    v = np.arange(size) - c                                      # (size,) column offsets
-    du = u[None, :] - t_row[:, None]                             # (m, size): u_i - t_row
-    dv = v[None, :] - t_col[:, None]                             # (m, size): v_j - t_col
-    # The small (m, size) factors are made float32 so that the big (m, size, size) sums
-    # are computed in float32 directly: half the memory traffic of float64.
-    row_part = (i00[:, None] * du + c).astype(np.float32)[:, :, None]      # (m, size, 1)
-    col_part = (i01[:, None] * dv).astype(np.float32)[:, None, :]          # (m, 1, size)
-    rows = row_part + col_part                                   # (m, size, size)
-    row_part = (i10[:, None] * du).astype(np.float32)[:, :, None]
-    col_part = (i11[:, None] * dv + c).astype(np.float32)[:, None, :]
-    cols = row_part + col_part
-    return rows, cols                                            # 2 x (m, size, size)
+    du = (np.arange(size) - c)[None, :] - t_row[:, None]              # (m, size): u
+    dv = (np.arange(size) - c)[None, :] - t_col[:, None]              # (m, size): v
+    rows = ((i00[:, None] * du + c).astype(np.float32)[:, :, None]
+            + (i01[:, None] * dv).astype(np.float32)[:, None, :])     # (m, size, size)
+    cols = ((i10[:, None] * du).astype(np.float32)[:, :, None]
+            + (i11[:, None] * dv + c).astype(np.float32)[:, None, :])
+    return rows, cols
 
 
 def gaussian_matrix(size, sigma, centres=None):
-    """The (size, k) matrix G that smooths with a Gaussian of std sigma: G[i, a] = g(i - x_a).
-
-    g(d) = exp(-d^2 / (2 sigma^2)) / Z, where Z makes the whole kernel g(-(size-1)) ..
-    g(size-1) sum to 1. The x_a are the k positions the values come from: by default every
-    pixel, x_a = a for a = 0 .. size-1, and then (G @ x)[i] = sum_k g(i - k) x[k] is the
-    convolution of x with the Gaussian, counting values outside the frame as 0; G is square
-    and symmetric, because g(d) = g(-d). `centres` gives other positions, e.g. a few control
-    points (see elastic_displacement); they need not be whole numbers.
-    """
-    offsets = np.arange(-(size - 1), size)                     # d = -(size-1) .. size-1
-    Z = np.exp(-offsets ** 2 / (2.0 * sigma ** 2)).sum()       # smoothing keeps averages
+    """The (size, k) matrix G[i, a] = g(i - x_a) of a Gaussian g of std sigma, normalised so
+    that the whole kernel g(-(size-1)) .. g(size-1) sums to 1. By default x_a = a, every
+    pixel: then G @ x is x blurred (values outside the frame count as 0). `centres` gives
+    other positions x_a, such as control points; they need not be whole numbers."""
+    offsets = np.arange(-(size - 1), size)
+    Z = np.exp(-offsets ** 2 / (2.0 * sigma ** 2)).sum()
     x = np.arange(size, dtype=np.float64) if centres is None else np.asarray(centres, float)
-    d = np.arange(size)[:, None] - x[None, :]                  # (size, k): d = i - x_a
+    d = np.arange(size)[:, None] - x[None, :]                  # (size, k): i - x_a
     return (np.exp(-d ** 2 / (2.0 * sigma ** 2)) / Z).astype(np.float32)
 
 
 def elastic_displacement(m, rng, alpha, sigma, size=28):
-    """Random smooth displacement fields (d_rows, d_cols) for m images (Simard et al. 2003).
+    """Random smooth displacements (d_rows, d_cols), each (m, size, size) float32.
 
-    Simard's recipe, for each image and each of the two directions (down, right):
-      1. draw an independent uniform number in [-1, 1] for every pixel: field (size, size);
-      2. smooth it with a Gaussian of standard deviation sigma pixels, so that neighbouring
-         pixels move together (small sigma: a jittery, noisy look; large sigma: the whole
-         digit bends gently);
-      3. multiply by alpha, the strength, in pixels per unit of smoothed field.
-    Smoothing averages about 4 pi sigma^2 independent values, which shrinks their spread
-    by sqrt(4 pi sigma^2) (14 for sigma = 4), so alpha is much larger than the resulting
-    displacement: alpha = 34, sigma = 4 moves pixels by about 1.4 px (standard deviation),
-    alpha = 34, sigma = 5 by about 1.1 px.
-
-    For speed the random numbers are drawn only at k x k control points spaced h <= sigma
-    apart, each weighted by h (it stands for h x h pixels): the Gaussian blurs away all detail
-    finer than sigma anyway, so the field has the same spread (to 1e-4) and smoothness from
-    6 x 6 random numbers instead of 28 x 28 when sigma = 5.
-    Returns (d_rows, d_cols), each (m, size, size) float32. Needs: gaussian_matrix, math.
+    Simard's recipe, per image and direction: uniform noise in [-1, 1] at every pixel, blurred
+    by a Gaussian of std sigma (small sigma jitters, large sigma bends the whole digit), times
+    alpha; the blur averages about 4 pi sigma^2 values, so alpha = 25, sigma = 5 moves pixels
+    by about 0.8 px. As the blur keeps no detail finer than sigma, the noise is drawn only at
+    k x k control points h <= sigma apart, each weighted by h: the same field from 6 x 6
+    random numbers instead of 28 x 28 when sigma = 5. Needs: gaussian_matrix, math.
     """
     k = min(size, math.ceil(size / sigma))                    # control points per side
-    h = size / k                                               # their spacing, <= sigma
+    h = size / k                                               # their spacing
     centres = (np.arange(k) + 0.5) * h - 0.5                   # spread evenly over the frame
-    # float32 random numbers are drawn about twice as fast as float64, and are plenty here.
-    # The strength alpha multiplies the small field rather than the big smoothed one: the
-    # same product (matrix products are linear), for k x k multiplications, not size x size.
     field = (alpha * h) * (2.0 * rng.random((m, 2, k, k), dtype=np.float32) - 1.0)
-
-    # Gaussian smoothing as two matrix products. A 2-D Gaussian is separable,
-    #   g(di, dj) = g(di) * g(dj),
-    # so the smoothed field d[i, j] = sum_a sum_b g(i - x_a) g(j - x_b) F[a, b] is
-    # G @ F @ G.T with G[i, a] = g(i - x_a), (size, k):
-    #   (G @ F)[i, b]   = sum_a g(i - x_a) F[a, b]    spreads down each column,
-    #   (. @ G.T)[i, j] = sum_b .[i, b] g(j - x_b)    spreads along each row,
-    # done by the fast matrix-product routine, for every field of the batch at once (matmul
-    # broadcasts G over the (m, 2) leading axes). With control points at every pixel (k =
-    # size, h = 1) this is exactly Simard's recipe, a Gaussian blur of per-pixel noise.
+    # A 2-D Gaussian is separable, g(di, dj) = g(di) g(dj), so the blur is two matrix products:
+    # d[i, j] = sum_a sum_b g(i - x_a) g(j - x_b) F[a, b] = (G @ F @ G.T)[i, j].
     G = gaussian_matrix(size, sigma, centres)                  # (size, k)
     displacement = G @ field @ G.T                             # (s,k) @ (m,2,k,k) @ (k,s)
-    return displacement[:, 0], displacement[:, 1]             # d_rows, d_cols: (m, s, s)
+    return displacement[:, 0], displacement[:, 1]
+
+
+# Bilinear interpolation reads an image at a point (row, col) between pixels: with
+# r0 = floor(row), c0 = floor(col) and the fractions fr = row - r0, fc = col - c0 in [0, 1),
+#     top    = I[r0, c0]     + fc (I[r0, c0 + 1]     - I[r0, c0])
+#     bottom = I[r0 + 1, c0] + fc (I[r0 + 1, c0 + 1] - I[r0 + 1, c0])
+#     value  = top + fr (bottom - top)
+# weights (1-fr)(1-fc), (1-fr)fc, fr(1-fc), fr fc that sum to 1; at whole numbers, the pixel
+# itself. Outside the frame the image is black. It is done in two steps, where to read (a plan)
+# and reading, so that one plan can read many images (augment_batch's maps).
 
 
 def sampling_plan(rows, cols, H=28, W=28):
-    """Where bilinear interpolation reads, for a batch of sampling coordinates.
-
-    rows, cols (m, H2, W2) float32: coordinates in an H x W frame (row 0 .. H-1 top to
-    bottom, column 0 .. W-1 left to right). Returns the plan (where, fr, fc), each (m, H2, W2):
-    where (int32) locates the top-left neighbour (r0, c0) = (floor(row), floor(col)) in an
-    image with a black border, as bilinear_read reads it; fr = row - r0 and fc = col - c0, in
-    [0, 1), are the fractional parts. It is a step of its own so that a plan can be reused.
-    """
-    # A point more than 1 pixel outside the frame is black whatever its neighbours: clip it
-    # onto the black border, one pixel above and left of the frame, two below and right.
+    """Where bilinear interpolation reads for coordinates rows, cols (m, H2, W2) in an H x W
+    frame: (where, fr, fc), each (m, H2, W2); `where` is the flat index of (r0, c0) in the image
+    framed by a black border (bilinear_read), fr and fc the fractions."""
+    # A point more than a pixel outside the frame is black: clip it onto the black border,
+    # one pixel above and left of the frame, two below and right.
     rows = np.clip(rows, -1.0, H)
     cols = np.clip(cols, -1.0, W)
-    r0 = np.floor(rows)                                         # in -1 .. H
-    c0 = np.floor(cols)
-    fr = rows - r0                                              # in [0, 1)
-    fc = cols - c0
-    # (r0, c0) in the bordered image is (r0 + 1, c0 + 1): its index with rows laid end to end.
+    r0, c0 = np.floor(rows), np.floor(cols)
+    # (r0, c0) is (r0 + 1, c0 + 1) in the bordered image, whose rows have W + 3 pixels.
     where = (r0.astype(np.int32) + 1) * (W + 3) + (c0.astype(np.int32) + 1)
-    return where, fr, fc
+    return where, rows - r0, cols - c0
 
 
 def bilinear_read(images, plan):
-    """Read a batch of images (m, H, W) float32 where sampling_plan says; returns (m, H2, W2).
-
-    Bilinear interpolation: with r0 = floor(row), c0 = floor(col) and the fractional
-    parts fr = row - r0, fc = col - c0 in [0, 1), the value is a weighted mean of the
-    four pixels around the point,
-        top    = (1 - fc) * I[r0, c0]     + fc * I[r0, c0 + 1]
-        bottom = (1 - fc) * I[r0 + 1, c0] + fc * I[r0 + 1, c0 + 1]
-        out    = (1 - fr) * top + fr * bottom
-    i.e. weights (1-fr)(1-fc), (1-fr)fc, fr(1-fc), fr fc, which sum to 1. At integer
-    coordinates (fr = fc = 0) it returns the pixel itself, exactly. Outside the frame the
-    image is black (0): a digit shifted out of the frame loses ink, none is wrapped around or
-    smeared from the border.
-    """
+    """Read images (m, H, W) float32 where sampling_plan says; returns (m, H2, W2)."""
     where, fr, fc = plan
     m, H, W = images.shape
-    padded = np.zeros((m, H + 3, W + 3), dtype=images.dtype)    # the black border
+    padded = np.zeros((m, H + 3, W + 3), dtype=images.dtype)  # the black border
     padded[:, 1:H + 1, 1:W + 1] = images
-    # The four neighbours by flat index into the bordered batch: the right, lower and
-    # lower-right ones are 1, W+3 and W+4 elements further (int32 indices are faster, and fit
-    # below 2^31 elements).
+    # Flat indices into the whole bordered batch; int32 (half the memory traffic of int64)
+    # holds them for up to 2 million images, and augment_batch reads 256 at a time.
     stride = W + 3
-    index_type = np.int32 if padded.size < 2 ** 31 else np.int64
-    image_start = np.arange(m, dtype=index_type) * ((H + 3) * stride)        # (m,)
-    flat = where + image_start[:, None, None]                                 # (m, H2, W2)
+    flat = where + (np.arange(m, dtype=np.int32) * ((H + 3) * stride))[:, None, None]
     pixels = padded.reshape(-1)
-    top_left = np.take(pixels, flat)                            # I[r0,     c0    ]
-    top_right = np.take(pixels[1:], flat)                       # I[r0,     c0 + 1]
-    bottom_left = np.take(pixels[stride:], flat)                # I[r0 + 1, c0    ]
-    bottom_right = np.take(pixels[stride + 1:], flat)           # I[r0 + 1, c0 + 1]
-
-    # (1 - f) a + f b written as a + f (b - a): one multiply fewer, and exactly a at f = 0.
+    top_left, top_right = np.take(pixels, flat), np.take(pixels[1:], flat)
+    bottom_left, bottom_right = np.take(pixels[stride:], flat), np.take(pixels[stride + 1:], flat)
     top = top_left + fc * (top_right - top_left)
     bottom = bottom_left + fc * (bottom_right - bottom_left)
-    return top + fr * (bottom - top)                            # (m, H2, W2)
+    return top + fr * (bottom - top)
 
 
 def bilinear_sample(images, rows, cols):
-    """Read a batch of images (m, H, W) float32 at fractional coordinates rows, cols
-    (m, H2, W2), by bilinear interpolation; returns (m, H2, W2) float32 with out[n, i, j] =
-    image n read at (rows, cols)[n, i, j]. Needs: sampling_plan, bilinear_read."""
+    """Images (m, H, W) read at the coordinates rows, cols (m, H2, W2): out[n, i, j] is image n
+    at (rows, cols)[n, i, j], by bilinear interpolation. Needs: sampling_plan, bilinear_read."""
     return bilinear_read(images, sampling_plan(rows, cols, *images.shape[1:]))
 
 
 def augment_batch(images, rng, max_shift=1.0, max_rotation_deg=7.5, max_scale=0.075,
-                  max_shear=0.15, elastic_alpha=25.0, elastic_sigma=5.0, mirror=0.0,
-                  maps=None, chunk_size=256, out=None):
-    """Randomly distorted copies of a batch of images (affine map + elastic distortion).
+                  max_shear=0.15, elastic_alpha=25.0, elastic_sigma=5.0, mirror=0.0, maps=None):
+    """Randomly distorted copies of images (m, 28, 28) or (m, 784), float32 in [0, 1]: an affine
+    map (random_affine_grids) and an elastic distortion (elastic_displacement), read by bilinear
+    interpolation. Returns the same shape; the labels stay valid as they are.
 
-    images: (m, 28, 28) or (m, 784) float32 in [0, 1]; returns the same shape and dtype.
-    rng: a np.random.Generator, e.g. np.random.default_rng(seed): the same seed gives the
-    same distortions, so a training run can be repeated exactly.
-    Strengths (each 0 switches that distortion off; all 0 returns an unchanged copy):
-      max_shift         pixels, uniform in [-max_shift, max_shift] down and right;
-      max_rotation_deg  degrees, uniform in [-max_rotation_deg, max_rotation_deg];
-      max_scale         each axis scaled by a factor in [1 - max_scale, 1 + max_scale];
-      max_shear         slant: the column moves by h per row, h in [-max_shear, max_shear];
-      elastic_alpha     strength of the elastic displacement, pixels per unit field;
-      elastic_sigma     its smoothness: std of the Gaussian, in pixels;
-      mirror            the chance that an image is mirrored left to right: for clothes (a
-                        mirrored shirt is still a shirt), never for digits (a mirrored 3 is no 3).
-    The defaults are the "light" strengths of AUGMENT_PRESETS (the command line's default).
-    Only images go in and out: the labels of the batch stay valid as they are.
-    maps: how many different distortions to draw; None (the default) draws one for every
-    image. Drawing a distortion costs more than reading an image through it, so with
-    maps=2048 image i gets the distortion of image i % 2,048 (maps rounded up to whole
-    chunks); the images of a shuffled training set meet them at random, a different one every
-    epoch. train_full distorts so: half the time, as accurate (see docs/results.md).
-    out: an array of the same shape to write the result into; it may be `images` itself,
-    which saves a second copy of the data set. chunk_size images are done at a time, so that
-    the temporaries stay in the processor's cache.
-    Needs: random_affine_grids, elastic_displacement, sampling_plan, bilinear_read,
-    mirror_some.
+    The same rng seed gives the same distortions; a strength 0 switches its part off; the
+    defaults are the "light" preset. mirror: the chance that an image is mirrored left to
+    right, for clothes (a mirrored 3 is no 3). maps: how many distortions to draw (in whole
+    chunks of 256), dealt out so that image i gets distortion i % maps, or None: one each.
+    Drawing costs more than reading, so train_full draws 2,048 per epoch: half the time, as
+    accurate (docs/results.md). Needs: random_affine_grids, elastic_displacement,
+    sampling_plan, bilinear_read, mirror_some.
     """
     images = np.asarray(images)
-    shape = images.shape
-    if images.ndim == 2 and shape[1] == 784:
-        images = images.reshape(-1, 28, 28)
-    elif images.ndim != 3 or shape[1:] != (28, 28):
-        raise ValueError(f"augment_batch needs images of shape (m, 784) or (m, 28, 28), "
-                         f"got {shape}; reshape the batch first")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"augment_batch needs float images in [0, 1], got {images.dtype}; "
-                         f"convert with images.astype(np.float32) / 255")
-    strengths = dict(max_shift=max_shift, max_rotation_deg=max_rotation_deg,
-                     max_scale=max_scale, max_shear=max_shear,
-                     elastic_alpha=elastic_alpha, elastic_sigma=elastic_sigma)
-    for name, value in strengths.items():
-        if not value >= 0:                                      # also catches NaN
-            raise ValueError(f"{name} must be >= 0, got {value}; use 0 to switch it off")
-    if max_scale >= 1:
-        raise ValueError(f"max_scale must be below 1 (a scale factor 1 - max_scale must "
-                         f"stay positive), got {max_scale}; try 0.1")
-    if elastic_alpha > 0 and elastic_sigma == 0:
-        raise ValueError("elastic_sigma must be > 0 when elastic_alpha > 0; try 5")
-    if not 0 <= mirror <= 1:
-        raise ValueError(f"mirror is a chance, from 0 to 1, got {mirror}; try 0.5")
-    if maps is not None and not maps >= 1:
-        raise ValueError(f"maps must be at least 1 (or None: one per image), got {maps}")
-
-    result = np.empty(shape, dtype=images.dtype) if out is None else out
-    out = result.reshape(images.shape)
+    out = np.empty_like(images).reshape(-1, 28, 28)
     if max_shift == max_rotation_deg == max_scale == max_shear == elastic_alpha == 0:
-        result[...] = images.reshape(shape)                     # nothing to distort: a copy
-        mirror_some(out, rng, mirror)
-        return result
-    if maps is not None and maps >= len(images):
-        maps = None                                             # one for every image anyway
-    kept = []                                                   # plans to reuse, if maps
-    for number, start in enumerate(range(0, len(images), chunk_size)):
-        batch = images[start:start + chunk_size]
-        m = len(batch)
-        if maps is not None and number * chunk_size >= maps:
-            plan = [part[:m] for part in kept[number % len(kept)]]  # a chunk drawn before
-        else:
-            rows, cols = random_affine_grids(m, rng, max_shift, max_rotation_deg,
-                                             max_scale, max_shear)
-            if elastic_alpha > 0:
-                # Read the old image at (affine position + elastic displacement): the elastic
-                # field moves every new pixel's reading point a little, smoothly.
-                d_rows, d_cols = elastic_displacement(m, rng, elastic_alpha, elastic_sigma)
-                rows += d_rows
-                cols += d_cols
-            plan = sampling_plan(rows, cols)
-            if maps is not None:
-                kept.append(plan)
-        # Kept alive until the next chunk's result replaces it, so its memory is reused: faster.
-        augmented = bilinear_read(batch, plan)
-        out[start:start + m] = augmented
+        out[...] = images.reshape(out.shape)  # nothing to distort: no random numbers drawn
+    else:
+        reuse = maps is not None and maps < len(out)
+        kept = []  # the plans drawn, to deal out again when reuse
+        for number, start in enumerate(range(0, len(out), 256)):  # 256: stays in the cache
+            chunk = images.reshape(out.shape)[start:start + 256]
+            if reuse and number * 256 >= maps:
+                plan = [part[:len(chunk)] for part in kept[number % len(kept)]]
+            else:
+                rows, cols = random_affine_grids(len(chunk), rng, max_shift, max_rotation_deg,
+                                                 max_scale, max_shear)
+                if elastic_alpha > 0:  # the elastic field moves each reading point a little
+                    d_rows, d_cols = elastic_displacement(len(chunk), rng, elastic_alpha,
+                                                          elastic_sigma)
+                    rows, cols = rows + d_rows, cols + d_cols
+                plan = sampling_plan(rows, cols)
+                if reuse:
+                    kept.append(plan)
+            out[start:start + 256] = bilinear_read(chunk, plan)
     mirror_some(out, rng, mirror)
-    return result
+    return out.reshape(images.shape)
 
 
 def mirror_some(images, rng, chance):
-    """Mirror each image of (m, 28, 28) left to right with the given chance, in place.
-    Needs: nothing but NumPy."""
+    """Mirror each image of (m, 28, 28) left to right with the given chance, in place."""
     if chance > 0:
         chosen = rng.random(len(images)) < chance
         images[chosen] = images[chosen, :, ::-1]                # columns in reverse order
 
 
-# Named strength settings for the command line (--augment NAME). "light" is the default
-# (augment_batch's own defaults): on the validation images and on USPS it did clearly better
-# than "none" and as well as "strong", see docs/results.md. "mirror" is for clothes
-# (Fashion-MNIST's default), not for digits.
-AUGMENT_PRESETS = {
-    "none": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
-                 elastic_alpha=0.0, elastic_sigma=0.0),
-    "light": {name: parameter.default  # augment_batch's own defaults, written once there
-              for name, parameter in inspect.signature(augment_batch).parameters.items()
-              if name.startswith(("max_", "elastic_"))},
-    "strong": dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
-                   elastic_alpha=34.0, elastic_sigma=5.0),
-    "mirror": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
-                   elastic_alpha=0.0, elastic_sigma=0.0, mirror=0.5),
-}
-
-
-# Dropout in the forward and backward pass. While training, each hidden layer's activations
-# are multiplied by a random mask, 0 (dropped) or 1 / keep (kept):
-#     A = f(Z) * mask
-# and the backward pass multiplies the gradient by the same mask: a dropped unit passes
-# nothing back. The output layer is never dropped, and at test time nothing is: the trained
-# network is used with forward() of section [3].
+# Dropout: each hidden layer's A = f(Z) * mask, and the backward pass multiplies its gradient
+# by the same mask, so a dropped unit passes nothing back. These passes are twins of forward()
+# and backward() rather than an option of theirs, so that [3] and [5] stay as taught, and the
+# twins show the one line dropout adds forward and the two it adds backward.
 
 
 def dropout_masks(sizes, m, rate, rng, dtype=np.float32):
-    """Random masks for inverted dropout, one (m, n) array per hidden layer.
-
-    Each hidden unit is kept with probability keep = 1 - rate. A kept unit's value is divided
-    by keep ("inverted" dropout), so the expected activation is unchanged and the network
-    needs no rescaling at test time, when nothing is dropped.
-    """
+    """Masks for inverted dropout, one (m, n) array per hidden layer of sizes: each unit kept
+    with probability keep = 1 - rate, and a kept one divided by keep, so the expected
+    activation is unchanged and nothing needs rescaling at test time, when nothing is dropped."""
     keep = 1.0 - rate
     return [(rng.random((m, n), dtype=dtype) < keep) * dtype(1 / keep) for n in sizes[1:-1]]
 
 
 def forward_with_dropout(X, Ws, bs, masks, activation="relu"):
-    """forward() of section [3] with dropout: returns As = [X, A_1, ..., A_{L-1}, Z_L] where
-    each hidden layer's A = f(Z) * mask, masks[l] (m, n) from dropout_masks.
+    """forward() of section [3] with each hidden layer's A = f(Z) * mask (masks from
+    dropout_masks); returns As = [X, A_1, ..., A_{L-1}, Z_L].
     Needs: ACTIVATIONS (and the functions it names)."""
     f = ACTIVATIONS[activation][0]
     As = [X]
@@ -1133,8 +1026,7 @@ def forward_with_dropout(X, Ws, bs, masks, activation="relu"):
 
 
 def backward_with_dropout(As, y, Ws, masks, activation="relu"):
-    """backward() of section [5] for forward_with_dropout: returns dWs, dbs shaped like Ws, bs.
-    As: the list forward_with_dropout returned (left unchanged), masks the same masks.
+    """backward() of section [5] for forward_with_dropout (the same masks); returns dWs, dbs.
     Needs: softmax, ACTIVATIONS (and the functions it names)."""
     derivative = ACTIVATIONS[activation][1]
     m = len(y)
@@ -1149,9 +1041,8 @@ def backward_with_dropout(As, y, Ws, masks, activation="relu"):
         if l == 0:
             break
         dA = dZ @ Ws[l].T               # (m, n_out) @ (n_out, n_in) -> (m, n_in)
-        # A_prev = f(Z_prev) * mask, so dL/df(Z_prev) = dA * mask: dropped units pass nothing
-        # back, kept ones are scaled by 1/keep. f' needs f(Z_prev) itself, which is
-        # A_prev / mask where the unit was kept (and does not matter where it was dropped).
+        # A_prev = f(Z_prev) * mask, so dropped units pass nothing back and kept ones are
+        # scaled by 1/keep; f' needs f(Z_prev) = A_prev / mask where the unit was kept.
         mask = masks[l - 1]
         dA *= mask
         A_prev = np.divide(A_prev, mask, out=np.zeros_like(A_prev), where=mask != 0)
@@ -1162,12 +1053,10 @@ def backward_with_dropout(As, y, Ws, masks, activation="relu"):
 
 def gradient_check_with_dropout(sizes=(20, 16, 12, 10), m=8, activation="relu", rate=0.5,
                                 seed=0):
-    """gradient_check() of section [6] for the network with dropout: one set of random masks
-    is drawn and held fixed, and the gradients backward_with_dropout computes are compared
-    with finite differences of that network's loss; returns [(name, error), ...].
-    Needs: init_params (with he_init, xavier_init), dropout_masks, forward_with_dropout,
-    backward_with_dropout, cross_entropy, numerical_gradient, relative_error.
-    """
+    """gradient_check() of section [6] for the network with dropout, one set of masks held
+    fixed; returns [(name, error), ...]. Needs: init_params (with he_init, xavier_init),
+    dropout_masks, forward_with_dropout, backward_with_dropout, cross_entropy,
+    numerical_gradient, relative_error."""
     rng = np.random.default_rng(seed)
     Ws, bs = init_params(list(sizes), activation, seed, dtype=np.float64)
     for b in bs:
@@ -1188,43 +1077,11 @@ def gradient_check_with_dropout(sizes=(20, 16, 12, 10), m=8, activation="relu", 
     return errors
 
 
-# Everything together: the training the command line runs. train_full is train() of section
-# [7] with distortions and dropout, and with what makes it faster and sturdier, each a few
-# lines around the same loop:
-#   - the learning rate follows a cosine (learning_rate), gliding from lr down to 0 over the
-#     run: big steps early to make progress, small steps late to settle into a minimum;
-#   - centred inputs (LeCun et al., "Efficient BackProp", 1998): inputs that are all positive
-#     make the gradients of a unit's weights, dW = A_prev^T dZ, share one sign and zig-zag;
-#     inputs centred on 0 do not. The network learns on X - mean, and as
-#         (X - mean) @ W1 + b1 = X @ W1 + (b1 - mean @ W1),
-#     the biases b1 - mean @ W1 give the same outputs on raw images, so that is what it returns;
-#   - one buffer for the shuffled images, distorted in place, instead of new copies each epoch;
-#   - a loss that explodes stops with an error that says what to do, Ctrl-C stops with the
-#     best weights so far, and on_progress lets the caller show how far an epoch has got.
-
-
 def learning_rate(schedule, lr, step, total_steps):
-    """η at a given step: constant, or cosine from lr down to 0. Needs: math."""
+    """η at a step: lr throughout ("constant"), or the cosine from lr down to 0. Needs: math."""
     if schedule == "cosine":
         return lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
     return lr
-
-
-def train_step_with_dropout(X_batch, y_batch, Ws, bs, vWs, vbs, lr, momentum, weight_decay,
-                            activation, rate, rng):
-    """train_step() of section [7] with dropout: fresh random masks for this batch, drawn
-    from rng, in the forward and the backward pass. Returns the batch's loss and how many it
-    got right. Needs: dropout_masks, forward_with_dropout, backward_with_dropout,
-    cross_entropy, sgd_step."""
-    sizes = [Ws[0].shape[0]] + [W.shape[1] for W in Ws]
-    masks = dropout_masks(sizes, len(X_batch), rate, rng)
-    As = forward_with_dropout(X_batch, Ws, bs, masks, activation)
-    loss = float(cross_entropy(As[-1], y_batch))
-    correct = int((As[-1].argmax(axis=1) == y_batch).sum())
-    dWs, dbs = backward_with_dropout(As, y_batch, Ws, masks, activation)
-    sgd_step(Ws, dWs, vWs, lr, momentum, weight_decay)
-    sgd_step(bs, dbs, vbs, lr, momentum)  # no weight decay on biases
-    return loss, correct
 
 
 def train_full(X, y, X_val=None, y_val=None,
@@ -1237,99 +1094,49 @@ def train_full(X, y, X_val=None, y_val=None,
                weight_decay=5e-5,   # λ: a little, against large weights
                schedule="cosine",   # or "constant": lr all the way
                dropout=0.0,         # fraction of hidden units dropped: 0.1 gained too little
-               augment=None,        # None, or augment_batch's strengths: AUGMENT_PRESETS["light"]
+               augment=None,        # None, or augment_batch's strengths ({}: its own defaults)
                distortions=2048,    # drawn per epoch and dealt out (0: one per image): as
                                     # accurate in half the distorting time, docs/results.md
                center=True,         # learn on centred inputs (above): better in fewer epochs
                seed=0,              # the same seed and number of BLAS threads give the same model
                on_epoch=None,       # called with each epoch's history entry
                on_progress=None):   # called as on_progress(epoch, fraction) after every batch
-    """Train a network on X (n, 784), y (n,) as the command line does; return Ws, bs,
-    history, interrupted.
+    """train() of section [7] with this section's refinements plugged in, as the command line
+    trains; returns Ws, bs, history, interrupted (Ctrl-C stopped it, with the best so far).
 
-    As train() of section [7]: the weights of the best epoch on X_val, y_val are returned (of
-    the last epoch when there are no validation images), and history has one dict per epoch
-    (its train_loss and train_acc as the network saw the images, distorted and with dropout).
-    The returned network takes raw images, also when it learned on centred ones. Ctrl-C stops
-    cleanly (interrupted=True) with the best weights so far. A loss that explodes (NaN,
-    infinite, or above 1000) raises FloatingPointError.
-    Needs: init_params, train_step, train_step_with_dropout, augment_batch, learning_rate,
-    logits, cross_entropy, accuracy (and what those need).
+    prepare distorts and centres each epoch's shuffled images, lr_at follows the schedule and
+    train_step drops units. As in train(), the best epoch on X_val, y_val is returned; history's
+    train_loss and train_acc are as the network saw the images, distorted and with dropout.
+    The returned network takes raw images, also when it learned on centred ones.
+    Needs: train, augment_batch, learning_rate (and what those need).
     """
-    sizes = [X.shape[1], *hidden, 10]
-    Ws, bs = init_params(sizes, activation, seed)
-    vWs = [np.zeros_like(W) for W in Ws]
-    vbs = [np.zeros_like(b) for b in bs]
-    rng = np.random.default_rng(seed + 1)
-    n = len(X)
-    total_steps = epochs * math.ceil(n / batch_size)
-    shuffled = np.empty_like(X)  # reused every epoch: one buffer, not a new 170 MB array
-    mean = X.mean(axis=0) if center else None
+    total_steps = epochs * math.ceil(len(X) / batch_size)
+    mean = X.mean(axis=0) if center else np.float32(0)  # the mean training image, (784,)
 
-    def as_for_raw_images(bs):  # b1 - mean @ W1: the same outputs on raw images
-        return [bs[0] - mean @ Ws[0], *bs[1:]] if center else bs
+    def prepare(X_epoch, rng):  # this epoch's images: freshly distorted, then centred
+        if augment is not None:
+            X_epoch = augment_batch(X_epoch, rng, **augment, maps=distortions or None)
+        if center:
+            X_epoch -= mean  # in place: X_epoch is this epoch's own shuffled copy
+        return X_epoch
 
-    best, history, step = None, [], 0
-    try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            order = rng.permutation(n)
-            # Shuffled into the buffer, so each mini-batch below is a slice (a view, no copy).
-            np.take(X, order, axis=0, out=shuffled, mode="clip")  # "clip": no hidden temp copy
-            y_shuffled = y[order]
-            if augment:  # fresh random distortions every epoch, in place
-                augment_batch(shuffled, rng, **augment, maps=distortions or None, out=shuffled)
-            if center:
-                shuffled -= mean
-            loss_sum, correct = 0.0, 0
-            for i in range(0, n, batch_size):
-                X_batch, y_batch = shuffled[i:i + batch_size], y_shuffled[i:i + batch_size]
-                eta = learning_rate(schedule, lr, step, total_steps)
-                if dropout:
-                    loss, right = train_step_with_dropout(X_batch, y_batch, Ws, bs, vWs, vbs, eta,
-                                                          momentum, weight_decay, activation,
-                                                          dropout, rng)
-                else:
-                    loss, right = train_step(X_batch, y_batch, Ws, bs, vWs, vbs, eta, momentum,
-                                             weight_decay, activation)
-                # A fresh network's loss is about log(10) = 2.3 and only falls from there; a
-                # loss of 1000 (or NaN, or infinity) means the steps are too big and it diverged.
-                if not loss < 1000:
-                    raise FloatingPointError(
-                        f"the loss exploded to {loss:.3g} in epoch {epoch}: the learning rate "
-                        f"{lr:g} is too high for this network; try --lr {lr / 10:g}")
-                loss_sum += loss * len(y_batch)
-                correct += right
-                step += 1
-                if on_progress is not None:
-                    on_progress(epoch, (i + batch_size) / n)
-            seconds = time.perf_counter() - start
-            entry = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
-                     "val_loss": None, "val_acc": None, "seconds": seconds}
-            raw_bs = as_for_raw_images(bs)  # the biases for raw images, once per epoch
-            if X_val is not None and len(X_val):
-                Z_val = logits(X_val, Ws, raw_bs, activation)
-                entry["val_loss"] = float(cross_entropy(Z_val, y_val))
-                entry["val_acc"] = accuracy(Z_val, y_val)
-            history.append(entry)
-            if best is None or entry["val_acc"] is None or entry["val_acc"] > best[0]:
-                best = (entry["val_acc"], [W.copy() for W in Ws], [b.copy() for b in raw_bs])
-            if on_epoch is not None:
-                on_epoch(entry)
-    except KeyboardInterrupt:
-        if best is None:
-            raise
-        return best[1], best[2], history, True
-    return best[1], best[2], history, False
+    Ws, bs, history = train(X, y, None if X_val is None else X_val - mean, y_val, hidden=hidden,
+                            epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                            weight_decay=weight_decay, seed=seed, activation=activation,
+                            dropout=dropout, prepare=prepare,
+                            lr_at=lambda step: learning_rate(schedule, lr, step, total_steps),
+                            on_batch=on_progress, on_epoch=on_epoch)
+    if center:  # b1 - mean @ W1: the same outputs on raw images
+        bs = [bs[0] - mean @ Ws[0], *bs[1:]]
+    return Ws, bs, history, len(history) < epochs
 
 
 # Try it: digits distorted, dropout's gradients checked, a short run of train_full with both.
 #     distorted = augment_batch(np.repeat(X_train[:4], 3, axis=0), np.random.default_rng(0))
-#     print(distorted.shape, distorted.min(), distorted.max())
 #     print(max(error for _, error in gradient_check_with_dropout()))
 #     Ws, bs, history, _ = train_full(X_train[:10000], y_train[:10000], X_train[55000:],
 #                                     y_train[55000:], hidden=(128,), epochs=3, dropout=0.1,
-#                                     augment=AUGMENT_PRESETS["light"], on_epoch=show)
+#                                     augment={}, on_epoch=show)
 
 
 # %% [11] Predicting one image: turning any image into an MNIST-like 28x28 input
@@ -1367,6 +1174,19 @@ def train_full(X, y, X_val=None, y_val=None,
 # stands out from the paper's own noise, or, with printed lines and the table set aside, the
 # largest piece of ink left is no bigger than a speck, or a small piece cut by the picture's edge.
 # Every intermediate image is kept in `steps`, so `predict --plot --steps` can draw them.
+
+# The application needs a few more of the standard library's modules than the lesson did, and
+# one kind of error of its own.
+import argparse
+import hashlib
+import inspect
+import sys
+import textwrap
+
+
+class UserError(Exception):
+    """A problem the user can fix (a missing file, a bad option): printed as one line, exit 2."""
+
 
 # MNIST's own numbers, the defaults of the steps below: images of 28x28 pixels, each digit scaled
 # to fit a 20x20 box inside them, the mean centre of mass of MNIST digits measured at (14.0, 14.0),
@@ -5787,21 +5607,42 @@ def load_dataset(data_dir="data", download=True, dataset="mnist"):
 
 # %% [17] Command line
 
-# The command line's defaults for `train` are the default arguments of train_full() (section
-# [10]), read from its signature, so each value is written in one place only.
-TRAIN_DEFAULTS = {name: parameter.default
-                  for name, parameter in inspect.signature(train_full).parameters.items()}
-VAL_SIZE = 5000         # training images held out to choose the best epoch
 DATA_DIR = "data"
 MODEL_PATH = "model.npz"
 
-# `train --recipe best`: a bigger network, dropout and distorted training images. Slower
-# (minutes, not seconds) and more accurate; see the README's results table. Any flag given
-# on the command line as well overrides the recipe's value.
-RECIPES = {
+# Every setting of `train`, in one table. "mnist" holds the defaults: train_full's own (section
+# [10]), plus the distortions and the validation images the command line adds. "fashion" is
+# what --dataset fashion changes: chosen on its validation images (mirrored clothes and centred
+# inputs helped; docs/results.md), and written out so that a change to the digits' defaults does
+# not move them. "best" is what --recipe best changes: a bigger network, dropout and one
+# distortion per image, minutes rather than seconds and more accurate (the README's results
+# table); a recipe wins over the data set's row, and a flag the user gives wins over both.
+TRAIN_SETTINGS = {
+    "mnist": dict(hidden=(512, 256), activation="relu", epochs=9, batch_size=256, lr=0.2,
+                  momentum=0.9, weight_decay=5e-5, schedule="cosine", center=True,
+                  val_size=5000,  # training images held out to choose the best epoch
+                  seed=0, augment="light", distortions=2048, dropout=0.0),
+    "fashion": dict(hidden=(512, 256), epochs=40, batch_size=128, lr=0.1, momentum=0.9,
+                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="mirror",
+                    center=True),
     "best": dict(hidden=(1024, 1024), dropout=0.2, augment="light", epochs=50, lr=0.05,
                  batch_size=128, distortions=0, center=False),
 }
+RECIPES = ["best"]  # the rows of TRAIN_SETTINGS that --recipe chooses
+
+# Named strengths for the command line (--augment NAME). "light" is the default: on the
+# validation images and on USPS it did clearly better than "none" and as well as "strong"
+# (docs/results.md). "mirror" is for clothes (Fashion-MNIST's default), not for digits.
+AUGMENT_PRESETS = {
+    "none": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
+                 elastic_alpha=0.0, elastic_sigma=0.0),
+    "light": {},  # augment_batch's own defaults, written once there
+    "strong": dict(max_shift=2.0, max_rotation_deg=10.0, max_scale=0.1, max_shear=0.2,
+                   elastic_alpha=34.0, elastic_sigma=5.0),
+    "mirror": dict(max_shift=0.0, max_rotation_deg=0.0, max_scale=0.0, max_shear=0.0,
+                   elastic_alpha=0.0, elastic_sigma=0.0, mirror=0.5),
+}
+
 
 
 
@@ -5935,7 +5776,7 @@ def check_model_to_write(path, flag):
     if os.path.exists(path):
         try:
             load_model(path)
-        except UserError:
+        except ValueError:
             raise UserError(f"{flag} {path}: the file there is not a model of this program, "
                             f"and saving would replace it\nchoose another file name") from None
 
@@ -6044,24 +5885,31 @@ def same_measure(new_meta, old_meta):
     return None
 
 
-# Replacing a saved model. A finished run saves where --model says, as asked, and says what it
-# replaced; a note at the start says so while there is still time to stop or rename. A run
-# stopped with Ctrl-C replaces the model only when it is at least as accurate (test images, or
-# validation images when the test set has no labels); otherwise the old model stays and the
-# stopped run's model is saved beside it as NAME.interrupted.npz. Nothing is thrown away.
+# Replacing a saved model. A run saves where --model says, and a note at the start says when a
+# model is there already, while there is still time to stop or rename. A run never replaces a
+# clearly more accurate model (measured on the test images, or on the validation images when
+# the test set has no labels): when a finished run's model is more than a point less accurate
+# than the saved one, or a run stopped with Ctrl-C less accurate at all (or not comparable),
+# the old model stays and the new one is saved beside it, as NAME.worse.npz or
+# NAME.interrupted.npz. Nothing is thrown away.
+CLEARLY_WORSE = 0.01  # a point: over ten times what a change of seed moves the default
 
 
-# What `--dataset` changes besides the files. Each data set has its own model file, so training on
-# one does not replace the other's model, and may have its own training settings: Fashion-MNIST's
-# were chosen on its validation images (mirrored clothes and centred inputs helped; see
-# docs/results.md), and are written out so that a change to the digits' defaults does not move
-# them. Flags given on the command line override them.
+def where_to_save(path, meta, previous, interrupted):
+    """Where `train` saves its model (meta) when the model `previous` is at path (see above)."""
+    compared = same_measure(meta, previous) if previous is not None else None
+    if previous is None or (not interrupted and compared is None):
+        return path
+    if interrupted and (compared is None or compared[0] < compared[1]):
+        return os.path.splitext(path)[0] + ".interrupted.npz"
+    if not interrupted and compared[0] < compared[1] - CLEARLY_WORSE:
+        return os.path.splitext(path)[0] + ".worse.npz"
+    return path
+
+
+# What `--dataset` changes besides the files and the settings (TRAIN_SETTINGS): each data set
+# has its own model file, so training on one does not replace the other's model.
 MODEL_FOR_DATASET = {"mnist": MODEL_PATH, "fashion": "fashion_model.npz"}
-TRAIN_DEFAULTS_FOR_DATASET = {
-    "fashion": dict(hidden=(512, 256), epochs=40, batch_size=128, lr=0.1, momentum=0.9,
-                    weight_decay=5e-5, schedule="cosine", dropout=0.0, augment="mirror",
-                    center=True),
-}
 
 
 def with_dataset_defaults(args):
@@ -6091,9 +5939,122 @@ def load_model_and_dataset(args):
     return Ws, bs, meta, trained_on, None if trained_on == "mnist" else class_names
 
 
+def add_train_command(add, shared):
+    """`train`'s options: the ones most runs use first, then one group per part of the lesson.
+    None has a default of its own: args holds only the flags given (train_settings fills in the
+    rest from TRAIN_SETTINGS), and each help text shows MNIST's default."""
+    D = TRAIN_SETTINGS["mnist"]
+    p = add("train", "train a network on MNIST, report test accuracy and save it",
+            shared.images, shared.data, shared.show)
+    p.argument_default = argparse.SUPPRESS
+    p.epilog = ("--dataset fashion brings its own defaults: "
+                + " ".join(as_flag(name, value) for name, value in TRAIN_SETTINGS["fashion"].items())
+                + "; --recipe best: "
+                + " ".join(as_flag(name, value) for name, value in TRAIN_SETTINGS["best"].items()))
+    p.add_argument("--model", metavar="FILE", default=None,
+                   help=f"model file to save (default: {MODEL_FOR_DATASET['mnist']}, with --dataset "
+                        f"fashion {MODEL_FOR_DATASET['fashion']}); a model there is replaced when "
+                        f"training ends, unless it is more accurate on the test images: by more "
+                        f"than a point (the new model is then saved beside it as NAME.worse.npz) "
+                        f"or, after Ctrl-C, at all (NAME.interrupted.npz)")
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="preset settings: `best` trains the most accurate network (minutes); "
+                        "flags given as well override it")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw the loss and accuracy per epoch when training ends")
+    network = p.add_argument_group("the network")
+    network.add_argument("--hidden", type=layer_sizes, metavar="SIZES",
+                         help=f"hidden layer sizes, e.g. 128 or 128,64 "
+                              f"(default: {','.join(map(str, D['hidden']))})")
+    network.add_argument("--activation", choices=list(ACTIVATIONS),
+                         help=f"hidden-layer nonlinearity (default: {D['activation']})")
+    steps = p.add_argument_group("the training loop")
+    steps.add_argument("--epochs", type=positive_int, metavar="N",
+                       help=f"passes over the training images (default: {D['epochs']})")
+    steps.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help=f"images per gradient step (default: {D['batch_size']})")
+    steps.add_argument("--lr", type=positive_float,
+                       help=f"learning rate at the start (default: {D['lr']})")
+    steps.add_argument("--momentum", type=fraction_below_one,
+                       help=f"momentum, 0 for plain SGD (default: {D['momentum']})")
+    steps.add_argument("--weight-decay", type=non_negative_float, metavar="L2",
+                       help=f"L2 weight decay (default: {D['weight_decay']:g})")
+    steps.add_argument("--schedule", choices=["cosine", "constant"],
+                       help=f"learning-rate schedule (default: {D['schedule']})")
+    steps.add_argument("--center", action=argparse.BooleanOptionalAction,
+                       help="learn on images minus the mean training image, folded into the first "
+                            "layer's biases when training ends (default: "
+                            + as_flag("center", D["center"]) + ")")
+    steps.add_argument("--val-size", type=non_negative_int, metavar="N",
+                       help=f"training images held out to pick the best epoch (default: {D['val_size']})")
+    steps.add_argument("--seed", type=non_negative_int,
+                       help=f"random seed; the same seed and the same number of BLAS threads "
+                            f"(OPENBLAS_NUM_THREADS) give the same model (default: {D['seed']})")
+    generalise = p.add_argument_group("distortions and dropout")
+    generalise.add_argument("--augment", choices=list(AUGMENT_PRESETS),
+                            help=f"random distortions (shift, rotation, scale, shear, elastic) of the "
+                                 f"training images every epoch, none to switch them off; mirror turns "
+                                 f"half of them left to right instead, for clothes (default: {D['augment']})")
+    generalise.add_argument("--distortions", type=non_negative_int, metavar="N",
+                            help=f"how many different random distortions are drawn each epoch (rounded "
+                                 f"up to a multiple of 256) and dealt out to the shuffled training "
+                                 f"images; 0 draws one for every image, about half a second more per "
+                                 f"epoch (default: {D['distortions']})")
+    generalise.add_argument("--dropout", type=fraction_below_one, metavar="RATE",
+                            help=f"fraction of hidden units dropped while training, 0 = off "
+                                 f"(default: {D['dropout']:g})")
+    p.set_defaults(run=command_train, paths={"data_dir": "data folder", "model": "model to write",
+                                             "plot": "picture to write"})
+
+
+def train_settings(args):
+    """Every setting of this run (TRAIN_SETTINGS' names): MNIST's defaults, changed by the data
+    set's row, then by the recipe's, then by the flags the user gave (argparse leaves the others
+    out of args). They are set on args as well, for the code that reads them there."""
+    settings = dict(TRAIN_SETTINGS["mnist"])
+    for row in (args.dataset, args.recipe):
+        settings.update(TRAIN_SETTINGS.get(row) or {})
+    settings.update({name: getattr(args, name) for name in settings if hasattr(args, name)})
+    vars(args).update(settings)
+    return settings
+
+
+def describe_training(args, n, n_val, dataset):
+    """The line that says, before the first epoch, what is trained on what, and how."""
+    sizes = [784, *args.hidden, 10]
+    # augment_batch draws distortions 256 at a time, and never more than one per image.
+    drawn = min(n, math.ceil(args.distortions / 256) * 256) if args.distortions else n
+    distortions = (f" ({drawn} drawn per epoch)" if drawn < n else " (one for every image)"
+                   ) if args.augment in ("light", "strong") else ""  # "mirror" only turns some over
+    # A batch can hold no more than all the training images: then there is one step per epoch.
+    batches = (f"batches of {args.batch_size}" if args.batch_size < n else
+               f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
+    return (f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
+            f"{DATASETS[dataset]['title']} images, validating on {n_val}, {args.epochs} epochs of "
+            f"{batches}, lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, weight "
+            f"decay {args.weight_decay:g}, dropout {args.dropout:g}, distortions {args.augment}"
+            f"{distortions}" + (", centred inputs" if args.center else ""))
+
+
+def say_where_saved(args, target, previous, meta, seconds):
+    """The last line of `train`: where the model went, and what happened to the one there."""
+    kept = f"kept {args.model} ({previous and saved_accuracy(previous) or 'no accuracy saved'})"
+    if target.endswith(".worse.npz"):
+        return (f"{kept}: this run's model is more than a point less accurate; saved it as "
+                f"{target} (rename it to {args.model} to use it instead)")
+    if target != args.model:
+        why = ("it is better than this stopped run" if same_measure(meta, previous) else
+               "its accuracy cannot be compared with this stopped run's")
+        return f"{kept}: {why}; saved this one as {target}"
+    replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
+                if previous is not None else "")
+    return f"saved {args.model}{replaced}  ({seconds:.1f} s in all)"
+
+
 def command_train(args):
     wall = time.perf_counter()
     dataset = with_dataset_defaults(args)
+    settings = train_settings(args)
     previous = load_model(args.model)[2] if os.path.exists(args.model) else None  # checked
     X_train, y_train, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
     if args.val_size >= len(X_train):
@@ -6104,87 +6065,50 @@ def command_train(args):
     # training, used to pick the best epoch. The test set is only looked at once, at the end.
     X_fit, y_fit = X_train[:n], y_train[:n]
     X_val, y_val = X_train[n:], y_train[n:]
-    sizes = [784, *args.hidden, 10]
-    distorts = any(value for name, value in AUGMENT_PRESETS[args.augment].items() if name != "mirror")
-    # augment_batch draws distortions a chunk at a time, and never more than one per image.
-    chunk = inspect.signature(augment_batch).parameters["chunk_size"].default
-    drawn = min(n, math.ceil(args.distortions / chunk) * chunk) if args.distortions else n
-    # A batch can hold no more than all the training images: then there is one step per epoch.
-    batches = (f"batches of {args.batch_size}" if args.batch_size < n else
-               f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
     notice = busy_machine_notice()
     if notice:
         print(notice, flush=True)
     if previous is not None:
         print(f"note: {args.model} holds a model ({saved_accuracy(previous) or 'no accuracy saved'}); "
-              f"this run replaces it when it ends (--model NAME.npz keeps both)", flush=True)
-    print(f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
-          f"{DATASETS[dataset]['title']} images, "
-          f"validating on {len(X_val)}, {args.epochs} epochs of {batches}, "
-          f"lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, "
-          f"weight decay {args.weight_decay:g}, dropout {args.dropout:g}, "
-          f"distortions {args.augment}" + ("" if not distorts else f" ({drawn} drawn per epoch)"
-                                           if drawn < n else " (one for every image)")
-          + (", centred inputs" if args.center else ""), flush=True)
-    # A loss that explodes is reported as one clear error by train(); NumPy's overflow
-    # warnings on the way there would only be noise.
+              f"this run replaces it unless it is clearly less accurate (--model NAME.npz keeps both)", flush=True)
+    print(describe_training(args, n, len(X_val), dataset), flush=True)
+    # train() raises FloatingPointError when the loss explodes or the network stops learning;
+    # it is told here as one line. NumPy's overflow warnings on the way there are only noise.
     with np.errstate(over="ignore", invalid="ignore"):
-        Ws, bs, history, interrupted = train_full(
+        try:
+            Ws, bs, history, interrupted = train_full(
                 X_fit, y_fit, X_val, y_val, hidden=args.hidden, activation=args.activation,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, schedule=args.schedule, dropout=args.dropout,
-            augment=AUGMENT_PRESETS[args.augment] if args.augment != "none" else None,
-            distortions=args.distortions, center=args.center, seed=args.seed,
-            on_epoch=lambda e: print_epoch(e, args.epochs), on_progress=progress_printer(args.epochs))
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                weight_decay=args.weight_decay, schedule=args.schedule, dropout=args.dropout,
+                augment=AUGMENT_PRESETS[args.augment] if args.augment != "none" else None,
+                distortions=args.distortions, center=args.center, seed=args.seed,
+                on_epoch=lambda e: print_epoch(e, args.epochs),
+                on_progress=progress_printer(args.epochs))
+        except FloatingPointError as e:
+            raise UserError(f"{e}; try --lr {args.lr / 10:g} (the saved model is unchanged)") from None
     if interrupted:
         print("interrupted: saving the best model so far", file=sys.stderr)
-    judge = None
-    if dataset == "mnist" and not interrupted and len(X_fit) >= 3:  # for reading numbers ([11b])
-        start = time.perf_counter()
-        print(f"training the judge of cut-out digits (for reading numbers) on pieces of "
-              f"{JUDGE_STRINGS} strings of touching digits ...", end="", flush=True)
-        try:
-            X_judge, y_judge = judge_examples(X_fit.reshape(-1, 28, 28),
-                                              np.random.default_rng(args.seed), JUDGE_STRINGS)
-            if len(set(y_judge)) == 2:
-                judge = train_judge(X_judge, y_judge, Ws, bs, args.activation, seed=args.seed)
-                print(f" {len(y_judge)} pieces, {time.perf_counter() - start:.1f} s", flush=True)
-            else:  # images too few or too odd to cut: numbers are read without it
-                print(f" too few pieces ({len(y_judge)}): saved without it", flush=True)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted: saving the model without the judge", file=sys.stderr)
     result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
     best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
-    settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
-                                              "weight_decay", "schedule", "val_size", "seed",
-                                              "dropout", "augment", "distortions", "center",
-                                              "recipe")}
+    elsewhere = ("hidden", "activation")  # saved as the layer sizes and the model's activation
     meta = {"activation": args.activation, "dataset": dataset,
-            "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
+            "classes": DATASETS[dataset]["classes"], "history": history,
+            "settings": dict({k: v for k, v in settings.items() if k not in elsewhere},
+                             recipe=args.recipe),
             "val_accuracy": best_val, "interrupted": interrupted,
             "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
-            "judge": judge_for_saving(judge),
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
-    target = args.model
-    if interrupted and previous is not None:
-        compared = same_measure(meta, previous)
-        if compared is None or compared[0] < compared[1]:  # the old model stays
-            target = os.path.splitext(args.model)[0] + ".interrupted.npz"
-    save_model(target, Ws, bs, meta)
+    target = where_to_save(args.model, meta, previous, interrupted)
+    try:
+        save_model(target, Ws, bs, meta)
+    except OSError as e:
+        raise UserError(f"--model {target}: cannot write ({e.strerror}); choose another path "
+                        f"with --model") from None
     if result:
         print(f"test accuracy {100 * result['accuracy']:.2f} % (loss {result['loss']:.4f}) "
               f"on {result['n']} images")
-    if target != args.model:
-        why = ("it is better than this stopped run" if same_measure(meta, previous) else
-               "its accuracy cannot be compared with this stopped run's")
-        print(f"kept {args.model} ({saved_accuracy(previous) or 'no accuracy saved'}): {why}; "
-              f"saved this one as {target}")
-    else:
-        replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
-                    if previous is not None else "")
-        print(f"saved {args.model}{replaced}  ({time.perf_counter() - wall:.1f} s in all)")
+    print(say_where_saved(args, target, previous, meta, time.perf_counter() - wall))
     if args.plot:
         print(f"wrote {plot_history(history, args.plot, args.show)}")
     return 0
@@ -6566,68 +6490,8 @@ def build_parser():
     show.add_argument("--show", action="store_true",
                       help="also open the pictures in a window (when there is a display)")
 
-    # train: the options most runs use first, then one group per part of the lesson.
-    p = parser.train_parser = add("train", "train a network on MNIST, report test accuracy and save it",
-                                  images, data, show)
-    p.epilog = ("After the last epoch, an MNIST model also gets the judge that tells one whole "
-                "digit from touching ones when a number is read (section [11b]; a few seconds). "
-                "--dataset fashion brings its own defaults: ") + " ".join(
-        as_flag(name, value) for name, value in TRAIN_DEFAULTS_FOR_DATASET["fashion"].items())
-    D = TRAIN_DEFAULTS  # argparse fills in %(default)s in each help text
-    p.add_argument("--model", metavar="FILE",
-                   help=f"model file to save (default: {MODEL_FOR_DATASET['mnist']}, with --dataset "
-                        f"fashion {MODEL_FOR_DATASET['fashion']}); a model there is replaced when "
-                        f"training ends (after Ctrl-C only by a run at least as accurate, else "
-                        f"saved beside it as NAME.interrupted.npz)")
-    p.add_argument("--recipe", choices=list(RECIPES),
-                   help="preset settings: `best` trains the most accurate network (minutes); "
-                        "flags given as well override it")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="draw the loss and accuracy per epoch when training ends")
-    network = p.add_argument_group("the network")
-    network.add_argument("--hidden", type=layer_sizes, default=D["hidden"], metavar="SIZES",
-                         help=f"hidden layer sizes, e.g. 128 or 128,64 "
-                              f"(default: {','.join(map(str, D['hidden']))})")
-    network.add_argument("--activation", choices=list(ACTIVATIONS), default=D["activation"],
-                         help="hidden-layer nonlinearity (default: %(default)s)")
-    steps = p.add_argument_group("the training loop")
-    steps.add_argument("--epochs", type=positive_int, default=D["epochs"], metavar="N",
-                       help="passes over the training images (default: %(default)s)")
-    steps.add_argument("--batch-size", type=positive_int, default=D["batch_size"], metavar="N",
-                       help="images per gradient step (default: %(default)s)")
-    steps.add_argument("--lr", type=positive_float, default=D["lr"],
-                       help="learning rate at the start (default: %(default)s)")
-    steps.add_argument("--momentum", type=fraction_below_one, default=D["momentum"],
-                       help="momentum, 0 for plain SGD (default: %(default)s)")
-    steps.add_argument("--weight-decay", type=non_negative_float, default=D["weight_decay"],
-                       metavar="L2", help="L2 weight decay (default: %(default)g)")
-    steps.add_argument("--schedule", choices=["cosine", "constant"], default=D["schedule"],
-                       help="learning-rate schedule (default: %(default)s)")
-    steps.add_argument("--center", action=argparse.BooleanOptionalAction, default=D["center"],
-                       help="learn on images minus the mean training image, folded into the first "
-                            "layer's biases when training ends (default: "
-                            + as_flag("center", D["center"]) + ")")
-    steps.add_argument("--val-size", type=non_negative_int, default=VAL_SIZE, metavar="N",
-                       help="training images held out to pick the best epoch (default: %(default)s)")
-    steps.add_argument("--seed", type=non_negative_int, default=D["seed"],
-                       help="random seed; the same seed and the same number of BLAS threads "
-                            "(OPENBLAS_NUM_THREADS) give the same model (default: %(default)s)")
-    generalise = p.add_argument_group("distortions and dropout")
-    generalise.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="light",
-                            help="random distortions (shift, rotation, scale, shear, elastic) of the "
-                                 "training images every epoch, none to switch them off; mirror turns "
-                                 "half of them left to right instead, for clothes (default: light)")
-    generalise.add_argument("--distortions", type=non_negative_int, default=D["distortions"],
-                            metavar="N",
-                            help="how many different random distortions are drawn each epoch (rounded "
-                                 "up to a multiple of 256) and dealt out to the shuffled training "
-                                 "images; 0 draws one for every image, about half a second more per "
-                                 "epoch (default: %(default)s)")
-    generalise.add_argument("--dropout", type=fraction_below_one, default=D["dropout"], metavar="RATE",
-                            help="fraction of hidden units dropped while training, 0 = off "
-                                 "(default: %(default)g)")
-    p.set_defaults(run=command_train, paths={"data_dir": "data folder", "model": "model to write",
-                                             "plot": "picture to write"})
+    shared = argparse.Namespace(data=data, images=images, saved_model=saved_model, show=show)
+    add_train_command(add, shared)
 
     p = add("evaluate", "measure a saved model on the 10,000 test images", saved_model, data, show)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -6712,16 +6576,9 @@ def build_parser():
 
 
 def parse_command_line(argv):
-    """The command line read into args. --dataset and --recipe are read first, as they change the
-    defaults of train's other options (flags given as well still win); then the model file left
-    out is filled in: each data set has its own (MODEL_FOR_DATASET)."""
+    """The command line read into args; the model file left out is filled in: each data set has
+    its own (MODEL_FOR_DATASET)."""
     parser = build_parser()
-    steering = argparse.ArgumentParser(add_help=False)
-    steering.add_argument("--dataset", nargs="?")
-    steering.add_argument("--recipe", nargs="?")
-    chosen = steering.parse_known_args(argv)[0]
-    parser.train_parser.set_defaults(**TRAIN_DEFAULTS_FOR_DATASET.get(chosen.dataset, {}))
-    parser.train_parser.set_defaults(**RECIPES.get(chosen.recipe, {}))  # a recipe wins over the data set
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
