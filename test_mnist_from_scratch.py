@@ -4257,7 +4257,7 @@ class TestTheReadmeExperiments(unittest.TestCase):
         "what the units see": "test_weights_picture_shows_what_training_added_to_the_random_start",
         "draw a 7 slowly": "test_a_down_stroke_reads_as_a_1_until_the_top_bar_makes_it_a_7",
         "gradients by hand": "test_gradcheck_relative_errors_lie_between_1e_10_and_1e_7",
-        "the same network on clothes": "test_the_mistakes_on_clothes_are_mostly_among_the_tops",
+        "the same network on clothes": "test_most_mistakes_on_clothes_are_one_top_taken_for_another",
     }
     TOPS = {"T-shirt/top", "Pullover", "Coat", "Shirt"}
 
@@ -4446,7 +4446,7 @@ class TestTheReadmeExperiments(unittest.TestCase):
         self.assertGreater(gap, 0)
         self.assertLess(gap, 0.025)  # "one or two points"
         code, out, err, _ = self.run_row("narrow or wide")[0]
-        self.assertRegex(out, r"^epoch +1/\d+ .* \d+\.\d s$")  # the seconds each epoch took
+        self.assertRegex(out, re.compile(r"^epoch +1/\d+ .* \d+\.\d s$", re.MULTILINE))  # its seconds
 
     def test_batch_gradient_descent_takes_one_step_per_epoch_and_stays_behind(self):
         (words,) = self.row("batch gradient descent")[0]
@@ -4538,7 +4538,7 @@ class TestTheReadmeExperiments(unittest.TestCase):
         self.assertGreater(max(errors), 1e-8)  # "the largest about 3e-8"
         self.assertIn("OK (limit 1e-6)", out)
 
-    def test_the_mistakes_on_clothes_are_mostly_among_the_tops(self):
+    def test_most_mistakes_on_clothes_are_one_top_taken_for_another(self):
         runs = self.run_row("the same network on clothes")
         for code, out, err, words in runs:
             self.assertEqual(code, 0, (words, err))
@@ -4555,7 +4555,9 @@ class TestTheReadmeExperiments(unittest.TestCase):
         tops = [meta["classes"].index(name) for name in sorted(self.TOPS)]
         mistakes = confusion.sum() - np.trace(confusion)
         among_tops = confusion[np.ix_(tops, tops)].sum() - confusion[tops, tops].sum()  # a top taken for another
-        self.assertGreater(among_tops / mistakes, 0.5)
+        self.assertGreater(among_tops / mistakes, 0.5)  # "more than half"
+        right = np.diag(confusion) / confusion.sum(axis=1)
+        self.assertEqual(meta["classes"][int(np.argmin(right))], "Shirt")  # "shirts ... most often"
 
 
 def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
