@@ -4253,7 +4253,8 @@ class TestTheReadmeExperiments(unittest.TestCase):
         "narrow or wide": "test_32_units_come_within_two_points_of_512_with_a_sixteenth_of_the_weights",
         "batch gradient descent": "test_batch_gradient_descent_takes_one_step_per_epoch_and_stays_behind",
         "weight decay": "test_weight_decay_shrinks_the_weights_and_barely_moves_the_accuracy",
-        "dropout and distortions": "test_distortions_keep_training_accuracy_below_validation_and_without_them_it_reaches_100",
+        "dropout and distortions":
+            "test_distortions_keep_training_accuracy_below_validation_and_without_them_it_reaches_100",
         "what the units see": "test_weights_picture_shows_what_training_added_to_the_random_start",
         "draw a 7 slowly": "test_a_down_stroke_reads_as_a_1_until_the_top_bar_makes_it_a_7",
         "gradients by hand": "test_gradcheck_relative_errors_lie_between_1e_10_and_1e_7",
@@ -4305,7 +4306,8 @@ class TestTheReadmeExperiments(unittest.TestCase):
         cls.runs = {}
         if not HAVE_MNIST:
             return
-        cls.write_slice(cls.data, real_mnist(), cls.TRAIN_ROWS, cls.TEST_ROWS, ("mnist_train.csv", "mnist_test.csv"))
+        cls.write_slice(cls.data, real_mnist(), cls.TRAIN_ROWS, cls.TEST_ROWS,
+                        ("mnist_train.csv", "mnist_test.csv"))
         # The default network first, as the set-up trains it: the experiments are measured against it.
         cls.default_run = run_cli("train", "--plot", "curve.png", "--data-dir", cls.data, cwd=cls.folder)
         cls.default_path = os.path.join(cls.folder, "model.npz")
@@ -4333,9 +4335,15 @@ class TestTheReadmeExperiments(unittest.TestCase):
         """Run the commands of one row in the folder, each once however many tests ask; return
         [(exit status, stdout, stderr, its words)]. A command that reads images gets --data-dir:
         the clothes' slice with --dataset fashion, the large slice of digits for the learning
-        rate's row, else the small one; a training gets --epochs from EPOCHS when it is there."""
+        rate's row, else the small one; a training gets --epochs from EPOCHS when it is there.
+        The learning rate's row runs in a folder of its own with a copy of model.npz, which it
+        must leave alone: should it not, the other rows still find the default network."""
         if name not in self.runs:
-            results = []
+            results, folder = [], self.folder
+            if name == "learning rate too high":
+                folder = os.path.join(self.folder, "too_high")
+                os.makedirs(folder)
+                shutil.copy(self.default_path, folder)
             for words in self.row(name)[0]:
                 data = self.data
                 if "--dataset" in words and words[words.index("--dataset") + 1] == "fashion":
@@ -4345,7 +4353,7 @@ class TestTheReadmeExperiments(unittest.TestCase):
                 extra = ["--data-dir", data] if words[0] in ("train", "evaluate") else []
                 if words[0] == "train" and name in self.EPOCHS:
                     extra += ["--epochs", str(self.EPOCHS[name])]
-                results.append((*run_cli(*words, *extra, cwd=self.folder), words))
+                results.append((*run_cli(*words, *extra, cwd=folder), words))
             self.runs[name] = results
         return self.runs[name]
 
@@ -4419,7 +4427,7 @@ class TestTheReadmeExperiments(unittest.TestCase):
         for val_loss, val_acc in epochs:  # left guessing: the loss of ten equal probabilities
             self.assertAlmostEqual(float(val_loss), math.log(10), delta=0.15)
             self.assertLess(float(val_acc), 15)
-        with open(self.default_path, "rb") as f:
+        with open(os.path.join(self.folder, "too_high", "model.npz"), "rb") as f:
             self.assertEqual(f.read(), self.default_bytes, "the saved model changed")
 
     def test_without_momentum_the_training_loss_is_higher_in_every_epoch(self):
