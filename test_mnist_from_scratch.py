@@ -4506,6 +4506,345 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(folder_snapshot(folder), before)  # model.npz untouched, nothing added
 
 
+class TestTheReadmeExperiments(unittest.TestCase):
+    """Every row of README.md's table "Experiments to try", run as the README writes it and
+    checked against what the row says to look for. The commands are read from README.md itself,
+    so the table cannot drift from what the program does. Each runs in one folder, as a user
+    would run them one after another, with --data-dir pointing at a slice of the real data set
+    (10,000 training images, of which the last 5,000 validate, and 1,000 test images) and, where
+    the full run takes minutes, fewer epochs."""
+
+    README = os.path.join(HERE, "README.md")
+    TRAIN_ROWS, TEST_ROWS = 10000, 1000  # the default 5,000 validation images, and as many to learn from
+    # `train --lr 5` ends the way it ends on all of MNIST (the network left guessing, no NaN) from
+    # about 30,000 images on; on 10,000 its loss overflows in the first epoch instead.
+    LARGE_TRAIN_ROWS = 30000
+    # Rows whose full run takes minutes train for fewer epochs here; what they claim is the same.
+    EPOCHS = {"batch gradient descent": 9,        # of 50: as many as the default network's
+              "the same network on clothes": 5}   # of 40
+    # The test that checks each row, by the row's first column.
+    ROW_TESTS = {
+        "learning rate too high": "test_too_high_a_learning_rate_stops_after_one_epoch_and_keeps_the_model",
+        "no momentum": "test_without_momentum_the_training_loss_is_higher_in_every_epoch",
+        "sigmoid instead of ReLU": "test_sigmoid_learns_more_slowly_than_relu_and_ends_less_accurate",
+        "narrow or wide": "test_32_units_come_within_two_points_of_512_with_a_sixteenth_of_the_weights",
+        "batch gradient descent": "test_batch_gradient_descent_takes_one_step_per_epoch_and_stays_behind",
+        "weight decay": "test_weight_decay_shrinks_the_weights_and_barely_moves_the_accuracy",
+        "dropout and distortions":
+            "test_distortions_keep_training_accuracy_below_validation_and_without_them_it_reaches_100",
+        "what the units see": "test_weights_picture_shows_what_training_added_to_the_random_start",
+        "draw a 7 slowly": "test_a_down_stroke_reads_as_a_1_until_the_top_bar_makes_it_a_7",
+        "gradients by hand": "test_gradcheck_relative_errors_lie_between_1e_10_and_1e_7",
+        "the same network on clothes": "test_most_mistakes_on_clothes_are_one_top_taken_for_another",
+    }
+    TOPS = {"T-shirt/top", "Pullover", "Coat", "Shirt"}
+
+    @classmethod
+    def readme_section(cls):
+        """The text of the README's "Experiments to try", up to the next heading."""
+        with open(cls.README, encoding="utf-8") as f:
+            text = f.read()
+        return text.split("### Experiments to try", 1)[1].split("\n#", 1)[0]
+
+    @staticmethod
+    def commands_in(text):
+        """The `python mnist_from_scratch.py ...` commands of a text, each as its words after
+        `python mnist_from_scratch.py`."""
+        return [span.split()[2:] for span in re.findall(r"`(python mnist_from_scratch\.py [^`]*)`", text)]
+
+    @classmethod
+    def readme_rows(cls):
+        """The table as {the row's first column: (its commands, what to look for)}."""
+        rows = {}
+        for line in cls.readme_section().splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) == 3 and cells[0] not in ("try", "") and not cells[0].startswith("---"):
+                rows[cells[0]] = (cls.commands_in(cells[1]), cells[2])
+        return rows
+
+    @staticmethod
+    def write_slice(folder, data, train_rows, test_rows, names):
+        """The first images of a real data set as the two CSV files load_dataset reads (label,
+        then 784 pixels). A slice cannot be written as IDX files: those are checked against the
+        SHA-256 of the whole data set."""
+        os.makedirs(folder, exist_ok=True)
+        words = [str(value) for value in range(256)]
+        X_train, y_train, X_test, y_test = data
+        for name, X, y, rows in zip(names, (X_train, X_test), (y_train, y_test), (train_rows, test_rows)):
+            table = np.column_stack([y[:rows], np.rint(X[:rows] * 255)]).astype(np.int64).tolist()
+            with open(os.path.join(folder, name), "w") as f:
+                f.write("\n".join(",".join([words[value] for value in row]) for row in table) + "\n")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.folder = cls.tmp.name
+        cls.data = os.path.join(cls.folder, "digits")
+        cls.runs = {}
+        if not HAVE_MNIST:
+            return
+        cls.write_slice(cls.data, real_mnist(), cls.TRAIN_ROWS, cls.TEST_ROWS,
+                        ("mnist_train.csv", "mnist_test.csv"))
+        # The default network first, as the set-up trains it: the experiments are measured against it.
+        cls.default_run = run_cli("train", "--plot", "curve.png", "--data-dir", cls.data, cwd=cls.folder)
+        cls.default_path = os.path.join(cls.folder, "model.npz")
+        if os.path.exists(cls.default_path):
+            cls.default_meta = mnist.load_model(cls.default_path)[2]
+            with open(cls.default_path, "rb") as f:
+                cls.default_bytes = f.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def setUp(self):
+        if not HAVE_MNIST:
+            self.skipTest("MNIST is not in data/ (run the download command)")
+        code, out, err = self.default_run
+        self.assertEqual(code, 0, err)
+
+    def row(self, name):
+        rows = self.readme_rows()
+        self.assertIn(name, rows, "the README's experiments table has no such row")
+        return rows[name]
+
+    def run_row(self, name):
+        """Run the commands of one row in the folder, each once however many tests ask; return
+        [(exit status, stdout, stderr, its words)]. A command that reads images gets --data-dir:
+        the clothes' slice with --dataset fashion, the large slice of digits for the learning
+        rate's row, else the small one; a training gets --epochs from EPOCHS when it is there.
+        The learning rate's row runs in a folder of its own with a copy of model.npz, which it
+        must leave alone: should it not, the other rows still find the default network."""
+        if name not in self.runs:
+            results, folder = [], self.folder
+            if name == "learning rate too high":
+                folder = os.path.join(self.folder, "too_high")
+                os.makedirs(folder)
+                shutil.copy(self.default_path, folder)
+            for words in self.row(name)[0]:
+                data = self.data
+                if "--dataset" in words and words[words.index("--dataset") + 1] == "fashion":
+                    data = self.fashion_slice()
+                elif name == "learning rate too high":
+                    data = self.large_slice()
+                extra = ["--data-dir", data] if words[0] in ("train", "evaluate") else []
+                if words[0] == "train" and name in self.EPOCHS:
+                    extra += ["--epochs", str(self.EPOCHS[name])]
+                results.append((*run_cli(*words, *extra, cwd=folder), words))
+            self.runs[name] = results
+        return self.runs[name]
+
+    def large_slice(self):
+        folder = os.path.join(self.folder, "digits_large")
+        if not os.path.isdir(folder):
+            self.write_slice(folder, real_mnist(), self.LARGE_TRAIN_ROWS, self.TEST_ROWS,
+                             ("mnist_train.csv", "mnist_test.csv"))
+        return folder
+
+    def fashion_slice(self):
+        source = os.path.join(DATA_DIR, "fashion")
+        if not all(mnist.find_idx_file(source, stem) for stem in mnist.DATASETS["fashion"]["files"]):
+            self.skipTest("Fashion-MNIST is not in data/fashion/ (run `download --dataset fashion`)")
+        folder = os.path.join(self.folder, "clothes")
+        if not os.path.isdir(folder):
+            self.write_slice(folder, mnist.load_dataset(source, download=False, dataset="fashion"),
+                             self.TRAIN_ROWS, self.TEST_ROWS, mnist.DATASETS["fashion"]["csv"][0])
+        return folder
+
+    def trained(self, name):
+        """Run a row whose commands train; check each saved the model its --model names and left
+        model.npz as the default run saved it; return {--model: (history, Ws, meta)}."""
+        models = {}
+        for code, out, err, words in self.run_row(name):
+            self.assertEqual(code, 0, (words, err))
+            if words[0] != "train":
+                continue
+            path = words[words.index("--model") + 1] if "--model" in words else "model.npz"
+            self.assertNotEqual(path, "model.npz", f"{words} would replace the default network")
+            Ws, bs, meta = mnist.load_model(os.path.join(self.folder, path))
+            models[path] = (meta["history"], Ws, meta)
+        with open(self.default_path, "rb") as f:
+            self.assertEqual(f.read(), self.default_bytes, "model.npz changed")
+        return models
+
+    def test_every_row_of_the_table_has_its_test(self):
+        self.assertEqual(sorted(self.readme_rows()), sorted(self.ROW_TESTS))
+        for name, test in self.ROW_TESTS.items():
+            self.assertTrue(hasattr(self, test), test)
+            self.assertTrue(self.row(name)[0], f"the row {name!r} gives no command")
+
+    def test_the_log_prints_one_line_per_epoch_and_plot_draws_it(self):
+        self.assertIn("the log prints one line per epoch, and `--plot curve.png` draws it", self.readme_section())
+        code, out, err = self.default_run
+        epochs = len(self.default_meta["history"])
+        self.assertEqual(len(re.findall(r"^epoch +\d+/\d+ ", out, flags=re.MULTILINE)), epochs)
+        self.assertEqual(picture_problems(os.path.join(self.folder, "curve.png"), (800, 400)), [])
+
+    def test_each_experiment_saves_its_own_model_and_evaluate_compares_them(self):
+        for name, (commands, _) in self.readme_rows().items():
+            if name == "learning rate too high":  # stops by design: its own test checks model.npz
+                continue
+            if any(words[0] == "train" and "--dataset" not in words for words in commands):
+                self.trained(name)
+        for words in self.commands_in(self.readme_section().split("|", 1)[0]):  # the paragraph above the table
+            code, out, err = run_cli(*words, "--data-dir", self.data, cwd=self.folder)
+            self.assertEqual(code, 0, err)
+            self.assertRegex(out, r"test accuracy \d+\.\d\d %")
+
+    def test_too_high_a_learning_rate_stops_after_one_epoch_and_keeps_the_model(self):
+        (code, out, err, words), = self.run_row("learning rate too high")
+        lr = float(words[words.index("--lr") + 1])
+        self.assertEqual(code, 2, out)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        suggested = [float(value) for value in re.findall(r"--lr (\d[\d.e-]*)", err)]
+        self.assertTrue(suggested and all(value < lr for value in suggested), err)
+        epochs = re.findall(r"^epoch +\d+/\d+ .*val loss (\d+\.\d+) acc +(\d+\.\d+) %", out, flags=re.MULTILINE)
+        self.assertLessEqual(len(epochs), 1, out)
+        for val_loss, val_acc in epochs:  # left guessing: the loss of ten equal probabilities
+            self.assertAlmostEqual(float(val_loss), math.log(10), delta=0.15)
+            self.assertLess(float(val_acc), 15)
+        with open(os.path.join(self.folder, "too_high", "model.npz"), "rb") as f:
+            self.assertEqual(f.read(), self.default_bytes, "the saved model changed")
+
+    def test_without_momentum_the_training_loss_is_higher_in_every_epoch(self):
+        (history, _, _), = self.trained("no momentum").values()
+        default = self.default_meta["history"]
+        self.assertEqual(len(history), len(default))
+        for plain, with_momentum in zip(history, default):
+            self.assertGreater(plain["train_loss"], with_momentum["train_loss"], plain["epoch"])
+
+    def test_sigmoid_learns_more_slowly_than_relu_and_ends_less_accurate(self):
+        (history, _, meta), = self.trained("sigmoid instead of ReLU").values()
+        self.assertEqual(meta["activation"], "sigmoid")
+        for sigmoid, relu in zip(history, self.default_meta["history"]):
+            self.assertGreater(sigmoid["train_loss"], relu["train_loss"], sigmoid["epoch"])
+        self.assertLess(meta["val_accuracy"], self.default_meta["val_accuracy"])
+        self.assertLess(meta["test_accuracy"], self.default_meta["test_accuracy"])
+
+    def test_32_units_come_within_two_points_of_512_with_a_sixteenth_of_the_weights(self):
+        models = self.trained("narrow or wide")
+        (_, narrow, narrow_meta), (_, wide, wide_meta) = (models["narrow.npz"], models["wide.npz"])
+        self.assertEqual((narrow[0].shape[1], wide[0].shape[1]), (32, 512))
+        self.assertAlmostEqual(sum(W.size for W in wide) / sum(W.size for W in narrow), 16, delta=0.1)
+        gap = wide_meta["val_accuracy"] - narrow_meta["val_accuracy"]
+        self.assertGreater(gap, 0)
+        self.assertLess(gap, 0.025)  # "one or two points"
+        code, out, err, _ = self.run_row("narrow or wide")[0]
+        self.assertRegex(out, re.compile(r"^epoch +1/\d+ .* \d+\.\d s$", re.MULTILINE))  # its seconds
+
+    def test_batch_gradient_descent_takes_one_step_per_epoch_and_stays_behind(self):
+        (words,) = self.row("batch gradient descent")[0]
+        batch = int(words[words.index("--batch-size") + 1])
+        (history, _, _), = self.trained("batch gradient descent").values()
+        code, out, err, _ = self.run_row("batch gradient descent")[0]
+        fit = self.TRAIN_ROWS - self.default_meta["settings"]["val_size"]
+        self.assertIn(f"one batch of all {fit} images (--batch-size {batch} is not smaller)", out)
+        for full_batch, mini_batches in zip(history, self.default_meta["history"]):
+            self.assertLess(full_batch["val_acc"], mini_batches["val_acc"], full_batch["epoch"])
+        # The numbers the row compares: its epochs, and the default's steps on all of MNIST.
+        defaults = mnist.build_parser().parse_args(["train"])
+        full = 60000 - defaults.val_size
+        self.assertEqual(batch, full)
+        steps = defaults.epochs * math.ceil(full / defaults.batch_size)
+        look = self.row("batch gradient descent")[1]
+        self.assertIn(f"{words[words.index('--epochs') + 1]} such steps", look)
+        self.assertIn(f"{steps:,} mini-batch steps of the default {defaults.epochs} epochs", look)
+
+    def test_weight_decay_shrinks_the_weights_and_barely_moves_the_accuracy(self):
+        models = self.trained("weight decay")
+        (_, none, none_meta), (_, some, some_meta) = models["no_decay.npz"], models["decay.npz"]
+        self.assertEqual((none_meta["settings"]["weight_decay"], some_meta["settings"]["weight_decay"]), (0, 5e-4))
+        for W_none, W_some in zip(none, some):
+            self.assertLess(np.linalg.norm(W_some), np.linalg.norm(W_none))
+        self.assertLess(abs(some_meta["val_accuracy"] - none_meta["val_accuracy"]), 0.005)
+
+    def test_distortions_keep_training_accuracy_below_validation_and_without_them_it_reaches_100(self):
+        models = self.trained("dropout and distortions")
+        self.assertEqual(models["dropout.npz"][2]["settings"]["augment"], "light")  # dropout on top
+        for history in (self.default_meta["history"], models["dropout.npz"][0]):
+            for entry in history:
+                self.assertLess(entry["train_acc"], entry["val_acc"], entry)
+        plain = models["plain.npz"][0]
+        self.assertEqual(models["plain.npz"][2]["settings"]["augment"], "none")
+        self.assertGreaterEqual(plain[-1]["train_acc"], 0.999)
+        self.assertGreater(plain[-1]["train_acc"] - plain[-1]["val_acc"], 0.03)  # learned by heart
+
+    def test_weights_picture_shows_what_training_added_to_the_random_start(self):
+        (code, out, err, words), = self.run_row("what the units see")
+        self.assertEqual(code, 0, err)
+        path = os.path.join(self.folder, words[words.index("--out") + 1])
+        self.assertIn(f"wrote {words[words.index('--out') + 1]}", out)
+        self.assertEqual(picture_problems(path, (600, 640)), [])
+        Ws, _, meta = mnist.load_model(self.default_path)
+        start = mnist.starting_weights(Ws[0], meta)  # drawn as the difference only when found
+        self.assertIsNotNone(start)
+        self.assertGreater(np.abs(Ws[0] - start).max(), 0.1)
+
+    def test_a_down_stroke_reads_as_a_1_until_the_top_bar_makes_it_a_7(self):
+        (words,) = self.row("draw a 7 slowly")[0]
+        opened = {}
+        here = os.getcwd()
+        os.chdir(self.folder)  # `draw` opens model.npz of the folder it runs in
+        try:
+            with mock.patch.object(mnist, "run_drawing_app", lambda network, to_mnist: opened.update(
+                    network=network, to_mnist=to_mnist)), contextlib.redirect_stdout(io.StringIO()):
+                self.assertEqual(mnist.main(words), 0)
+        finally:
+            os.chdir(here)
+        clock = FakeClock()
+        pad = DrawingPad(opened["network"], opened["to_mnist"], clock=clock)  # the window's pad, without a window
+        pad.canvas_axes = CANVAS
+
+        def stroke(start, end):
+            """Draw a straight stroke in twelve mouse moves; the guess after each move."""
+            guesses = []
+            points = [start + (end - start) * t for t in np.linspace(0, 1, 12)]
+            pad.on_press(press(*points[0], inaxes=CANVAS))
+            for x, y in points[1:]:
+                clock.now += 1.0  # every move updates the guess
+                pad.on_motion(press(x, y, inaxes=CANVAS))
+                guesses.append(int(np.argmax(pad.probabilities)))
+            pad.on_release(press(*points[-1], inaxes=CANVAS))
+            return guesses
+
+        stroke(np.array([185.0, 50.0]), np.array([125.0, 240.0]))  # the down stroke
+        self.assertEqual(int(np.argmax(pad.probabilities)), 1)
+        bar = stroke(np.array([75.0, 50.0]), np.array([185.0, 50.0]))  # the top bar, left to right
+        self.assertEqual((bar[0], bar[-1]), (1, 7), bar)
+
+    def test_gradcheck_relative_errors_lie_between_1e_10_and_1e_7(self):
+        (code, out, err, _), = self.run_row("gradients by hand")
+        self.assertEqual(code, 0, err)
+        errors = [float(value) for value in re.findall(r"\b\w+ (\d\.\de-\d\d)\b", out)]
+        self.assertGreater(len(errors), 12)
+        self.assertGreaterEqual(min(errors), 1e-10)
+        self.assertLess(max(errors), 1e-7)
+        self.assertGreater(max(errors), 1e-8)  # "the largest about 3e-8"
+        self.assertIn("OK (limit 1e-6)", out)
+
+    def test_most_mistakes_on_clothes_are_one_top_taken_for_another(self):
+        runs = self.run_row("the same network on clothes")
+        for code, out, err, words in runs:
+            self.assertEqual(code, 0, (words, err))
+        self.assertTrue(os.path.exists(os.path.join(self.folder, "fashion_model.npz")))
+        with open(self.default_path, "rb") as f:
+            self.assertEqual(f.read(), self.default_bytes, "model.npz changed")
+        code, out, err, words = runs[-1]
+        self.assertEqual(words[:3], ["evaluate", "--dataset", "fashion"])
+        self.assertEqual(picture_problems(os.path.join(self.folder, words[words.index("--errors") + 1]),
+                                          (800, 430)), [])
+        Ws, bs, meta = mnist.load_model(os.path.join(self.folder, "fashion_model.npz"))
+        _, _, X_test, y_test = mnist.load_dataset(self.fashion_slice(), download=False, dataset="fashion")
+        confusion = mnist.evaluate(X_test, y_test, Ws, bs, meta["activation"])["confusion"]
+        tops = [meta["classes"].index(name) for name in sorted(self.TOPS)]
+        mistakes = confusion.sum() - np.trace(confusion)
+        among_tops = confusion[np.ix_(tops, tops)].sum() - confusion[tops, tops].sum()  # a top taken for another
+        self.assertGreater(among_tops / mistakes, 0.5)  # "more than half"
+        right = np.diag(confusion) / confusion.sum(axis=1)
+        self.assertEqual(meta["classes"][int(np.argmin(right))], "Shirt")  # "shirts ... most often"
+
+
 def write_tiny_csv_mnist(folder, train_rows=60, test_rows=20, seed=0):
     """A stand-in for MNIST in the CSV layout load_dataset reads (label, then 784 pixels): random
     pixels, so training on it takes milliseconds. Made at run time; no real image in it."""
