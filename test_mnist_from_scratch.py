@@ -4743,13 +4743,13 @@ class TestTheReadmeExperiments(unittest.TestCase):
         for full_batch, mini_batches in zip(history, self.default_meta["history"]):
             self.assertLess(full_batch["val_acc"], mini_batches["val_acc"], full_batch["epoch"])
         # The numbers the row compares: its epochs, and the default's steps on all of MNIST.
-        defaults = mnist.build_parser().parse_args(["train"])
-        full = 60000 - defaults.val_size
+        defaults = mnist.TRAIN_SETTINGS["mnist"]
+        full = 60000 - defaults["val_size"]
         self.assertEqual(batch, full)
-        steps = defaults.epochs * math.ceil(full / defaults.batch_size)
+        steps = defaults["epochs"] * math.ceil(full / defaults["batch_size"])
         look = self.row("batch gradient descent")[1]
         self.assertIn(f"{words[words.index('--epochs') + 1]} such steps", look)
-        self.assertIn(f"{steps:,} mini-batch steps of the default {defaults.epochs} epochs", look)
+        self.assertIn(f"{steps:,} mini-batch steps of the default {defaults['epochs']} epochs", look)
 
     def test_weight_decay_shrinks_the_weights_and_barely_moves_the_accuracy(self):
         models = self.trained("weight decay")
