@@ -3829,7 +3829,7 @@ def run_drawing_app(network, to_mnist):
 #                  "box"} each
 #   GET  /health   the model's layer sizes, activation and test accuracy (from its meta)
 #
-# It uses only the standard library's http.server, and three ideas carry it:
+# It uses only the standard library's http.server, and four ideas carry it:
 #
 # 1. One code path. A request body is decoded by `read_image` (handed the bytes as a file
 #    object instead of a file name) and prepared by `image_to_mnist`, exactly like a photo given
@@ -3851,6 +3851,16 @@ def run_drawing_app(network, to_mnist):
 #    pixels are decoded at a time. On a loopback address only requests for this machine's
 #    names are answered (--allow-host adds a proxy's); the page finds its API beside itself,
 #    so it works under any path a proxy serves it at. Control characters never reach the log.
+#
+# The server is two classes, as http.server wants them: DigitServer holds what every request
+# shares (the model, the page, the limits, the log), and DigitRequestHandler answers the
+# requests of one connection, reaching all that as self.server.
+
+import contextlib
+import io
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SERVE_HOST = "127.0.0.1"            # this machine only; --host 0.0.0.0 opens it to the network
 SERVE_PORT = 8000
@@ -4067,8 +4077,6 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
     waits until that many pixels may be decoded (the server's budget of memory for images).
     typical, judge: the model's typical top logit and rule 4's judge (predict_number).
     """
-    import contextlib
-    import io
     from PIL import Image
     too_large = HTTPError(413, f"the image has more than {MAX_IMAGE_PIXELS / 1e6:g} megapixels, "
                                f"the limit: send a smaller one")
@@ -4122,9 +4130,354 @@ def host_of(header):
     return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
+class DeadlineReader(io.RawIOBase):
+    """A connection's incoming bytes, each wait limited to the time left until `deadline`
+    (time.monotonic()): the deadline holds for the whole request, not for each read. It is
+    set by the request's first bytes (None until then: waiting for a request, on a kept-alive
+    connection, is limited to request_seconds on its own)."""
+
+    def __init__(self, connection, request_seconds):
+        self.connection, self.request_seconds, self.deadline = connection, request_seconds, None
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.request_seconds if self.deadline is None else self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the request was not sent in time")
+        self.connection.settimeout(left)
+        count = self.connection.recv_into(buffer)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.request_seconds
+        return count
+
+
+class DecodingTurns:
+    """Whose turn it is to decode an image, shared by the server's threads.
+
+    Images are prepared at most one per CPU core at a time: more at once would not finish
+    sooner, they would only hold more decoded pixels in memory together. Large images (photos)
+    leave one core to the drawings, so that a drawing never waits for two photos; and whatever
+    the number of cores, no more than PIXELS_DECODED_AT_ONCE pixels are decoded at a time.
+    """
+
+    def __init__(self, cores):
+        self.one_per_core = threading.BoundedSemaphore(cores)
+        self.large_ones = threading.BoundedSemaphore(max(1, cores - 1))
+        self.pixels_decoding, self.room_changed = 0, threading.Condition()
+
+    @contextlib.contextmanager
+    def room_for(self, pixels):
+        """Wait for the turn of an image of this many pixels: memory, then a core."""
+        pixels = min(pixels, PIXELS_DECODED_AT_ONCE)
+        with self.large_ones if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
+            with self.room_changed:
+                self.room_changed.wait_for(
+                    lambda: self.pixels_decoding + pixels <= PIXELS_DECODED_AT_ONCE)
+                self.pixels_decoding += pixels
+            try:
+                with self.one_per_core:
+                    yield
+            finally:
+                with self.room_changed:
+                    self.pixels_decoding -= pixels
+                    self.room_changed.notify_all()
+
+
+ROUTES = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}  # -> methods
+# The page may run its own inline script and talk to this server, and nothing else: no file,
+# font or script from anywhere else is ever loaded.
+SERVE_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                     "img-src data: blob:; connect-src 'self'")
+
+
+class DigitRequestHandler(BaseHTTPRequestHandler):
+    """One connection's requests, answered in a thread of its own. What the requests share (the
+    model, the page, the limits, the log) is the server's, reached as self.server (DigitServer)."""
+
+    protocol_version = "HTTP/1.1"             # keep-alive: a drawing asks many times in a row
+    server_version = "mnist_from_scratch"
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()                    # the socket's own reader, replaced by one with a deadline
+        self.reader = DeadlineReader(self.connection, self.server.request_seconds)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def version_string(self):                 # the Server header: no Python version in it
+        return self.server_version
+
+    def log_message(self, format, *args):     # one line per request, to the server's log
+        self.server.write_log(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}")
+
+    def handle_expect_100(self):
+        return True            # "100 Continue" is sent only once the request is accepted
+
+    def handle_one_request(self):
+        """One request: request_seconds to wait for it, and request_seconds from its first byte
+        to the end of its body."""
+        seconds = self.server.request_seconds
+        self.reader.deadline = None           # set by the request's first bytes
+        self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
+        self.body_read = False
+        self.server.note(self.connection, waiting=True)
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if not self.raw_requestline:      # the client closed the connection
+                self.close_connection = True
+                return
+            if self.reader.deadline is None:  # the request line came with the one before
+                self.reader.deadline = time.monotonic() + seconds
+            if len(self.raw_requestline) > 65536:
+                self.send_error(414)
+                return
+            if not self.parse_request():      # refused (400, 431, 505): already answered
+                return
+            self.server.note(self.connection, waiting=False)
+            self.route()
+            self.wfile.flush()
+        except socket.timeout:
+            self.send_error(408, f"the request was not sent within {seconds:g} seconds")
+        except OSError as error:              # the client hung up
+            self.close_connection = True
+            self.log_error("connection lost on %s: %s", self.requestline or "a request", error)
+
+    def answer(self, status, body, content_type="application/json", headers=()):
+        self.connection.settimeout(self.server.request_seconds)   # for sending: the reader set less
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:             # a body left unread must not be taken for the next request
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def answer_json(self, status, value, headers=()):
+        self.answer(status, json.dumps(value).encode("utf-8"), headers=headers)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request line, headers too long) as JSON too."""
+        self.close_connection = True
+        try:
+            self.answer_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+        except OSError:
+            pass                              # the client has gone: nothing to tell it
+
+    def route(self):
+        """Answer one request; a refusal is a JSON error, a bug one log line and a 500."""
+        path = self.path.split("?", 1)[0]
+        try:
+            self.check_request(path)
+            if path == "/":
+                self.answer(200, self.server.page, "text/html; charset=utf-8",
+                            headers=[("Content-Security-Policy", SERVE_PAGE_POLICY)])
+            elif path == "/health":
+                self.answer(200, self.server.health)
+            else:
+                self.answer_json(200, self.server.predict(self.read_image_body()))
+        except HTTPError as refusal:
+            self.close_connection = True          # a refused request's body may be left unread
+            allow = [("Allow", ", ".join(ROUTES[path]))] if refusal.status == 405 else []
+            self.answer_json(refusal.status, {"error": str(refusal)}, headers=allow)
+            self.drop_unread_body()
+        except socket.timeout:                    # the body stalled
+            self.send_error(408, f"the request was not sent within "
+                                 f"{self.server.request_seconds:g} seconds")
+        except OSError as error:                  # the client hung up
+            self.close_connection = True
+            self.log_error("connection lost on %s %s: %s", self.command, path, error)
+        except Exception as error:                # a bug: one log line here, no traceback there
+            self.close_connection = True
+            self.log_error("internal error on %s %s: %s: %s", self.command, path,
+                           type(error).__name__, error)
+            try:
+                self.answer_json(500, {"error": "internal error; the server's log says more"})
+            except OSError:
+                pass
+
+    def check_request(self, path):
+        """HTTPError unless the request is for this server, a page it has, by a method it takes."""
+        asked_for = self.headers.get("Host")
+        if asked_for is not None and not self.server.answers_for(host_of(asked_for)):
+            raise HTTPError(400, f"this server answers for this machine only (localhost, "
+                                 f"127.0.0.1), not for Host {asked_for}; behind a proxy, "
+                                 f"start it with --allow-host {host_of(asked_for)}")
+        if path not in ROUTES:
+            raise HTTPError(404, f"no such page: {path}; there are / (the page), "
+                                 f"/health and POST /predict")
+        if self.command not in ROUTES[path]:
+            raise HTTPError(405, f"{path} answers {' and '.join(ROUTES[path])}, "
+                                 f"not {self.command}")
+
+    def declared_length(self):
+        """The body's size from Content-Length: ASCII digits only (int() would take '²' or
+        ' 1_0'), one value; None when there is none, HTTPError(400) when it is not a size."""
+        values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return None
+        length = values.pop()
+        if values or not (length.isascii() and length.isdigit()):
+            raise HTTPError(400, "the Content-Length header must be one size in bytes (digits 0-9)")
+        return int(length)
+
+    def read_image_body(self):
+        """The request's PNG or JPEG bytes, checked before and after reading them."""
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type not in IMAGE_TYPES:
+            raise HTTPError(415, f"send a PNG or JPEG image (Content-Type image/png or "
+                                 f"image/jpeg), not {content_type or 'no Content-Type'}")
+        length = self.declared_length()
+        if length is None or "Transfer-Encoding" in self.headers:
+            raise HTTPError(411, "the request needs a Content-Length header with the body's size "
+                                 "in bytes (and no Transfer-Encoding)")
+        if length > MAX_BODY_BYTES:                # refused unread: the limit protects memory
+            raise HTTPError(413, f"the body has {length} bytes; the limit is "
+                                 f"{MAX_BODY_BYTES // (1024 * 1024)} MB: send a smaller image")
+        if self.headers.get("Expect", "").lower() == "100-continue":
+            self.send_response_only(100)           # accepted: now the client may send the body
+            self.end_headers()
+        body = self.rfile.read(length)
+        self.body_read = True
+        if len(body) < length:
+            raise HTTPError(400, f"the body ended after {len(body)} of {length} bytes")
+        if not body:
+            raise HTTPError(400, "the body is empty: send the image's bytes")
+        if not body.startswith(IMAGE_TYPES[content_type]):
+            raise HTTPError(400, f"the body is not a {content_type[6:].upper()} image "
+                                 f"(its first bytes are wrong)")
+        return body
+
+    def drop_unread_body(self):
+        """After a refusal: say that nothing more will be sent, then read and drop the body the
+        client may still be sending (up to MAX_DISCARDED_BYTES, within the request's time).
+        Closing with unread bytes would reset the connection, and a client still sending
+        (Python's urllib) would never read the answer."""
+        try:
+            length = 0 if self.body_read else (self.declared_length() or 0)
+        except HTTPError:
+            length = MAX_DISCARDED_BYTES
+        if length == 0 or "Expect" in self.headers:   # no body, or none until invited
+            return
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            left = min(length, MAX_DISCARDED_BYTES)
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:                           # a timeout, or the client has gone
+            pass
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = route
+
+
+class DigitServer(ThreadingHTTPServer):
+    """What every request shares: the model (read-only), the page, the limits and the log; and
+    at most max_connections connections handled at once (process_request). See make_server."""
+
+    daemon_threads = True                     # Ctrl+C does not wait for open connections
+    request_queue_size = 64                   # connections waiting to be accepted (default 5)
+
+    def __init__(self, Ws, bs, meta, host, port, log, allowed_hosts, request_seconds,
+                 max_connections):
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.Ws, self.bs, self.meta = Ws, bs, meta
+        self.page = SERVE_PAGE.encode("utf-8")
+        self.health = json.dumps(health_answer(meta)).encode("utf-8")
+        # On a loopback address only requests for this machine are answered: a web page elsewhere
+        # could otherwise reach the server through a name of its own that resolves to 127.0.0.1
+        # (DNS rebinding). Browsers always send the Host they asked for.
+        self.check_host = is_loopback_name(host)
+        self.allowed_hosts = {name.lower().rstrip(".") for name in allowed_hosts}
+        self.request_seconds, self.max_connections = request_seconds, max_connections
+        self.turns = DecodingTurns(os.cpu_count() or 1)
+        self.log, self.log_lock = log, threading.Lock()
+        self.handling = {}    # connection -> when it began waiting for a request, None while answering
+        self.handling_lock = threading.Lock()
+        super().__init__((host, port), DigitRequestHandler)
+
+    def predict(self, body):
+        """The answer of POST /predict for these bytes (predict_image_bytes), in its turn."""
+        return predict_image_bytes(body, self.Ws, self.bs, self.meta["activation"],
+                                   self.meta.get("dataset", "mnist"), self.turns.room_for,
+                                   self.meta.get("typical_logit"), self.meta.get("judge"))
+
+    def answers_for(self, name):
+        """True for a Host this server answers: any on an open address; on a loopback one, this
+        machine's names and those of --allow-host."""
+        return (not self.check_host or is_loopback_name(name)
+                or name.lower().rstrip(".") in self.allowed_hosts)
+
+    def write_log(self, line):
+        """One whole line at a time, whatever the other threads write (to log, else stderr)."""
+        with self.log_lock:
+            stream = self.log or sys.stderr
+            stream.write(line.translate(LOG_ESCAPES) + "\n")
+            stream.flush()
+
+    def note(self, connection, waiting):
+        with self.handling_lock:
+            if connection in self.handling:
+                self.handling[connection] = time.monotonic() if waiting else None
+
+    def process_request(self, request, client_address):
+        """A thread for the new connection; at max_connections, the connection that has waited
+        longest for a request to arrive (idle, or sending its headers byte by byte) is closed
+        to make room, and when every connection is being answered, 503 at once."""
+        with self.handling_lock:
+            waiting = [(since, connection) for connection, since in self.handling.items()
+                       if since is not None]
+            full = len(self.handling) >= self.max_connections
+            if full and waiting:
+                _, oldest = min(waiting, key=lambda pair: pair[0])
+                del self.handling[oldest]
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)    # its thread ends at once
+                except OSError:
+                    pass
+            if not full or waiting:
+                self.handling[request] = time.monotonic()
+        if full and not waiting:
+            self.refuse_busy(request, client_address)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.handling_lock:
+                self.handling.pop(request, None)
+
+    def refuse_busy(self, request, client_address):
+        body = json.dumps({"error": f"the server is answering {self.max_connections} requests; "
+                                    f"try again in a moment"}).encode("utf-8")
+        try:
+            request.settimeout(1)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                            % (len(body), body))
+        except OSError:
+            pass
+        self.write_log(f"{client_address[0]}: 503, {self.max_connections} connections being answered")
+        self.shutdown_request(request)
+
+    def handle_error(self, request, client_address):   # one line, never a traceback
+        error = sys.exc_info()[1]
+        self.write_log(f"{client_address[0]}: connection error: {type(error).__name__}: {error}")
+
+
 def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
                 request_seconds=SECONDS_TO_SEND_A_REQUEST, max_connections=MAX_CONNECTIONS):
-    """A ThreadingHTTPServer answering GET /, GET /health and POST /predict with this model.
+    """A DigitServer answering GET /, GET /health and POST /predict with this model.
 
     Call .serve_forever() to run it, .shutdown() from another thread to stop it, .server_close()
     to free the port. port 0 picks a free port (read it from server.server_address). log: where
@@ -4133,326 +4486,11 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
     the time a client has to send a whole request; max_connections: connections handled at
     once. Raises OSError when the address cannot be used (port in use, unknown host).
     """
-    import contextlib
-    import io
-    import socket
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    activation, dataset = meta["activation"], meta.get("dataset", "mnist")
     Ws, bs = [np.array(W) for W in Ws], [np.array(b) for b in bs]   # the server's own copies ...
     for array in (*Ws, *bs):
         array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
-    # Images are prepared at most one per CPU core at a time: more at once would not finish
-    # sooner, they would only hold more decoded pixels in memory together. Large images (photos)
-    # leave one core to the drawings, so that a drawing never waits for two photos; and whatever
-    # the number of cores, no more than PIXELS_DECODED_AT_ONCE pixels are decoded at a time.
-    cores = os.cpu_count() or 1
-    one_per_core = threading.BoundedSemaphore(cores)
-    large_ones = threading.BoundedSemaphore(max(1, cores - 1))
-    pixels_decoding, room_changed = [0], threading.Condition()
-
-    @contextlib.contextmanager
-    def room_for(pixels):
-        """Wait for the turn of an image of this many pixels: memory, then a core."""
-        pixels = min(pixels, PIXELS_DECODED_AT_ONCE)
-        with large_ones if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
-            with room_changed:
-                room_changed.wait_for(lambda: pixels_decoding[0] + pixels <= PIXELS_DECODED_AT_ONCE)
-                pixels_decoding[0] += pixels
-            try:
-                with one_per_core:
-                    yield
-            finally:
-                with room_changed:
-                    pixels_decoding[0] -= pixels
-                    room_changed.notify_all()
-
-    page = SERVE_PAGE.encode("utf-8")
-    health = json.dumps(health_answer(meta)).encode("utf-8")
-    # The page may run its own inline script and talk to this server, and nothing else: no
-    # file, font or script from anywhere else is ever loaded.
-    page_policy = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                   "img-src data: blob:; connect-src 'self'")
-    # On a loopback address only requests for this machine are answered: a web page elsewhere
-    # could otherwise reach the server through a name of its own that resolves to 127.0.0.1
-    # (DNS rebinding). Browsers always send the Host they asked for.
-    check_host = is_loopback_name(host)
-    allowed = {name.lower().rstrip(".") for name in allowed_hosts}
-    log_lock = threading.Lock()
-
-    def write_log(line):               # one whole line at a time, whatever the other threads write
-        with log_lock:
-            stream = log or sys.stderr
-            stream.write(line.translate(LOG_ESCAPES) + "\n")
-            stream.flush()
-
-    class DeadlineReader(io.RawIOBase):
-        """A connection's incoming bytes, each wait limited to the time left until `deadline`
-        (time.monotonic()): the deadline holds for the whole request, not for each read. It
-        is set by the request's first bytes (None until then: waiting for a request, on a kept-
-        alive connection, is limited to request_seconds on its own)."""
-
-        def __init__(self, connection):
-            self.connection, self.deadline = connection, None
-
-        def readable(self):
-            return True
-
-        def readinto(self, buffer):
-            left = request_seconds if self.deadline is None else self.deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("the request was not sent in time")
-            self.connection.settimeout(left)
-            count = self.connection.recv_into(buffer)
-            if self.deadline is None:
-                self.deadline = time.monotonic() + request_seconds
-            return count
-
-    class DigitRequestHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"             # keep-alive: a drawing asks many times in a row
-        server_version = "mnist_from_scratch"
-
-        def setup(self):
-            super().setup()
-            self.rfile.close()                    # the socket's own reader, replaced by one with a deadline
-            self.reader = DeadlineReader(self.connection)
-            self.rfile = io.BufferedReader(self.reader)
-
-        def version_string(self):                 # the Server header: no Python version in it
-            return self.server_version
-
-        def log_message(self, format, *args):     # one line per request, to `log`
-            write_log(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}")
-
-        def handle_expect_100(self):
-            return True            # "100 Continue" is sent only once the request is accepted
-
-        def handle_one_request(self):
-            """One request: request_seconds to wait for it, and request_seconds from its first byte
-            to the end of its body."""
-            self.reader.deadline = None           # set by the request's first bytes
-            self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
-            self.body_read = False
-            self.server.note(self.connection, waiting=True)
-            try:
-                self.raw_requestline = self.rfile.readline(65537)
-                if not self.raw_requestline:      # the client closed the connection
-                    self.close_connection = True
-                    return
-                if self.reader.deadline is None:  # the request line came with the one before
-                    self.reader.deadline = time.monotonic() + request_seconds
-                if len(self.raw_requestline) > 65536:
-                    self.send_error(414)
-                    return
-                if not self.parse_request():      # refused (400, 431, 505): already answered
-                    return
-                self.server.note(self.connection, waiting=False)
-                self.route()
-                self.wfile.flush()
-            except socket.timeout:
-                self.send_error(408, f"the request was not sent within {request_seconds:g} seconds")
-            except OSError as error:              # the client hung up
-                self.close_connection = True
-                self.log_error("connection lost on %s: %s", self.requestline or "a request", error)
-
-        def answer(self, status, body, content_type="application/json", headers=()):
-            self.connection.settimeout(request_seconds)   # for sending: the reader set less
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in headers:
-                self.send_header(name, value)
-            if self.close_connection:             # a body left unread must not be taken for the next request
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def answer_json(self, status, value, headers=()):
-            self.answer(status, json.dumps(value).encode("utf-8"), headers=headers)
-
-        def send_error(self, code, message=None, explain=None):
-            """http.server's own refusals (a malformed request line, headers too long) as JSON too."""
-            self.close_connection = True
-            try:
-                self.answer_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
-            except OSError:
-                pass                              # the client has gone: nothing to tell it
-
-        def route(self):
-            """Answer one request; a refusal is a JSON error, a bug one log line and a 500."""
-            path = self.path.split("?", 1)[0]
-            allowed_methods = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}
-            try:
-                asked_for = self.headers.get("Host")
-                if check_host and asked_for is not None and not (
-                        is_loopback_name(host_of(asked_for)) or host_of(asked_for).lower().rstrip(".") in allowed):
-                    raise HTTPError(400, f"this server answers for this machine only (localhost, "
-                                         f"127.0.0.1), not for Host {asked_for}; behind a proxy, "
-                                         f"start it with --allow-host {host_of(asked_for)}")
-                if path not in allowed_methods:
-                    raise HTTPError(404, f"no such page: {path}; there are / (the page), "
-                                         f"/health and POST /predict")
-                if self.command not in allowed_methods[path]:
-                    raise HTTPError(405, f"{path} answers {' and '.join(allowed_methods[path])}, "
-                                         f"not {self.command}")
-                if path == "/":
-                    self.answer(200, page, "text/html; charset=utf-8",
-                                headers=[("Content-Security-Policy", page_policy)])
-                elif path == "/health":
-                    self.answer(200, health)
-                else:
-                    body = self.read_image_body()
-                    answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for,
-                                                 meta.get("typical_logit"), meta.get("judge"))
-                    self.answer_json(200, answer)
-            except HTTPError as refusal:
-                self.close_connection = True          # a refused request's body may be left unread
-                allow = [("Allow", ", ".join(allowed_methods[path]))] if refusal.status == 405 else []
-                self.answer_json(refusal.status, {"error": str(refusal)}, headers=allow)
-                self.drop_unread_body()
-            except socket.timeout:                    # the body stalled
-                self.send_error(408, f"the request was not sent within {request_seconds:g} seconds")
-            except OSError as error:                  # the client hung up
-                self.close_connection = True
-                self.log_error("connection lost on %s %s: %s", self.command, path, error)
-            except Exception as error:                # a bug: one log line here, no traceback there
-                self.close_connection = True
-                self.log_error("internal error on %s %s: %s: %s", self.command, path,
-                               type(error).__name__, error)
-                try:
-                    self.answer_json(500, {"error": "internal error; the server's log says more"})
-                except OSError:
-                    pass
-
-        def declared_length(self):
-            """The body's size from Content-Length: ASCII digits only (int() would take '²' or
-            ' 1_0'), one value; None when there is none, HTTPError(400) when it is not a size."""
-            values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
-            if not values:
-                return None
-            length = values.pop()
-            if values or not (length.isascii() and length.isdigit()):
-                raise HTTPError(400, "the Content-Length header must be one size in bytes (digits 0-9)")
-            return int(length)
-
-        def read_image_body(self):
-            """The request's PNG or JPEG bytes, checked before and after reading them."""
-            content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type not in IMAGE_TYPES:
-                raise HTTPError(415, f"send a PNG or JPEG image (Content-Type image/png or "
-                                     f"image/jpeg), not {content_type or 'no Content-Type'}")
-            length = self.declared_length()
-            if length is None or "Transfer-Encoding" in self.headers:
-                raise HTTPError(411, "the request needs a Content-Length header with the body's size "
-                                     "in bytes (and no Transfer-Encoding)")
-            if length > MAX_BODY_BYTES:                # refused unread: the limit protects memory
-                raise HTTPError(413, f"the body has {length} bytes; the limit is "
-                                     f"{MAX_BODY_BYTES // (1024 * 1024)} MB: send a smaller image")
-            if self.headers.get("Expect", "").lower() == "100-continue":
-                self.send_response_only(100)           # accepted: now the client may send the body
-                self.end_headers()
-            body = self.rfile.read(length)
-            self.body_read = True
-            if len(body) < length:
-                raise HTTPError(400, f"the body ended after {len(body)} of {length} bytes")
-            if not body:
-                raise HTTPError(400, "the body is empty: send the image's bytes")
-            if not body.startswith(IMAGE_TYPES[content_type]):
-                raise HTTPError(400, f"the body is not a {content_type[6:].upper()} image "
-                                     f"(its first bytes are wrong)")
-            return body
-
-        def drop_unread_body(self):
-            """After a refusal: say that nothing more will be sent, then read and drop the body the
-            client may still be sending (up to MAX_DISCARDED_BYTES, within the request's time).
-            Closing with unread bytes would reset the connection, and a client still sending
-            (Python's urllib) would never read the answer."""
-            try:
-                length = 0 if self.body_read else (self.declared_length() or 0)
-            except HTTPError:
-                length = MAX_DISCARDED_BYTES
-            if length == 0 or "Expect" in self.headers:   # no body, or none until invited
-                return
-            try:
-                self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_WR)
-                left = min(length, MAX_DISCARDED_BYTES)
-                while left > 0:
-                    chunk = self.rfile.read1(min(left, 65536))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            except OSError:                           # a timeout, or the client has gone
-                pass
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = route
-
-    class DigitServer(ThreadingHTTPServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        daemon_threads = True                     # Ctrl+C does not wait for open connections
-        request_queue_size = 64                   # connections waiting to be accepted (default 5)
-
-        def __init__(self, *args):
-            self.handling = {}    # connection -> when it began waiting for a request, None while answering
-            self.handling_lock = threading.Lock()
-            super().__init__(*args)
-
-        def note(self, connection, waiting):
-            with self.handling_lock:
-                if connection in self.handling:
-                    self.handling[connection] = time.monotonic() if waiting else None
-
-        def process_request(self, request, client_address):
-            """A thread for the new connection; at max_connections, the connection that has waited
-            longest for a request to arrive (idle, or sending its headers byte by byte) is
-            closed to make room, and when every connection is being answered, 503 at once."""
-            with self.handling_lock:
-                waiting = [(since, connection) for connection, since in self.handling.items()
-                           if since is not None]
-                full = len(self.handling) >= max_connections
-                if full and waiting:
-                    _, oldest = min(waiting, key=lambda pair: pair[0])
-                    del self.handling[oldest]
-                    try:
-                        oldest.shutdown(socket.SHUT_RDWR)    # its thread ends at once
-                    except OSError:
-                        pass
-                if not full or waiting:
-                    self.handling[request] = time.monotonic()
-            if full and not waiting:
-                self.refuse_busy(request, client_address)
-                return
-            super().process_request(request, client_address)
-
-        def process_request_thread(self, request, client_address):
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                with self.handling_lock:
-                    self.handling.pop(request, None)
-
-        def refuse_busy(self, request, client_address):
-            body = json.dumps({"error": f"the server is answering {max_connections} requests; "
-                                        f"try again in a moment"}).encode("utf-8")
-            try:
-                request.settimeout(1)
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
-                                % (len(body), body))
-            except OSError:
-                pass
-            write_log(f"{client_address[0]}: 503, {max_connections} connections being answered")
-            self.shutdown_request(request)
-
-        def handle_error(self, request, client_address):   # one line, never a traceback
-            error = sys.exc_info()[1]
-            write_log(f"{client_address[0]}: connection error: {type(error).__name__}: {error}")
-
-    return DigitServer((host, port), DigitRequestHandler)
+    return DigitServer(Ws, bs, meta, host, port, log, allowed_hosts, request_seconds,
+                       max_connections)
 
 
 def run_server(server, host):
