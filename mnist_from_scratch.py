@@ -2991,6 +2991,140 @@ def edit_distance(a, b):
     return row[-1]
 
 
+def list_images(paths):
+    """Expand folders into the image files they hold (sorted); keep files as given."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, f) for f in os.listdir(path)
+                            if f.lower().endswith((".png", ".jpg", ".jpeg"))
+                            and os.path.isfile(os.path.join(path, f)))
+        else:
+            files.append(path)
+    return files
+
+
+def plot_path_for(plot, image_path, several):
+    """The picture file for one image: --plot itself, or with several images FILE_<image>.png."""
+    if not several:
+        return plot
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return f"{os.path.splitext(plot)[0]}_{stem}.png"
+
+
+def add_predict_command(add, shared):
+    """`predict` and its options (add and shared: see build_parser)."""
+    p = add("predict", "recognise the digit, or every digit of a number, in images (PNG or JPEG, "
+                       "or folders of them); files named after what they show, like 7.png, "
+                       "7_anna.jpg or 2026.jpg, are also scored", shared.saved_model, shared.show)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object per image, with "number" and each of its "digits"')
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the image, the 28x28 input the network saw and its probabilities "
+                        "(with several images: FILE_<image>.png each)")
+    p.add_argument("--steps", action="store_true",
+                   help="with --plot: also draw every preprocessing step as its own panel")
+    p.set_defaults(run=command_predict, paths={"model": "model to read", "images": "images to read",
+                                               "plot": "picture to write"})
+
+
+def command_predict(args):
+    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
+    activation = meta["activation"]
+    files = list_images(args.images)
+    if not files:
+        raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
+    if args.steps and not args.plot:
+        raise UserError("--steps draws the preprocessing steps into the --plot picture; "
+                        "add --plot FILE.png")
+    if args.plot:  # the pictures must never overwrite one of the images they show
+        inputs = {os.path.abspath(path) for path in files}
+        for path in files:
+            target = plot_path_for(args.plot, path, len(files) > 1)
+            if os.path.abspath(target) in inputs:
+                raise UserError(f"--plot {args.plot}: would overwrite the image {target}\n"
+                                f"choose another name for the picture")
+    scored, wrong, unreadable = 0, [], []
+    numbers, misread = [], []  # (true, read) for files named after a number of several digits
+    for path in files:
+        try:
+            gray, alpha = read_image(path)
+        except (ValueError, MemoryError) as e:  # a broken or huge file: say so, go on
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            unreadable.append(path)
+            continue
+        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
+                                     meta.get("typical_logit"), meta.get("judge"))
+        digit = None if p is None else int(p.argmax())
+        several = len(steps.get("digits", [])) > 1
+        if args.json and not class_names:
+            print(json.dumps({"path": path, "digit": digit, "probabilities":
+                              None if p is None else [round(float(v), 6) for v in p], **digits_answer(steps)}))
+        elif several and not args.json:
+            print(f"{path}: {steps['number'].replace(chr(10), ' / ')}  (digits "
+                  + ", ".join(f"{100 * d['probabilities'].max():.1f} %"
+                              + (" UNSURE" if d["probabilities"].max() < UNSURE else "")
+                              for d in steps["digits"]) + ")")
+        elif args.json and class_names:
+            print(json.dumps({"path": path, "label": digit,
+                              "name": None if p is None else class_names[digit], "probabilities":
+                              None if p is None else [round(float(v), 6) for v in p]}))
+        elif p is None:
+            found_nothing = "nothing found" if class_names else "no digit found"
+            print(f"{path}: {found_nothing} ({steps.get('reason', 'nothing like a digit')})")
+        elif class_names:
+            print(f"{path}: {class_names[digit]}  ({100 * p[digit]:.1f} % sure)   "
+                  + ", ".join(f"{name} {100 * v:.1f}%" for name, v in zip(class_names, p)))
+        else:
+            print(f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
+                  + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
+        truth, number = digit_from_filename(path), number_from_filename(path)
+        if number is not None and len(number) > 1 and not class_names:
+            read = steps.get("number", "").replace("\n", "")
+            numbers.append((number, read))
+            if read != number:
+                misread.append(f"{os.path.basename(path)} (read {read or 'nothing'})")
+        elif truth is not None:
+            scored += 1
+            if digit != truth or several:
+                said = digit if class_names is None or digit is None else class_names[digit]
+                said = steps["number"].replace("\n", " / ") if several else said
+                wrong.append(f"{os.path.basename(path)} (said {said})")
+        if args.plot:
+            panels = None
+            if args.steps:
+                panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
+                          if name in steps}
+                if several:  # every piece of ink, not the one digit's mask and crop
+                    panels = {name: steps[name] for name in ("gray", "ink", "lines", "pieces")}
+            target = plot_path_for(args.plot, path, len(files) > 1)
+            if several:
+                plot_number(gray, steps["digits"], target, steps=panels, show=args.show)
+            else:
+                plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
+                                reason=steps.get("reason"), class_names=class_names)
+            if not args.json:
+                print(f"  wrote {target}")
+    if scored and not args.json:
+        # File names that start with the true digit (7.png, 7_anna.jpg) are scored.
+        print(f"{scored - len(wrong)} of {scored} correct ({100 * (scored - len(wrong)) / scored:.1f} %)"
+              + (f"; wrong: {', '.join(wrong)}" if wrong else ""), flush=True)
+    if numbers and not args.json:
+        # File names that start with the true number (2026.jpg, 2026_anna.jpg) are scored whole:
+        # the number read exactly, and its digits (all of them minus the edit distance).
+        total = sum(len(true) for true, _ in numbers)
+        right = total - sum(edit_distance(true, read) for true, read in numbers)
+        exact = sum(true == read for true, read in numbers)
+        print(f"numbers: {exact} of {len(numbers)} read exactly ({100 * exact / len(numbers):.1f} %), "
+              f"digits: {right} of {total} right ({100 * right / total:.1f} %)"
+              + (f"; wrong: {', '.join(misread)}" if misread else ""), flush=True)
+    if unreadable and len(files) > 1:
+        print(f"error: {len(unreadable)} of {len(files)} images could not be read (see above); "
+              f"the others were predicted", file=sys.stderr)
+    return 2 if unreadable else 0
+
+
 # %% [12] Pictures: training curves, confusion matrix, mistakes, weights, one prediction
 #
 # Numbers in a log say *how well* the network does; pictures show *how* and *where*:
@@ -3008,6 +3142,9 @@ def edit_distance(a, b):
 # same folder, then renamed over the target, so an interrupted run never leaves half a PNG behind.
 #
 # All figures are drawn at 100 dots per inch, so a size of (8, 4) inches is exactly 800 x 400 pixels.
+#
+# The section ends with the commands that draw from a saved model or the data: `weights`,
+# `samples` (a few test digits as PNG files, to try `predict` on) and `pictures` (the README's).
 
 
 PLOT_DPI = 100  # pixels per inch: figure sizes below are given in pixels and divided by this
@@ -3501,6 +3638,152 @@ def save_sample_digits(images, labels, folder, class_names=None):
     return paths
 
 
+def starting_weights(W1, meta):
+    """The first layer's random start, rebuilt from the seed saved with the model; or None.
+
+    A check that the rebuilt start is the real one: MNIST's border pixels are always 0, so no
+    gradient reaches their weights and training only shrinks them, all by the same factor
+    (weight decay). There, W1 must be a positive multiple of the start: correlation near 1.
+    Elsewhere (another NumPy's random numbers, distortions that put ink on the border) it is
+    not, and the weights are drawn as they are.
+    """
+    seed = (meta.get("settings") or {}).get("seed")
+    if seed is None:
+        return None
+    start = init_params(meta["sizes"], meta["activation"], seed)[0][0]
+    border = np.ones((28, 28), dtype=bool)
+    border[1:-1, 1:-1] = False
+    trained, initial = W1[border.ravel()].ravel(), start[border.ravel()].ravel()
+    if np.std(trained) == 0 or np.corrcoef(trained, initial)[0, 1] < 0.99:
+        return None
+    return start
+
+
+def add_weights_command(add, shared):
+    """`weights` and its options (add and shared: see build_parser)."""
+    p = add("weights", "draw the first layer's weights: what each hidden unit looks for",
+            shared.saved_model, shared.show)
+    p.add_argument("--out", default="weights.png", metavar="FILE.png",
+                   help="picture to write (default: %(default)s)")
+    p.set_defaults(run=command_weights, paths={"model": "model to read", "out": "picture to write"})
+
+
+def command_weights(args):
+    Ws, _, meta, _, _ = load_model_and_dataset(args)
+    start = starting_weights(Ws[0], meta)
+    print(f"wrote {plot_weights(Ws[0], args.out, show=args.show, start=start)}")
+    return 0
+
+
+def add_samples_command(add, shared):
+    """`samples` and its options (add and shared: see build_parser)."""
+    p = add("samples", "write a few test digits as PNG files, to try `predict` on", shared.images,
+            shared.data)
+    p.add_argument("--out", metavar="DIR",
+                   help="folder to write them to (default: samples, for Fashion-MNIST "
+                        "samples/fashion)")
+    p.set_defaults(run=command_samples, paths={"data_dir": "data folder", "out": "folder to write"})
+
+
+def command_samples(args):
+    """save_sample_digits, one file at a time: a file that cannot be written is reported and
+    the others are still written; the exit status is 2 at the end if any failed."""
+    dataset = with_dataset_defaults(args)
+    if args.out is None:
+        args.out = "samples" if dataset == "mnist" else os.path.join("samples", dataset)
+    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
+    if y_test is None:
+        raise UserError("the test images have no labels; use the IDX files")
+    class_names = None if dataset == "mnist" else DATASETS[dataset]["classes"]
+    os.makedirs(args.out, exist_ok=True)  # checked before: see check_folder_to_write
+    written, failed = [], 0
+    for label in range(10):
+        try:
+            written += save_sample_digits(X_test[y_test == label][:1], [label], args.out,
+                                          class_names)
+        except (OSError, ValueError) as e:  # e.g. a folder named 3.png in the way
+            print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+            failed += 1
+    if class_names is None:
+        print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); "
+              f"try:\n  python mnist_from_scratch.py predict {args.out}")
+    else:
+        print(f"wrote {len(written)} {DATASETS[dataset]['title']} test images to {args.out}/ "
+              f"(one per class, named for it); try:\n  python mnist_from_scratch.py predict "
+              f"--model {MODEL_FOR_DATASET[dataset]} {args.out}")
+    if failed:
+        what = "digits" if class_names is None else "images"
+        print(f"error: {failed} of 10 {what} could not be written (see above)", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def example_photo(size=600):
+    """A pen-written 4 on ruled paper under uneven light, as a phone photo of one would look.
+
+    Drawn here from two strokes (no MNIST image is used), for the README's prediction picture
+    and for trying `predict` on something that does not look like MNIST at all.
+    """
+    ink = np.zeros((size, size), np.float32)
+    for stroke in ([(230, 110), (160, 370), (430, 365)], [(365, 170), (385, 500)]):
+        ink = render_stroke(ink, stroke, radius=4)      # a thin ballpoint line, 9 px wide
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    paper = 0.95 - 0.3 * rows * cols                   # the light falls off towards one corner
+    paper[np.arange(size) % 50 < 2] *= 0.8             # printed ruled lines every 50 px
+    return paper * (1 - 0.85 * ink)                    # dark ink on light paper
+
+
+def add_pictures_command(add, shared):
+    """`pictures` and its options (add and shared: see build_parser)."""
+    p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
+                        "a prediction, the drawing window) from a trained model", shared.saved_model,
+            shared.data)
+    p.add_argument("--out", metavar="DIR",
+                   help="folder to write them to (default: docs, for a Fashion-MNIST model "
+                        "docs/fashion)")
+    p.set_defaults(run=command_pictures, paths={"data_dir": "data folder", "model": "model to read",
+                                                "out": "folder to write"})
+
+
+def command_pictures(args):
+    """Draw the README's pictures from a trained model: one command makes all of them."""
+    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
+    activation = meta["activation"]
+    if args.out is None:  # each data set's pictures in their own folder: none overwrites another's
+        args.out = "docs" if dataset == "mnist" else os.path.join("docs", dataset)
+    os.makedirs(args.out, exist_ok=True)
+    out = lambda name: os.path.join(args.out, name)  # noqa: E731
+    written = []
+    if meta.get("history"):
+        written.append(plot_history(meta["history"], out("training.png")))
+    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
+    if y_test is not None:
+        result = evaluate(X_test, y_test, Ws, bs, activation)
+        written.append(plot_confusion(result["confusion"], out("confusion.png"),
+                                      class_names=class_names))
+    written.append(plot_weights(Ws[0], out("weights.png"), start=starting_weights(Ws[0], meta)))
+    if dataset != "mnist":  # the example photo and the drawing window show digits
+        print("wrote " + ", ".join(written))
+        return 0
+    photo = save_gray_png(example_photo(), out("example_photo.png"))
+    written.append(photo)
+    gray, alpha = read_image(photo)
+    x, p, steps = predict_image(gray, alpha, Ws, bs, activation)
+    panels = {name: steps[name] for name in ("ink", "mask", "cropped") if name in steps}
+    written.append(plot_prediction(gray, x, p, out("prediction.png"), steps=panels))
+    # The drawing window, drawn off screen with a "2" traced along these points.
+    pad = DrawingPad(lambda X: predict_proba(X, Ws, bs, activation), image_to_mnist)
+    figure = _new_figure(1000, 460, layout=None)  # the window's own layout, as on screen
+    pad.build_figure(figure)
+    arc = [(140 + 62 * math.cos(a), 105 - 58 * math.sin(a)) for a in np.radians(np.arange(165, -35, -5))]
+    for point in arc + [(75, 235), (215, 235)]:
+        pad.add_ink(point)
+    pad.update(force=True)
+    write_atomically(out("draw.png"), lambda f: figure.savefig(f, format="png", dpi=PLOT_DPI))
+    written.append(out("draw.png"))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 # %% [13] Draw a digit and watch the network guess, live
 #
 # `python mnist_from_scratch.py draw` opens a window with three panels:
@@ -3812,6 +4095,21 @@ def run_drawing_app(network, to_mnist):
         plt.show()
         timer.stop()
     return pad
+
+
+def add_draw_command(add, shared):
+    """`draw` and its options (add and shared: see build_parser)."""
+    p = add("draw", "draw a digit with the mouse and watch the network's guess change live",
+            shared.saved_model)
+    p.set_defaults(run=command_draw, paths={"model": "model to read"})
+
+
+def command_draw(args):
+    Ws, bs, meta, dataset, _ = load_model_and_dataset(args)
+    activation = meta["activation"]
+    run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
+                    lambda canvas: prepare_image(canvas, None, dataset))  # the same as predict
+    return 0
 
 
 # %% [14] Serving the network over HTTP
@@ -4510,6 +4808,46 @@ def run_server(server, host):
         print("stopped", flush=True)
     finally:
         server.server_close()
+
+
+def add_serve_command(add, shared):
+    """`serve` and its options (add and shared: see build_parser)."""
+    p = add("serve", "serve a page to draw on in a web browser, and the network as a JSON API "
+                     "(POST /predict), over HTTP")
+    p.add_argument("--model", metavar="FILE", help=f"model file (default: {MODEL_PATH})")
+    p.add_argument("--host", default=SERVE_HOST,
+                   help=f"address to listen on (default: {SERVE_HOST}, this machine only; "
+                        f"0.0.0.0: every network the machine is on)")
+    p.add_argument("--port", default=SERVE_PORT,
+                   type=checked_number(int, lambda v: 0 <= v <= 65535, "from 0 to 65535"),
+                   help=f"port to listen on (default: {SERVE_PORT}; 0: any free port)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name when listening on this machine "
+                        "only (a proxy in front, such as jupyter-server-proxy, may pass its own); "
+                        "can be given more than once")
+    p.set_defaults(run=command_serve, paths={"model": "model to read"})
+
+
+def command_serve(args):
+    import warnings
+    if not args.host.strip():
+        raise UserError("--host '': give the address to listen on: 127.0.0.1 (this machine only, "
+                        "the default) or 0.0.0.0 (every network the machine is on)")
+    Ws, bs, meta = load_model(args.model)      # once, before the first request
+    # NumPy's warnings about an odd image (a mean of nothing) would be lines in the log that
+    # no request asked for; the answer itself is checked.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+    try:
+        server = make_server(Ws, bs, meta, args.host, args.port, allowed_hosts=args.allow_host)
+    except OSError as error:
+        import errno
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} is already in use (another server?): choose "
+                            f"another with --port") from None
+        raise UserError(f"cannot listen on {args.host} port {args.port}: "
+                        f"{error.strerror or error}; check --host and --port") from None
+    run_server(server, args.host)
+    return 0
 
 
 # %% [15] The lesson as a Jupyter notebook
@@ -5329,6 +5667,35 @@ def lesson_notebook(source, exercises=False):
                          "language_info": {"name": "python"}}}
 
 
+def add_notebook_command(add, shared):
+    """`notebook` and its options (add and shared: see build_parser)."""
+    p = add("notebook", "write the lesson as a Jupyter notebook, or (--exercises) the assignment")
+    p.add_argument("--out", metavar="FILE.ipynb",
+                   help="notebook to write (default: mnist_from_scratch.ipynb, with --exercises "
+                        "mnist_from_scratch_exercises.ipynb)")
+    p.add_argument("--exercises", action="store_true",
+                   help="write the assignment: the student writes the core functions, and a "
+                        "check after each one says whether it is right")
+    p.set_defaults(run=command_notebook, paths={"out": "notebook to write"})
+
+
+def command_notebook(args):
+    if args.out is None:
+        args.out = f"mnist_from_scratch{'_exercises' if args.exercises else ''}.ipynb"
+        PATH_CHECKS["notebook to write"](args.out, "--out")
+    with open(os.path.abspath(__file__), encoding="utf-8") as f:
+        notebook = lesson_notebook(f.read(), exercises=args.exercises)
+    text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+    try:
+        write_atomically(args.out, lambda f: f.write(text.encode("utf-8")))
+    except OSError as e:
+        raise UserError(f"cannot write {args.out}: {e.strerror}; choose another path with --out")
+    what = "the exercises" if args.exercises else "the lesson"
+    print(f"wrote {what} to {args.out} ({len(notebook['cells'])} cells); open it with Jupyter, "
+          f"JupyterLab, VS Code or Google Colab")
+    return 0
+
+
 # %% [16] Getting the data: downloads and checksums
 #
 # The lesson's load_mnist (section [1]) reads the four IDX files; this section puts them there
@@ -5338,6 +5705,7 @@ def lesson_notebook(source, exercises=False):
 #   2. checks every file against the SHA-256 of the real data set, so that a damaged copy, or
 #      another data set's file, is refused with a reason a person can act on;
 #   3. reads them with load_mnist, or, when there are no IDX files, the CSV files with load_csv.
+# The `download` command, at the end of the section, does the first two without training.
 
 MNIST_FILES = {  # name -> SHA-256 of the decompressed IDX bytes (the same for every mirror)
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -5538,6 +5906,20 @@ def load_dataset(data_dir="data", download=True, dataset="mnist"):
     return load_checked_idx(data_dir, dataset)
 
 
+def add_download_command(add, shared):
+    """`download` and its options (add and shared: see build_parser)."""
+    p = add("download", "download MNIST without training", shared.images, shared.data)
+    p.set_defaults(run=command_download, paths={"data_dir": "data folder"})
+
+
+def command_download(args):
+    dataset = with_dataset_defaults(args)
+    download_mnist(args.data_dir, dataset=dataset)
+    load_dataset(args.data_dir, download=False, dataset=dataset)  # checks every file
+    print(f"{DATASETS[dataset]['title']} is ready in {args.data_dir}/")
+    return 0
+
+
 # %% [17] Command line
 
 # The command line's defaults for `train` are the default arguments of train_full() (section
@@ -5604,8 +5986,8 @@ class OneLineParser(argparse.ArgumentParser):
 # --- The guard: every path a command reads or writes is checked before it starts work ---
 #
 # A careless path must not cost a run: `train --model nodir/m.npz` would otherwise train for
-# minutes and only then find that the folder does not exist. So each command declares, in
-# build_parser, which of its options name a file or folder and how it uses them
+# minutes and only then find that the folder does not exist. So each command declares, where
+# its options are added, which of them name a file or folder and how it uses them
 # (set_defaults(paths={dest: kind})), and main() checks every one of them with
 # check_declared_paths before the command runs. Each check raises UserError, one line
 # (at most one more saying what to do), so the user sees that and exit status 2.
@@ -5729,7 +6111,7 @@ def os_error_text(error):
 
 
 def check_declared_paths(args):
-    """Run the check of every path option the command declared (see build_parser)."""
+    """Run the check of every path option the command declared (its set_defaults(paths=...))."""
     for dest, kind in getattr(args, "paths", {}).items():
         value = getattr(args, dest, None)
         if value is not None:
@@ -5943,6 +6325,21 @@ def command_train(args):
     return 0
 
 
+def add_evaluate_command(add, shared):
+    """`evaluate` and its options (add and shared: see build_parser)."""
+    p = add("evaluate", "measure a saved model on the 10,000 test images", shared.saved_model,
+            shared.data, shared.show)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix as a heat map")
+    p.add_argument("--errors", metavar="FILE.png",
+                   help="draw the test digits the network got most confidently wrong")
+    p.add_argument("--plot-history", metavar="FILE.png",
+                   help="draw the loss and accuracy per epoch saved in the model")
+    p.set_defaults(run=command_evaluate, paths={
+        "data_dir": "data folder", "model": "model to read", "plot": "picture to write",
+        "errors": "picture to write", "plot_history": "picture to write"})
+
+
 def command_evaluate(args):
     Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta["activation"]
@@ -5975,266 +6372,11 @@ def command_evaluate(args):
     return 0
 
 
-def starting_weights(W1, meta):
-    """The first layer's random start, rebuilt from the seed saved with the model; or None.
-
-    A check that the rebuilt start is the real one: MNIST's border pixels are always 0, so no
-    gradient reaches their weights and training only shrinks them, all by the same factor
-    (weight decay). There, W1 must be a positive multiple of the start: correlation near 1.
-    Elsewhere (another NumPy's random numbers, distortions that put ink on the border) it is
-    not, and the weights are drawn as they are.
-    """
-    seed = (meta.get("settings") or {}).get("seed")
-    if seed is None:
-        return None
-    start = init_params(meta["sizes"], meta["activation"], seed)[0][0]
-    border = np.ones((28, 28), dtype=bool)
-    border[1:-1, 1:-1] = False
-    trained, initial = W1[border.ravel()].ravel(), start[border.ravel()].ravel()
-    if np.std(trained) == 0 or np.corrcoef(trained, initial)[0, 1] < 0.99:
-        return None
-    return start
-
-
-def command_weights(args):
-    Ws, _, meta, _, _ = load_model_and_dataset(args)
-    start = starting_weights(Ws[0], meta)
-    print(f"wrote {plot_weights(Ws[0], args.out, show=args.show, start=start)}")
-    return 0
-
-
-def command_samples(args):
-    """save_sample_digits, one file at a time: a file that cannot be written is reported and
-    the others are still written; the exit status is 2 at the end if any failed."""
-    dataset = with_dataset_defaults(args)
-    if args.out is None:
-        args.out = "samples" if dataset == "mnist" else os.path.join("samples", dataset)
-    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
-    if y_test is None:
-        raise UserError("the test images have no labels; use the IDX files")
-    class_names = None if dataset == "mnist" else DATASETS[dataset]["classes"]
-    os.makedirs(args.out, exist_ok=True)  # checked before: see check_folder_to_write
-    written, failed = [], 0
-    for label in range(10):
-        try:
-            written += save_sample_digits(X_test[y_test == label][:1], [label], args.out,
-                                          class_names)
-        except (OSError, ValueError) as e:  # e.g. a folder named 3.png in the way
-            print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
-            failed += 1
-    if class_names is None:
-        print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); "
-              f"try:\n  python mnist_from_scratch.py predict {args.out}")
-    else:
-        print(f"wrote {len(written)} {DATASETS[dataset]['title']} test images to {args.out}/ "
-              f"(one per class, named for it); try:\n  python mnist_from_scratch.py predict "
-              f"--model {MODEL_FOR_DATASET[dataset]} {args.out}")
-    if failed:
-        what = "digits" if class_names is None else "images"
-        print(f"error: {failed} of 10 {what} could not be written (see above)", file=sys.stderr)
-    return 2 if failed else 0
-
-
-def list_images(paths):
-    """Expand folders into the image files they hold (sorted); keep files as given."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            files += sorted(os.path.join(path, f) for f in os.listdir(path)
-                            if f.lower().endswith((".png", ".jpg", ".jpeg"))
-                            and os.path.isfile(os.path.join(path, f)))
-        else:
-            files.append(path)
-    return files
-
-
-def plot_path_for(plot, image_path, several):
-    """The picture file for one image: --plot itself, or with several images FILE_<image>.png."""
-    if not several:
-        return plot
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    return f"{os.path.splitext(plot)[0]}_{stem}.png"
-
-
-def command_predict(args):
-    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
-    activation = meta["activation"]
-    files = list_images(args.images)
-    if not files:
-        raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
-    if args.steps and not args.plot:
-        raise UserError("--steps draws the preprocessing steps into the --plot picture; "
-                        "add --plot FILE.png")
-    if args.plot:  # the pictures must never overwrite one of the images they show
-        inputs = {os.path.abspath(path) for path in files}
-        for path in files:
-            target = plot_path_for(args.plot, path, len(files) > 1)
-            if os.path.abspath(target) in inputs:
-                raise UserError(f"--plot {args.plot}: would overwrite the image {target}\n"
-                                f"choose another name for the picture")
-    scored, wrong, unreadable = 0, [], []
-    numbers, misread = [], []  # (true, read) for files named after a number of several digits
-    for path in files:
-        try:
-            gray, alpha = read_image(path)
-        except (ValueError, MemoryError) as e:  # a broken or huge file: say so, go on
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            unreadable.append(path)
-            continue
-        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
-                                     meta.get("typical_logit"), meta.get("judge"))
-        digit = None if p is None else int(p.argmax())
-        several = len(steps.get("digits", [])) > 1
-        if args.json and not class_names:
-            print(json.dumps({"path": path, "digit": digit, "probabilities":
-                              None if p is None else [round(float(v), 6) for v in p], **digits_answer(steps)}))
-        elif several and not args.json:
-            print(f"{path}: {steps['number'].replace(chr(10), ' / ')}  (digits "
-                  + ", ".join(f"{100 * d['probabilities'].max():.1f} %"
-                              + (" UNSURE" if d["probabilities"].max() < UNSURE else "")
-                              for d in steps["digits"]) + ")")
-        elif args.json and class_names:
-            print(json.dumps({"path": path, "label": digit,
-                              "name": None if p is None else class_names[digit], "probabilities":
-                              None if p is None else [round(float(v), 6) for v in p]}))
-        elif p is None:
-            found_nothing = "nothing found" if class_names else "no digit found"
-            print(f"{path}: {found_nothing} ({steps.get('reason', 'nothing like a digit')})")
-        elif class_names:
-            print(f"{path}: {class_names[digit]}  ({100 * p[digit]:.1f} % sure)   "
-                  + ", ".join(f"{name} {100 * v:.1f}%" for name, v in zip(class_names, p)))
-        else:
-            print(f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
-                  + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
-        truth, number = digit_from_filename(path), number_from_filename(path)
-        if number is not None and len(number) > 1 and not class_names:
-            read = steps.get("number", "").replace("\n", "")
-            numbers.append((number, read))
-            if read != number:
-                misread.append(f"{os.path.basename(path)} (read {read or 'nothing'})")
-        elif truth is not None:
-            scored += 1
-            if digit != truth or several:
-                said = digit if class_names is None or digit is None else class_names[digit]
-                said = steps["number"].replace("\n", " / ") if several else said
-                wrong.append(f"{os.path.basename(path)} (said {said})")
-        if args.plot:
-            panels = None
-            if args.steps:
-                panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
-                          if name in steps}
-                if several:  # every piece of ink, not the one digit's mask and crop
-                    panels = {name: steps[name] for name in ("gray", "ink", "lines", "pieces")}
-            target = plot_path_for(args.plot, path, len(files) > 1)
-            if several:
-                plot_number(gray, steps["digits"], target, steps=panels, show=args.show)
-            else:
-                plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
-                                reason=steps.get("reason"), class_names=class_names)
-            if not args.json:
-                print(f"  wrote {target}")
-    if scored and not args.json:
-        # File names that start with the true digit (7.png, 7_anna.jpg) are scored.
-        print(f"{scored - len(wrong)} of {scored} correct ({100 * (scored - len(wrong)) / scored:.1f} %)"
-              + (f"; wrong: {', '.join(wrong)}" if wrong else ""), flush=True)
-    if numbers and not args.json:
-        # File names that start with the true number (2026.jpg, 2026_anna.jpg) are scored whole:
-        # the number read exactly, and its digits (all of them minus the edit distance).
-        total = sum(len(true) for true, _ in numbers)
-        right = total - sum(edit_distance(true, read) for true, read in numbers)
-        exact = sum(true == read for true, read in numbers)
-        print(f"numbers: {exact} of {len(numbers)} read exactly ({100 * exact / len(numbers):.1f} %), "
-              f"digits: {right} of {total} right ({100 * right / total:.1f} %)"
-              + (f"; wrong: {', '.join(misread)}" if misread else ""), flush=True)
-    if unreadable and len(files) > 1:
-        print(f"error: {len(unreadable)} of {len(files)} images could not be read (see above); "
-              f"the others were predicted", file=sys.stderr)
-    return 2 if unreadable else 0
-
-
-def command_draw(args):
-    Ws, bs, meta, dataset, _ = load_model_and_dataset(args)
-    activation = meta["activation"]
-    run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
-                    lambda canvas: prepare_image(canvas, None, dataset))  # the same as predict
-    return 0
-
-
-def command_serve(args):
-    import warnings
-    if not args.host.strip():
-        raise UserError("--host '': give the address to listen on: 127.0.0.1 (this machine only, "
-                        "the default) or 0.0.0.0 (every network the machine is on)")
-    Ws, bs, meta = load_model(args.model)      # once, before the first request
-    # NumPy's warnings about an odd image (a mean of nothing) would be lines in the log that
-    # no request asked for; the answer itself is checked.
-    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
-    try:
-        server = make_server(Ws, bs, meta, args.host, args.port, allowed_hosts=args.allow_host)
-    except OSError as error:
-        import errno
-        if error.errno == errno.EADDRINUSE:
-            raise UserError(f"port {args.port} is already in use (another server?): choose "
-                            f"another with --port") from None
-        raise UserError(f"cannot listen on {args.host} port {args.port}: "
-                        f"{error.strerror or error}; check --host and --port") from None
-    run_server(server, args.host)
-    return 0
-
-
-def example_photo(size=600):
-    """A pen-written 4 on ruled paper under uneven light, as a phone photo of one would look.
-
-    Drawn here from two strokes (no MNIST image is used), for the README's prediction picture
-    and for trying `predict` on something that does not look like MNIST at all.
-    """
-    ink = np.zeros((size, size), np.float32)
-    for stroke in ([(230, 110), (160, 370), (430, 365)], [(365, 170), (385, 500)]):
-        ink = render_stroke(ink, stroke, radius=4)      # a thin ballpoint line, 9 px wide
-    rows, cols = np.mgrid[0:size, 0:size] / size
-    paper = 0.95 - 0.3 * rows * cols                   # the light falls off towards one corner
-    paper[np.arange(size) % 50 < 2] *= 0.8             # printed ruled lines every 50 px
-    return paper * (1 - 0.85 * ink)                    # dark ink on light paper
-
-
-def command_pictures(args):
-    """Draw the README's pictures from a trained model: one command makes all of them."""
-    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
-    activation = meta["activation"]
-    if args.out is None:  # each data set's pictures in their own folder: none overwrites another's
-        args.out = "docs" if dataset == "mnist" else os.path.join("docs", dataset)
-    os.makedirs(args.out, exist_ok=True)
-    out = lambda name: os.path.join(args.out, name)  # noqa: E731
-    written = []
-    if meta.get("history"):
-        written.append(plot_history(meta["history"], out("training.png")))
-    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
-    if y_test is not None:
-        result = evaluate(X_test, y_test, Ws, bs, activation)
-        written.append(plot_confusion(result["confusion"], out("confusion.png"),
-                                      class_names=class_names))
-    written.append(plot_weights(Ws[0], out("weights.png"), start=starting_weights(Ws[0], meta)))
-    if dataset != "mnist":  # the example photo and the drawing window show digits
-        print("wrote " + ", ".join(written))
-        return 0
-    photo = save_gray_png(example_photo(), out("example_photo.png"))
-    written.append(photo)
-    gray, alpha = read_image(photo)
-    x, p, steps = predict_image(gray, alpha, Ws, bs, activation)
-    panels = {name: steps[name] for name in ("ink", "mask", "cropped") if name in steps}
-    written.append(plot_prediction(gray, x, p, out("prediction.png"), steps=panels))
-    # The drawing window, drawn off screen with a "2" traced along these points.
-    pad = DrawingPad(lambda X: predict_proba(X, Ws, bs, activation), image_to_mnist)
-    figure = _new_figure(1000, 460, layout=None)  # the window's own layout, as on screen
-    pad.build_figure(figure)
-    arc = [(140 + 62 * math.cos(a), 105 - 58 * math.sin(a)) for a in np.radians(np.arange(165, -35, -5))]
-    for point in arc + [(75, 235), (215, 235)]:
-        pad.add_ink(point)
-    pad.update(force=True)
-    write_atomically(out("draw.png"), lambda f: figure.savefig(f, format="png", dpi=PLOT_DPI))
-    written.append(out("draw.png"))
-    print("wrote " + ", ".join(written))
-    return 0
+def add_gradcheck_command(add, shared):
+    """`gradcheck` and its options (add and shared: see build_parser)."""
+    p = add("gradcheck", "compare the hand-written gradients with finite differences")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(run=command_gradcheck)
 
 
 def command_gradcheck(args):
@@ -6251,31 +6393,6 @@ def command_gradcheck(args):
     return 0 if ok else 1
 
 
-def command_notebook(args):
-    if args.out is None:
-        args.out = f"mnist_from_scratch{'_exercises' if args.exercises else ''}.ipynb"
-        PATH_CHECKS["notebook to write"](args.out, "--out")
-    with open(os.path.abspath(__file__), encoding="utf-8") as f:
-        notebook = lesson_notebook(f.read(), exercises=args.exercises)
-    text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
-    try:
-        write_atomically(args.out, lambda f: f.write(text.encode("utf-8")))
-    except OSError as e:
-        raise UserError(f"cannot write {args.out}: {e.strerror}; choose another path with --out")
-    what = "the exercises" if args.exercises else "the lesson"
-    print(f"wrote {what} to {args.out} ({len(notebook['cells'])} cells); open it with Jupyter, "
-          f"JupyterLab, VS Code or Google Colab")
-    return 0
-
-
-def command_download(args):
-    dataset = with_dataset_defaults(args)
-    download_mnist(args.data_dir, dataset=dataset)
-    load_dataset(args.data_dir, download=False, dataset=dataset)  # checks every file
-    print(f"{DATASETS[dataset]['title']} is ready in {args.data_dir}/")
-    return 0
-
-
 def as_flag(name, value):
     """How a setting is written on the command line: ('center', False) -> '--no-center'."""
     flag = flag_name(name)
@@ -6285,9 +6402,14 @@ def as_flag(name, value):
 
 
 def build_parser():
-    """The command line: one command per task. Each option's type= refuses a bad value as it is
-    read; each command declares in set_defaults the function that runs it (run) and which of its
-    options name a file or folder, and how it uses them (paths: see the guard above)."""
+    """The command line: one command per task, its options written beside the function that
+    runs it (add_predict_command beside command_predict, ...). Each option's type= refuses a bad
+    value as it is read; each command declares in set_defaults the function that runs it (run)
+    and which of its options name a file or folder, and how it uses them (paths: see the guard
+    above). An add_..._command(add, shared) gets add(name, help_text, *parents), which makes the
+    command's parser, and shared, the options several commands share (parents to list):
+    shared.data (--data-dir), shared.images (--dataset), shared.saved_model (--dataset and
+    --model of a saved model) and shared.show (--show)."""
     parser = OneLineParser(
         prog="mnist_from_scratch.py",
         description="A neural network for handwritten digits, from scratch in NumPy.",
@@ -6382,85 +6504,18 @@ def build_parser():
     p.set_defaults(run=command_train, paths={"data_dir": "data folder", "model": "model to write",
                                              "plot": "picture to write"})
 
-    p = add("evaluate", "measure a saved model on the 10,000 test images", saved_model, data, show)
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix as a heat map")
-    p.add_argument("--errors", metavar="FILE.png",
-                   help="draw the test digits the network got most confidently wrong")
-    p.add_argument("--plot-history", metavar="FILE.png",
-                   help="draw the loss and accuracy per epoch saved in the model")
-    p.set_defaults(run=command_evaluate, paths={
-        "data_dir": "data folder", "model": "model to read", "plot": "picture to write",
-        "errors": "picture to write", "plot_history": "picture to write"})
-
-    p = add("weights", "draw the first layer's weights: what each hidden unit looks for",
-            saved_model, show)
-    p.add_argument("--out", default="weights.png", metavar="FILE.png",
-                   help="picture to write (default: %(default)s)")
-    p.set_defaults(run=command_weights, paths={"model": "model to read", "out": "picture to write"})
-
-    p = add("samples", "write a few test digits as PNG files, to try `predict` on", images, data)
-    p.add_argument("--out", metavar="DIR",
-                   help="folder to write them to (default: samples, for Fashion-MNIST "
-                        "samples/fashion)")
-    p.set_defaults(run=command_samples, paths={"data_dir": "data folder", "out": "folder to write"})
-
-    p = add("predict", "recognise the digit, or every digit of a number, in images (PNG or JPEG, "
-                       "or folders of them); files named after what they show, like 7.png, "
-                       "7_anna.jpg or 2026.jpg, are also scored", saved_model, show)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--json", action="store_true",
-                   help='print one JSON object per image, with "number" and each of its "digits"')
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="draw the image, the 28x28 input the network saw and its probabilities "
-                        "(with several images: FILE_<image>.png each)")
-    p.add_argument("--steps", action="store_true",
-                   help="with --plot: also draw every preprocessing step as its own panel")
-    p.set_defaults(run=command_predict, paths={"model": "model to read", "images": "images to read",
-                                               "plot": "picture to write"})
-
-    p = add("draw", "draw a digit with the mouse and watch the network's guess change live",
-            saved_model)
-    p.set_defaults(run=command_draw, paths={"model": "model to read"})
-
-    p = add("serve", "serve a page to draw on in a web browser, and the network as a JSON API "
-                     "(POST /predict), over HTTP")
-    p.add_argument("--model", metavar="FILE", help=f"model file (default: {MODEL_PATH})")
-    p.add_argument("--host", default=SERVE_HOST,
-                   help=f"address to listen on (default: {SERVE_HOST}, this machine only; "
-                        f"0.0.0.0: every network the machine is on)")
-    p.add_argument("--port", default=SERVE_PORT,
-                   type=checked_number(int, lambda v: 0 <= v <= 65535, "from 0 to 65535"),
-                   help=f"port to listen on (default: {SERVE_PORT}; 0: any free port)")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests for this host name when listening on this machine "
-                        "only (a proxy in front, such as jupyter-server-proxy, may pass its own); "
-                        "can be given more than once")
-    p.set_defaults(run=command_serve, paths={"model": "model to read"})
-
-    p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
-                        "a prediction, the drawing window) from a trained model", saved_model, data)
-    p.add_argument("--out", metavar="DIR",
-                   help="folder to write them to (default: docs, for a Fashion-MNIST model "
-                        "docs/fashion)")
-    p.set_defaults(run=command_pictures, paths={"data_dir": "data folder", "model": "model to read",
-                                                "out": "folder to write"})
-
-    p = add("gradcheck", "compare the hand-written gradients with finite differences")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
-    p.set_defaults(run=command_gradcheck)
-
-    p = add("notebook", "write the lesson as a Jupyter notebook, or (--exercises) the assignment")
-    p.add_argument("--out", metavar="FILE.ipynb",
-                   help="notebook to write (default: mnist_from_scratch.ipynb, with --exercises "
-                        "mnist_from_scratch_exercises.ipynb)")
-    p.add_argument("--exercises", action="store_true",
-                   help="write the assignment: the student writes the core functions, and a "
-                        "check after each one says whether it is right")
-    p.set_defaults(run=command_notebook, paths={"out": "notebook to write"})
-
-    p = add("download", "download MNIST without training", images, data)
-    p.set_defaults(run=command_download, paths={"data_dir": "data folder"})
+    # The other commands, each in the section that provides it, in the order of --help.
+    shared = argparse.Namespace(data=data, images=images, saved_model=saved_model, show=show)
+    add_evaluate_command(add, shared)   # [17]
+    add_weights_command(add, shared)    # [12]
+    add_samples_command(add, shared)    # [12]
+    add_predict_command(add, shared)    # [11b]
+    add_draw_command(add, shared)       # [13]
+    add_serve_command(add, shared)      # [14]
+    add_pictures_command(add, shared)   # [12]
+    add_gradcheck_command(add, shared)  # [17]
+    add_notebook_command(add, shared)   # [15]
+    add_download_command(add, shared)   # [16]
     return parser
 
 
