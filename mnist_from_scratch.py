@@ -3012,6 +3012,102 @@ def plot_path_for(plot, image_path, several):
     return f"{os.path.splitext(plot)[0]}_{stem}.png"
 
 
+def check_predict_options(args, files):
+    """Refuse --steps without --plot, and a --plot picture that would overwrite an image."""
+    if args.steps and not args.plot:
+        raise UserError("--steps draws the preprocessing steps into the --plot picture; "
+                        "add --plot FILE.png")
+    if args.plot:  # the pictures must never overwrite one of the images they show
+        inputs = {os.path.abspath(path) for path in files}
+        for path in files:
+            target = plot_path_for(args.plot, path, len(files) > 1)
+            if os.path.abspath(target) in inputs:
+                raise UserError(f"--plot {args.plot}: would overwrite the image {target}\n"
+                                f"choose another name for the picture")
+
+
+def prediction_line(path, p, steps, class_names, as_json):
+    """What `predict` prints for one image: a line of text, or (as_json) one JSON object.
+    p: the probabilities (None: nothing found), steps: predict_number's."""
+    digit = None if p is None else int(p.argmax())
+    probabilities = None if p is None else [round(float(v), 6) for v in p]
+    if as_json and not class_names:
+        return json.dumps({"path": path, "digit": digit, "probabilities": probabilities,
+                           **digits_answer(steps)})
+    if as_json:
+        return json.dumps({"path": path, "label": digit, "probabilities": probabilities,
+                           "name": None if p is None else class_names[digit]})
+    if len(steps.get("digits", [])) > 1:  # a number: each digit and how sure of it
+        return (f"{path}: {steps['number'].replace(chr(10), ' / ')}  (digits "
+                + ", ".join(f"{100 * d['probabilities'].max():.1f} %"
+                            + (" UNSURE" if d["probabilities"].max() < UNSURE else "")
+                            for d in steps["digits"]) + ")")
+    if p is None:
+        found_nothing = "nothing found" if class_names else "no digit found"
+        return f"{path}: {found_nothing} ({steps.get('reason', 'nothing like a digit')})"
+    if class_names:
+        return (f"{path}: {class_names[digit]}  ({100 * p[digit]:.1f} % sure)   "
+                + ", ".join(f"{name} {100 * v:.1f}%" for name, v in zip(class_names, p)))
+    return (f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
+            + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
+
+
+def filename_scores(read, class_names):
+    """The lines `predict` prints after the last image, scoring the images named after what
+    they show. read: (path, digit or None, the number's text, several digits?) per image.
+
+    File names that start with the true digit (7.png, 7_anna.jpg) are scored as one digit; those
+    that start with a number of several digits (2026.jpg, 2026_anna.jpg) are scored whole: the
+    number read exactly, and its digits (all of them minus the edit distance).
+    """
+    scored, wrong = 0, []
+    numbers, misread = [], []  # (true, read) for files named after a number of several digits
+    for path, digit, text, several in read:
+        truth, number = digit_from_filename(path), number_from_filename(path)
+        if number is not None and len(number) > 1 and not class_names:
+            numbers.append((number, text.replace("\n", "")))
+            if numbers[-1][1] != number:
+                misread.append(f"{os.path.basename(path)} (read {numbers[-1][1] or 'nothing'})")
+        elif truth is not None:
+            scored += 1
+            if digit != truth or several:
+                said = digit if class_names is None or digit is None else class_names[digit]
+                said = text.replace("\n", " / ") if several else said
+                wrong.append(f"{os.path.basename(path)} (said {said})")
+    lines = []
+    if scored:
+        lines.append(f"{scored - len(wrong)} of {scored} correct "
+                     f"({100 * (scored - len(wrong)) / scored:.1f} %)"
+                     + (f"; wrong: {', '.join(wrong)}" if wrong else ""))
+    if numbers:
+        total = sum(len(true) for true, _ in numbers)
+        right = total - sum(edit_distance(true, read) for true, read in numbers)
+        exact = sum(true == read for true, read in numbers)
+        lines.append(f"numbers: {exact} of {len(numbers)} read exactly "
+                     f"({100 * exact / len(numbers):.1f} %), "
+                     f"digits: {right} of {total} right ({100 * right / total:.1f} %)"
+                     + (f"; wrong: {', '.join(misread)}" if misread else ""))
+    return lines
+
+
+def plot_predict_picture(target, gray, x, p, steps, with_steps, show, class_names):
+    """The --plot picture of one image: the image, the 28x28 input and the probabilities, or
+    every digit of a number; with_steps (--steps) adds a panel for each preprocessing step.
+    Drawn by section [12]'s plot_prediction and plot_number."""
+    several = len(steps.get("digits", [])) > 1
+    panels = None
+    if with_steps:
+        panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
+                  if name in steps}
+        if several:  # every piece of ink, not the one digit's mask and crop
+            panels = {name: steps[name] for name in ("gray", "ink", "lines", "pieces")}
+    if several:
+        plot_number(gray, steps["digits"], target, steps=panels, show=show)
+    else:
+        plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=show,
+                        reason=steps.get("reason"), class_names=class_names)
+
+
 def add_predict_command(add, shared):
     """`predict` and its options (add and shared: see build_parser)."""
     p = add("predict", "recognise the digit, or every digit of a number, in images (PNG or JPEG, "
@@ -3035,18 +3131,8 @@ def command_predict(args):
     files = list_images(args.images)
     if not files:
         raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
-    if args.steps and not args.plot:
-        raise UserError("--steps draws the preprocessing steps into the --plot picture; "
-                        "add --plot FILE.png")
-    if args.plot:  # the pictures must never overwrite one of the images they show
-        inputs = {os.path.abspath(path) for path in files}
-        for path in files:
-            target = plot_path_for(args.plot, path, len(files) > 1)
-            if os.path.abspath(target) in inputs:
-                raise UserError(f"--plot {args.plot}: would overwrite the image {target}\n"
-                                f"choose another name for the picture")
-    scored, wrong, unreadable = 0, [], []
-    numbers, misread = [], []  # (true, read) for files named after a number of several digits
+    check_predict_options(args, files)
+    read, unreadable = [], []
     for path in files:
         try:
             gray, alpha = read_image(path)
@@ -3056,69 +3142,17 @@ def command_predict(args):
             continue
         x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
                                      meta.get("typical_logit"), meta.get("judge"))
-        digit = None if p is None else int(p.argmax())
-        several = len(steps.get("digits", [])) > 1
-        if args.json and not class_names:
-            print(json.dumps({"path": path, "digit": digit, "probabilities":
-                              None if p is None else [round(float(v), 6) for v in p], **digits_answer(steps)}))
-        elif several and not args.json:
-            print(f"{path}: {steps['number'].replace(chr(10), ' / ')}  (digits "
-                  + ", ".join(f"{100 * d['probabilities'].max():.1f} %"
-                              + (" UNSURE" if d["probabilities"].max() < UNSURE else "")
-                              for d in steps["digits"]) + ")")
-        elif args.json and class_names:
-            print(json.dumps({"path": path, "label": digit,
-                              "name": None if p is None else class_names[digit], "probabilities":
-                              None if p is None else [round(float(v), 6) for v in p]}))
-        elif p is None:
-            found_nothing = "nothing found" if class_names else "no digit found"
-            print(f"{path}: {found_nothing} ({steps.get('reason', 'nothing like a digit')})")
-        elif class_names:
-            print(f"{path}: {class_names[digit]}  ({100 * p[digit]:.1f} % sure)   "
-                  + ", ".join(f"{name} {100 * v:.1f}%" for name, v in zip(class_names, p)))
-        else:
-            print(f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
-                  + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
-        truth, number = digit_from_filename(path), number_from_filename(path)
-        if number is not None and len(number) > 1 and not class_names:
-            read = steps.get("number", "").replace("\n", "")
-            numbers.append((number, read))
-            if read != number:
-                misread.append(f"{os.path.basename(path)} (read {read or 'nothing'})")
-        elif truth is not None:
-            scored += 1
-            if digit != truth or several:
-                said = digit if class_names is None or digit is None else class_names[digit]
-                said = steps["number"].replace("\n", " / ") if several else said
-                wrong.append(f"{os.path.basename(path)} (said {said})")
+        print(prediction_line(path, p, steps, class_names, args.json))
+        read.append((path, None if p is None else int(p.argmax()), steps.get("number", ""),
+                     len(steps.get("digits", [])) > 1))
         if args.plot:
-            panels = None
-            if args.steps:
-                panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
-                          if name in steps}
-                if several:  # every piece of ink, not the one digit's mask and crop
-                    panels = {name: steps[name] for name in ("gray", "ink", "lines", "pieces")}
             target = plot_path_for(args.plot, path, len(files) > 1)
-            if several:
-                plot_number(gray, steps["digits"], target, steps=panels, show=args.show)
-            else:
-                plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
-                                reason=steps.get("reason"), class_names=class_names)
+            plot_predict_picture(target, gray, x, p, steps, args.steps, args.show, class_names)
             if not args.json:
                 print(f"  wrote {target}")
-    if scored and not args.json:
-        # File names that start with the true digit (7.png, 7_anna.jpg) are scored.
-        print(f"{scored - len(wrong)} of {scored} correct ({100 * (scored - len(wrong)) / scored:.1f} %)"
-              + (f"; wrong: {', '.join(wrong)}" if wrong else ""), flush=True)
-    if numbers and not args.json:
-        # File names that start with the true number (2026.jpg, 2026_anna.jpg) are scored whole:
-        # the number read exactly, and its digits (all of them minus the edit distance).
-        total = sum(len(true) for true, _ in numbers)
-        right = total - sum(edit_distance(true, read) for true, read in numbers)
-        exact = sum(true == read for true, read in numbers)
-        print(f"numbers: {exact} of {len(numbers)} read exactly ({100 * exact / len(numbers):.1f} %), "
-              f"digits: {right} of {total} right ({100 * right / total:.1f} %)"
-              + (f"; wrong: {', '.join(misread)}" if misread else ""), flush=True)
+    if not args.json:
+        for line in filename_scores(read, class_names):
+            print(line, flush=True)
     if unreadable and len(files) > 1:
         print(f"error: {len(unreadable)} of {len(files)} images could not be read (see above); "
               f"the others were predicted", file=sys.stderr)
