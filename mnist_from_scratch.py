@@ -3470,6 +3470,18 @@ def _show_image(axes, image, title):
     axes.set_yticks([])
 
 
+def _show_steps(step_axes, steps):
+    """Draw each preprocessing step {name: 2-D array} in its own numbered panel, in order;
+    the panels left over stay blank."""
+    for axes in step_axes[len(steps):]:
+        axes.set_axis_off()
+    for number, (axes, (name, picture)) in enumerate(zip(step_axes, steps.items()), start=1):
+        _show_image(axes, picture, f"{number}. {name} {tuple(np.shape(picture))}")
+        if not np.any(picture):  # an all-black mask would look like a drawing error
+            axes.text(0.5, 0.5, f"no {name} found", ha="center", va="center", color="white",
+                      fontsize=10, transform=axes.transAxes)
+
+
 def plot_prediction(original, x28, probabilities, path, steps=None, show=False, reason=None,
                     class_names=None):
     """Draw the original image, the 28x28 input the network saw and its ten probabilities.
@@ -3491,14 +3503,7 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     figure = _new_figure(800, 360 + 200 * step_rows, show)
     if step_rows:
         steps_part, result_part = figure.subfigures(2, 1, height_ratios=[200 * step_rows, 360])
-        step_axes = steps_part.subplots(step_rows, 6, squeeze=False).ravel()
-        for axes in step_axes[len(steps):]:
-            axes.set_axis_off()
-        for number, (axes, (name, picture)) in enumerate(zip(step_axes, steps.items()), start=1):
-            _show_image(axes, picture, f"{number}. {name} {tuple(np.shape(picture))}")
-            if not np.any(picture):  # an all-black mask would look like a drawing error
-                axes.text(0.5, 0.5, f"no {name} found", ha="center", va="center", color="white",
-                          fontsize=10, transform=axes.transAxes)
+        _show_steps(steps_part.subplots(step_rows, 6, squeeze=False).ravel(), steps)
     else:
         result_part = figure
     original_axes, input_axes, bar_axes = result_part.subplots(1, 3, width_ratios=[1, 1, 1.6])
@@ -3596,11 +3601,7 @@ def plot_number(original, digits, path, steps=None, show=False):
     parts = figure.subfigures(len(heights), 1, height_ratios=heights)
     parts = list(np.atleast_1d(parts))
     if steps:
-        step_axes = parts.pop(0).subplots(1, max(len(steps), 6), squeeze=False).ravel()
-        for axes in step_axes[len(steps):]:
-            axes.set_axis_off()
-        for number, (axes, (name, picture)) in enumerate(zip(step_axes, steps.items()), start=1):
-            _show_image(axes, picture, f"{number}. {name} {tuple(np.shape(picture))}")
+        _show_steps(parts.pop(0).subplots(1, max(len(steps), 6), squeeze=False).ravel(), steps)
     image_axes = parts.pop(0).subplots()
     original = np.asarray(original)
     _show_image(image_axes, original, f"your image ({original.shape[1]} x {original.shape[0]} px)")
