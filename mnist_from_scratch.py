@@ -3905,11 +3905,6 @@ def next_free_path(folder, stem="drawing", suffix=".png"):
     return os.path.join(folder, f"{stem}-{number}{suffix}")
 
 
-def save_canvas_png(canvas, path):
-    """Write the canvas as an 8-bit greyscale PNG, white ink on black, one pixel per canvas pixel."""
-    return save_gray_png(canvas, path)
-
-
 class DrawingPad:
     """The drawing window's state: the canvas, the stroke in progress, and the latest prediction.
 
@@ -3986,7 +3981,8 @@ class DrawingPad:
         if event.key == "c":
             self.clear()
         elif event.key == "s":
-            path = save_canvas_png(self.canvas, next_free_path(self.save_folder))
+            # white ink on black, one pixel per canvas pixel: `predict` reads it as it was drawn
+            path = save_gray_png(self.canvas, next_free_path(self.save_folder))
             print(f"saved {path}  (try: python mnist_from_scratch.py predict {path})", flush=True)
         elif event.key == "q":
             self.close_window()
