@@ -3167,6 +3167,7 @@ def command_predict(args):
 #   plot_errors      the test digits it got most confidently wrong (some are wrong in MNIST itself)
 #   plot_weights     the first layer's weights W1 drawn as 28x28 pictures: what each hidden unit looks for
 #   plot_prediction  a photo, the 28x28 input cut from it, and the ten probabilities
+#   plot_number      a number: each digit found boxed in the photo, its 28x28 input and its answer
 #   save_digit_png   one digit as an ordinary picture, to try `predict` on
 #
 # Each of them writes a PNG file and returns its path. matplotlib is imported inside the functions,
@@ -3780,7 +3781,9 @@ def add_pictures_command(add, shared):
 
 
 def command_pictures(args):
-    """Draw the README's pictures from a trained model: one command makes all of them."""
+    """Draw the README's pictures from a trained model, the drawing window of section [13]
+    included; all but the screenshot of the served page, which needs a browser (docs/results.md
+    says how it is made)."""
     Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta["activation"]
     if args.out is None:  # each data set's pictures in their own folder: none overwrites another's
@@ -3842,8 +3845,8 @@ def command_pictures(args):
 #    (crop to the ink, fit into 20x20, centre by mass in 28x28), so what you see in the middle
 #    panel is what the network is given, and a saved drawing is recognised the same way later.
 #
-# The window is the only place in this file that keeps state (the canvas, the stroke in progress):
-# a GUI has to remember what happened between mouse events. All the drawing itself is done by the
+# The window keeps state (the canvas, the stroke in progress), as a GUI has to remember what
+# happened between mouse events; the lesson's functions never do. All the drawing itself is done by the
 # pure function `render_stroke`, and `DrawingPad`'s handlers take plain objects with matplotlib's
 # event attributes (button, xdata, ydata, key, inaxes), so they run without any window at all.
 
@@ -5735,7 +5738,9 @@ def command_notebook(args):
 #      atomically (write_atomically, section [9]): an interrupted download leaves no half file;
 #   2. checks every file against the SHA-256 of the real data set, so that a damaged copy, or
 #      another data set's file, is refused with a reason a person can act on;
-#   3. reads them with load_mnist, or, when there are no IDX files, the CSV files with load_csv.
+#   3. parses them with section [1]'s parse_idx and images_and_labels, as load_mnist does (each
+#      file decompressed once, for its checksum and its numbers), or, when there are no IDX
+#      files, reads the CSV files with load_csv.
 # The `download` command, at the end of the section, does the first two without training.
 
 MNIST_FILES = {  # name -> SHA-256 of the decompressed IDX bytes (the same for every mirror)
