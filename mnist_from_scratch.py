@@ -2991,6 +2991,11 @@ def edit_distance(a, b):
     return row[-1]
 
 
+# The `predict` command: every image it is given read with predict_number, one line (or JSON
+# object) printed for each, the files named after what they show scored, and the --plot pictures
+# drawn by section [12]'s plot_prediction and plot_number.
+
+
 def list_images(paths):
     """Expand folders into the image files they hold (sorted); keep files as given."""
     files = []
