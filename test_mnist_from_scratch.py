@@ -3941,6 +3941,12 @@ class TestTheNotebookInAKernel(unittest.TestCase):
 
 # ==== [16]-[17] Getting the data and the command line =============================================
 
+def command_parsers():
+    """{command name: its argparse parser}, as build_parser makes them."""
+    parser = mnist.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 class TestEachCommandBesideItsFeature(unittest.TestCase):
     """A command's options are added beside the function that runs it, in the section that
     provides the command; the command line's section only lists the commands."""
@@ -3959,10 +3965,8 @@ class TestEachCommandBesideItsFeature(unittest.TestCase):
                     if re.search(rf"^(def|class) {name}\b", text, re.M))
 
     def test_each_command_is_added_right_before_the_function_that_runs_it(self):
-        parser = mnist.build_parser()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         beside = []
-        for name, subparser in commands.choices.items():
+        for name, subparser in command_parsers().items():
             run = subparser.get_default("run").__name__
             self.assertEqual(run, f"command_{name}")
             adder = f"add_{name}_command"
@@ -4474,10 +4478,8 @@ class TestCarelessUse(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(out)), [f"{digit}.png" for digit in range(10)])  # no temporary file
 
     def test_every_option_that_names_a_file_or_folder_is_checked_before_the_command_runs(self):
-        parser = mnist.build_parser()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         unchecked = []
-        for command, subparser in commands.choices.items():
+        for command, subparser in command_parsers().items():
             declared = subparser.get_default("paths") or {}
             for action in subparser._actions:
                 names_a_path = action.metavar in ("FILE", "FILE.png", "DIR", "IMAGE")
