@@ -4522,7 +4522,8 @@ class DecodingTurns:
                     self.room_changed.notify_all()
 
 
-ROUTES = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}  # -> methods
+# The pages the server has, and the methods each one answers.
+SERVE_ROUTES = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}
 # The page may run its own inline script and talk to this server, and nothing else: no file,
 # font or script from anywhere else is ever loaded.
 SERVE_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -4620,7 +4621,7 @@ class DigitRequestHandler(BaseHTTPRequestHandler):
                 self.answer_json(200, self.server.predict(self.read_image_body()))
         except HTTPError as refusal:
             self.close_connection = True          # a refused request's body may be left unread
-            allow = [("Allow", ", ".join(ROUTES[path]))] if refusal.status == 405 else []
+            allow = [("Allow", ", ".join(SERVE_ROUTES[path]))] if refusal.status == 405 else []
             self.answer_json(refusal.status, {"error": str(refusal)}, headers=allow)
             self.drop_unread_body()
         except socket.timeout:                    # the body stalled
@@ -4645,11 +4646,11 @@ class DigitRequestHandler(BaseHTTPRequestHandler):
             raise HTTPError(400, f"this server answers for this machine only (localhost, "
                                  f"127.0.0.1), not for Host {asked_for}; behind a proxy, "
                                  f"start it with --allow-host {host_of(asked_for)}")
-        if path not in ROUTES:
+        if path not in SERVE_ROUTES:
             raise HTTPError(404, f"no such page: {path}; there are / (the page), "
                                  f"/health and POST /predict")
-        if self.command not in ROUTES[path]:
-            raise HTTPError(405, f"{path} answers {' and '.join(ROUTES[path])}, "
+        if self.command not in SERVE_ROUTES[path]:
+            raise HTTPError(405, f"{path} answers {' and '.join(SERVE_ROUTES[path])}, "
                                  f"not {self.command}")
 
     def declared_length(self):
