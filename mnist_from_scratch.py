@@ -2843,6 +2843,179 @@ def edit_distance(a, b):
     return row[-1]
 
 
+# The `predict` command: every image it is given read with predict_number, one line (or JSON
+# object) printed for each, the files named after what they show scored, and the --plot pictures
+# drawn by section [12]'s plot_prediction and plot_number.
+
+
+def list_images(paths):
+    """Expand folders into the image files they hold (sorted); keep files as given."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, f) for f in os.listdir(path)
+                            if f.lower().endswith((".png", ".jpg", ".jpeg"))
+                            and os.path.isfile(os.path.join(path, f)))
+        else:
+            files.append(path)
+    return files
+
+
+def plot_path_for(plot, image_path, several):
+    """The picture file for one image: --plot itself, or with several images FILE_<image>.png."""
+    if not several:
+        return plot
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return f"{os.path.splitext(plot)[0]}_{stem}.png"
+
+
+def check_predict_options(args, files):
+    """Refuse --steps without --plot, and a --plot picture that would overwrite an image."""
+    if args.steps and not args.plot:
+        raise UserError("--steps draws the preprocessing steps into the --plot picture; "
+                        "add --plot FILE.png")
+    if args.plot:  # the pictures must never overwrite one of the images they show
+        inputs = {os.path.abspath(path) for path in files}
+        for path in files:
+            target = plot_path_for(args.plot, path, len(files) > 1)
+            if os.path.abspath(target) in inputs:
+                raise UserError(f"--plot {args.plot}: would overwrite the image {target}\n"
+                                f"choose another name for the picture")
+
+
+def prediction_line(path, p, steps, class_names, as_json):
+    """What `predict` prints for one image: a line of text, or (as_json) one JSON object.
+    p: the probabilities (None: nothing found), steps: predict_number's."""
+    digit = None if p is None else int(p.argmax())
+    probabilities = None if p is None else [round(float(v), 6) for v in p]
+    if as_json and not class_names:
+        return json.dumps({"path": path, "digit": digit, "probabilities": probabilities,
+                           **digits_answer(steps)})
+    if as_json:
+        return json.dumps({"path": path, "label": digit, "probabilities": probabilities,
+                           "name": None if p is None else class_names[digit]})
+    if len(steps.get("digits", [])) > 1:  # a number: each digit and how sure of it
+        return (f"{path}: {steps['number'].replace(chr(10), ' / ')}  (digits "
+                + ", ".join(f"{100 * d['probabilities'].max():.1f} %"
+                            + (" UNSURE" if d["probabilities"].max() < UNSURE else "")
+                            for d in steps["digits"]) + ")")
+    if p is None:
+        found_nothing = "nothing found" if class_names else "no digit found"
+        return f"{path}: {found_nothing} ({steps.get('reason', 'nothing like a digit')})"
+    if class_names:
+        return (f"{path}: {class_names[digit]}  ({100 * p[digit]:.1f} % sure)   "
+                + ", ".join(f"{name} {100 * v:.1f}%" for name, v in zip(class_names, p)))
+    return (f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
+            + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
+
+
+def filename_scores(read, class_names):
+    """The lines `predict` prints after the last image, scoring the images named after what
+    they show. read: (path, digit or None, the number's text, several digits?) per image.
+
+    File names that start with the true digit (7.png, 7_anna.jpg) are scored as one digit; those
+    that start with a number of several digits (2026.jpg, 2026_anna.jpg) are scored whole: the
+    number read exactly, and its digits (all of them minus the edit distance).
+    """
+    scored, wrong = 0, []
+    numbers, misread = [], []  # (true, read) for files named after a number of several digits
+    for path, digit, text, several in read:
+        truth, number = digit_from_filename(path), number_from_filename(path)
+        if number is not None and len(number) > 1 and not class_names:
+            numbers.append((number, text.replace("\n", "")))
+            if numbers[-1][1] != number:
+                misread.append(f"{os.path.basename(path)} (read {numbers[-1][1] or 'nothing'})")
+        elif truth is not None:
+            scored += 1
+            if digit != truth or several:
+                said = digit if class_names is None or digit is None else class_names[digit]
+                said = text.replace("\n", " / ") if several else said
+                wrong.append(f"{os.path.basename(path)} (said {said})")
+    lines = []
+    if scored:
+        lines.append(f"{scored - len(wrong)} of {scored} correct "
+                     f"({100 * (scored - len(wrong)) / scored:.1f} %)"
+                     + (f"; wrong: {', '.join(wrong)}" if wrong else ""))
+    if numbers:
+        total = sum(len(true) for true, _ in numbers)
+        right = total - sum(edit_distance(true, read) for true, read in numbers)
+        exact = sum(true == read for true, read in numbers)
+        lines.append(f"numbers: {exact} of {len(numbers)} read exactly "
+                     f"({100 * exact / len(numbers):.1f} %), "
+                     f"digits: {right} of {total} right ({100 * right / total:.1f} %)"
+                     + (f"; wrong: {', '.join(misread)}" if misread else ""))
+    return lines
+
+
+def plot_predict_picture(target, gray, x, p, steps, with_steps, show, class_names):
+    """The --plot picture of one image: the image, the 28x28 input and the probabilities, or
+    every digit of a number; with_steps (--steps) adds a panel for each preprocessing step.
+    Drawn by section [12]'s plot_prediction and plot_number."""
+    several = len(steps.get("digits", [])) > 1
+    panels = None
+    if with_steps:
+        panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
+                  if name in steps}
+        if several:  # every piece of ink, not the one digit's mask and crop
+            panels = {name: steps[name] for name in ("gray", "ink", "lines", "pieces")}
+    if several:
+        plot_number(gray, steps["digits"], target, steps=panels, show=show)
+    else:
+        plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=show,
+                        reason=steps.get("reason"), class_names=class_names)
+
+
+def add_predict_command(add, shared):
+    """`predict` and its options (add and shared: see build_parser)."""
+    p = add("predict", "recognise the digit, or every digit of a number, in images (PNG or JPEG, "
+                       "or folders of them); files named after what they show, like 7.png, "
+                       "7_anna.jpg or 2026.jpg, are also scored", shared.saved_model, shared.show)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object per image, with "number" and each of its "digits"')
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the image, the 28x28 input the network saw and its probabilities "
+                        "(with several images: FILE_<image>.png each)")
+    p.add_argument("--steps", action="store_true",
+                   help="with --plot: also draw every preprocessing step as its own panel")
+    p.set_defaults(run=command_predict, paths={"model": "model to read", "images": "images to read",
+                                               "plot": "picture to write"})
+
+
+def command_predict(args):
+    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
+    activation = meta["activation"]
+    files = list_images(args.images)
+    if not files:
+        raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
+    check_predict_options(args, files)
+    read, unreadable = [], []
+    for path in files:
+        try:
+            gray, alpha = read_image(path)
+        except (ValueError, MemoryError) as e:  # a broken or huge file: say so, go on
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            unreadable.append(path)
+            continue
+        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
+                                     meta.get("typical_logit"), meta.get("judge"))
+        print(prediction_line(path, p, steps, class_names, args.json))
+        read.append((path, None if p is None else int(p.argmax()), steps.get("number", ""),
+                     len(steps.get("digits", [])) > 1))
+        if args.plot:
+            target = plot_path_for(args.plot, path, len(files) > 1)
+            plot_predict_picture(target, gray, x, p, steps, args.steps, args.show, class_names)
+            if not args.json:
+                print(f"  wrote {target}")
+    if not args.json:
+        for line in filename_scores(read, class_names):
+            print(line, flush=True)
+    if unreadable and len(files) > 1:
+        print(f"error: {len(unreadable)} of {len(files)} images could not be read (see above); "
+              f"the others were predicted", file=sys.stderr)
+    return 2 if unreadable else 0
+
+
 # %% [12] Pictures: training curves, confusion matrix, mistakes, weights, one prediction
 #
 # Numbers in a log say *how well* the network does; pictures show *how* and *where*:
@@ -2851,6 +3024,7 @@ def edit_distance(a, b):
 #   plot_errors      the test digits it got most confidently wrong (some are wrong in MNIST itself)
 #   plot_weights     the first layer's weights W1 drawn as 28x28 pictures: what each hidden unit looks for
 #   plot_prediction  a photo, the 28x28 input cut from it, and the ten probabilities
+#   plot_number      a number: each digit found boxed in the photo, its 28x28 input and its answer
 #   save_digit_png   one digit as an ordinary picture, to try `predict` on
 #
 # Each of them writes a PNG file and returns its path. matplotlib is imported inside the functions,
@@ -2860,6 +3034,9 @@ def edit_distance(a, b):
 # same folder, then renamed over the target, so an interrupted run never leaves half a PNG behind.
 #
 # All figures are drawn at 100 dots per inch, so a size of (8, 4) inches is exactly 800 x 400 pixels.
+#
+# The section ends with the commands that draw from a saved model or the data: `weights`,
+# `samples` (a few test digits as PNG files, to try `predict` on) and `pictures` (the README's).
 
 
 PLOT_DPI = 100  # pixels per inch: figure sizes below are given in pixels and divided by this
@@ -3151,6 +3328,18 @@ def _show_image(axes, image, title):
     axes.set_yticks([])
 
 
+def _show_steps(step_axes, steps):
+    """Draw each preprocessing step {name: 2-D array} in its own numbered panel, in order;
+    the panels left over stay blank."""
+    for axes in step_axes[len(steps):]:
+        axes.set_axis_off()
+    for number, (axes, (name, picture)) in enumerate(zip(step_axes, steps.items()), start=1):
+        _show_image(axes, picture, f"{number}. {name} {tuple(np.shape(picture))}")
+        if not np.any(picture):  # an all-black mask would look like a drawing error
+            axes.text(0.5, 0.5, f"no {name} found", ha="center", va="center", color="white",
+                      fontsize=10, transform=axes.transAxes)
+
+
 def plot_prediction(original, x28, probabilities, path, steps=None, show=False, reason=None,
                     class_names=None):
     """Draw the original image, the 28x28 input the network saw and its ten probabilities.
@@ -3172,14 +3361,7 @@ def plot_prediction(original, x28, probabilities, path, steps=None, show=False, 
     figure = _new_figure(800, 360 + 200 * step_rows, show)
     if step_rows:
         steps_part, result_part = figure.subfigures(2, 1, height_ratios=[200 * step_rows, 360])
-        step_axes = steps_part.subplots(step_rows, 6, squeeze=False).ravel()
-        for axes in step_axes[len(steps):]:
-            axes.set_axis_off()
-        for number, (axes, (name, picture)) in enumerate(zip(step_axes, steps.items()), start=1):
-            _show_image(axes, picture, f"{number}. {name} {tuple(np.shape(picture))}")
-            if not np.any(picture):  # an all-black mask would look like a drawing error
-                axes.text(0.5, 0.5, f"no {name} found", ha="center", va="center", color="white",
-                          fontsize=10, transform=axes.transAxes)
+        _show_steps(steps_part.subplots(step_rows, 6, squeeze=False).ravel(), steps)
     else:
         result_part = figure
     original_axes, input_axes, bar_axes = result_part.subplots(1, 3, width_ratios=[1, 1, 1.6])
@@ -3277,11 +3459,7 @@ def plot_number(original, digits, path, steps=None, show=False):
     parts = figure.subfigures(len(heights), 1, height_ratios=heights)
     parts = list(np.atleast_1d(parts))
     if steps:
-        step_axes = parts.pop(0).subplots(1, max(len(steps), 6), squeeze=False).ravel()
-        for axes in step_axes[len(steps):]:
-            axes.set_axis_off()
-        for number, (axes, (name, picture)) in enumerate(zip(step_axes, steps.items()), start=1):
-            _show_image(axes, picture, f"{number}. {name} {tuple(np.shape(picture))}")
+        _show_steps(parts.pop(0).subplots(1, max(len(steps), 6), squeeze=False).ravel(), steps)
     image_axes = parts.pop(0).subplots()
     original = np.asarray(original)
     _show_image(image_axes, original, f"your image ({original.shape[1]} x {original.shape[0]} px)")
@@ -3353,6 +3531,154 @@ def save_sample_digits(images, labels, folder, class_names=None):
     return paths
 
 
+def starting_weights(W1, meta):
+    """The first layer's random start, rebuilt from the seed saved with the model; or None.
+
+    A check that the rebuilt start is the real one: MNIST's border pixels are always 0, so no
+    gradient reaches their weights and training only shrinks them, all by the same factor
+    (weight decay). There, W1 must be a positive multiple of the start: correlation near 1.
+    Elsewhere (another NumPy's random numbers, distortions that put ink on the border) it is
+    not, and the weights are drawn as they are.
+    """
+    seed = (meta.get("settings") or {}).get("seed")
+    if seed is None:
+        return None
+    start = init_params(meta["sizes"], meta["activation"], seed)[0][0]
+    border = np.ones((28, 28), dtype=bool)
+    border[1:-1, 1:-1] = False
+    trained, initial = W1[border.ravel()].ravel(), start[border.ravel()].ravel()
+    if np.std(trained) == 0 or np.corrcoef(trained, initial)[0, 1] < 0.99:
+        return None
+    return start
+
+
+def add_weights_command(add, shared):
+    """`weights` and its options (add and shared: see build_parser)."""
+    p = add("weights", "draw the first layer's weights: what each hidden unit looks for",
+            shared.saved_model, shared.show)
+    p.add_argument("--out", default="weights.png", metavar="FILE.png",
+                   help="picture to write (default: %(default)s)")
+    p.set_defaults(run=command_weights, paths={"model": "model to read", "out": "picture to write"})
+
+
+def command_weights(args):
+    Ws, _, meta, _, _ = load_model_and_dataset(args)
+    start = starting_weights(Ws[0], meta)
+    print(f"wrote {plot_weights(Ws[0], args.out, show=args.show, start=start)}")
+    return 0
+
+
+def add_samples_command(add, shared):
+    """`samples` and its options (add and shared: see build_parser)."""
+    p = add("samples", "write a few test digits as PNG files, to try `predict` on", shared.images,
+            shared.data)
+    p.add_argument("--out", metavar="DIR",
+                   help="folder to write them to (default: samples, for Fashion-MNIST "
+                        "samples/fashion)")
+    p.set_defaults(run=command_samples, paths={"data_dir": "data folder", "out": "folder to write"})
+
+
+def command_samples(args):
+    """save_sample_digits, one file at a time: a file that cannot be written is reported and
+    the others are still written; the exit status is 2 at the end if any failed."""
+    dataset = with_dataset_defaults(args)
+    if args.out is None:
+        args.out = "samples" if dataset == "mnist" else os.path.join("samples", dataset)
+    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
+    if y_test is None:
+        raise UserError("the test images have no labels; use the IDX files")
+    class_names = None if dataset == "mnist" else DATASETS[dataset]["classes"]
+    os.makedirs(args.out, exist_ok=True)  # checked before: see check_folder_to_write
+    written, failed = [], 0
+    for label in range(10):
+        try:
+            written += save_sample_digits(X_test[y_test == label][:1], [label], args.out,
+                                          class_names)
+        except (OSError, ValueError) as e:  # e.g. a folder named 3.png in the way
+            print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+            failed += 1
+    if class_names is None:
+        print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); "
+              f"try:\n  python mnist_from_scratch.py predict {args.out}")
+    else:
+        print(f"wrote {len(written)} {DATASETS[dataset]['title']} test images to {args.out}/ "
+              f"(one per class, named for it); try:\n  python mnist_from_scratch.py predict "
+              f"--model {MODEL_FOR_DATASET[dataset]} {args.out}")
+    if failed:
+        what = "digits" if class_names is None else "images"
+        print(f"error: {failed} of 10 {what} could not be written (see above)", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def example_photo(size=600):
+    """A pen-written 4 on ruled paper under uneven light, as a phone photo of one would look.
+
+    Drawn here from two strokes (no MNIST image is used), for the README's prediction picture
+    and for trying `predict` on something that does not look like MNIST at all.
+    """
+    ink = np.zeros((size, size), np.float32)
+    for stroke in ([(230, 110), (160, 370), (430, 365)], [(365, 170), (385, 500)]):
+        ink = render_stroke(ink, stroke, radius=4)      # a thin ballpoint line, 9 px wide
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    paper = 0.95 - 0.3 * rows * cols                   # the light falls off towards one corner
+    paper[np.arange(size) % 50 < 2] *= 0.8             # printed ruled lines every 50 px
+    return paper * (1 - 0.85 * ink)                    # dark ink on light paper
+
+
+def add_pictures_command(add, shared):
+    """`pictures` and its options (add and shared: see build_parser)."""
+    p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
+                        "a prediction, the drawing window) from a trained model", shared.saved_model,
+            shared.data)
+    p.add_argument("--out", metavar="DIR",
+                   help="folder to write them to (default: docs, for a Fashion-MNIST model "
+                        "docs/fashion)")
+    p.set_defaults(run=command_pictures, paths={"data_dir": "data folder", "model": "model to read",
+                                                "out": "folder to write"})
+
+
+def command_pictures(args):
+    """Draw the README's pictures from a trained model, the drawing window of section [13]
+    included; all but the screenshot of the served page, which needs a browser (docs/results.md
+    says how it is made)."""
+    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
+    activation = meta["activation"]
+    if args.out is None:  # each data set's pictures in their own folder: none overwrites another's
+        args.out = "docs" if dataset == "mnist" else os.path.join("docs", dataset)
+    os.makedirs(args.out, exist_ok=True)
+    out = lambda name: os.path.join(args.out, name)  # noqa: E731
+    written = []
+    if meta.get("history"):
+        written.append(plot_history(meta["history"], out("training.png")))
+    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
+    if y_test is not None:
+        result = evaluate(X_test, y_test, Ws, bs, activation)
+        written.append(plot_confusion(result["confusion"], out("confusion.png"),
+                                      class_names=class_names))
+    written.append(plot_weights(Ws[0], out("weights.png"), start=starting_weights(Ws[0], meta)))
+    if dataset != "mnist":  # the example photo and the drawing window show digits
+        print("wrote " + ", ".join(written))
+        return 0
+    photo = save_gray_png(example_photo(), out("example_photo.png"))
+    written.append(photo)
+    gray, alpha = read_image(photo)
+    x, p, steps = predict_image(gray, alpha, Ws, bs, activation)
+    panels = {name: steps[name] for name in ("ink", "mask", "cropped") if name in steps}
+    written.append(plot_prediction(gray, x, p, out("prediction.png"), steps=panels))
+    # The drawing window, drawn off screen with a "2" traced along these points.
+    pad = DrawingPad(lambda X: predict_proba(X, Ws, bs, activation), image_to_mnist)
+    figure = _new_figure(1000, 460, layout=None)  # the window's own layout, as on screen
+    pad.build_figure(figure)
+    arc = [(140 + 62 * math.cos(a), 105 - 58 * math.sin(a)) for a in np.radians(np.arange(165, -35, -5))]
+    for point in arc + [(75, 235), (215, 235)]:
+        pad.add_ink(point)
+    pad.update(force=True)
+    write_atomically(out("draw.png"), lambda f: figure.savefig(f, format="png", dpi=PLOT_DPI))
+    written.append(out("draw.png"))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 # %% [13] Draw a digit and watch the network guess, live
 #
 # `python mnist_from_scratch.py draw` opens a window with three panels:
@@ -3376,8 +3702,8 @@ def save_sample_digits(images, labels, folder, class_names=None):
 #    (crop to the ink, fit into 20x20, centre by mass in 28x28), so what you see in the middle
 #    panel is what the network is given, and a saved drawing is recognised the same way later.
 #
-# The window is the only place in this file that keeps state (the canvas, the stroke in progress):
-# a GUI has to remember what happened between mouse events. All the drawing itself is done by the
+# The window keeps state (the canvas, the stroke in progress), as a GUI has to remember what
+# happened between mouse events; the lesson's functions never do. All the drawing itself is done by the
 # pure function `render_stroke`, and `DrawingPad`'s handlers take plain objects with matplotlib's
 # event attributes (button, xdata, ydata, key, inaxes), so they run without any window at all.
 
@@ -3437,11 +3763,6 @@ def next_free_path(folder, stem="drawing", suffix=".png"):
     while os.path.exists(os.path.join(folder, f"{stem}-{number}{suffix}")):
         number += 1
     return os.path.join(folder, f"{stem}-{number}{suffix}")
-
-
-def save_canvas_png(canvas, path):
-    """Write the canvas as an 8-bit greyscale PNG, white ink on black, one pixel per canvas pixel."""
-    return save_gray_png(canvas, path)
 
 
 class DrawingPad:
@@ -3520,7 +3841,8 @@ class DrawingPad:
         if event.key == "c":
             self.clear()
         elif event.key == "s":
-            path = save_canvas_png(self.canvas, next_free_path(self.save_folder))
+            # white ink on black, one pixel per canvas pixel: `predict` reads it as it was drawn
+            path = save_gray_png(self.canvas, next_free_path(self.save_folder))
             print(f"saved {path}  (try: python mnist_from_scratch.py predict {path})", flush=True)
         elif event.key == "q":
             self.close_window()
@@ -3666,6 +3988,21 @@ def run_drawing_app(network, to_mnist):
     return pad
 
 
+def add_draw_command(add, shared):
+    """`draw` and its options (add and shared: see build_parser)."""
+    p = add("draw", "draw a digit with the mouse and watch the network's guess change live",
+            shared.saved_model)
+    p.set_defaults(run=command_draw, paths={"model": "model to read"})
+
+
+def command_draw(args):
+    Ws, bs, meta, dataset, _ = load_model_and_dataset(args)
+    activation = meta["activation"]
+    run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
+                    lambda canvas: prepare_image(canvas, None, dataset))  # the same as predict
+    return 0
+
+
 # %% [14] Serving the network over HTTP
 #
 # `python mnist_from_scratch.py serve` makes the network a small web service, for everyone who has
@@ -3681,7 +4018,7 @@ def run_drawing_app(network, to_mnist):
 #                  "box"} each
 #   GET  /health   the model's layer sizes, activation and test accuracy (from its meta)
 #
-# It uses only the standard library's http.server, and three ideas carry it:
+# It uses only the standard library's http.server, and four ideas carry it:
 #
 # 1. One code path. A request body is decoded by `read_image` (handed the bytes as a file
 #    object instead of a file name) and prepared by `image_to_mnist`, exactly like a photo given
@@ -3703,6 +4040,16 @@ def run_drawing_app(network, to_mnist):
 #    pixels are decoded at a time. On a loopback address only requests for this machine's
 #    names are answered (--allow-host adds a proxy's); the page finds its API beside itself,
 #    so it works under any path a proxy serves it at. Control characters never reach the log.
+#
+# The server is two classes, as http.server wants them: DigitServer holds what every request
+# shares (the model, the page, the limits, the log), and DigitRequestHandler answers the
+# requests of one connection, reaching all that as self.server.
+
+import contextlib
+import io
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SERVE_HOST = "127.0.0.1"            # this machine only; --host 0.0.0.0 opens it to the network
 SERVE_PORT = 8000
@@ -3919,8 +4266,6 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
     waits until that many pixels may be decoded (the server's budget of memory for images).
     typical, judge: the model's typical top logit and rule 4's judge (predict_number).
     """
-    import contextlib
-    import io
     from PIL import Image
     too_large = HTTPError(413, f"the image has more than {MAX_IMAGE_PIXELS / 1e6:g} megapixels, "
                                f"the limit: send a smaller one")
@@ -3974,9 +4319,355 @@ def host_of(header):
     return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
+class DeadlineReader(io.RawIOBase):
+    """A connection's incoming bytes, each wait limited to the time left until `deadline`
+    (time.monotonic()): the deadline holds for the whole request, not for each read. It is
+    set by the request's first bytes (None until then: waiting for a request, on a kept-alive
+    connection, is limited to request_seconds on its own)."""
+
+    def __init__(self, connection, request_seconds):
+        self.connection, self.request_seconds, self.deadline = connection, request_seconds, None
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.request_seconds if self.deadline is None else self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the request was not sent in time")
+        self.connection.settimeout(left)
+        count = self.connection.recv_into(buffer)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.request_seconds
+        return count
+
+
+class DecodingTurns:
+    """Whose turn it is to decode an image, shared by the server's threads.
+
+    Images are prepared at most one per CPU core at a time: more at once would not finish
+    sooner, they would only hold more decoded pixels in memory together. Large images (photos)
+    leave one core to the drawings, so that a drawing never waits for two photos; and whatever
+    the number of cores, no more than PIXELS_DECODED_AT_ONCE pixels are decoded at a time.
+    """
+
+    def __init__(self, cores):
+        self.one_per_core = threading.BoundedSemaphore(cores)
+        self.large_ones = threading.BoundedSemaphore(max(1, cores - 1))
+        self.pixels_decoding, self.room_changed = 0, threading.Condition()
+
+    @contextlib.contextmanager
+    def room_for(self, pixels):
+        """Wait for the turn of an image of this many pixels: memory, then a core."""
+        pixels = min(pixels, PIXELS_DECODED_AT_ONCE)
+        with self.large_ones if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
+            with self.room_changed:
+                self.room_changed.wait_for(
+                    lambda: self.pixels_decoding + pixels <= PIXELS_DECODED_AT_ONCE)
+                self.pixels_decoding += pixels
+            try:
+                with self.one_per_core:
+                    yield
+            finally:
+                with self.room_changed:
+                    self.pixels_decoding -= pixels
+                    self.room_changed.notify_all()
+
+
+# The pages the server has, and the methods each one answers.
+SERVE_ROUTES = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}
+# The page may run its own inline script and talk to this server, and nothing else: no file,
+# font or script from anywhere else is ever loaded.
+SERVE_PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                     "img-src data: blob:; connect-src 'self'")
+
+
+class DigitRequestHandler(BaseHTTPRequestHandler):
+    """One connection's requests, answered in a thread of its own. What the requests share (the
+    model, the page, the limits, the log) is the server's, reached as self.server (DigitServer)."""
+
+    protocol_version = "HTTP/1.1"             # keep-alive: a drawing asks many times in a row
+    server_version = "mnist_from_scratch"
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()                    # the socket's own reader, replaced by one with a deadline
+        self.reader = DeadlineReader(self.connection, self.server.request_seconds)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def version_string(self):                 # the Server header: no Python version in it
+        return self.server_version
+
+    def log_message(self, format, *args):     # one line per request, to the server's log
+        self.server.write_log(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}")
+
+    def handle_expect_100(self):
+        return True            # "100 Continue" is sent only once the request is accepted
+
+    def handle_one_request(self):
+        """One request: request_seconds to wait for it, and request_seconds from its first byte
+        to the end of its body."""
+        seconds = self.server.request_seconds
+        self.reader.deadline = None           # set by the request's first bytes
+        self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
+        self.body_read = False
+        self.server.note(self.connection, waiting=True)
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if not self.raw_requestline:      # the client closed the connection
+                self.close_connection = True
+                return
+            if self.reader.deadline is None:  # the request line came with the one before
+                self.reader.deadline = time.monotonic() + seconds
+            if len(self.raw_requestline) > 65536:
+                self.send_error(414)
+                return
+            if not self.parse_request():      # refused (400, 431, 505): already answered
+                return
+            self.server.note(self.connection, waiting=False)
+            self.route()
+            self.wfile.flush()
+        except socket.timeout:
+            self.send_error(408, f"the request was not sent within {seconds:g} seconds")
+        except OSError as error:              # the client hung up
+            self.close_connection = True
+            self.log_error("connection lost on %s: %s", self.requestline or "a request", error)
+
+    def answer(self, status, body, content_type="application/json", headers=()):
+        self.connection.settimeout(self.server.request_seconds)   # for sending: the reader set less
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:             # a body left unread must not be taken for the next request
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def answer_json(self, status, value, headers=()):
+        self.answer(status, json.dumps(value).encode("utf-8"), headers=headers)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request line, headers too long) as JSON too."""
+        self.close_connection = True
+        try:
+            self.answer_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+        except OSError:
+            pass                              # the client has gone: nothing to tell it
+
+    def route(self):
+        """Answer one request; a refusal is a JSON error, a bug one log line and a 500."""
+        path = self.path.split("?", 1)[0]
+        try:
+            self.check_request(path)
+            if path == "/":
+                self.answer(200, self.server.page, "text/html; charset=utf-8",
+                            headers=[("Content-Security-Policy", SERVE_PAGE_POLICY)])
+            elif path == "/health":
+                self.answer(200, self.server.health)
+            else:
+                self.answer_json(200, self.server.predict(self.read_image_body()))
+        except HTTPError as refusal:
+            self.close_connection = True          # a refused request's body may be left unread
+            allow = [("Allow", ", ".join(SERVE_ROUTES[path]))] if refusal.status == 405 else []
+            self.answer_json(refusal.status, {"error": str(refusal)}, headers=allow)
+            self.drop_unread_body()
+        except socket.timeout:                    # the body stalled
+            self.send_error(408, f"the request was not sent within "
+                                 f"{self.server.request_seconds:g} seconds")
+        except OSError as error:                  # the client hung up
+            self.close_connection = True
+            self.log_error("connection lost on %s %s: %s", self.command, path, error)
+        except Exception as error:                # a bug: one log line here, no traceback there
+            self.close_connection = True
+            self.log_error("internal error on %s %s: %s: %s", self.command, path,
+                           type(error).__name__, error)
+            try:
+                self.answer_json(500, {"error": "internal error; the server's log says more"})
+            except OSError:
+                pass
+
+    def check_request(self, path):
+        """HTTPError unless the request is for this server, a page it has, by a method it takes."""
+        asked_for = self.headers.get("Host")
+        if asked_for is not None and not self.server.answers_for(host_of(asked_for)):
+            raise HTTPError(400, f"this server answers for this machine only (localhost, "
+                                 f"127.0.0.1), not for Host {asked_for}; behind a proxy, "
+                                 f"start it with --allow-host {host_of(asked_for)}")
+        if path not in SERVE_ROUTES:
+            raise HTTPError(404, f"no such page: {path}; there are / (the page), "
+                                 f"/health and POST /predict")
+        if self.command not in SERVE_ROUTES[path]:
+            raise HTTPError(405, f"{path} answers {' and '.join(SERVE_ROUTES[path])}, "
+                                 f"not {self.command}")
+
+    def declared_length(self):
+        """The body's size from Content-Length: ASCII digits only (int() would take '²' or
+        ' 1_0'), one value; None when there is none, HTTPError(400) when it is not a size."""
+        values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return None
+        length = values.pop()
+        if values or not (length.isascii() and length.isdigit()):
+            raise HTTPError(400, "the Content-Length header must be one size in bytes (digits 0-9)")
+        return int(length)
+
+    def read_image_body(self):
+        """The request's PNG or JPEG bytes, checked before and after reading them."""
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type not in IMAGE_TYPES:
+            raise HTTPError(415, f"send a PNG or JPEG image (Content-Type image/png or "
+                                 f"image/jpeg), not {content_type or 'no Content-Type'}")
+        length = self.declared_length()
+        if length is None or "Transfer-Encoding" in self.headers:
+            raise HTTPError(411, "the request needs a Content-Length header with the body's size "
+                                 "in bytes (and no Transfer-Encoding)")
+        if length > MAX_BODY_BYTES:                # refused unread: the limit protects memory
+            raise HTTPError(413, f"the body has {length} bytes; the limit is "
+                                 f"{MAX_BODY_BYTES // (1024 * 1024)} MB: send a smaller image")
+        if self.headers.get("Expect", "").lower() == "100-continue":
+            self.send_response_only(100)           # accepted: now the client may send the body
+            self.end_headers()
+        body = self.rfile.read(length)
+        self.body_read = True
+        if len(body) < length:
+            raise HTTPError(400, f"the body ended after {len(body)} of {length} bytes")
+        if not body:
+            raise HTTPError(400, "the body is empty: send the image's bytes")
+        if not body.startswith(IMAGE_TYPES[content_type]):
+            raise HTTPError(400, f"the body is not a {content_type[6:].upper()} image "
+                                 f"(its first bytes are wrong)")
+        return body
+
+    def drop_unread_body(self):
+        """After a refusal: say that nothing more will be sent, then read and drop the body the
+        client may still be sending (up to MAX_DISCARDED_BYTES, within the request's time).
+        Closing with unread bytes would reset the connection, and a client still sending
+        (Python's urllib) would never read the answer."""
+        try:
+            length = 0 if self.body_read else (self.declared_length() or 0)
+        except HTTPError:
+            length = MAX_DISCARDED_BYTES
+        if length == 0 or "Expect" in self.headers:   # no body, or none until invited
+            return
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            left = min(length, MAX_DISCARDED_BYTES)
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:                           # a timeout, or the client has gone
+            pass
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = route
+
+
+class DigitServer(ThreadingHTTPServer):
+    """What every request shares: the model (read-only), the page, the limits and the log; and
+    at most max_connections connections handled at once (process_request). See make_server."""
+
+    daemon_threads = True                     # Ctrl+C does not wait for open connections
+    request_queue_size = 64                   # connections waiting to be accepted (default 5)
+
+    def __init__(self, Ws, bs, meta, host, port, log, allowed_hosts, request_seconds,
+                 max_connections):
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.Ws, self.bs, self.meta = Ws, bs, meta
+        self.page = SERVE_PAGE.encode("utf-8")
+        self.health = json.dumps(health_answer(meta)).encode("utf-8")
+        # On a loopback address only requests for this machine are answered: a web page elsewhere
+        # could otherwise reach the server through a name of its own that resolves to 127.0.0.1
+        # (DNS rebinding). Browsers always send the Host they asked for.
+        self.check_host = is_loopback_name(host)
+        self.allowed_hosts = {name.lower().rstrip(".") for name in allowed_hosts}
+        self.request_seconds, self.max_connections = request_seconds, max_connections
+        self.turns = DecodingTurns(os.cpu_count() or 1)
+        self.log, self.log_lock = log, threading.Lock()
+        self.handling = {}    # connection -> when it began waiting for a request, None while answering
+        self.handling_lock = threading.Lock()
+        super().__init__((host, port), DigitRequestHandler)
+
+    def predict(self, body):
+        """The answer of POST /predict for these bytes (predict_image_bytes), in its turn."""
+        return predict_image_bytes(body, self.Ws, self.bs, self.meta["activation"],
+                                   self.meta.get("dataset", "mnist"), self.turns.room_for,
+                                   self.meta.get("typical_logit"), self.meta.get("judge"))
+
+    def answers_for(self, name):
+        """True for a Host this server answers: any on an open address; on a loopback one, this
+        machine's names and those of --allow-host."""
+        return (not self.check_host or is_loopback_name(name)
+                or name.lower().rstrip(".") in self.allowed_hosts)
+
+    def write_log(self, line):
+        """One whole line at a time, whatever the other threads write (to log, else stderr)."""
+        with self.log_lock:
+            stream = self.log or sys.stderr
+            stream.write(line.translate(LOG_ESCAPES) + "\n")
+            stream.flush()
+
+    def note(self, connection, waiting):
+        with self.handling_lock:
+            if connection in self.handling:
+                self.handling[connection] = time.monotonic() if waiting else None
+
+    def process_request(self, request, client_address):
+        """A thread for the new connection; at max_connections, the connection that has waited
+        longest for a request to arrive (idle, or sending its headers byte by byte) is closed
+        to make room, and when every connection is being answered, 503 at once."""
+        with self.handling_lock:
+            waiting = [(since, connection) for connection, since in self.handling.items()
+                       if since is not None]
+            full = len(self.handling) >= self.max_connections
+            if full and waiting:
+                _, oldest = min(waiting, key=lambda pair: pair[0])
+                del self.handling[oldest]
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)    # its thread ends at once
+                except OSError:
+                    pass
+            if not full or waiting:
+                self.handling[request] = time.monotonic()
+        if full and not waiting:
+            self.refuse_busy(request, client_address)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.handling_lock:
+                self.handling.pop(request, None)
+
+    def refuse_busy(self, request, client_address):
+        body = json.dumps({"error": f"the server is answering {self.max_connections} requests; "
+                                    f"try again in a moment"}).encode("utf-8")
+        try:
+            request.settimeout(1)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                            % (len(body), body))
+        except OSError:
+            pass
+        self.write_log(f"{client_address[0]}: 503, {self.max_connections} connections being answered")
+        self.shutdown_request(request)
+
+    def handle_error(self, request, client_address):   # one line, never a traceback
+        error = sys.exc_info()[1]
+        self.write_log(f"{client_address[0]}: connection error: {type(error).__name__}: {error}")
+
+
 def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
                 request_seconds=SECONDS_TO_SEND_A_REQUEST, max_connections=MAX_CONNECTIONS):
-    """A ThreadingHTTPServer answering GET /, GET /health and POST /predict with this model.
+    """A DigitServer answering GET /, GET /health and POST /predict with this model.
 
     Call .serve_forever() to run it, .shutdown() from another thread to stop it, .server_close()
     to free the port. port 0 picks a free port (read it from server.server_address). log: where
@@ -3985,326 +4676,11 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
     the time a client has to send a whole request; max_connections: connections handled at
     once. Raises OSError when the address cannot be used (port in use, unknown host).
     """
-    import contextlib
-    import io
-    import socket
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    activation, dataset = meta["activation"], meta.get("dataset", "mnist")
     Ws, bs = [np.array(W) for W in Ws], [np.array(b) for b in bs]   # the server's own copies ...
     for array in (*Ws, *bs):
         array.setflags(write=False)    # ... shared by every thread: an attempt to change them fails loudly
-    # Images are prepared at most one per CPU core at a time: more at once would not finish
-    # sooner, they would only hold more decoded pixels in memory together. Large images (photos)
-    # leave one core to the drawings, so that a drawing never waits for two photos; and whatever
-    # the number of cores, no more than PIXELS_DECODED_AT_ONCE pixels are decoded at a time.
-    cores = os.cpu_count() or 1
-    one_per_core = threading.BoundedSemaphore(cores)
-    large_ones = threading.BoundedSemaphore(max(1, cores - 1))
-    pixels_decoding, room_changed = [0], threading.Condition()
-
-    @contextlib.contextmanager
-    def room_for(pixels):
-        """Wait for the turn of an image of this many pixels: memory, then a core."""
-        pixels = min(pixels, PIXELS_DECODED_AT_ONCE)
-        with large_ones if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
-            with room_changed:
-                room_changed.wait_for(lambda: pixels_decoding[0] + pixels <= PIXELS_DECODED_AT_ONCE)
-                pixels_decoding[0] += pixels
-            try:
-                with one_per_core:
-                    yield
-            finally:
-                with room_changed:
-                    pixels_decoding[0] -= pixels
-                    room_changed.notify_all()
-
-    page = SERVE_PAGE.encode("utf-8")
-    health = json.dumps(health_answer(meta)).encode("utf-8")
-    # The page may run its own inline script and talk to this server, and nothing else: no
-    # file, font or script from anywhere else is ever loaded.
-    page_policy = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                   "img-src data: blob:; connect-src 'self'")
-    # On a loopback address only requests for this machine are answered: a web page elsewhere
-    # could otherwise reach the server through a name of its own that resolves to 127.0.0.1
-    # (DNS rebinding). Browsers always send the Host they asked for.
-    check_host = is_loopback_name(host)
-    allowed = {name.lower().rstrip(".") for name in allowed_hosts}
-    log_lock = threading.Lock()
-
-    def write_log(line):               # one whole line at a time, whatever the other threads write
-        with log_lock:
-            stream = log or sys.stderr
-            stream.write(line.translate(LOG_ESCAPES) + "\n")
-            stream.flush()
-
-    class DeadlineReader(io.RawIOBase):
-        """A connection's incoming bytes, each wait limited to the time left until `deadline`
-        (time.monotonic()): the deadline holds for the whole request, not for each read. It
-        is set by the request's first bytes (None until then: waiting for a request, on a kept-
-        alive connection, is limited to request_seconds on its own)."""
-
-        def __init__(self, connection):
-            self.connection, self.deadline = connection, None
-
-        def readable(self):
-            return True
-
-        def readinto(self, buffer):
-            left = request_seconds if self.deadline is None else self.deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("the request was not sent in time")
-            self.connection.settimeout(left)
-            count = self.connection.recv_into(buffer)
-            if self.deadline is None:
-                self.deadline = time.monotonic() + request_seconds
-            return count
-
-    class DigitRequestHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"             # keep-alive: a drawing asks many times in a row
-        server_version = "mnist_from_scratch"
-
-        def setup(self):
-            super().setup()
-            self.rfile.close()                    # the socket's own reader, replaced by one with a deadline
-            self.reader = DeadlineReader(self.connection)
-            self.rfile = io.BufferedReader(self.reader)
-
-        def version_string(self):                 # the Server header: no Python version in it
-            return self.server_version
-
-        def log_message(self, format, *args):     # one line per request, to `log`
-            write_log(f"{self.address_string()} [{self.log_date_time_string()}] {format % args}")
-
-        def handle_expect_100(self):
-            return True            # "100 Continue" is sent only once the request is accepted
-
-        def handle_one_request(self):
-            """One request: request_seconds to wait for it, and request_seconds from its first byte
-            to the end of its body."""
-            self.reader.deadline = None           # set by the request's first bytes
-            self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
-            self.body_read = False
-            self.server.note(self.connection, waiting=True)
-            try:
-                self.raw_requestline = self.rfile.readline(65537)
-                if not self.raw_requestline:      # the client closed the connection
-                    self.close_connection = True
-                    return
-                if self.reader.deadline is None:  # the request line came with the one before
-                    self.reader.deadline = time.monotonic() + request_seconds
-                if len(self.raw_requestline) > 65536:
-                    self.send_error(414)
-                    return
-                if not self.parse_request():      # refused (400, 431, 505): already answered
-                    return
-                self.server.note(self.connection, waiting=False)
-                self.route()
-                self.wfile.flush()
-            except socket.timeout:
-                self.send_error(408, f"the request was not sent within {request_seconds:g} seconds")
-            except OSError as error:              # the client hung up
-                self.close_connection = True
-                self.log_error("connection lost on %s: %s", self.requestline or "a request", error)
-
-        def answer(self, status, body, content_type="application/json", headers=()):
-            self.connection.settimeout(request_seconds)   # for sending: the reader set less
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in headers:
-                self.send_header(name, value)
-            if self.close_connection:             # a body left unread must not be taken for the next request
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def answer_json(self, status, value, headers=()):
-            self.answer(status, json.dumps(value).encode("utf-8"), headers=headers)
-
-        def send_error(self, code, message=None, explain=None):
-            """http.server's own refusals (a malformed request line, headers too long) as JSON too."""
-            self.close_connection = True
-            try:
-                self.answer_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
-            except OSError:
-                pass                              # the client has gone: nothing to tell it
-
-        def route(self):
-            """Answer one request; a refusal is a JSON error, a bug one log line and a 500."""
-            path = self.path.split("?", 1)[0]
-            allowed_methods = {"/": ("GET", "HEAD"), "/health": ("GET", "HEAD"), "/predict": ("POST",)}
-            try:
-                asked_for = self.headers.get("Host")
-                if check_host and asked_for is not None and not (
-                        is_loopback_name(host_of(asked_for)) or host_of(asked_for).lower().rstrip(".") in allowed):
-                    raise HTTPError(400, f"this server answers for this machine only (localhost, "
-                                         f"127.0.0.1), not for Host {asked_for}; behind a proxy, "
-                                         f"start it with --allow-host {host_of(asked_for)}")
-                if path not in allowed_methods:
-                    raise HTTPError(404, f"no such page: {path}; there are / (the page), "
-                                         f"/health and POST /predict")
-                if self.command not in allowed_methods[path]:
-                    raise HTTPError(405, f"{path} answers {' and '.join(allowed_methods[path])}, "
-                                         f"not {self.command}")
-                if path == "/":
-                    self.answer(200, page, "text/html; charset=utf-8",
-                                headers=[("Content-Security-Policy", page_policy)])
-                elif path == "/health":
-                    self.answer(200, health)
-                else:
-                    body = self.read_image_body()
-                    answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for,
-                                                 meta.get("typical_logit"), meta.get("judge"))
-                    self.answer_json(200, answer)
-            except HTTPError as refusal:
-                self.close_connection = True          # a refused request's body may be left unread
-                allow = [("Allow", ", ".join(allowed_methods[path]))] if refusal.status == 405 else []
-                self.answer_json(refusal.status, {"error": str(refusal)}, headers=allow)
-                self.drop_unread_body()
-            except socket.timeout:                    # the body stalled
-                self.send_error(408, f"the request was not sent within {request_seconds:g} seconds")
-            except OSError as error:                  # the client hung up
-                self.close_connection = True
-                self.log_error("connection lost on %s %s: %s", self.command, path, error)
-            except Exception as error:                # a bug: one log line here, no traceback there
-                self.close_connection = True
-                self.log_error("internal error on %s %s: %s: %s", self.command, path,
-                               type(error).__name__, error)
-                try:
-                    self.answer_json(500, {"error": "internal error; the server's log says more"})
-                except OSError:
-                    pass
-
-        def declared_length(self):
-            """The body's size from Content-Length: ASCII digits only (int() would take '²' or
-            ' 1_0'), one value; None when there is none, HTTPError(400) when it is not a size."""
-            values = {value.strip() for value in self.headers.get_all("Content-Length") or []}
-            if not values:
-                return None
-            length = values.pop()
-            if values or not (length.isascii() and length.isdigit()):
-                raise HTTPError(400, "the Content-Length header must be one size in bytes (digits 0-9)")
-            return int(length)
-
-        def read_image_body(self):
-            """The request's PNG or JPEG bytes, checked before and after reading them."""
-            content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type not in IMAGE_TYPES:
-                raise HTTPError(415, f"send a PNG or JPEG image (Content-Type image/png or "
-                                     f"image/jpeg), not {content_type or 'no Content-Type'}")
-            length = self.declared_length()
-            if length is None or "Transfer-Encoding" in self.headers:
-                raise HTTPError(411, "the request needs a Content-Length header with the body's size "
-                                     "in bytes (and no Transfer-Encoding)")
-            if length > MAX_BODY_BYTES:                # refused unread: the limit protects memory
-                raise HTTPError(413, f"the body has {length} bytes; the limit is "
-                                     f"{MAX_BODY_BYTES // (1024 * 1024)} MB: send a smaller image")
-            if self.headers.get("Expect", "").lower() == "100-continue":
-                self.send_response_only(100)           # accepted: now the client may send the body
-                self.end_headers()
-            body = self.rfile.read(length)
-            self.body_read = True
-            if len(body) < length:
-                raise HTTPError(400, f"the body ended after {len(body)} of {length} bytes")
-            if not body:
-                raise HTTPError(400, "the body is empty: send the image's bytes")
-            if not body.startswith(IMAGE_TYPES[content_type]):
-                raise HTTPError(400, f"the body is not a {content_type[6:].upper()} image "
-                                     f"(its first bytes are wrong)")
-            return body
-
-        def drop_unread_body(self):
-            """After a refusal: say that nothing more will be sent, then read and drop the body the
-            client may still be sending (up to MAX_DISCARDED_BYTES, within the request's time).
-            Closing with unread bytes would reset the connection, and a client still sending
-            (Python's urllib) would never read the answer."""
-            try:
-                length = 0 if self.body_read else (self.declared_length() or 0)
-            except HTTPError:
-                length = MAX_DISCARDED_BYTES
-            if length == 0 or "Expect" in self.headers:   # no body, or none until invited
-                return
-            try:
-                self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_WR)
-                left = min(length, MAX_DISCARDED_BYTES)
-                while left > 0:
-                    chunk = self.rfile.read1(min(left, 65536))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            except OSError:                           # a timeout, or the client has gone
-                pass
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = route
-
-    class DigitServer(ThreadingHTTPServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        daemon_threads = True                     # Ctrl+C does not wait for open connections
-        request_queue_size = 64                   # connections waiting to be accepted (default 5)
-
-        def __init__(self, *args):
-            self.handling = {}    # connection -> when it began waiting for a request, None while answering
-            self.handling_lock = threading.Lock()
-            super().__init__(*args)
-
-        def note(self, connection, waiting):
-            with self.handling_lock:
-                if connection in self.handling:
-                    self.handling[connection] = time.monotonic() if waiting else None
-
-        def process_request(self, request, client_address):
-            """A thread for the new connection; at max_connections, the connection that has waited
-            longest for a request to arrive (idle, or sending its headers byte by byte) is
-            closed to make room, and when every connection is being answered, 503 at once."""
-            with self.handling_lock:
-                waiting = [(since, connection) for connection, since in self.handling.items()
-                           if since is not None]
-                full = len(self.handling) >= max_connections
-                if full and waiting:
-                    _, oldest = min(waiting, key=lambda pair: pair[0])
-                    del self.handling[oldest]
-                    try:
-                        oldest.shutdown(socket.SHUT_RDWR)    # its thread ends at once
-                    except OSError:
-                        pass
-                if not full or waiting:
-                    self.handling[request] = time.monotonic()
-            if full and not waiting:
-                self.refuse_busy(request, client_address)
-                return
-            super().process_request(request, client_address)
-
-        def process_request_thread(self, request, client_address):
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                with self.handling_lock:
-                    self.handling.pop(request, None)
-
-        def refuse_busy(self, request, client_address):
-            body = json.dumps({"error": f"the server is answering {max_connections} requests; "
-                                        f"try again in a moment"}).encode("utf-8")
-            try:
-                request.settimeout(1)
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
-                                % (len(body), body))
-            except OSError:
-                pass
-            write_log(f"{client_address[0]}: 503, {max_connections} connections being answered")
-            self.shutdown_request(request)
-
-        def handle_error(self, request, client_address):   # one line, never a traceback
-            error = sys.exc_info()[1]
-            write_log(f"{client_address[0]}: connection error: {type(error).__name__}: {error}")
-
-    return DigitServer((host, port), DigitRequestHandler)
+    return DigitServer(Ws, bs, meta, host, port, log, allowed_hosts, request_seconds,
+                       max_connections)
 
 
 def run_server(server, host):
@@ -4324,6 +4700,46 @@ def run_server(server, host):
         print("stopped", flush=True)
     finally:
         server.server_close()
+
+
+def add_serve_command(add, shared):
+    """`serve` and its options (add and shared: see build_parser)."""
+    p = add("serve", "serve a page to draw on in a web browser, and the network as a JSON API "
+                     "(POST /predict), over HTTP")
+    p.add_argument("--model", metavar="FILE", help=f"model file (default: {MODEL_PATH})")
+    p.add_argument("--host", default=SERVE_HOST,
+                   help=f"address to listen on (default: {SERVE_HOST}, this machine only; "
+                        f"0.0.0.0: every network the machine is on)")
+    p.add_argument("--port", default=SERVE_PORT,
+                   type=checked_number(int, lambda v: 0 <= v <= 65535, "from 0 to 65535"),
+                   help=f"port to listen on (default: {SERVE_PORT}; 0: any free port)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name when listening on this machine "
+                        "only (a proxy in front, such as jupyter-server-proxy, may pass its own); "
+                        "can be given more than once")
+    p.set_defaults(run=command_serve, paths={"model": "model to read"})
+
+
+def command_serve(args):
+    import warnings
+    if not args.host.strip():
+        raise UserError("--host '': give the address to listen on: 127.0.0.1 (this machine only, "
+                        "the default) or 0.0.0.0 (every network the machine is on)")
+    Ws, bs, meta = load_model(args.model)      # once, before the first request
+    # NumPy's warnings about an odd image (a mean of nothing) would be lines in the log that
+    # no request asked for; the answer itself is checked.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+    try:
+        server = make_server(Ws, bs, meta, args.host, args.port, allowed_hosts=args.allow_host)
+    except OSError as error:
+        import errno
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} is already in use (another server?): choose "
+                            f"another with --port") from None
+        raise UserError(f"cannot listen on {args.host} port {args.port}: "
+                        f"{error.strerror or error}; check --host and --port") from None
+    run_server(server, args.host)
+    return 0
 
 
 # %% [15] The lesson as a Jupyter notebook
@@ -5396,6 +5812,35 @@ def lesson_notebook(source, exercises=False):
                          "language_info": {"name": "python"}}}
 
 
+def add_notebook_command(add, shared):
+    """`notebook` and its options (add and shared: see build_parser)."""
+    p = add("notebook", "write the lesson as a Jupyter notebook, or (--exercises) the assignment")
+    p.add_argument("--out", metavar="FILE.ipynb",
+                   help="notebook to write (default: mnist_from_scratch.ipynb, with --exercises "
+                        "mnist_from_scratch_exercises.ipynb)")
+    p.add_argument("--exercises", action="store_true",
+                   help="write the assignment: the student writes the core functions, and a "
+                        "check after each one says whether it is right")
+    p.set_defaults(run=command_notebook, paths={"out": "notebook to write"})
+
+
+def command_notebook(args):
+    if args.out is None:
+        args.out = f"mnist_from_scratch{'_exercises' if args.exercises else ''}.ipynb"
+        PATH_CHECKS["notebook to write"](args.out, "--out")
+    with open(os.path.abspath(__file__), encoding="utf-8") as f:
+        notebook = lesson_notebook(f.read(), exercises=args.exercises)
+    text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+    try:
+        write_atomically(args.out, lambda f: f.write(text.encode("utf-8")))
+    except OSError as e:
+        raise UserError(f"cannot write {args.out}: {e.strerror}; choose another path with --out")
+    what = "the exercises" if args.exercises else "the lesson"
+    print(f"wrote {what} to {args.out} ({len(notebook['cells'])} cells); open it with Jupyter, "
+          f"JupyterLab, VS Code or Google Colab")
+    return 0
+
+
 # %% [16] Getting the data: downloads and checksums
 #
 # The lesson's load_mnist (section [1]) reads the four IDX files; this section puts them there
@@ -5404,7 +5849,10 @@ def lesson_notebook(source, exercises=False):
 #      atomically (write_atomically, section [9]): an interrupted download leaves no half file;
 #   2. checks every file against the SHA-256 of the real data set, so that a damaged copy, or
 #      another data set's file, is refused with a reason a person can act on;
-#   3. reads them with load_mnist, or, when there are no IDX files, the CSV files with load_csv.
+#   3. parses them with section [1]'s parse_idx and images_and_labels, as load_mnist does (each
+#      file decompressed once, for its checksum and its numbers), or, when there are no IDX
+#      files, reads the CSV files with load_csv.
+# The `download` command, at the end of the section, does the first two without training.
 
 MNIST_FILES = {  # name -> SHA-256 of the decompressed IDX bytes (the same for every mirror)
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -5605,6 +6053,20 @@ def load_dataset(data_dir="data", download=True, dataset="mnist"):
     return load_checked_idx(data_dir, dataset)
 
 
+def add_download_command(add, shared):
+    """`download` and its options (add and shared: see build_parser)."""
+    p = add("download", "download MNIST without training", shared.images, shared.data)
+    p.set_defaults(run=command_download, paths={"data_dir": "data folder"})
+
+
+def command_download(args):
+    dataset = with_dataset_defaults(args)
+    download_mnist(args.data_dir, dataset=dataset)
+    load_dataset(args.data_dir, download=False, dataset=dataset)  # checks every file
+    print(f"{DATASETS[dataset]['title']} is ready in {args.data_dir}/")
+    return 0
+
+
 # %% [17] Command line
 
 DATA_DIR = "data"
@@ -5692,8 +6154,8 @@ class OneLineParser(argparse.ArgumentParser):
 # --- The guard: every path a command reads or writes is checked before it starts work ---
 #
 # A careless path must not cost a run: `train --model nodir/m.npz` would otherwise train for
-# minutes and only then find that the folder does not exist. So each command declares, in
-# build_parser, which of its options name a file or folder and how it uses them
+# minutes and only then find that the folder does not exist. So each command declares, where
+# its options are added, which of them name a file or folder and how it uses them
 # (set_defaults(paths={dest: kind})), and main() checks every one of them with
 # check_declared_paths before the command runs. Each check raises UserError, one line
 # (at most one more saying what to do), so the user sees that and exit status 2.
@@ -5817,7 +6279,7 @@ def os_error_text(error):
 
 
 def check_declared_paths(args):
-    """Run the check of every path option the command declared (see build_parser)."""
+    """Run the check of every path option the command declared (its set_defaults(paths=...))."""
     for dest, kind in getattr(args, "paths", {}).items():
         value = getattr(args, dest, None)
         if value is not None:
@@ -6114,6 +6576,21 @@ def command_train(args):
     return 0
 
 
+def add_evaluate_command(add, shared):
+    """`evaluate` and its options (add and shared: see build_parser)."""
+    p = add("evaluate", "measure a saved model on the 10,000 test images", shared.saved_model,
+            shared.data, shared.show)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix as a heat map")
+    p.add_argument("--errors", metavar="FILE.png",
+                   help="draw the test digits the network got most confidently wrong")
+    p.add_argument("--plot-history", metavar="FILE.png",
+                   help="draw the loss and accuracy per epoch saved in the model")
+    p.set_defaults(run=command_evaluate, paths={
+        "data_dir": "data folder", "model": "model to read", "plot": "picture to write",
+        "errors": "picture to write", "plot_history": "picture to write"})
+
+
 def command_evaluate(args):
     Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
     activation = meta["activation"]
@@ -6146,266 +6623,11 @@ def command_evaluate(args):
     return 0
 
 
-def starting_weights(W1, meta):
-    """The first layer's random start, rebuilt from the seed saved with the model; or None.
-
-    A check that the rebuilt start is the real one: MNIST's border pixels are always 0, so no
-    gradient reaches their weights and training only shrinks them, all by the same factor
-    (weight decay). There, W1 must be a positive multiple of the start: correlation near 1.
-    Elsewhere (another NumPy's random numbers, distortions that put ink on the border) it is
-    not, and the weights are drawn as they are.
-    """
-    seed = (meta.get("settings") or {}).get("seed")
-    if seed is None:
-        return None
-    start = init_params(meta["sizes"], meta["activation"], seed)[0][0]
-    border = np.ones((28, 28), dtype=bool)
-    border[1:-1, 1:-1] = False
-    trained, initial = W1[border.ravel()].ravel(), start[border.ravel()].ravel()
-    if np.std(trained) == 0 or np.corrcoef(trained, initial)[0, 1] < 0.99:
-        return None
-    return start
-
-
-def command_weights(args):
-    Ws, _, meta, _, _ = load_model_and_dataset(args)
-    start = starting_weights(Ws[0], meta)
-    print(f"wrote {plot_weights(Ws[0], args.out, show=args.show, start=start)}")
-    return 0
-
-
-def command_samples(args):
-    """save_sample_digits, one file at a time: a file that cannot be written is reported and
-    the others are still written; the exit status is 2 at the end if any failed."""
-    dataset = with_dataset_defaults(args)
-    if args.out is None:
-        args.out = "samples" if dataset == "mnist" else os.path.join("samples", dataset)
-    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
-    if y_test is None:
-        raise UserError("the test images have no labels; use the IDX files")
-    class_names = None if dataset == "mnist" else DATASETS[dataset]["classes"]
-    os.makedirs(args.out, exist_ok=True)  # checked before: see check_folder_to_write
-    written, failed = [], 0
-    for label in range(10):
-        try:
-            written += save_sample_digits(X_test[y_test == label][:1], [label], args.out,
-                                          class_names)
-        except (OSError, ValueError) as e:  # e.g. a folder named 3.png in the way
-            print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
-            failed += 1
-    if class_names is None:
-        print(f"wrote {len(written)} test digits to {args.out}/ (one per digit, named for it); "
-              f"try:\n  python mnist_from_scratch.py predict {args.out}")
-    else:
-        print(f"wrote {len(written)} {DATASETS[dataset]['title']} test images to {args.out}/ "
-              f"(one per class, named for it); try:\n  python mnist_from_scratch.py predict "
-              f"--model {MODEL_FOR_DATASET[dataset]} {args.out}")
-    if failed:
-        what = "digits" if class_names is None else "images"
-        print(f"error: {failed} of 10 {what} could not be written (see above)", file=sys.stderr)
-    return 2 if failed else 0
-
-
-def list_images(paths):
-    """Expand folders into the image files they hold (sorted); keep files as given."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            files += sorted(os.path.join(path, f) for f in os.listdir(path)
-                            if f.lower().endswith((".png", ".jpg", ".jpeg"))
-                            and os.path.isfile(os.path.join(path, f)))
-        else:
-            files.append(path)
-    return files
-
-
-def plot_path_for(plot, image_path, several):
-    """The picture file for one image: --plot itself, or with several images FILE_<image>.png."""
-    if not several:
-        return plot
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    return f"{os.path.splitext(plot)[0]}_{stem}.png"
-
-
-def command_predict(args):
-    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
-    activation = meta["activation"]
-    files = list_images(args.images)
-    if not files:
-        raise UserError(f"no PNG or JPEG images in {', '.join(args.images)}")
-    if args.steps and not args.plot:
-        raise UserError("--steps draws the preprocessing steps into the --plot picture; "
-                        "add --plot FILE.png")
-    if args.plot:  # the pictures must never overwrite one of the images they show
-        inputs = {os.path.abspath(path) for path in files}
-        for path in files:
-            target = plot_path_for(args.plot, path, len(files) > 1)
-            if os.path.abspath(target) in inputs:
-                raise UserError(f"--plot {args.plot}: would overwrite the image {target}\n"
-                                f"choose another name for the picture")
-    scored, wrong, unreadable = 0, [], []
-    numbers, misread = [], []  # (true, read) for files named after a number of several digits
-    for path in files:
-        try:
-            gray, alpha = read_image(path)
-        except (ValueError, MemoryError) as e:  # a broken or huge file: say so, go on
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            unreadable.append(path)
-            continue
-        x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
-                                     meta.get("typical_logit"), meta.get("judge"))
-        digit = None if p is None else int(p.argmax())
-        several = len(steps.get("digits", [])) > 1
-        if args.json and not class_names:
-            print(json.dumps({"path": path, "digit": digit, "probabilities":
-                              None if p is None else [round(float(v), 6) for v in p], **digits_answer(steps)}))
-        elif several and not args.json:
-            print(f"{path}: {steps['number'].replace(chr(10), ' / ')}  (digits "
-                  + ", ".join(f"{100 * d['probabilities'].max():.1f} %"
-                              + (" UNSURE" if d["probabilities"].max() < UNSURE else "")
-                              for d in steps["digits"]) + ")")
-        elif args.json and class_names:
-            print(json.dumps({"path": path, "label": digit,
-                              "name": None if p is None else class_names[digit], "probabilities":
-                              None if p is None else [round(float(v), 6) for v in p]}))
-        elif p is None:
-            found_nothing = "nothing found" if class_names else "no digit found"
-            print(f"{path}: {found_nothing} ({steps.get('reason', 'nothing like a digit')})")
-        elif class_names:
-            print(f"{path}: {class_names[digit]}  ({100 * p[digit]:.1f} % sure)   "
-                  + ", ".join(f"{name} {100 * v:.1f}%" for name, v in zip(class_names, p)))
-        else:
-            print(f"{path}: {digit}  ({100 * p[digit]:.1f} % sure)   "
-                  + " ".join(f"{k}:{100 * v:.1f}%" for k, v in enumerate(p)))
-        truth, number = digit_from_filename(path), number_from_filename(path)
-        if number is not None and len(number) > 1 and not class_names:
-            read = steps.get("number", "").replace("\n", "")
-            numbers.append((number, read))
-            if read != number:
-                misread.append(f"{os.path.basename(path)} (read {read or 'nothing'})")
-        elif truth is not None:
-            scored += 1
-            if digit != truth or several:
-                said = digit if class_names is None or digit is None else class_names[digit]
-                said = steps["number"].replace("\n", " / ") if several else said
-                wrong.append(f"{os.path.basename(path)} (said {said})")
-        if args.plot:
-            panels = None
-            if args.steps:
-                panels = {name: steps[name] for name in ("gray", "ink", "lines", "mask", "cropped")
-                          if name in steps}
-                if several:  # every piece of ink, not the one digit's mask and crop
-                    panels = {name: steps[name] for name in ("gray", "ink", "lines", "pieces")}
-            target = plot_path_for(args.plot, path, len(files) > 1)
-            if several:
-                plot_number(gray, steps["digits"], target, steps=panels, show=args.show)
-            else:
-                plot_prediction(steps.get("gray", gray), x, p, target, steps=panels, show=args.show,
-                                reason=steps.get("reason"), class_names=class_names)
-            if not args.json:
-                print(f"  wrote {target}")
-    if scored and not args.json:
-        # File names that start with the true digit (7.png, 7_anna.jpg) are scored.
-        print(f"{scored - len(wrong)} of {scored} correct ({100 * (scored - len(wrong)) / scored:.1f} %)"
-              + (f"; wrong: {', '.join(wrong)}" if wrong else ""), flush=True)
-    if numbers and not args.json:
-        # File names that start with the true number (2026.jpg, 2026_anna.jpg) are scored whole:
-        # the number read exactly, and its digits (all of them minus the edit distance).
-        total = sum(len(true) for true, _ in numbers)
-        right = total - sum(edit_distance(true, read) for true, read in numbers)
-        exact = sum(true == read for true, read in numbers)
-        print(f"numbers: {exact} of {len(numbers)} read exactly ({100 * exact / len(numbers):.1f} %), "
-              f"digits: {right} of {total} right ({100 * right / total:.1f} %)"
-              + (f"; wrong: {', '.join(misread)}" if misread else ""), flush=True)
-    if unreadable and len(files) > 1:
-        print(f"error: {len(unreadable)} of {len(files)} images could not be read (see above); "
-              f"the others were predicted", file=sys.stderr)
-    return 2 if unreadable else 0
-
-
-def command_draw(args):
-    Ws, bs, meta, dataset, _ = load_model_and_dataset(args)
-    activation = meta["activation"]
-    run_drawing_app(lambda X: predict_proba(X, Ws, bs, activation),
-                    lambda canvas: prepare_image(canvas, None, dataset))  # the same as predict
-    return 0
-
-
-def command_serve(args):
-    import warnings
-    if not args.host.strip():
-        raise UserError("--host '': give the address to listen on: 127.0.0.1 (this machine only, "
-                        "the default) or 0.0.0.0 (every network the machine is on)")
-    Ws, bs, meta = load_model(args.model)      # once, before the first request
-    # NumPy's warnings about an odd image (a mean of nothing) would be lines in the log that
-    # no request asked for; the answer itself is checked.
-    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
-    try:
-        server = make_server(Ws, bs, meta, args.host, args.port, allowed_hosts=args.allow_host)
-    except OSError as error:
-        import errno
-        if error.errno == errno.EADDRINUSE:
-            raise UserError(f"port {args.port} is already in use (another server?): choose "
-                            f"another with --port") from None
-        raise UserError(f"cannot listen on {args.host} port {args.port}: "
-                        f"{error.strerror or error}; check --host and --port") from None
-    run_server(server, args.host)
-    return 0
-
-
-def example_photo(size=600):
-    """A pen-written 4 on ruled paper under uneven light, as a phone photo of one would look.
-
-    Drawn here from two strokes (no MNIST image is used), for the README's prediction picture
-    and for trying `predict` on something that does not look like MNIST at all.
-    """
-    ink = np.zeros((size, size), np.float32)
-    for stroke in ([(230, 110), (160, 370), (430, 365)], [(365, 170), (385, 500)]):
-        ink = render_stroke(ink, stroke, radius=4)      # a thin ballpoint line, 9 px wide
-    rows, cols = np.mgrid[0:size, 0:size] / size
-    paper = 0.95 - 0.3 * rows * cols                   # the light falls off towards one corner
-    paper[np.arange(size) % 50 < 2] *= 0.8             # printed ruled lines every 50 px
-    return paper * (1 - 0.85 * ink)                    # dark ink on light paper
-
-
-def command_pictures(args):
-    """Draw the README's pictures from a trained model: one command makes all of them."""
-    Ws, bs, meta, dataset, class_names = load_model_and_dataset(args)
-    activation = meta["activation"]
-    if args.out is None:  # each data set's pictures in their own folder: none overwrites another's
-        args.out = "docs" if dataset == "mnist" else os.path.join("docs", dataset)
-    os.makedirs(args.out, exist_ok=True)
-    out = lambda name: os.path.join(args.out, name)  # noqa: E731
-    written = []
-    if meta.get("history"):
-        written.append(plot_history(meta["history"], out("training.png")))
-    _, _, X_test, y_test = load_dataset(args.data_dir, dataset=dataset)
-    if y_test is not None:
-        result = evaluate(X_test, y_test, Ws, bs, activation)
-        written.append(plot_confusion(result["confusion"], out("confusion.png"),
-                                      class_names=class_names))
-    written.append(plot_weights(Ws[0], out("weights.png"), start=starting_weights(Ws[0], meta)))
-    if dataset != "mnist":  # the example photo and the drawing window show digits
-        print("wrote " + ", ".join(written))
-        return 0
-    photo = save_gray_png(example_photo(), out("example_photo.png"))
-    written.append(photo)
-    gray, alpha = read_image(photo)
-    x, p, steps = predict_image(gray, alpha, Ws, bs, activation)
-    panels = {name: steps[name] for name in ("ink", "mask", "cropped") if name in steps}
-    written.append(plot_prediction(gray, x, p, out("prediction.png"), steps=panels))
-    # The drawing window, drawn off screen with a "2" traced along these points.
-    pad = DrawingPad(lambda X: predict_proba(X, Ws, bs, activation), image_to_mnist)
-    figure = _new_figure(1000, 460, layout=None)  # the window's own layout, as on screen
-    pad.build_figure(figure)
-    arc = [(140 + 62 * math.cos(a), 105 - 58 * math.sin(a)) for a in np.radians(np.arange(165, -35, -5))]
-    for point in arc + [(75, 235), (215, 235)]:
-        pad.add_ink(point)
-    pad.update(force=True)
-    write_atomically(out("draw.png"), lambda f: figure.savefig(f, format="png", dpi=PLOT_DPI))
-    written.append(out("draw.png"))
-    print("wrote " + ", ".join(written))
-    return 0
+def add_gradcheck_command(add, shared):
+    """`gradcheck` and its options (add and shared: see build_parser)."""
+    p = add("gradcheck", "compare the hand-written gradients with finite differences")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(run=command_gradcheck)
 
 
 def command_gradcheck(args):
@@ -6422,31 +6644,6 @@ def command_gradcheck(args):
     return 0 if ok else 1
 
 
-def command_notebook(args):
-    if args.out is None:
-        args.out = f"mnist_from_scratch{'_exercises' if args.exercises else ''}.ipynb"
-        PATH_CHECKS["notebook to write"](args.out, "--out")
-    with open(os.path.abspath(__file__), encoding="utf-8") as f:
-        notebook = lesson_notebook(f.read(), exercises=args.exercises)
-    text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
-    try:
-        write_atomically(args.out, lambda f: f.write(text.encode("utf-8")))
-    except OSError as e:
-        raise UserError(f"cannot write {args.out}: {e.strerror}; choose another path with --out")
-    what = "the exercises" if args.exercises else "the lesson"
-    print(f"wrote {what} to {args.out} ({len(notebook['cells'])} cells); open it with Jupyter, "
-          f"JupyterLab, VS Code or Google Colab")
-    return 0
-
-
-def command_download(args):
-    dataset = with_dataset_defaults(args)
-    download_mnist(args.data_dir, dataset=dataset)
-    load_dataset(args.data_dir, download=False, dataset=dataset)  # checks every file
-    print(f"{DATASETS[dataset]['title']} is ready in {args.data_dir}/")
-    return 0
-
-
 def as_flag(name, value):
     """How a setting is written on the command line: ('center', False) -> '--no-center'."""
     flag = flag_name(name)
@@ -6456,9 +6653,14 @@ def as_flag(name, value):
 
 
 def build_parser():
-    """The command line: one command per task. Each option's type= refuses a bad value as it is
-    read; each command declares in set_defaults the function that runs it (run) and which of its
-    options name a file or folder, and how it uses them (paths: see the guard above)."""
+    """The command line: one command per task, its options written beside the function that
+    runs it (add_predict_command beside command_predict, ...). Each option's type= refuses a bad
+    value as it is read; each command declares in set_defaults the function that runs it (run)
+    and which of its options name a file or folder, and how it uses them (paths: see the guard
+    above). An add_..._command(add, shared) gets add(name, help_text, *parents), which makes the
+    command's parser, and shared, the options several commands share (parents to list):
+    shared.data (--data-dir), shared.images (--dataset), shared.saved_model (--dataset and
+    --model of a saved model) and shared.show (--show)."""
     parser = OneLineParser(
         prog="mnist_from_scratch.py",
         description="A neural network for handwritten digits, from scratch in NumPy.",
@@ -6493,85 +6695,18 @@ def build_parser():
     shared = argparse.Namespace(data=data, images=images, saved_model=saved_model, show=show)
     add_train_command(add, shared)
 
-    p = add("evaluate", "measure a saved model on the 10,000 test images", saved_model, data, show)
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix as a heat map")
-    p.add_argument("--errors", metavar="FILE.png",
-                   help="draw the test digits the network got most confidently wrong")
-    p.add_argument("--plot-history", metavar="FILE.png",
-                   help="draw the loss and accuracy per epoch saved in the model")
-    p.set_defaults(run=command_evaluate, paths={
-        "data_dir": "data folder", "model": "model to read", "plot": "picture to write",
-        "errors": "picture to write", "plot_history": "picture to write"})
-
-    p = add("weights", "draw the first layer's weights: what each hidden unit looks for",
-            saved_model, show)
-    p.add_argument("--out", default="weights.png", metavar="FILE.png",
-                   help="picture to write (default: %(default)s)")
-    p.set_defaults(run=command_weights, paths={"model": "model to read", "out": "picture to write"})
-
-    p = add("samples", "write a few test digits as PNG files, to try `predict` on", images, data)
-    p.add_argument("--out", metavar="DIR",
-                   help="folder to write them to (default: samples, for Fashion-MNIST "
-                        "samples/fashion)")
-    p.set_defaults(run=command_samples, paths={"data_dir": "data folder", "out": "folder to write"})
-
-    p = add("predict", "recognise the digit, or every digit of a number, in images (PNG or JPEG, "
-                       "or folders of them); files named after what they show, like 7.png, "
-                       "7_anna.jpg or 2026.jpg, are also scored", saved_model, show)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--json", action="store_true",
-                   help='print one JSON object per image, with "number" and each of its "digits"')
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="draw the image, the 28x28 input the network saw and its probabilities "
-                        "(with several images: FILE_<image>.png each)")
-    p.add_argument("--steps", action="store_true",
-                   help="with --plot: also draw every preprocessing step as its own panel")
-    p.set_defaults(run=command_predict, paths={"model": "model to read", "images": "images to read",
-                                               "plot": "picture to write"})
-
-    p = add("draw", "draw a digit with the mouse and watch the network's guess change live",
-            saved_model)
-    p.set_defaults(run=command_draw, paths={"model": "model to read"})
-
-    p = add("serve", "serve a page to draw on in a web browser, and the network as a JSON API "
-                     "(POST /predict), over HTTP")
-    p.add_argument("--model", metavar="FILE", help=f"model file (default: {MODEL_PATH})")
-    p.add_argument("--host", default=SERVE_HOST,
-                   help=f"address to listen on (default: {SERVE_HOST}, this machine only; "
-                        f"0.0.0.0: every network the machine is on)")
-    p.add_argument("--port", default=SERVE_PORT,
-                   type=checked_number(int, lambda v: 0 <= v <= 65535, "from 0 to 65535"),
-                   help=f"port to listen on (default: {SERVE_PORT}; 0: any free port)")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests for this host name when listening on this machine "
-                        "only (a proxy in front, such as jupyter-server-proxy, may pass its own); "
-                        "can be given more than once")
-    p.set_defaults(run=command_serve, paths={"model": "model to read"})
-
-    p = add("pictures", "draw the README's pictures (training curve, confusion matrix, weights, "
-                        "a prediction, the drawing window) from a trained model", saved_model, data)
-    p.add_argument("--out", metavar="DIR",
-                   help="folder to write them to (default: docs, for a Fashion-MNIST model "
-                        "docs/fashion)")
-    p.set_defaults(run=command_pictures, paths={"data_dir": "data folder", "model": "model to read",
-                                                "out": "folder to write"})
-
-    p = add("gradcheck", "compare the hand-written gradients with finite differences")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
-    p.set_defaults(run=command_gradcheck)
-
-    p = add("notebook", "write the lesson as a Jupyter notebook, or (--exercises) the assignment")
-    p.add_argument("--out", metavar="FILE.ipynb",
-                   help="notebook to write (default: mnist_from_scratch.ipynb, with --exercises "
-                        "mnist_from_scratch_exercises.ipynb)")
-    p.add_argument("--exercises", action="store_true",
-                   help="write the assignment: the student writes the core functions, and a "
-                        "check after each one says whether it is right")
-    p.set_defaults(run=command_notebook, paths={"out": "notebook to write"})
-
-    p = add("download", "download MNIST without training", images, data)
-    p.set_defaults(run=command_download, paths={"data_dir": "data folder"})
+    # The other commands, each in the section that provides it, in the order of --help.
+    shared = argparse.Namespace(data=data, images=images, saved_model=saved_model, show=show)
+    add_evaluate_command(add, shared)   # [17]
+    add_weights_command(add, shared)    # [12]
+    add_samples_command(add, shared)    # [12]
+    add_predict_command(add, shared)    # [11b]
+    add_draw_command(add, shared)       # [13]
+    add_serve_command(add, shared)      # [14]
+    add_pictures_command(add, shared)   # [12]
+    add_gradcheck_command(add, shared)  # [17]
+    add_notebook_command(add, shared)   # [15]
+    add_download_command(add, shared)   # [16]
     return parser
 
 

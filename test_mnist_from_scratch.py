@@ -4205,6 +4205,60 @@ class TestTheNotebookInAKernel(unittest.TestCase):
 
 # ==== [16]-[17] Getting the data and the command line =============================================
 
+def command_parsers():
+    """{command name: its argparse parser}, as build_parser makes them."""
+    parser = mnist.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+class TestEachCommandBesideItsFeature(unittest.TestCase):
+    """A command's options are added beside the function that runs it, in the section that
+    provides the command; the command line's section only lists the commands."""
+
+    @classmethod
+    def setUpClass(cls):
+        import ast
+        with open(SCRIPT, encoding="utf-8") as f:
+            cls.source = f.read()
+        cls.cells = {str(number): text for number, _, text in mnist.split_into_cells(cls.source)}
+        cls.top = [node.name for node in ast.parse(cls.source).body
+                   if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+
+    def section_of(self, name):
+        return next(number for number, text in self.cells.items()
+                    if re.search(rf"^(def|class) {name}\b", text, re.M))
+
+    def test_each_command_is_added_right_before_the_function_that_runs_it(self):
+        beside = []
+        for name, subparser in command_parsers().items():
+            run = subparser.get_default("run").__name__
+            self.assertEqual(run, f"command_{name}")
+            adder = f"add_{name}_command"
+            if adder in self.top:
+                self.assertEqual(self.top[self.top.index(adder) + 1], run)
+                self.assertEqual(self.section_of(adder), self.section_of(run), name)
+                beside.append(name)
+        self.assertGreaterEqual(len(beside), 10, beside)
+        self.assertEqual(self.section_of("command_serve"), "14")
+        self.assertEqual(self.section_of("command_predict"), "11b")
+
+    def test_serve_is_its_section_and_one_line_of_the_command_list(self):
+        import ast
+        serve = self.cells["14"]
+        defined = set()
+        for node in ast.parse(serve).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign):
+                defined.update(target.id for target in node.targets if isinstance(target, ast.Name))
+        self.assertIn("make_server", defined)
+        rest = self.source.replace(serve, "")
+        uses = [line.strip() for line in rest.splitlines()
+                if any(re.search(rf"\b{name}\b", line) for name in defined)]
+        self.assertEqual(len(uses), 1, uses)
+        self.assertTrue(uses[0].startswith("add_serve_command("), uses)
+
+
 class TestCommandLine(unittest.TestCase):
     """The script end to end, run as a user runs it."""
 
@@ -5060,10 +5114,8 @@ class TestCarelessUse(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(out)), [f"{digit}.png" for digit in range(10)])  # no temporary file
 
     def test_every_option_that_names_a_file_or_folder_is_checked_before_the_command_runs(self):
-        parser = mnist.build_parser()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         unchecked = []
-        for command, subparser in commands.choices.items():
+        for command, subparser in command_parsers().items():
             declared = subparser.get_default("paths") or {}
             for action in subparser._actions:
                 names_a_path = action.metavar in ("FILE", "FILE.png", "DIR", "IMAGE")
