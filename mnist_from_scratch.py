@@ -6692,11 +6692,9 @@ def build_parser():
     show.add_argument("--show", action="store_true",
                       help="also open the pictures in a window (when there is a display)")
 
+    # The commands, each in the section that provides it, in the order of --help.
     shared = argparse.Namespace(data=data, images=images, saved_model=saved_model, show=show)
-    add_train_command(add, shared)
-
-    # The other commands, each in the section that provides it, in the order of --help.
-    shared = argparse.Namespace(data=data, images=images, saved_model=saved_model, show=show)
+    add_train_command(add, shared)      # [17]
     add_evaluate_command(add, shared)   # [17]
     add_weights_command(add, shared)    # [12]
     add_samples_command(add, shared)    # [12]
