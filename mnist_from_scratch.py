@@ -6401,6 +6401,50 @@ def load_model_and_dataset(args):
     return Ws, bs, meta, trained_on, None if trained_on == "mnist" else class_names
 
 
+def train_settings(args):
+    """Every setting of this run (TRAIN_SETTINGS' names): MNIST's defaults, changed by the data
+    set's row, then by the recipe's, then by the flags the user gave (argparse leaves the others
+    out of args). They are set on args as well, for the code that reads them there."""
+    settings = dict(TRAIN_SETTINGS["mnist"])
+    for row in (args.dataset, args.recipe):
+        settings.update(TRAIN_SETTINGS.get(row) or {})
+    settings.update({name: getattr(args, name) for name in settings if hasattr(args, name)})
+    vars(args).update(settings)
+    return settings
+
+
+def describe_training(args, n, n_val, dataset):
+    """The line that says, before the first epoch, what is trained on what, and how."""
+    sizes = [784, *args.hidden, 10]
+    # augment_batch draws distortions 256 at a time, and never more than one per image.
+    drawn = min(n, math.ceil(args.distortions / 256) * 256) if args.distortions else n
+    distortions = (f" ({drawn} drawn per epoch)" if drawn < n else " (one for every image)"
+                   ) if args.augment in ("light", "strong") else ""  # "mirror" only turns some over
+    # A batch can hold no more than all the training images: then there is one step per epoch.
+    batches = (f"batches of {args.batch_size}" if args.batch_size < n else
+               f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
+    return (f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
+            f"{DATASETS[dataset]['title']} images, validating on {n_val}, {args.epochs} epochs of "
+            f"{batches}, lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, weight "
+            f"decay {args.weight_decay:g}, dropout {args.dropout:g}, distortions {args.augment}"
+            f"{distortions}" + (", centred inputs" if args.center else ""))
+
+
+def say_where_saved(args, target, previous, meta, seconds):
+    """The last line of `train`: where the model went, and what happened to the one there."""
+    kept = f"kept {args.model} ({previous and saved_accuracy(previous) or 'no accuracy saved'})"
+    if target.endswith(".worse.npz"):
+        return (f"{kept}: this run's model is more than a point less accurate; saved it as "
+                f"{target} (rename it to {args.model} to use it instead)")
+    if target != args.model:
+        why = ("it is better than this stopped run" if same_measure(meta, previous) else
+               "its accuracy cannot be compared with this stopped run's")
+        return f"{kept}: {why}; saved this one as {target}"
+    replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
+                if previous is not None else "")
+    return f"saved {args.model}{replaced}  ({seconds:.1f} s in all)"
+
+
 def add_train_command(add, shared):
     """`train`'s options: the ones most runs use first, then one group per part of the lesson.
     None has a default of its own: args holds only the flags given (train_settings fills in the
@@ -6467,50 +6511,6 @@ def add_train_command(add, shared):
                                  f"(default: {D['dropout']:g})")
     p.set_defaults(run=command_train, paths={"data_dir": "data folder", "model": "model to write",
                                              "plot": "picture to write"})
-
-
-def train_settings(args):
-    """Every setting of this run (TRAIN_SETTINGS' names): MNIST's defaults, changed by the data
-    set's row, then by the recipe's, then by the flags the user gave (argparse leaves the others
-    out of args). They are set on args as well, for the code that reads them there."""
-    settings = dict(TRAIN_SETTINGS["mnist"])
-    for row in (args.dataset, args.recipe):
-        settings.update(TRAIN_SETTINGS.get(row) or {})
-    settings.update({name: getattr(args, name) for name in settings if hasattr(args, name)})
-    vars(args).update(settings)
-    return settings
-
-
-def describe_training(args, n, n_val, dataset):
-    """The line that says, before the first epoch, what is trained on what, and how."""
-    sizes = [784, *args.hidden, 10]
-    # augment_batch draws distortions 256 at a time, and never more than one per image.
-    drawn = min(n, math.ceil(args.distortions / 256) * 256) if args.distortions else n
-    distortions = (f" ({drawn} drawn per epoch)" if drawn < n else " (one for every image)"
-                   ) if args.augment in ("light", "strong") else ""  # "mirror" only turns some over
-    # A batch can hold no more than all the training images: then there is one step per epoch.
-    batches = (f"batches of {args.batch_size}" if args.batch_size < n else
-               f"one batch of all {n} images (--batch-size {args.batch_size} is not smaller)")
-    return (f"training {'-'.join(map(str, sizes))} ({args.activation}) on {n} "
-            f"{DATASETS[dataset]['title']} images, validating on {n_val}, {args.epochs} epochs of "
-            f"{batches}, lr {args.lr:g} ({args.schedule}), momentum {args.momentum:g}, weight "
-            f"decay {args.weight_decay:g}, dropout {args.dropout:g}, distortions {args.augment}"
-            f"{distortions}" + (", centred inputs" if args.center else ""))
-
-
-def say_where_saved(args, target, previous, meta, seconds):
-    """The last line of `train`: where the model went, and what happened to the one there."""
-    kept = f"kept {args.model} ({previous and saved_accuracy(previous) or 'no accuracy saved'})"
-    if target.endswith(".worse.npz"):
-        return (f"{kept}: this run's model is more than a point less accurate; saved it as "
-                f"{target} (rename it to {args.model} to use it instead)")
-    if target != args.model:
-        why = ("it is better than this stopped run" if same_measure(meta, previous) else
-               "its accuracy cannot be compared with this stopped run's")
-        return f"{kept}: {why}; saved this one as {target}"
-    replaced = (f", replacing a model of {saved_accuracy(previous) or 'unknown accuracy'}"
-                if previous is not None else "")
-    return f"saved {args.model}{replaced}  ({seconds:.1f} s in all)"
 
 
 def command_train(args):
