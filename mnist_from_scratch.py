@@ -2397,7 +2397,7 @@ NUMBER_RULES = {
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
     "score_weights": {"recognised": 3.59, "sure": 3.00, "too_wide": -7.44, "too_thin": -2.21,
-                      "tall": 9.55, "cut_ink": -3.80, "uncut": 0.76, "one": 3.29, "digit": -10.0},
+                      "tall": 9.55, "cut_ink": -3.80, "uncut": 0.76, "digit": -10.0},
     # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
     # 1.09), and cut when its cutting scores 4.3 more than it whole: with the weights above, the
     # smallest margin that cuts none of the 3,884 lone validation digits of --fit-number-score
@@ -2429,62 +2429,94 @@ def join_groups(groups, belong):
     return groups
 
 
-def cut_into_digits(pieces, ink, rules=None):
-    """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
-    rules 1-3 and 5 above. Returns (labels, rows): labels from label_components, and the rows top to
-    bottom, each a list, left to right, of (members, box): the labels of the pieces that form one
-    digit (or several touching, see split_touching) and their box (top, bottom, left, right)."""
+def find_rows(top, bottom, left, right, mass, rules=None):
+    """Rules 1 and 2: the rows of a picture's pieces of ink (their boxes and their ink), top to
+    bottom, each a list of piece indices. A row is where the ink's horizontal projection has
+    no gap: pieces whose heights overlap by half the shorter one's lie in one row, whatever
+    their size, so a row of small digits above a row of big ones is a row of its own. Two kinds
+    of piece make no row: a speck (less ink than speck_share of the picture's largest piece),
+    and a piece alone at its height that is short beside the row nearest to it (under
+    smallest_digit of that row's height) or lies close above or below one of its pieces
+    (within stack_gap of the height: a digit broken into an upper and a lower piece). Each goes
+    into the row nearest to it, where rules 1 and 3 decide what it is."""
     rules = NUMBER_RULES if rules is None else rules
-    labels, count = label_components(pieces)
-    if count == 0:
-        return labels, []
-    top, bottom, left, right, mass = piece_boxes(labels, count, ink)
     height, width = bottom - top + 1, right - left + 1
-    keep = mass >= rules["speck_share"] * mass.max()                          # rule 1
-    tall = keep & (height >= rules["tall"] * height[np.argmax(mass)])
+
+    def overlap_x(i, j):
+        return interval_overlap(left[i], right[i], left[j], right[j]) >= rules["x_overlap"] * min(width[i], width[j])
+
+    def gap(i, row):  # rows between the piece i and the row's ink (0 when they overlap)
+        return max(top[row].min() - bottom[i] - 1, top[i] - bottom[row].max() - 1, 0)
+
+    def same_row(a, b):
+        return interval_overlap(top[a].min(), bottom[a].max(), top[b].min(), bottom[b].max()) >= \
+            rules["row_overlap"] * min(bottom[a].max() - top[a].min(), bottom[b].max() - top[b].min())
+    makers = mass >= rules["speck_share"] * mass.max()
+    rows = join_groups([[i] for i in np.flatnonzero(makers)], same_row)
+    joined = True
+    while joined and len(rows) > 1:
+        joined = False
+        for row in [r for r in rows if len(r) == 1]:
+            i = row[0]
+            nearest = min((r for r in rows if r is not row), key=lambda r: gap(i, r))
+            tallest = max(height[nearest].max(), height[i])
+            if height[i] < rules["smallest_digit"] * height[nearest].max() or (
+                    gap(i, nearest) <= rules["stack_gap"] * tallest and any(overlap_x(i, j) for j in nearest)):
+                nearest.append(i)
+                rows.remove(row)
+                joined = True
+                break
+    for i in np.flatnonzero(~makers):  # a speck: into the row nearest its middle
+        middle = (top[i] + bottom[i]) / 2
+        min(rows, key=lambda r: max(top[r].min() - middle, middle - bottom[r].max(), 0)).append(i)
+    return sorted(rows, key=lambda row: top[row].min())
+
+
+def digits_of_row(row, top, bottom, left, right, mass, rules=None):
+    """Rules 1 and 3 within one row (a list of piece indices, find_rows): its digits, left to
+    right, each (members, box (top, bottom, left, right), the row's height). A piece with less
+    ink than speck_share of the row's largest is a speck; the row's digit-sized pieces are
+    those at least `tall` times as tall as its largest, and its height is their median."""
+    rules = NUMBER_RULES if rules is None else rules
+    row = np.asarray(row)
+    height = bottom - top + 1
+    keep = row[mass[row] >= rules["speck_share"] * mass[row].max()]               # rule 1
+    tall = height >= rules["tall"] * height[row[np.argmax(mass[row])]]
+    row_height = np.median(height[[i for i in keep if tall[i]]])
 
     def box(group):
         return top[group].min(), bottom[group].max(), left[group].min(), right[group].max()
 
-    def same_row(a, b):                                                          # rule 2
-        (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
-        return interval_overlap(ta, ba, tb, bb) >= rules["row_overlap"] * min(ba - ta, bb - tb)
-    rows = join_groups([[i] for i in np.flatnonzero(tall)], same_row)
+    def above_one_another(a, b):                                                  # rule 3
+        (_, _, la, ra), (_, _, lb, rb) = box(a), box(b)
+        return interval_overlap(la, ra, lb, rb) >= rules["x_overlap"] * min(ra - la + 1, rb - lb + 1)
+    digits = join_groups([[i] for i in keep], above_one_another)
+    short = [g for g in digits if not tall[g].any()]
+    digits = [g for g in digits if tall[g].any()]
+    for group in short:
+        t, b, l, r = box(group)
+        gaps = [max(box(d)[2] - r, l - box(d)[3]) for d in digits]
+        if gaps and min(gaps) <= rules["stroke_gap"] * row_height:
+            digits[int(np.argmin(gaps))] += group
+        elif b - t + 1 >= rules["smallest_digit"] * row_height:  # a flat bar is no digit
+            digits.append(group)
+    digits.sort(key=lambda group: box(group)[2])
+    return [(group, box(group), row_height) for group in digits]
 
-    def stacked(a, b):  # a digit broken into an upper and a lower piece looks like two rows
-        (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
-        gap = max(tb - ba, ta - bb) - 1
-        fewer, more = (a, b) if len(a) <= len(b) else (b, a)
-        above = [[interval_overlap(left[i], right[i], left[j], right[j])
-                  >= rules["x_overlap"] * min(width[i], width[j]) for j in more] for i in fewer]
-        return gap <= rules["stack_gap"] * max(ba - ta + 1, bb - tb + 1) and all(map(any, above))
-    rows = join_groups(rows, stacked)
-    rows.sort(key=lambda row: box(row)[0])
-    for i in np.flatnonzero(keep & ~tall):  # a short piece: into the row nearest its middle
-        middle = (top[i] + bottom[i]) / 2
-        distance = [max(box(row)[0] - middle, middle - box(row)[1], 0) for row in rows]
-        rows[int(np.argmin(distance))].append(i)
 
-    result = []
-    for row in rows:
-        row_height = np.median(height[[i for i in row if tall[i]]])
-
-        def above_one_another(a, b):                                             # rule 3
-            (_, _, la, ra), (_, _, lb, rb) = box(a), box(b)
-            return interval_overlap(la, ra, lb, rb) >= rules["x_overlap"] * min(ra - la + 1, rb - lb + 1)
-        digits = join_groups([[i] for i in row], above_one_another)
-        short = [g for g in digits if not tall[g].any()]
-        digits = [g for g in digits if tall[g].any()]
-        for group in short:
-            t, b, l, r = box(group)
-            gaps = [max(box(d)[2] - r, l - box(d)[3]) for d in digits]
-            if gaps and min(gaps) <= rules["stroke_gap"] * row_height:
-                digits[int(np.argmin(gaps))] += group
-            elif b - t + 1 >= rules["smallest_digit"] * row_height:  # a flat bar is no digit
-                digits.append(group)
-        digits.sort(key=lambda group: box(group)[2])
-        result.append([(group, box(group), row_height) for group in digits])
-    return labels, chained(result, mass, pieces.shape, rules)
+def cut_into_digits(pieces, ink, rules=None):
+    """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
+    rules 1-3 and 5 above: rows first (find_rows), then the digits of each row (digits_of_row).
+    Returns (labels, rows): labels from label_components, and the rows top to bottom, each a
+    list, left to right, of (members, box): the labels of the pieces that form one digit (or
+    several touching, see split_touching) and their box (top, bottom, left, right)."""
+    labels, count = label_components(pieces)
+    if count == 0:
+        return labels, []
+    top, bottom, left, right, mass = piece_boxes(labels, count, ink)
+    rows = [digits_of_row(row, top, bottom, left, right, mass, rules)
+            for row in find_rows(top, bottom, left, right, mass, rules)]
+    return labels, chained(rows, mass, pieces.shape, rules)
 
 
 def chained(rows, mass, shape, rules=None):
@@ -2558,20 +2590,6 @@ def typical_top_logit(X, Ws, bs, activation="relu"):
     return float(np.median(logits(X, Ws, bs, activation).max(axis=1)))
 
 
-# Rule 4's judge: one whole digit, or not? The network answers "which digit?" for whatever it
-# is shown, two touching digits or a sliver cut off one as well: it has never seen anything
-# else. A 1 written into a 4 is read as a 4, and a cut through them as a 1 and a 4, both
-# confidently. A second output layer, trained on its own, answers the question rule 4 needs:
-# is this piece one whole digit? Its two units, "not" and "one digit", read what the network
-# sees in the piece (its last hidden layer's activations), as the ten digit units do; it is
-# trained with the lesson's own train_step while the network stays as it is (a hidden layer
-# of its own reads the strings no better: docs/results.md). Its examples are the candidate
-# digits that rule 4 cuts out of strings of two or three training digits, most of them
-# touching (judge_examples), labelled by how much of each digit's ink they hold
-# (one_digit_or_not). `train` makes the judge and saves it with the model. Its answer, the
-# log-odds of "one digit", is one of the features of the score.
-
-
 def glyph_of(ink, height=16):
     """A digit (ink 1 on 0) cut to the columns of its ink. An MNIST digit (28x28, its ink in a
     20 px box) is first cut to its rows of ink and scaled so that the box becomes `height`
@@ -2619,125 +2637,18 @@ def random_gaps(count, rng, touching=1 / 3):
             for _ in range(count)]
 
 
-def one_digit_or_not(held):
-    """The judge's label of candidate digits that hold the shares `held` (k, n) of the ink of
-    each of n >= 2 digits: 1 for one whole digit (85 % or more of one, 15 % or less of any
-    other), 0 for not (30 % or more of a second digit, or 60 % or less of any), -1 for neither
-    (left out: a judge need not decide what is almost a digit)."""
-    held = -np.sort(-np.asarray(held, dtype=float), axis=1)  # largest share first
-    one = (held[:, 0] >= 0.85) & (held[:, 1] <= 0.15)
-    not_one = (held[:, 1] >= 0.3) | (held[:, 0] <= 0.6)
-    return np.where(one, 1, np.where(not_one, 0, -1))
-
-
-def judge_examples(images, rng, strings=600, rules=None):
-    """The judge's examples: rule 4's candidate digits cut out of `strings` strings of two or
-    three of the digits `images` (n, 28, 28), black on white, 16 to 32 px tall, 7 of 10 gaps
-    touching. Every candidate that is one digit, and twice as many of those that are not,
-    chosen at random (a string holds far more wrong cuts than right ones). Returns X (m, 784)
-    and y (m,): 1 one digit, 0 not (one_digit_or_not).
-    Needs: image_to_mnist, cut_into_digits, candidate_segments, one_digit_or_not."""
-    X, y = [], []
-    for _ in range(strings):
-        chosen = rng.choice(len(images), int(rng.integers(2, 4)), replace=False)
-        height = int(rng.integers(16, 33))
-        glyphs = [glyph_of(images[i], height) for i in chosen]
-        gaps = [round(gap * height / 16) for gap in random_gaps(len(chosen) - 1, rng, touching=0.7)]
-        strip, boxes = number_strip(glyphs, gaps, rng)
-        x28, steps = image_to_mnist(1.0 - strip)
-        if x28 is None:
-            continue
-        share = np.zeros((len(glyphs), strip.shape[1]))  # each digit's share of its ink, by column
-        for k, (glyph, (_, _, left, right)) in enumerate(zip(glyphs, boxes)):
-            share[k, left:right + 1] = glyph.sum(axis=0) / glyph.sum()
-        labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
-        for row in rows:
-            row_height = float(np.median([box[1] - box[0] + 1 for _, box in row]))
-            for members, box in row:
-                _, cuts, segments = candidate_segments(labels, members, box, row_height, rules)
-                label = one_digit_or_not([share[:, box[2] + cuts[i]:box[2] + cuts[j]].sum(axis=1)
-                                          for i, j in segments])
-                one = np.flatnonzero(label == 1)
-                not_one = rng.permutation(np.flatnonzero(label == 0))[:2 * len(one)]
-                for s, is_one in [(s, 1) for s in one] + [(s, 0) for s in not_one]:
-                    x = segment_input(steps["ink"], labels, members, box, steps["floor"], cuts, segments[s])
-                    if x is not None:
-                        X.append(x.reshape(784))
-                        y.append(is_one)
-    return np.array(X, np.float32).reshape(-1, 784), np.array(y, int)
-
-
-# strings the judge's examples are cut from: about 14,000 pieces, 8 s; 1,500
-# strings read USPS strings no better (docs/results.md)
-JUDGE_STRINGS = 600
-
-
-def train_judge(X, y, Ws, bs, activation="relu", epochs=20, lr=0.05, seed=0):
-    """Train rule 4's judge on examples X (m, 784), y (m,) (judge_examples) for the network Ws,
-    bs: one layer from that network's last hidden layer to two outputs (0: not one digit,
-    1: one digit), with softmax and cross-entropy as for the digits, trained by train_step in
-    mini-batches of 128, the learning rate falling linearly to 0. Returns {'Ws', 'bs', 'scale'}:
-    its weights (lists of one array each, as forward takes them) and the number its inputs are
-    divided by (their standard deviation: inputs of about unit size, as pixels are). Under a
-    second for 14,000 examples. The settings are the lesson's usual ones, not tuned: what
-    counts is how many strings are read right, and neither more examples nor a hidden layer
-    read more of them (docs/results.md). Needs: forward, init_params, train_step."""
-    H = forward(X, Ws, bs, activation)[-2]
-    scale = float(H.std()) or 1.0
-    H = H / scale
-    judge_Ws, judge_bs = init_params([H.shape[1], 2], seed=seed)
-    vWs, vbs = [np.zeros_like(W) for W in judge_Ws], [np.zeros_like(b) for b in judge_bs]
-    rng = np.random.default_rng(seed + 1)
-    for epoch in range(epochs):
-        order = rng.permutation(len(H))
-        for i in range(0, len(H), 128):
-            batch = order[i:i + 128]
-            train_step(H[batch], y[batch], judge_Ws, judge_bs, vWs, vbs, lr * (1 - epoch / epochs),
-                       momentum=0.9, weight_decay=1e-4)
-    return {"Ws": judge_Ws, "bs": judge_bs, "scale": scale}
-
-
-def judge_for_saving(judge):
-    """The judge as a model's meta keeps it: plain lists of numbers, which save_model writes as
-    text with the rest of the meta (None stays None). number_reader takes either form."""
-    if judge is None:
-        return None
-    return {"Ws": [np.asarray(W).tolist() for W in judge["Ws"]],
-            "bs": [np.asarray(b).tolist() for b in judge["bs"]], "scale": float(judge["scale"])}
-
-
-def judge_says(hidden_layer, judge):
-    """The judge's answer for pieces whose last hidden layer (of the first network) is
-    `hidden_layer` (m, n): the log-odds that each is one whole digit, Z_one - Z_not, clipped to
-    [-10, 10] and divided by 10. Zero ("cannot tell") for every piece when judge is None: a
-    model saved without one. Needs: forward."""
-    if judge is None:
-        return np.zeros(len(hidden_layer))
-    Z = forward(hidden_layer / judge["scale"], judge["Ws"], judge["bs"])[-1]
-    return np.clip(Z[:, 1] - Z[:, 0], -10, 10) / 10
-
-
-def number_reader(Ws, bs, activation="relu", judge=None):
-    """The function rule 4 reads candidate digits with: inputs (m, 784) -> (Z (m, 10), the
-    network's logits, and one (m,), the judge's answer: judge_says). judge: as train_judge
-    makes it, or as it is saved in a model's meta (lists of numbers). Needs: forward."""
-    if judge is not None:
-        judge = {"Ws": [np.asarray(W, np.float32) for W in judge["Ws"]],
-                 "bs": [np.asarray(b, np.float32) for b in judge["bs"]], "scale": float(judge["scale"])}
-
-    def read(X):
-        As = forward(X, Ws, bs, activation)
-        return As[-1], judge_says(As[-2], judge)
-    return read
+def number_reader(Ws, bs, activation="relu"):
+    """The function rule 4 reads candidate digits with: inputs X (m, 784) -> the network's
+    logits Z_L (m, 10). Needs: logits."""
+    return lambda X: logits(X, Ws, bs, activation)
 
 
 # What a cut-out piece is scored on (rule 4): one number each, in the order of the weights in
 # NUMBER_RULES["score_weights"].
-SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "one",
-                  "digit")
+SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "digit")
 
 
-def piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical, alone=False,
+def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone=False,
                    rules=None):
     """The features of k cut-out pieces that say how much each looks like one digit, (k, 9):
       recognised  its largest logit / the network's typical one (a pair of digits read as one
@@ -2750,9 +2661,8 @@ def piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical
       tall        the height of its ink / the row height, at most 1 (a digit fills the row)
       cut_ink     the rows in which its cuts went through a stroke, / row height
       uncut       1 for the piece as it was found, 0 for a piece cut out of it
-      one         the judge's answer: how surely it is one whole digit (judge_says, -1 to 1)
       digit       1: every digit read costs the same, so a cutting needs evidence for each
-    Z (k, 10) its logits; one (k,) the judge's answers; widths, heights, edge_ink (k,) in
+    Z (k, 10) its logits; widths, heights, edge_ink (k,) in
     pixels; uncut (k,) booleans."""
     rules = NUMBER_RULES if rules is None else rules
     k = len(Z)
@@ -2762,7 +2672,7 @@ def piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical
     too_wide = np.where(uncut & alone, 0.0, np.maximum(width - 1, 0))
     return np.stack([top / typical, log_P, too_wide,
                      np.maximum(rules["thin_from"] - width, 0), np.minimum(heights / row_height, 1),
-                     edge_ink / row_height, uncut.astype(float), one, np.ones(k)], axis=1)
+                     edge_ink / row_height, uncut.astype(float), np.ones(k)], axis=1)
 
 
 def best_cutting(scores, segments, n):
@@ -2844,8 +2754,7 @@ def scored_candidates(ink, labels, members, box, floor, row_height, network, typ
     described by piece_features. A piece narrower than split_from row heights (lone_from for a
     piece alone in the picture, which has no row to be compared with) cannot hold two digits: its
     one candidate is itself. Returns (cuts, segments, inputs, Z, features).
-    network: a function (m, 784) -> (logits (m, 10), the judge's answers (m,)), as number_reader
-    makes it; typical: typical_top_logit of the network."""
+    network: a function (m, 784) -> logits (m, 10), as number_reader makes it; typical: typical_top_logit of the network."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
     width = right - left + 1
@@ -2857,9 +2766,9 @@ def scored_candidates(ink, labels, members, box, floor, row_height, network, typ
         cuts, segments, inputs, widths, heights, edge_ink = cut_candidates(
             ink, labels, members, box, floor, row_height, rules)
     n = len(cuts) - 1
-    Z, one = network(inputs.reshape(-1, 784))  # every candidate digit read at once
+    Z = network(inputs.reshape(-1, 784))  # every candidate digit read at once
     uncut = np.array([segment == (0, n) for segment in segments])
-    features = piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical, alone,
+    features = piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone,
                               rules)
     return cuts, segments, inputs, Z, features
 
@@ -2872,7 +2781,7 @@ def split_touching(ink, labels, members, box, floor, row_height, network, typica
     to the most wins (best_cutting); the piece read whole is one of the cuttings. A piece alone
     in the picture (alone=True) is cut only when the cutting scores lone_margin more than the
     piece whole, so that one digit stays one digit.
-    network: as number_reader makes it (logits, judge's answers); typical: typical_top_logit.
+    network: as number_reader makes it; typical: typical_top_logit.
     Returns a list of (x28, P, box), left to right."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, _ = box
@@ -2895,7 +2804,7 @@ def read_digits(steps, network, typical, rules=None):
     Returns a list of dicts {'digit', 'probabilities' (10,), 'x28' (28, 28), 'box' (top, bottom,
     left, right in the pixels of steps['gray'], inclusive), 'row' (0, 1, ...)}; an empty list
     when the picture holds one digit, which predict_image reads as it is.
-    network: as number_reader makes it (logits, judge's answers); typical: typical_top_logit.
+    network: as number_reader makes it; typical: typical_top_logit.
     """
     rules = NUMBER_RULES if rules is None else rules
     labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
@@ -2929,8 +2838,7 @@ def number_text(digits):
 TYPICAL_TOP_LOGIT = 14.3
 
 
-def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typical=None,
-                   judge=None):
+def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typical=None):
     """predict_image, reading every digit when the image holds more than one (MNIST models).
 
     Returns (x28, P, steps) as predict_image does, and when a digit is found also
@@ -2938,13 +2846,12 @@ def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typi
     `gray`), and steps['number'], their text (number_text). With one digit found the answer is
     predict_image's, unchanged; with several, x28 and P are those of the first digit.
     typical: the network's typical_top_logit (saved with the model as meta["typical_logit"]);
-    judge: rule 4's judge (train_judge; saved with the model, meta["judge"]).
     Needs: predict_image, read_digits, number_reader.
     """
     x28, P, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
     if x28 is None or dataset != "mnist":
         return x28, P, steps
-    digits = read_digits(steps, number_reader(Ws, bs, activation, judge),
+    digits = read_digits(steps, number_reader(Ws, bs, activation),
                          TYPICAL_TOP_LOGIT if typical is None else typical)
     if len(digits) <= 1:  # one digit: predict_image's reading, its box that of the digit's pixels
         ys, xs = np.nonzero(steps["mask"])
@@ -4054,8 +3961,7 @@ class HTTPError(Exception):
         self.status = status
 
 
-def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None, typical=None,
-                        judge=None):
+def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None, typical=None):
     """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> predict_image,
     the path of `predict` (images prepared for the model's data set).
 
@@ -4065,7 +3971,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
     Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
     with more than MAX_IMAGE_PIXELS. room_for(pixels), if given, is a context manager that
     waits until that many pixels may be decoded (the server's budget of memory for images).
-    typical, judge: the model's typical top logit and rule 4's judge (predict_number).
+    typical: the model's typical top logit (predict_number).
     """
     import contextlib
     import io
@@ -4087,7 +3993,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
         except ValueError:
             raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
         with np.errstate(all="ignore"):    # this thread only: a 0/0 in an odd image is no log line
-            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, typical, judge)
+            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, typical)
     if x is None:
         return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
     return {"digit": int(p.argmax()),
@@ -4307,7 +4213,7 @@ def make_server(Ws, bs, meta, host, port, log=None, allowed_hosts=(),
                 else:
                     body = self.read_image_body()
                     answer = predict_image_bytes(body, Ws, bs, activation, dataset, room_for,
-                                                 meta.get("typical_logit"), meta.get("judge"))
+                                                 meta.get("typical_logit"))
                     self.answer_json(200, answer)
             except HTTPError as refusal:
                 self.close_connection = True          # a refused request's body may be left unread
@@ -5853,22 +5759,6 @@ def command_train(args):
             on_epoch=lambda e: print_epoch(e, args.epochs), on_progress=progress_printer(args.epochs))
     if interrupted:
         print("interrupted: saving the best model so far", file=sys.stderr)
-    judge = None
-    if dataset == "mnist" and not interrupted and len(X_fit) >= 3:  # for reading numbers ([11b])
-        start = time.perf_counter()
-        print(f"training the judge of cut-out digits (for reading numbers) on pieces of "
-              f"{JUDGE_STRINGS} strings of touching digits ...", end="", flush=True)
-        try:
-            X_judge, y_judge = judge_examples(X_fit.reshape(-1, 28, 28),
-                                              np.random.default_rng(args.seed), JUDGE_STRINGS)
-            if len(set(y_judge)) == 2:
-                judge = train_judge(X_judge, y_judge, Ws, bs, args.activation, seed=args.seed)
-                print(f" {len(y_judge)} pieces, {time.perf_counter() - start:.1f} s", flush=True)
-            else:  # images too few or too odd to cut: numbers are read without it
-                print(f" too few pieces ({len(y_judge)}): saved without it", flush=True)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted: saving the model without the judge", file=sys.stderr)
     result = evaluate(X_test, y_test, Ws, bs, args.activation) if y_test is not None else None
     best_val = max((e["val_acc"] for e in history if e["val_acc"] is not None), default=None)
     settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
@@ -5879,7 +5769,6 @@ def command_train(args):
             "classes": DATASETS[dataset]["classes"], "settings": settings, "history": history,
             "val_accuracy": best_val, "interrupted": interrupted,
             "typical_logit": typical_top_logit(X_val if len(X_val) else X_fit, Ws, bs, args.activation),
-            "judge": judge_for_saving(judge),
             "test_accuracy": result["accuracy"] if result else None,
             "test_loss": result["loss"] if result else None}
     target = args.model
@@ -6044,7 +5933,7 @@ def command_predict(args):
             unreadable.append(path)
             continue
         x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
-                                     meta.get("typical_logit"), meta.get("judge"))
+                                     meta.get("typical_logit"))
         digit = None if p is None else int(p.argmax())
         several = len(steps.get("digits", [])) > 1
         if args.json and not class_names:

@@ -1574,12 +1574,8 @@ class TestReadingANumber(unittest.TestCase):
                                                 batch_size=64, lr=0.05, seed=0)
         # it answers less strongly than the default network: rule 4 must know by how much
         cls.typical = mnist.typical_top_logit(X_train[-5000:], cls.Ws, cls.bs)
-        # and its own judge of cut-out digits, as `train` makes one (a few seconds)
-        examples = mnist.judge_examples(X_train[:30000].reshape(-1, 28, 28), np.random.default_rng(0))
-        cls.judge = mnist.train_judge(*examples, cls.Ws, cls.bs)
         cls.meta = {"activation": "relu", "sizes": [784, 128, 10], "test_accuracy": 0.97,
-                    "typical_logit": cls.typical,
-                    "judge": mnist.judge_for_saving(cls.judge)}
+                    "typical_logit": cls.typical}
         cls.folder = tempfile.TemporaryDirectory()
         cls.model = os.path.join(cls.folder.name, "model.npz")
         mnist.save_model(cls.model, cls.Ws, cls.bs, cls.meta)
@@ -1596,8 +1592,7 @@ class TestReadingANumber(unittest.TestCase):
         return [mnist.glyph_of(self.images[self.legible[int(d)][which]], height) for d in number]
 
     def read(self, data):
-        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs, typical=self.typical,
-                                             judge=self.judge)
+        x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs, typical=self.typical)
         return steps
 
     def test_a_row_of_digits_with_gaps_is_read_in_order(self):
@@ -1742,6 +1737,21 @@ class TestReadingANumber(unittest.TestCase):
         self.assertEqual(steps["number"], "12\n345")
         self.assertEqual([d["row"] for d in steps["digits"]], [0, 0, 1, 1, 1])
 
+    def test_rows_of_digits_of_three_sizes_are_read_row_by_row(self):
+        # five small digits above three digits 2.4 times as tall, and two tiny ones after those:
+        # each row is a row, however small its digits beside the others
+        rng = np.random.default_rng(8)
+        top, _ = mnist.number_strip(self.glyphs("52183", 0, 18), [6, 5, 7, 6], rng)
+        big, tiny = self.glyphs("419", 1, 44), self.glyphs("26", 2, 15)
+        bottom, _ = mnist.number_strip(big + tiny, [8, 9, 12, 6], rng, jitter=0)
+        bottom[:, -tiny[0].shape[1] - tiny[1].shape[1] - 14:] = np.roll(   # the tiny ones on the line
+            bottom[:, -tiny[0].shape[1] - tiny[1].shape[1] - 14:], (44 - 15) // 2, axis=0)
+        width = max(top.shape[1], bottom.shape[1])
+        page = np.vstack([np.pad(strip, ((0, 0), (0, width - strip.shape[1]))) for strip in (top, bottom)])
+        steps = self.read(present_number(page, rng, "p16 black"))
+        self.assertEqual(steps["number"], "52183\n41926")
+        self.assertEqual([d["row"] for d in steps["digits"]], [0] * 5 + [1] * 5)
+
     def test_a_digit_near_the_pictures_edge_is_read(self):
         # a thin 1 two pixels from the picture's left edge, further from the next digit than
         # rule 5's chain_gap: written on the page, since the edge does not cut it
@@ -1761,8 +1771,7 @@ class TestReadingANumber(unittest.TestCase):
         data = encode(self.images[self.legible[7][0]], "L", "PNG")
         gray, alpha = read_image(io.BytesIO(data))
         x_one, P_one, _ = mnist.predict_image(gray, alpha, self.Ws, self.bs)
-        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs, typical=self.typical,
-                                             judge=self.judge)
+        x28, P, steps = mnist.predict_number(gray, alpha, self.Ws, self.bs, typical=self.typical)
         np.testing.assert_array_equal(x28, x_one)
         np.testing.assert_array_equal(P, P_one)
         self.assertEqual((steps["number"], len(steps["digits"])), ("7", 1))
@@ -1772,8 +1781,7 @@ class TestReadingANumber(unittest.TestCase):
         strip, boxes = mnist.number_strip(self.glyphs("4096"), [4, 4, 4], rng, jitter=0)
         big = np.kron(strip, np.ones((16, 16), np.float32))   # 16 x larger than the working size
         gray = (1 - big).astype(np.float32)
-        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs, typical=self.typical,
-                                             judge=self.judge)
+        _, _, steps = mnist.predict_number(gray, None, self.Ws, self.bs, typical=self.typical)
         self.assertEqual(steps["number"], "4096")
         for digit, (top, bottom, left, right) in zip(steps["digits"], boxes):
             np.testing.assert_allclose(digit["box"], (16 * top, 16 * bottom + 15, 16 * left, 16 * right + 15), atol=20)
@@ -1846,24 +1854,15 @@ class TestReadingANumber(unittest.TestCase):
                          [0, 1, 1, 1, 4])
 
 
-    def test_the_judge_tells_one_whole_digit_from_touching_ones_and_slivers(self):
-        # pieces cut out of strings of MNIST test digits, never trained on
-        X, y = mnist.judge_examples(self.images, np.random.default_rng(7), strings=150)
-        one = mnist.number_reader(self.Ws, self.bs, judge=self.judge)(X)[1]
-        self.assertGreater(len(y), 1000)
-        # this small network's judge: 78 % and 93 % (the default network's: 86 % and 95 %)
-        self.assertGreater((one[y == 1] > 0).mean(), 0.7)      # one digit: said so
-        self.assertGreater((one[y == 0] < 0).mean(), 0.85)     # two, or part of one: said so
-        without = mnist.number_reader(self.Ws, self.bs, judge=None)(X)[1]
-        np.testing.assert_array_equal(without, 0.0)           # no judge: "cannot tell"
-
-    def test_without_a_judge_a_number_with_gaps_is_still_read(self):
-        rng = np.random.default_rng(3)
-        strip, _ = mnist.number_strip(self.glyphs("2026"), [4, 5, 3], rng)
-        data = encode(1 - strip, "L", "PNG")
-        _, _, steps = mnist.predict_number(*read_image(io.BytesIO(data)), self.Ws, self.bs,
-                                           typical=self.typical, judge=None)
-        self.assertEqual(steps["number"], "2026")
+    def test_a_model_whose_meta_holds_a_judge_still_reads_numbers(self):
+        # a "judge" (a second output layer, which some saved models carry) is ignored
+        model = os.path.join(self.folder.name, "with_judge.npz")
+        judge = {"Ws": [np.zeros((128, 2)).tolist()], "bs": [[0.0, 0.0]], "scale": 1.0}
+        mnist.save_model(model, self.Ws, self.bs, {**self.meta, "judge": judge})
+        path = self.write_number(self.folder.name, "judged.png", "2026")
+        code, out, err = run_cli("predict", "--json", "--model", model, path)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["number"], "2026")
 
 
 class TestCuttingTouchingDigits(unittest.TestCase):
@@ -1923,7 +1922,7 @@ class TestCuttingTouchingDigits(unittest.TestCase):
 
     def test_piece_features_are_measured_against_the_row_and_the_typical_logit(self):
         Z = np.array([[10.0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [2.0, 2.0, 0, 0, 0, 0, 0, 0, 0, 0]])
-        features = mnist.piece_features(Z, np.array([0.7, -0.2]), widths=np.array([30, 4]), heights=np.array([20, 10]),
+        features = mnist.piece_features(Z, widths=np.array([30, 4]), heights=np.array([20, 10]),
                                         edge_ink=np.array([0, 5]), uncut=np.array([True, False]),
                                         row_height=20.0, typical=5.0)
         named = dict(zip(mnist.SCORE_FEATURES, features.T))
@@ -1934,20 +1933,10 @@ class TestCuttingTouchingDigits(unittest.TestCase):
         np.testing.assert_allclose(named["tall"], [1.0, 0.5])
         np.testing.assert_allclose(named["cut_ink"], [0.0, 0.25])
         np.testing.assert_allclose(named["uncut"], [1.0, 0.0])
-        np.testing.assert_allclose(named["one"], [0.7, -0.2])              # the judge's answer
         np.testing.assert_allclose(named["digit"], [1.0, 1.0])
-        alone = mnist.piece_features(Z, np.zeros(2), np.array([30, 4]), np.array([20, 10]), np.array([0, 5]),
+        alone = mnist.piece_features(Z, np.array([30, 4]), np.array([20, 10]), np.array([0, 5]),
                                      np.array([True, False]), 20.0, 5.0, alone=True)
         self.assertEqual(alone[0, mnist.SCORE_FEATURES.index("too_wide")], 0.0)  # its own row
-
-    def test_the_judge_learns_one_whole_digit_from_what_a_piece_holds_of_each_digit(self):
-        held = [[1.0, 0.0], [0.9, 0.1],     # one digit, a sliver of the next at most
-                [0.0, 0.86, 0.14],          # the second of three digits
-                [0.7, 0.3], [0.5, 0.5],     # much of two digits
-                [0.55, 0.0], [0.0, 0.2],    # part of one digit only
-                [0.8, 0.0], [0.9, 0.2]]     # almost a digit: left out
-        np.testing.assert_array_equal(
-            [mnist.one_digit_or_not([h])[0] for h in held], [1, 1, 1, 0, 0, 0, 0, -1, -1])
 
     def test_the_typical_top_logit_is_the_median_of_the_largest_logits(self):
         rng = np.random.default_rng(1)
@@ -1964,7 +1953,7 @@ class TestCuttingTouchingDigits(unittest.TestCase):
 
         def network(X):
             asked.append(len(X))
-            return np.zeros((len(X), 10)), np.zeros(len(X))
+            return np.zeros((len(X), 10))
         read = mnist.split_touching(ink, labels, [0], (5, 34, 10, 29), 0.1, 30.0, network, 10.0, alone=True)
         self.assertEqual((len(read), asked), (1, [1]))
         read = mnist.split_touching(ink, labels, [0], (5, 34, 10, 29), 0.1, 30.0, network, 10.0, alone=False)
@@ -3987,28 +3976,6 @@ class TestCommandLine(unittest.TestCase):
         self.assertGreater(meta["typical_logit"], 1.0)
 
     @needs_mnist
-    def test_train_saves_the_judge_of_cut_out_digits_and_predict_uses_it(self):
-        code, out, err = self.train_run
-        self.assertEqual(code, 0, err)
-        self.assertRegex(out, r"training the judge of cut-out digits .* \d+ pieces, [\d.]+ s")
-        Ws, bs, meta = mnist.load_model(self.model)
-        judge = meta["judge"]
-        self.assertEqual([np.shape(W) for W in judge["Ws"]], [(32, 2)])   # from the last hidden layer
-        self.assertGreater(judge["scale"], 0)
-        X_test, y_test = real_mnist()[2:]
-        rng = np.random.default_rng(5)
-        chosen = [int(np.flatnonzero(y_test == d)[0]) for d in (4, 1, 7)]
-        strip, _ = mnist.number_strip([mnist.glyph_of(X_test[i].reshape(28, 28)) for i in chosen], [0, 0], rng)
-        path = os.path.join(self.tmp.name, "417.png")
-        with open(path, "wb") as f:
-            f.write(encode(1 - strip, "L", "PNG"))
-        with mock.patch.object(mnist, "judge_says", wraps=mnist.judge_says) as says, \
-                contextlib.redirect_stdout(io.StringIO()):
-            self.assertEqual(mnist.main(["predict", path, "--model", self.model]), 0)
-        self.assertTrue(says.called)
-        self.assertIsNotNone(says.call_args[0][1])   # with the saved judge, not without one
-
-    @needs_mnist
     def test_train_learns_from_lightly_distorted_digits_unless_told_not_to(self):
         code, out, err = self.train_run
         self.assertEqual(code, 0, err)
@@ -5649,13 +5616,12 @@ NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 p
 FITTED_PRESENTATIONS = ("p16 black", "p16 white", "p64 black", "p64 white", "photo")
 
 
-def read_number_bytes(data, Ws, bs, activation, alone=False, typical=None, sure=None, judge=None):
+def read_number_bytes(data, Ws, bs, activation, alone=False, typical=None, sure=None):
     """bytes -> read_image -> predict_number: the number as predict reads it ('' for none);
     alone=True: also the digit predict_image reads in the same image (None for none).
-    typical, judge: the model's typical top logit and rule 4's judge (meta["typical_logit"],
-    meta["judge"]). sure: a list that receives each digit's probability, in reading order."""
+    typical: the model's typical top logit (meta["typical_logit"]). sure: a list that receives each digit's probability, in reading order."""
     x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation,
-                                         typical=typical, judge=judge)
+                                         typical=typical)
     number = "" if x28 is None else steps["number"]
     if sure is not None:
         sure += [float(d["probabilities"].max()) for d in steps.get("digits", [])]
@@ -5677,7 +5643,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     usps_images, usps_labels = load_usps(folder)
     sources = {"USPS": (usps_images, usps_labels)}
     if HAVE_MNIST:
@@ -5701,7 +5667,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
                 strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], gaps, rng)
                 truth = "".join(str(int(labels[i])) for i in chosen)
                 sure = []
-                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation, typical=typical, judge=judge,
+                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation, typical=typical,
                                          sure=sure)
                 if source == "USPS" and not pair and len(read) == len(truth) == len(sure):
                     for read_digit, true_digit, p in zip(read, truth, sure):
@@ -5730,7 +5696,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     def singles_row(name, images_and_truths):
         several = right = right_alone = 0
         for data, truth in images_and_truths:
-            number, one = read_number_bytes(data, Ws, bs, activation, alone=True, typical=typical, judge=judge)
+            number, one = read_number_bytes(data, Ws, bs, activation, alone=True, typical=typical)
             several += len(number) > 1
             right += number == str(truth)
             right_alone += one == truth
@@ -5748,7 +5714,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     given = 0
     for number, kind in enumerate(NO_DIGIT_KINDS):  # the streams of measure_photos
         rng = np.random.default_rng(4048 + number)
-        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation, typical=typical, judge=judge) != ""
+        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation, typical=typical) != ""
                      for _ in range(singles // 5))
     print(f"\nimages without a digit given a number or digit by predict: {given} of {len(NO_DIGIT_KINDS) * (singles // 5)}")
 
@@ -5772,7 +5738,6 @@ NUMBER_ABLATIONS = {
     "score: too wide, too thin (4)": without_score("too_wide", "too_thin"),
     "score: ink filling the row's height (4)": without_score("tall"),
     "score: ink cut through (4)": without_score("cut_ink"),
-    "score: the judge of one whole digit (4)": without_score("one"),
     "a piece alone is cut only by a margin (4)": {"lone_margin": 0.0},
 }
 
@@ -5786,7 +5751,7 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     usps = load_usps(folder)
     kinds = [("USPS", "p16 black"), ("USPS", "p64 white"), ("USPS", "photo")]
     if HAVE_MNIST:
@@ -5809,7 +5774,7 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
         cells = []
         with mock.patch.dict(mnist.NUMBER_RULES, change):
             for _, made in columns:
-                read = [read_number_bytes(data, Ws, bs, activation, typical=typical, judge=judge) for data, _ in made]
+                read = [read_number_bytes(data, Ws, bs, activation, typical=typical) for data, _ in made]
                 total = sum(len(truth) for _, truth in made)
                 right = total - sum(mnist.edit_distance(truth, r) for (_, truth), r in zip(made, read))
                 exact = sum(truth == r for (_, truth), r in zip(made, read))
@@ -5823,16 +5788,16 @@ NUMBER_LOSSES = ("read exactly",
                  "no cutting reads it right; every digit is read right alone")
 
 
-def number_loss(data, truth, digit_alone, Ws, bs, activation, typical, judge):
+def number_loss(data, truth, digit_alone, Ws, bs, activation, typical):
     """Which of NUMBER_LOSSES a picture of the number `truth` falls in (its index). digit_alone(k):
     the picture of its k-th digit alone, in the same presentation. Needs: piece_lattices."""
-    if read_number_bytes(data, Ws, bs, activation, typical=typical, judge=judge) == truth:
+    if read_number_bytes(data, Ws, bs, activation, typical=typical) == truth:
         return 0
-    lattices = piece_lattices(data, Ws, bs, activation, typical, judge)
+    lattices = piece_lattices(data, Ws, bs, activation, typical)
     w = np.array([mnist.NUMBER_RULES["score_weights"][name] for name in mnist.SCORE_FEATURES])
     if lattices is not None and best_right_reading(lattices, truth, w) is not None:
         return 1
-    alone = [read_number_bytes(digit_alone(k), Ws, bs, activation, alone=True, typical=typical, judge=judge)[1]
+    alone = [read_number_bytes(digit_alone(k), Ws, bs, activation, alone=True, typical=typical)[1]
              for k in range(len(truth))]
     return 2 if any(str(one) != digit for one, digit in zip(alone, truth)) else 3
 
@@ -5850,7 +5815,7 @@ def measure_number_losses(model_path, strings=200, folder=USPS_DIR):
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     images, labels = load_usps(folder)
     print(f"model {model_path}; {strings} strings of 2-8 USPS digits per row")
     print("| presentation | " + " | ".join(NUMBER_LOSSES) + " |")
@@ -5867,12 +5832,12 @@ def measure_number_losses(model_path, strings=200, folder=USPS_DIR):
             def digit_alone(k):
                 return present_number(mnist.number_strip([glyphs[k]], [], rng)[0], rng, how)
             counts[number_loss(data, "".join(str(int(labels[i])) for i in chosen), digit_alone,
-                               Ws, bs, activation, typical, judge)] += 1
+                               Ws, bs, activation, typical)] += 1
         print(f"| {name} | " + " | ".join(f"{count} ({100 * count / strings:.1f} %)" for count in counts) + " |",
               flush=True)
 
 
-def piece_lattices(data, Ws, bs, activation, typical, judge=None):
+def piece_lattices(data, Ws, bs, activation, typical):
     """The pieces of a picture of a number, as rule 4 sees them: per piece (in reading order, one
     row expected), its candidate digits' features (piece_features), segments (i, j), last cut
     index n and the digits they are read as. None when the picture holds not exactly one row."""
@@ -5887,7 +5852,7 @@ def piece_lattices(data, Ws, bs, activation, typical, judge=None):
     for members, box in rows[0]:
         cuts, segments, _, Z, features = mnist.scored_candidates(
             steps["ink"], labels, members, box, steps["floor"], row_height,
-            mnist.number_reader(Ws, bs, activation, judge), typical, alone=len(rows[0]) == 1)
+            mnist.number_reader(Ws, bs, activation), typical, alone=len(rows[0]) == 1)
         lattices.append({"features": features, "segments": segments, "n": len(cuts) - 1,
                          "read": Z.argmax(axis=1)})
     return lattices
@@ -5942,7 +5907,6 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
     typical = meta.get("typical_logit") or mnist.TYPICAL_TOP_LOGIT
-    judge = meta.get("judge")
     X_train, y_train, _, _ = real_mnist()
     images, labels = X_train[-5000:].reshape(-1, 28, 28), y_train[-5000:]
     made, lone = [], []
@@ -5951,13 +5915,13 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
         for _ in range(strings):
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng), rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
             if lattices is not None:
                 made.append((lattices, "".join(str(int(labels[i])) for i in chosen)))
         for _ in range(singles):
             chosen = rng.choice(len(labels), 1)
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], [], rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
             if lattices is not None and len(lattices) == 1:
                 lone.append(lattices[0])
                 made.append((lattices, str(int(labels[chosen[0]]))))
@@ -5965,7 +5929,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
         for _ in range(strings):  # the hard part: strings whose digits all touch
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng, 1.0), rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
             if lattices is not None:
                 made.append((lattices, "".join(str(int(labels[i])) for i in chosen)))
         print(f"{how}: {len(made) - len(lone)} strings, {len(lone)} single digits so far", flush=True)
@@ -5991,7 +5955,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     for kind in MEASURED_KINDS:
         rng = np.random.default_rng(6000 + MEASURED_KINDS.index(kind))
         for i in rng.choice(len(labels), singles, replace=False):
-            lattices = piece_lattices(make_image(kind, images[i], rng), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(make_image(kind, images[i], rng), Ws, bs, activation, typical)
             if lattices is not None and len(lattices) == 1:
                 lone.append(lattices[0])
     margins = [0.0]
@@ -6018,7 +5982,7 @@ def time_number_photos(model_path, photos=5, folder=USPS_DIR):
     from PIL import Image
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     images, labels = load_usps(folder)
     times = []
     with tempfile.TemporaryDirectory() as temporary:
@@ -6037,7 +6001,7 @@ def time_number_photos(model_path, photos=5, folder=USPS_DIR):
             read = time.perf_counter()
             x28, P, steps = mnist.predict_image(gray, alpha, Ws, bs, activation)
             prepared = time.perf_counter()
-            digits = mnist.read_digits(steps, mnist.number_reader(Ws, bs, activation, judge),
+            digits = mnist.read_digits(steps, mnist.number_reader(Ws, bs, activation),
                                        typical or mnist.TYPICAL_TOP_LOGIT)
             done = time.perf_counter()
             times.append((read - start, prepared - read, done - prepared))
