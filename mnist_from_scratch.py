@@ -2138,7 +2138,8 @@ def find_the_digit(ink, paper, pieces_found=None):
     # The test of "is there anything at all": ink that paper noise cannot explain, at least 10
     # standard deviations of the noise above the paper (the strongest of the ~10^5 pixels of pure
     # noise lies about 4.5 above), and at least 12 % darker than the paper (a uniform picture has
-    # no noise at all to measure against; 0.12 is the contrast the earlier version asked for).
+    # no noise at all to measure against; the faintest pencil on the darkest paper of the test
+    # file's photos is 15 % darker than the paper).
     if peak - paper_ink < max(10 * sigma, 0.12):
         return None, outside, floor, "no ink stands out from the background"
 
@@ -2340,18 +2341,21 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 # works on the pieces of ink that section [11] finds (paper, lines, table and light already dealt
 # with), and each of its rules answers one of those failures:
 #
-#   1. specks      a piece with far less ink than the largest one is dirt, not a digit
-#   2. rows        the digit-sized pieces whose heights overlap form a row; rows are read top to
-#                  bottom, each left to right. Two rows very close together whose pieces lie
-#                  above one another are one row: a digit broken into an upper and a lower piece
-#   3. one digit   pieces lying above one another (overlapping in x) are one digit: a 5 and its
-#      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
-#                  strokes (a 7's bar); a short piece on its own is a small digit if it is tall
-#                  enough, a speck or a dash otherwise
-#   5. far away    the digits of a number lie close together: a piece cut by the picture's edge,
+#   1. specks      a piece with far less ink than the largest one of its row is dirt, not a digit
+#   2. rows        rows come first, decided by the gaps between them: pieces whose heights
+#                  overlap form a row, whatever their size, so a row of small digits is a row
+#                  beside one of big digits. Rows are read top to bottom, each left to right. A
+#                  piece alone at its height that is short beside the row next to it, or lies
+#                  just above or below one of its pieces (a digit broken into an upper and a
+#                  lower piece), is no row of its own but part of that one
+#   3. one digit   in a row, pieces lying above one another (overlapping in x) are one digit: a
+#      in pieces   5 and its flag, the two strokes of a 4; a short piece just beside a digit is
+#                  one of its strokes (a 7's bar); a short piece on its own is a small digit if
+#                  it is tall enough, a dash otherwise
+#   4. far away    the digits of a number lie close together: a piece cut by the picture's edge,
 #                  lying along it and far from all the others (the edge of the table a
 #                  photographed page lies on) is not one of them
-#   4. touching    a piece wide enough for two digits may be several digits touching. Where to
+#   5. touching    a piece wide enough for two digits may be several digits touching. Where to
 #      digits      cut it is decided with the network's help ("recognition-based
 #                  segmentation"): every way of cutting it at its columns into parts of a
 #                  digit's width is read, and each part gets a score: how strongly the network
@@ -2359,9 +2363,7 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  never seen two digits at once, and answers a pair weakly even when it is
 #                  sure which digit the pair looks most like), how sure it is, whether the part
 #                  is too wide or too thin for one digit, whether its ink fills the row's height,
-#                  how much ink the cuts went through, whether a second output layer, the
-#                  judge, takes it for one whole digit (below), and a cost for every digit
-#                  read. The cutting whose parts' scores add up to the most wins, the piece
+#                  how much ink the cuts went through, and a cost for every digit read. The cutting whose parts' scores add up to the most wins, the piece
 #                  whole being one of the cuttings; dynamic programming finds it without
 #                  trying them all.
 #                  The weights of the score were fitted on strings of MNIST validation digits
@@ -2371,7 +2373,7 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 # Each digit found is then prepared exactly as a single digit is (mask_to_mnist: crop, stroke
 # width, 20 pixels, centre of mass) and read by the same network, so digits of different sizes
 # are each read as well as they would be alone. An image in which only one piece is found
-# (after rules 1-3) is read exactly as predict_image reads it, unless the piece is at least as
+# (after rules 1-4) is read exactly as predict_image reads it, unless the piece is at least as
 # wide as tall and its best cutting scores clearly more than the piece whole: a single wide
 # digit (a flat 2, a 0) looks much like two touching ones.
 #
@@ -2379,26 +2381,27 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 # number tables of docs/results.md (`--measure-numbers` of the test file).
 
 NUMBER_RULES = {
-    "speck_share": 0.03,    # 1: less ink than 3 % of the largest piece is a speck (keep_digit_components's)
-    "tall": 0.5,            # 2: digit-sized when half as tall as the largest piece (flat USPS 2s: 0.62)
+    "speck_share": 0.03,    # 1: less ink than 3 % of its row's largest piece is a speck (keep_digit_components's)
+    "tall": 0.5,            # 1, 3: digit-sized when half as tall as its row's largest piece (flat USPS 2s: 0.62)
     "row_overlap": 0.5,     # 2: one row when the heights overlap by half the shorter piece's
-    "stack_gap": 0.75,      # 2: rows closer than 0.75 of their height, pieces above one another, are one
+    "stack_gap": 0.75,      # 2: a piece alone at its height, closer than 0.75 of the height to a piece
+                            #    above or below it, belongs to that piece's row
     "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
     "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
-    "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
-    "chain_gap": 0.6,       # 5: digits the edge cuts at most 0.6 digit heights from the next (the
+    "smallest_digit": 0.3,  # 2, 3: a short piece is a digit when 0.3 row heights tall (not a flat bar)
+    "chain_gap": 0.6,       # 4: digits the edge cuts at most 0.6 digit heights from the next (the
     "chain_rows": 1.5,      #    strings' widest gap, 8 px at 16 px, and some blur), rows 1.5 apart
-    "split_from": 0.25,     # 4: pieces wide enough for two of the thinnest digits may hold several
-    "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
-    "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
-    "cuts_per_height": 16,  # 4: a cut may fall every 1/16 of the row height: every column of a 16 px digit
-    "thin_from": 0.35,      # 4: thinner is "too thin": 0.03 % of MNIST digits but 1s are (36 % of 1s)
-    # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
+    "split_from": 0.25,     # 5: pieces wide enough for two of the thinnest digits may hold several
+    "widest_digit": 1.25,   # 5: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
+    "thinnest_digit": 0.12,  # 5: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
+    "cuts_per_height": 16,  # 5: a cut may fall every 1/16 of the row height: every column of a 16 px digit
+    "thin_from": 0.35,      # 5: thinner is "too thin": 0.03 % of MNIST digits but 1s are (36 % of 1s)
+    # 5: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
     "score_weights": {"recognised": 3.59, "sure": 3.00, "too_wide": -7.44, "too_thin": -2.21,
                       "tall": 9.55, "cut_ink": -3.80, "uncut": 0.76, "digit": -10.0},
-    # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
+    # 5: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
     # 1.09), and cut when its cutting scores 4.3 more than it whole: with the weights above, the
     # smallest margin that cuts none of the 3,884 lone validation digits of --fit-number-score
     # (3.3), and a tenth of a digit's cost more, for digits unlike them
@@ -2506,7 +2509,7 @@ def digits_of_row(row, top, bottom, left, right, mass, rules=None):
 
 def cut_into_digits(pieces, ink, rules=None):
     """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
-    rules 1-3 and 5 above: rows first (find_rows), then the digits of each row (digits_of_row).
+    rules 1-4 above: rows first (find_rows), then the digits of each row (digits_of_row).
     Returns (labels, rows): labels from label_components, and the rows top to bottom, each a
     list, left to right, of (members, box): the labels of the pieces that form one digit (or
     several touching, see split_touching) and their box (top, bottom, left, right)."""
@@ -2520,7 +2523,7 @@ def cut_into_digits(pieces, ink, rules=None):
 
 
 def chained(rows, mass, shape, rules=None):
-    """Rule 5: the digits of a number lie close together. A digit that the picture's edge cuts
+    """Rule 4: the digits of a number lie close together. A digit that the picture's edge cuts
     and that lies wholly along it (within 0.15 of its shorter side), as what is left of the
     table a page lies on does, is kept only when it is chained to the others: within chain_gap
     times the height of a digit kept sideways (and chain_rows times it up or down), starting
@@ -2583,7 +2586,7 @@ def digit_input(ink, labels, members, box, floor, columns=None):
 
 def typical_top_logit(X, Ws, bs, activation="relu"):
     """How strongly the network answers a digit it knows: the median, over the images X
-    (m, 784), of the largest of its ten logits Z_L. Rule 4 measures every cut-out piece against
+    (m, 784), of the largest of its ten logits Z_L. Rule 5 measures every cut-out piece against
     it, so that its score means the same for a network whose logits are twice as large.
     `train` saves it with the model (measured on the validation images); about 14 for the
     default network. Needs: logits."""
@@ -2638,12 +2641,12 @@ def random_gaps(count, rng, touching=1 / 3):
 
 
 def number_reader(Ws, bs, activation="relu"):
-    """The function rule 4 reads candidate digits with: inputs X (m, 784) -> the network's
+    """The function rule 5 reads candidate digits with: inputs X (m, 784) -> the network's
     logits Z_L (m, 10). Needs: logits."""
     return lambda X: logits(X, Ws, bs, activation)
 
 
-# What a cut-out piece is scored on (rule 4): one number each, in the order of the weights in
+# What a cut-out piece is scored on (rule 5): one number each, in the order of the weights in
 # NUMBER_RULES["score_weights"].
 SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "digit")
 
@@ -2694,7 +2697,7 @@ def best_cutting(scores, segments, n):
 
 
 def candidate_segments(labels, members, box, row_height, rules=None):
-    """Where a piece may be cut (rule 4): at candidate columns every row_height / cuts_per_height
+    """Where a piece may be cut (rule 5): at candidate columns every row_height / cuts_per_height
     pixels (every column of a 16 px digit), at least thinnest_digit row heights from either end.
     A segment between two cuts i < j, between thinnest_digit and widest_digit row heights wide,
     is a candidate digit; so is the whole piece. Returns (inside, cuts, segments): the piece's
@@ -2750,7 +2753,7 @@ def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
 
 def scored_candidates(ink, labels, members, box, floor, row_height, network, typical, alone=False,
                       rules=None):
-    """Rule 4's candidate digits of a piece (cut_candidates), read by the network at once and
+    """Rule 5's candidate digits of a piece (cut_candidates), read by the network at once and
     described by piece_features. A piece narrower than split_from row heights (lone_from for a
     piece alone in the picture, which has no row to be compared with) cannot hold two digits: its
     one candidate is itself. Returns (cuts, segments, inputs, Z, features).
@@ -2775,7 +2778,7 @@ def scored_candidates(ink, labels, members, box, floor, row_height, network, typ
 
 def split_touching(ink, labels, members, box, floor, row_height, network, typical, alone=False,
                    rules=None):
-    """Rule 4: read a piece that may hold several touching digits ("recognition-based
+    """Rule 5: read a piece that may hold several touching digits ("recognition-based
     segmentation"). Every candidate digit (scored_candidates) gets a score = w . features (the
     weights NUMBER_RULES["score_weights"]). The cutting of the piece whose digits' scores add up
     to the most wins (best_cutting); the piece read whole is one of the cuttings. A piece alone

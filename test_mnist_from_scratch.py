@@ -1568,11 +1568,11 @@ class TestReadingANumber(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         X_train, y_train, X_test, labels = real_mnist()
-        # a small network (97 % on the test set, a second to train): rule 4's score, fitted for
+        # a small network (97 % on the test set, a second to train): rule 5's score, fitted for
         # the default network, holds for it; one of 96 % cuts a wide 0 in two
         cls.Ws, cls.bs, _, _ = mnist.train_full(X_train[:30000], y_train[:30000], hidden=(128,), epochs=5,
                                                 batch_size=64, lr=0.05, seed=0)
-        # it answers less strongly than the default network: rule 4 must know by how much
+        # it answers less strongly than the default network: rule 5 must know by how much
         cls.typical = mnist.typical_top_logit(X_train[-5000:], cls.Ws, cls.bs)
         cls.meta = {"activation": "relu", "sizes": [784, 128, 10], "test_accuracy": 0.97,
                     "typical_logit": cls.typical}
@@ -1656,7 +1656,7 @@ class TestReadingANumber(unittest.TestCase):
 
     def test_two_thin_1s_touching_in_a_number_are_two_digits(self):
         # together narrower than half the row's height, as thin USPS 1s are: still wide enough
-        # for two of the thinnest digits, so rule 4 tries to cut them
+        # for two of the thinnest digits, so rule 5 tries to cut them
         ones = [g for g in (mnist.glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 5]
         right = []
         for first in range(10):
@@ -1754,7 +1754,7 @@ class TestReadingANumber(unittest.TestCase):
 
     def test_a_digit_near_the_pictures_edge_is_read(self):
         # a thin 1 two pixels from the picture's left edge, further from the next digit than
-        # rule 5's chain_gap: written on the page, since the edge does not cut it
+        # rule 4's chain_gap: written on the page, since the edge does not cut it
         ones = [g for g in (mnist.glyph_of(self.images[i]) for i in self.legible[1]) if g.shape[1] <= 4]
         strip, _ = mnist.number_strip([ones[0]] + self.glyphs("23"), [12, 4], np.random.default_rng(6), jitter=0)
         self.assertEqual(self.read(encode(1 - strip[:, 6:], "L", "PNG"))["number"], "123")
@@ -1866,7 +1866,7 @@ class TestReadingANumber(unittest.TestCase):
 
 
 class TestCuttingTouchingDigits(unittest.TestCase):
-    """Rule 4's parts on arrays made here: the dynamic programming, the features, the typical logit."""
+    """Rule 5's parts on arrays made here: the dynamic programming, the features, the typical logit."""
 
     def test_best_cutting_is_the_cutting_whose_scores_add_up_to_the_most(self):
         rng = np.random.default_rng(0)
@@ -5612,7 +5612,7 @@ NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 p
                         "p64 black": "64 px, black on white", "p64 white": "64 px, white on black",
                         "photo": "photo of paper (lines, uneven light, JPEG)",
                         "mouse": "drawn with the mouse (the drawing pad's pen)"}
-# rule 4's score was fitted on these (fit_number_score); the drawings only measure it
+# rule 5's score was fitted on these (fit_number_score); the drawings only measure it
 FITTED_PRESENTATIONS = ("p16 black", "p16 white", "p64 black", "p64 white", "photo")
 
 
@@ -5721,7 +5721,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
 
 # What taking out one rule of section [11b] means: the rule given a number that makes it do nothing.
 def without_score(*names):
-    """Rule 4's score with the features `names` weighing nothing."""
+    """Rule 5's score with the features `names` weighing nothing."""
     return {"score_weights": {**mnist.NUMBER_RULES["score_weights"], **{name: 0.0 for name in names}}}
 
 
@@ -5731,21 +5731,23 @@ NUMBER_ABLATIONS = {
     "pieces above one another are one digit (3)": {"x_overlap": np.inf},
     "a short piece beside a digit is its stroke (3)": {"stroke_gap": -np.inf},
     "a short piece on its own must be big enough (3)": {"smallest_digit": 0.0},
-    "touching digits are cut (4)": {"split_from": np.inf, "lone_from": np.inf},
-    "digits far from the others are left out (5)": {"chain_gap": np.inf, "chain_rows": np.inf},
-    "score: how strongly the network answers (4)": without_score("recognised"),
-    "score: how sure it is (4)": without_score("sure"),
-    "score: too wide, too thin (4)": without_score("too_wide", "too_thin"),
-    "score: ink filling the row's height (4)": without_score("tall"),
-    "score: ink cut through (4)": without_score("cut_ink"),
-    "a piece alone is cut only by a margin (4)": {"lone_margin": 0.0},
+    "touching digits are cut (5)": {"split_from": np.inf, "lone_from": np.inf},
+    "digits far from the others are left out (4)": {"chain_gap": np.inf, "chain_rows": np.inf},
+    "score: how strongly the network answers (5)": without_score("recognised"),
+    "score: how sure it is (5)": without_score("sure"),
+    "score: too wide, too thin (5)": without_score("too_wide", "too_thin"),
+    "score: ink filling the row's height (5)": without_score("tall"),
+    "score: ink cut through (5)": without_score("cut_ink"),
+    "a piece alone is cut only by a margin (5)": {"lone_margin": 0.0},
 }
 
 
-def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
+def measure_number_ablation(model_path, strings=100, folder=USPS_DIR, singles=300):
     """Print what each rule of section [11b] is worth: numbers read exactly and digits right on
-    strings of USPS digits and of MNIST test digits (made as in measure_numbers), with all rules,
-    and with each taken out in turn.
+    strings of USPS digits and of MNIST test digits (made as in measure_numbers), and single
+    digits read as several digits / read right (`singles` USPS digits in two presentations of
+    --measure-usps, `singles` // 3 of two photo kinds of --measure-photos), with all rules, and
+    with each taken out in turn.
 
         python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --ablation
     """
@@ -5767,9 +5769,20 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng), rng)
             made.append((present_number(strip, rng, how), "".join(str(int(labels[i])) for i in chosen)))
         columns.append((f"{source}, {NUMBER_PRESENTATIONS[how]}", made))
-    print(f"model {model_path}; {strings} strings of 2-8 digits per column; numbers exactly right / digits right")
-    print("| taken out | " + " | ".join(name for name, _ in columns) + " |")
-    print("|---|" + "---|" * len(columns))
+    lone = []  # (name, [(image bytes, true digit)]): single digits, which a rule may split
+    chosen = np.random.default_rng(0).choice(len(usps[1]), singles, replace=False)
+    for presentation in ((1, True, 0), (4, False, 0)):
+        lone.append((f"single USPS digits, {presentation_name(*presentation)}",
+                     [(present_digit(usps[0][i], *presentation), str(int(usps[1][i]))) for i in chosen]))
+    for kind in ("photo", "photo on a table") if HAVE_MNIST else ():  # measure_photos' streams
+        rng = np.random.default_rng(2024 + MEASURED_KINDS.index(kind))
+        picked = rng.choice(len(test_labels), singles // 3, replace=False)
+        lone.append((f"single digits, {kind}", [(make_image(kind, X_test[i].reshape(28, 28), rng),
+                                                 str(int(test_labels[i]))) for i in picked]))
+    print(f"model {model_path}; {strings} strings of 2-8 digits per column; numbers exactly right / digits "
+          f"right; single digits: read as several digits / right")
+    print("| taken out | " + " | ".join(name for name, _ in columns + lone) + " |")
+    print("|---|" + "---|" * len(columns + lone))
     for name, change in [("nothing (all rules)", {})] + list(NUMBER_ABLATIONS.items()):
         cells = []
         with mock.patch.dict(mnist.NUMBER_RULES, change):
@@ -5779,11 +5792,15 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
                 right = total - sum(mnist.edit_distance(truth, r) for (_, truth), r in zip(made, read))
                 exact = sum(truth == r for (_, truth), r in zip(made, read))
                 cells.append(f"{100 * exact / len(made):.1f} % / {100 * right / total:.1f} %")
+            for _, made in lone:
+                read = [read_number_bytes(data, Ws, bs, activation, typical=typical) for data, _ in made]
+                several = sum(len(r) > 1 for r in read)
+                cells.append(f"{several} / {100 * np.mean([r == truth for (_, truth), r in zip(made, read)]):.1f} %")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 NUMBER_LOSSES = ("read exactly",
-                 "a cutting rule 4 tried reads it right; the score chose another",
+                 "a cutting rule 5 tried reads it right; the score chose another",
                  "no cutting reads it right; a digit of it is misread even alone",
                  "no cutting reads it right; every digit is read right alone")
 
@@ -5805,10 +5822,10 @@ def number_loss(data, truth, digit_alone, Ws, bs, activation, typical):
 def measure_number_losses(model_path, strings=200, folder=USPS_DIR):
     """Print where the USPS strings that predict misreads are lost (NUMBER_LOSSES), per
     presentation: strings made as in measure_numbers (other random numbers). "A cutting reads it
-    right": among the ways of cutting its pieces that rule 4 tries, one reads every digit right
+    right": among the ways of cutting its pieces that rule 5 tries, one reads every digit right
     (best_right_reading), so a better score could have read it. "Misread even alone": one of its
     digits, drawn alone in the same presentation, is misread by predict, so no cutting could.
-    The rest: no straight cut separates two of its digits well enough, or rules 1-3 and 5 joined,
+    The rest: no straight cut separates two of its digits well enough, or rules 1-4 joined,
     dropped or split pieces.
 
         python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --losses
@@ -5838,7 +5855,7 @@ def measure_number_losses(model_path, strings=200, folder=USPS_DIR):
 
 
 def piece_lattices(data, Ws, bs, activation, typical):
-    """The pieces of a picture of a number, as rule 4 sees them: per piece (in reading order, one
+    """The pieces of a picture of a number, as rule 5 sees them: per piece (in reading order, one
     row expected), its candidate digits' features (piece_features), segments (i, j), last cut
     index n and the digits they are read as. None when the picture holds not exactly one row."""
     x28, _, steps = mnist.predict_image(*read_image(io.BytesIO(data)), Ws, bs, activation)
@@ -5859,7 +5876,7 @@ def piece_lattices(data, Ws, bs, activation, typical):
 
 
 def best_reading(lattices, w):
-    """The cutting of every piece that rule 4 chooses with the weights w: (features summed over
+    """The cutting of every piece that rule 5 chooses with the weights w: (features summed over
     its digits, the number read)."""
     total, read = 0.0, ""
     for piece in lattices:
@@ -5889,7 +5906,7 @@ def best_right_reading(lattices, truth, w):
 
 
 def fit_number_score(model_path, strings=200, singles=200, epochs=10):
-    """Fit the weights of rule 4's score (NUMBER_RULES["score_weights"]) and print them: a
+    """Fit the weights of rule 5's score (NUMBER_RULES["score_weights"]) and print them: a
     structured perceptron (Collins 2002) on strings of 2-8 MNIST validation digits (the last
     5,000 training images, held out from training), made as in measure_numbers in the five
     FITTED_PRESENTATIONS, as many again whose digits all touch (the hard part), and single
