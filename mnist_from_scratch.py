@@ -2399,14 +2399,14 @@ NUMBER_RULES = {
     # 5: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
     # digit costs 10), fitted on strings of MNIST validation digits by the test file's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 3.59, "sure": 3.00, "too_wide": -7.44, "too_thin": -2.21,
-                      "tall": 9.55, "cut_ink": -3.80, "uncut": 0.76, "digit": -10.0},
+    "score_weights": {"recognised": 5.89, "sure": 2.20, "too_wide": -10.59, "too_thin": -2.57,
+                      "tall": 7.06, "cut_ink": -4.25, "uncut": 0.65, "digit": -10.0},
     # 5: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
-    # 1.09), and cut when its cutting scores 4.3 more than it whole: with the weights above, the
-    # smallest margin that cuts none of the 3,884 lone validation digits of --fit-number-score
-    # (3.3), and a tenth of a digit's cost more, for digits unlike them
+    # 1.09), and cut when its cutting scores 5.6 more than it whole: with the weights above, the
+    # smallest margin that cuts none of the 3,885 lone validation digits of --fit-number-score
+    # (4.6), and a tenth of a digit's cost more, for digits unlike them
     "lone_from": 1.0,
-    "lone_margin": 4.3,
+    "lone_margin": 5.6,
 }
 
 
