@@ -2363,9 +2363,9 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  never seen two digits at once, and answers a pair weakly even when it is
 #                  sure which digit the pair looks most like), how sure it is, whether the part
 #                  is too wide or too thin for one digit, whether its ink fills the row's height,
-#                  how much ink the cuts went through, and a cost for every digit read. The cutting whose parts' scores add up to the most wins, the piece
-#                  whole being one of the cuttings; dynamic programming finds it without
-#                  trying them all.
+#                  how much ink the cuts went through, and a cost for every digit read. The
+#                  cutting whose parts' scores add up to the most wins, the piece whole being
+#                  one of the cuttings; dynamic programming finds it without trying them all.
 #                  The weights of the score were fitted on strings of MNIST validation digits
 #                  (a structured perceptron: the test file's --fit-number-score), never on the
 #                  USPS strings the tables measure.
@@ -2381,8 +2381,8 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 # number tables of docs/results.md (`--measure-numbers` of the test file).
 
 NUMBER_RULES = {
-    "speck_share": 0.03,    # 1: less ink than 3 % of its row's largest piece is a speck (keep_digit_components's)
-    "tall": 0.5,            # 1, 3: digit-sized when half as tall as its row's largest piece (flat USPS 2s: 0.62)
+    "speck_share": 0.03,    # 1: less ink than 3 % of the row's largest piece (keep_digit_components's)
+    "tall": 0.5,            # 3: digit-sized when half as tall as the row's largest piece (flat USPS 2s: 0.62)
     "row_overlap": 0.5,     # 2: one row when the heights overlap by half the shorter piece's
     "stack_gap": 0.75,      # 2: a piece alone at its height, closer than 0.75 of the height to a piece
                             #    above or below it, belongs to that piece's row

@@ -5727,7 +5727,7 @@ def without_score(*names):
 
 NUMBER_ABLATIONS = {
     "specks (1)": {"speck_share": 0.0},
-    "close rows above one another are one (2)": {"stack_gap": -np.inf},
+    "a piece alone at its height, close to a row, is part of it (2)": {"stack_gap": -np.inf},
     "pieces above one another are one digit (3)": {"x_overlap": np.inf},
     "a short piece beside a digit is its stroke (3)": {"stroke_gap": -np.inf},
     "a short piece on its own must be big enough (3)": {"smallest_digit": 0.0},
@@ -5742,14 +5742,14 @@ NUMBER_ABLATIONS = {
 }
 
 
-def measure_number_ablation(model_path, strings=100, folder=USPS_DIR, singles=300):
+def measure_number_ablation(model_path, strings=100, singles=300, folder=USPS_DIR):
     """Print what each rule of section [11b] is worth: numbers read exactly and digits right on
     strings of USPS digits and of MNIST test digits (made as in measure_numbers), and single
     digits read as several digits / read right (`singles` USPS digits in two presentations of
     --measure-usps, `singles` // 3 of two photo kinds of --measure-photos), with all rules, and
     with each taken out in turn.
 
-        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --ablation
+        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS [SINGLES]] --ablation
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
@@ -6065,7 +6065,7 @@ if __name__ == "__main__":
         if "--losses" in arguments:
             measure_number_losses(models[0], *counts[:1], folder=(folders or [USPS_DIR])[0])
         elif "--ablation" in arguments:
-            measure_number_ablation(models[0], *counts[:1], folder=(folders or [USPS_DIR])[0])
+            measure_number_ablation(models[0], *counts[:2], folder=(folders or [USPS_DIR])[0])
         else:
             measure_numbers(models[0], *counts[:2], folder=(folders or [USPS_DIR])[0])
     elif sys.argv[1:2] == ["--measure-usps"]:
