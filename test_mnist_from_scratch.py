@@ -1752,6 +1752,17 @@ class TestReadingANumber(unittest.TestCase):
         self.assertEqual(steps["number"], "52183\n41926")
         self.assertEqual([d["row"] for d in steps["digits"]], [0] * 5 + [1] * 5)
 
+    def test_a_piece_alone_just_above_a_digit_joins_its_row_and_a_row_of_small_digits_stays_a_row(self):
+        # three digits 40 px tall; 2 px above the middle one, a piece of it 14 px tall; far
+        # above, three digits 16 px tall (boxes top, bottom, left, right and ink of each piece)
+        top, bottom = np.array([50, 50, 50, 34, 5, 5, 5]), np.array([89, 89, 89, 47, 20, 20, 20])
+        left, right = np.array([0, 30, 60, 32, 0, 15, 30]), np.array([24, 54, 84, 52, 10, 25, 40])
+        mass = np.array([100.0, 100, 100, 20, 15, 15, 15])
+        rows = mnist.find_rows(top, bottom, left, right, mass)
+        self.assertEqual([sorted(row) for row in rows], [[4, 5, 6], [0, 1, 2, 3]])
+        far = mnist.find_rows(top, bottom, left, right, mass, {**mnist.NUMBER_RULES, "stack_gap": -np.inf})
+        self.assertEqual(len(far), 3)   # without rule 2's stack_gap the piece is a row of its own
+
     def test_a_digit_near_the_pictures_edge_is_read(self):
         # a thin 1 two pixels from the picture's left edge, further from the next digit than
         # rule 4's chain_gap: written on the page, since the edge does not cut it
@@ -1759,7 +1770,7 @@ class TestReadingANumber(unittest.TestCase):
         strip, _ = mnist.number_strip([ones[0]] + self.glyphs("23"), [12, 4], np.random.default_rng(6), jitter=0)
         self.assertEqual(self.read(encode(1 - strip[:, 6:], "L", "PNG"))["number"], "123")
 
-    def test_rule_5_leaves_out_only_a_piece_that_the_edge_cuts_far_from_the_others(self):
+    def test_rule_4_leaves_out_only_a_piece_that_the_edge_cuts_far_from_the_others(self):
         def kept(first_box):  # a narrow piece along the left edge, 17 px (0.8 heights) from a "23"
             rows = [[([0], first_box, 21), ([1], (40, 60, 20, 32), 21), ([2], (40, 60, 36, 48), 21)]]
             return [box for row in mnist.chained(rows, np.array([5.0, 30.0, 30.0]), (100, 200)) for _, box in row]
