@@ -2653,7 +2653,7 @@ SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink
 
 def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone=False,
                    rules=None):
-    """The features of k cut-out pieces that say how much each looks like one digit, (k, 9):
+    """The features of k cut-out pieces that say how much each looks like one digit, (k, 8):
       recognised  its largest logit / the network's typical one (a pair of digits read as one
                   digit answers weakly: the network has never seen one)
       sure        log of its largest probability (how clearly it is that digit and no other)
@@ -2665,8 +2665,7 @@ def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alo
       cut_ink     the rows in which its cuts went through a stroke, / row height
       uncut       1 for the piece as it was found, 0 for a piece cut out of it
       digit       1: every digit read costs the same, so a cutting needs evidence for each
-    Z (k, 10) its logits; widths, heights, edge_ink (k,) in
-    pixels; uncut (k,) booleans."""
+    Z (k, 10) its logits; widths, heights, edge_ink (k,) in pixels; uncut (k,) booleans."""
     rules = NUMBER_RULES if rules is None else rules
     k = len(Z)
     top = Z.max(axis=1)
