@@ -2381,7 +2381,7 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 # number tables of docs/results.md (`--measure-numbers` of the test file).
 
 NUMBER_RULES = {
-    "speck_share": 0.03,    # 1: less ink than 3 % of the row's largest piece (keep_digit_components's)
+    "speck_share": 0.03,    # 1: a speck has less ink than 3 % of its row's largest piece (as keep_digit_components)
     "tall": 0.5,            # 3: digit-sized when half as tall as the row's largest piece (flat USPS 2s: 0.62)
     "row_overlap": 0.5,     # 2: one row when the heights overlap by half the shorter piece's
     "stack_gap": 0.75,      # 2: a piece alone at its height, closer than 0.75 of the height to a piece
@@ -2402,11 +2402,10 @@ NUMBER_RULES = {
     "score_weights": {"recognised": 5.89, "sure": 2.20, "too_wide": -10.59, "too_thin": -2.57,
                       "tall": 7.06, "cut_ink": -4.25, "uncut": 0.65, "digit": -10.0},
     # 5: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
-    # 1.09), and cut when its cutting scores 5.6 more than it whole: with the weights above, the
+    # 1.09), and cut when its cutting scores 4.6 more than it whole: with the weights above, the
     # smallest margin that cuts none of the 3,885 lone validation digits of --fit-number-score
-    # (4.6), and a tenth of a digit's cost more, for digits unlike them
     "lone_from": 1.0,
-    "lone_margin": 5.6,
+    "lone_margin": 4.6,
 }
 
 
