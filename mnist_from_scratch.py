@@ -1179,7 +1179,6 @@ def train_full(X, y, X_val=None, y_val=None,
 # one kind of error of its own.
 import argparse
 import hashlib
-import inspect
 import sys
 import textwrap
 
@@ -1199,7 +1198,10 @@ UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[:
            6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T, 8: lambda a: np.rot90(a)}
 
 
-def read_image(path, max_side=640):  # larger photos are shrunk first: a digit needs far fewer pixels
+WORKING_MAX_SIDE = 640  # larger photos are shrunk first: a digit needs far fewer pixels
+
+
+def read_image(path, max_side=WORKING_MAX_SIDE):
     """Read an image file of any size and mode (RGB, RGBA, L, LA, palette, 16-bit, JPEG, ...).
 
     Returns (gray, alpha): gray is a float32 (height, width) array in [0, 1] (0 = black,
@@ -1236,9 +1238,6 @@ def read_image(path, max_side=640):  # larger photos are shrunk first: a digit n
     turn = UPRIGHT.get(orientation, lambda a: a)
     gray = np.ascontiguousarray(turn(np.clip(gray, 0.0, 1.0)))
     return gray, None if alpha is None else np.ascontiguousarray(turn(alpha))
-
-
-WORKING_MAX_SIDE = inspect.signature(read_image).parameters["max_side"].default  # the number written once
 
 
 def has_transparency(image):
@@ -1990,7 +1989,8 @@ def find_the_digit(ink, paper, pieces_found=None):
     # The test of "is there anything at all": ink that paper noise cannot explain, at least 10
     # standard deviations of the noise above the paper (the strongest of the ~10^5 pixels of pure
     # noise lies about 4.5 above), and at least 12 % darker than the paper (a uniform picture has
-    # no noise at all to measure against; 0.12 is the contrast the earlier version asked for).
+    # no noise at all to measure against; the faintest pencil on the darkest paper of the test
+    # file's photos is 15 % darker than the paper).
     if peak - paper_ink < max(10 * sigma, 0.12):
         return None, outside, floor, "no ink stands out from the background"
 
@@ -2192,18 +2192,21 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 # works on the pieces of ink that section [11] finds (paper, lines, table and light already dealt
 # with), and each of its rules answers one of those failures:
 #
-#   1. specks      a piece with far less ink than the largest one is dirt, not a digit
-#   2. rows        the digit-sized pieces whose heights overlap form a row; rows are read top to
-#                  bottom, each left to right. Two rows very close together whose pieces lie
-#                  above one another are one row: a digit broken into an upper and a lower piece
-#   3. one digit   pieces lying above one another (overlapping in x) are one digit: a 5 and its
-#      in pieces   flag, the two strokes of a 4; a short piece just beside a digit is one of its
-#                  strokes (a 7's bar); a short piece on its own is a small digit if it is tall
-#                  enough, a speck or a dash otherwise
-#   5. far away    the digits of a number lie close together: a piece cut by the picture's edge,
+#   1. specks      a piece with far less ink than the largest one of its row is dirt, not a digit
+#   2. rows        rows come first, decided by the gaps between them: pieces whose heights
+#                  overlap form a row, whatever their size, so a row of small digits is a row
+#                  beside one of big digits. Rows are read top to bottom, each left to right. A
+#                  piece alone at its height that is short beside the row next to it, or lies
+#                  just above or below one of its pieces (a digit broken into an upper and a
+#                  lower piece), is no row of its own but part of that one
+#   3. one digit   in a row, pieces lying above one another (overlapping in x) are one digit: a
+#      in pieces   5 and its flag, the two strokes of a 4; a short piece just beside a digit is
+#                  one of its strokes (a 7's bar); a short piece on its own is a small digit if
+#                  it is tall enough, a dash otherwise
+#   4. far away    the digits of a number lie close together: a piece cut by the picture's edge,
 #                  lying along it and far from all the others (the edge of the table a
 #                  photographed page lies on) is not one of them
-#   4. touching    a piece wide enough for two digits may be several digits touching. Where to
+#   5. touching    a piece wide enough for two digits may be several digits touching. Where to
 #      digits      cut it is decided with the network's help ("recognition-based
 #                  segmentation"): every way of cutting it at its columns into parts of a
 #                  digit's width is read, and each part gets a score: how strongly the network
@@ -2211,51 +2214,49 @@ def predict_image(gray, alpha, Ws, bs, activation="relu", dataset="mnist"):
 #                  never seen two digits at once, and answers a pair weakly even when it is
 #                  sure which digit the pair looks most like), how sure it is, whether the part
 #                  is too wide or too thin for one digit, whether its ink fills the row's height,
-#                  how much ink the cuts went through, whether a second output layer, the
-#                  judge, takes it for one whole digit (below), and a cost for every digit
-#                  read. The cutting whose parts' scores add up to the most wins, the piece
-#                  whole being one of the cuttings; dynamic programming finds it without
-#                  trying them all.
+#                  how much ink the cuts went through, and a cost for every digit read. The
+#                  cutting whose parts' scores add up to the most wins, the piece whole being
+#                  one of the cuttings; dynamic programming finds it without trying them all.
 #                  The weights of the score were fitted on strings of MNIST validation digits
-#                  (a structured perceptron: the test file's --fit-number-score), never on the
+#                  (a structured perceptron: docs/measure.py --fit-number-score), never on the
 #                  USPS strings the tables measure.
 #
 # Each digit found is then prepared exactly as a single digit is (mask_to_mnist: crop, stroke
 # width, 20 pixels, centre of mass) and read by the same network, so digits of different sizes
 # are each read as well as they would be alone. An image in which only one piece is found
-# (after rules 1-3) is read exactly as predict_image reads it, unless the piece is at least as
+# (after rules 1-4) is read exactly as predict_image reads it, unless the piece is at least as
 # wide as tall and its best cutting scores clearly more than the piece whole: a single wide
 # digit (a flat 2, a 0) looks much like two touching ones.
 #
 # What each rule is worth, measured by taking it out, and how well numbers are read: the
-# number tables of docs/results.md (`--measure-numbers` of the test file).
+# number tables of docs/results.md (`docs/measure.py --measure-numbers`).
 
 NUMBER_RULES = {
-    "speck_share": 0.03,    # 1: less ink than 3 % of the largest piece is a speck (keep_digit_components's)
-    "tall": 0.5,            # 2: digit-sized when half as tall as the largest piece (flat USPS 2s: 0.62)
+    "speck_share": 0.03,    # 1: a speck has less ink than 3 % of its row's largest piece (as keep_digit_components)
+    "tall": 0.5,            # 3: digit-sized when half as tall as the row's largest piece (flat USPS 2s: 0.62)
     "row_overlap": 0.5,     # 2: one row when the heights overlap by half the shorter piece's
-    "stack_gap": 0.75,      # 2: rows closer than 0.75 of their height, pieces above one another, are one
+    "stack_gap": 0.75,      # 2: a piece alone at its height, closer than 0.75 of the height to a piece
+                            #    above or below it, belongs to that piece's row
     "x_overlap": 0.5,       # 3: one digit when overlapping in x by half the narrower piece's width
     "stroke_gap": 0.15,     # 3: a short piece this close (in row heights) to a digit is its stroke
-    "smallest_digit": 0.3,  # 3: a short piece alone is a digit when 0.3 row heights tall (not a flat bar)
-    "chain_gap": 0.6,       # 5: digits the edge cuts at most 0.6 digit heights from the next (the
+    "smallest_digit": 0.3,  # 2, 3: a short piece is a digit when 0.3 row heights tall (not a flat bar)
+    "chain_gap": 0.6,       # 4: digits the edge cuts at most 0.6 digit heights from the next (the
     "chain_rows": 1.5,      #    strings' widest gap, 8 px at 16 px, and some blur), rows 1.5 apart
-    "split_from": 0.25,     # 4: pieces wide enough for two of the thinnest digits may hold several
-    "widest_digit": 1.25,   # 4: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
-    "thinnest_digit": 0.12,  # 4: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
-    "cuts_per_height": 16,  # 4: a cut may fall every 1/16 of the row height: every column of a 16 px digit
-    "thin_from": 0.35,      # 4: thinner is "too thin": 0.03 % of MNIST digits but 1s are (36 % of 1s)
-    # 4: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
-    # digit costs 10), fitted on strings of MNIST validation digits by the test file's
+    "split_from": 0.25,     # 5: pieces wide enough for two of the thinnest digits may hold several
+    "widest_digit": 1.25,   # 5: a cut-out digit is at most 1.25 row heights wide (USPS 2s: up to 1.0)
+    "thinnest_digit": 0.12,  # 5: ... and at least 0.12 (the thinnest USPS 1s: 2 px of 16)
+    "cuts_per_height": 16,  # 5: a cut may fall every 1/16 of the row height: every column of a 16 px digit
+    "thin_from": 0.35,      # 5: thinner is "too thin": 0.03 % of MNIST digits but 1s are (36 % of 1s)
+    # 5: the weights of a cut-out piece's score (piece_features; only their ratios matter, so a
+    # digit costs 10), fitted on strings of MNIST validation digits by docs/measure.py's
     # --fit-number-score (docs/results.md)
-    "score_weights": {"recognised": 3.59, "sure": 3.00, "too_wide": -7.44, "too_thin": -2.21,
-                      "tall": 9.55, "cut_ink": -3.80, "uncut": 0.76, "one": 3.29, "digit": -10.0},
-    # 4: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
-    # 1.09), and cut when its cutting scores 4.3 more than it whole: with the weights above, the
-    # smallest margin that cuts none of the 3,884 lone validation digits of --fit-number-score
-    # (3.3), and a tenth of a digit's cost more, for digits unlike them
+    "score_weights": {"recognised": 5.89, "sure": 2.20, "too_wide": -10.59, "too_thin": -2.57,
+                      "tall": 7.06, "cut_ink": -4.25, "uncut": 0.65, "digit": -10.0},
+    # 5: a piece alone is tried when as wide as tall (lone MNIST digits: 90 % are narrower than
+    # 1.09), and cut when its cutting scores 4.6 more than it whole: with the weights above, the
+    # smallest margin that cuts none of the 3,885 lone validation digits of --fit-number-score
     "lone_from": 1.0,
-    "lone_margin": 4.3,
+    "lone_margin": 4.6,
 }
 
 
@@ -2281,66 +2282,98 @@ def join_groups(groups, belong):
     return groups
 
 
-def cut_into_digits(pieces, ink, rules=None):
-    """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
-    rules 1-3 and 5 above. Returns (labels, rows): labels from label_components, and the rows top to
-    bottom, each a list, left to right, of (members, box): the labels of the pieces that form one
-    digit (or several touching, see split_touching) and their box (top, bottom, left, right)."""
+def find_rows(top, bottom, left, right, mass, rules=None):
+    """Rules 1 and 2: the rows of a picture's pieces of ink (their boxes and their ink), top to
+    bottom, each a list of piece indices. A row is where the ink's horizontal projection has
+    no gap: pieces whose heights overlap by half the shorter one's lie in one row, whatever
+    their size, so a row of small digits above a row of big ones is a row of its own. Two kinds
+    of piece make no row: a speck (less ink than speck_share of the picture's largest piece),
+    and a piece alone at its height that is short beside the row nearest to it (under
+    smallest_digit of that row's height) or lies close above or below one of its pieces
+    (within stack_gap of the height: a digit broken into an upper and a lower piece). Each goes
+    into the row nearest to it, where rules 1 and 3 decide what it is."""
     rules = NUMBER_RULES if rules is None else rules
-    labels, count = label_components(pieces)
-    if count == 0:
-        return labels, []
-    top, bottom, left, right, mass = piece_boxes(labels, count, ink)
     height, width = bottom - top + 1, right - left + 1
-    keep = mass >= rules["speck_share"] * mass.max()                          # rule 1
-    tall = keep & (height >= rules["tall"] * height[np.argmax(mass)])
+
+    def overlap_x(i, j):
+        return interval_overlap(left[i], right[i], left[j], right[j]) >= rules["x_overlap"] * min(width[i], width[j])
+
+    def gap(i, row):  # rows between the piece i and the row's ink (0 when they overlap)
+        return max(top[row].min() - bottom[i] - 1, top[i] - bottom[row].max() - 1, 0)
+
+    def same_row(a, b):
+        return interval_overlap(top[a].min(), bottom[a].max(), top[b].min(), bottom[b].max()) >= \
+            rules["row_overlap"] * min(bottom[a].max() - top[a].min(), bottom[b].max() - top[b].min())
+    makers = mass >= rules["speck_share"] * mass.max()
+    rows = join_groups([[i] for i in np.flatnonzero(makers)], same_row)
+    joined = True
+    while joined and len(rows) > 1:
+        joined = False
+        for row in [r for r in rows if len(r) == 1]:
+            i = row[0]
+            nearest = min((r for r in rows if r is not row), key=lambda r: gap(i, r))
+            tallest = max(height[nearest].max(), height[i])
+            if height[i] < rules["smallest_digit"] * height[nearest].max() or (
+                    gap(i, nearest) <= rules["stack_gap"] * tallest and any(overlap_x(i, j) for j in nearest)):
+                nearest.append(i)
+                rows.remove(row)
+                joined = True
+                break
+    for i in np.flatnonzero(~makers):  # a speck: into the row nearest its middle
+        middle = (top[i] + bottom[i]) / 2
+        min(rows, key=lambda r: max(top[r].min() - middle, middle - bottom[r].max(), 0)).append(i)
+    return sorted(rows, key=lambda row: top[row].min())
+
+
+def digits_of_row(row, top, bottom, left, right, mass, rules=None):
+    """Rules 1 and 3 within one row (a list of piece indices, find_rows): its digits, left to
+    right, each (members, box (top, bottom, left, right), the row's height). A piece with less
+    ink than speck_share of the row's largest is a speck; the row's digit-sized pieces are
+    those at least `tall` times as tall as its largest, and its height is their median."""
+    rules = NUMBER_RULES if rules is None else rules
+    row = np.asarray(row)
+    height = bottom - top + 1
+    keep = row[mass[row] >= rules["speck_share"] * mass[row].max()]               # rule 1
+    tall = height >= rules["tall"] * height[row[np.argmax(mass[row])]]
+    row_height = np.median(height[[i for i in keep if tall[i]]])
 
     def box(group):
         return top[group].min(), bottom[group].max(), left[group].min(), right[group].max()
 
-    def same_row(a, b):                                                          # rule 2
-        (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
-        return interval_overlap(ta, ba, tb, bb) >= rules["row_overlap"] * min(ba - ta, bb - tb)
-    rows = join_groups([[i] for i in np.flatnonzero(tall)], same_row)
+    def above_one_another(a, b):                                                  # rule 3
+        (_, _, la, ra), (_, _, lb, rb) = box(a), box(b)
+        return interval_overlap(la, ra, lb, rb) >= rules["x_overlap"] * min(ra - la + 1, rb - lb + 1)
+    digits = join_groups([[i] for i in keep], above_one_another)
+    short = [g for g in digits if not tall[g].any()]
+    digits = [g for g in digits if tall[g].any()]
+    for group in short:
+        t, b, l, r = box(group)
+        gaps = [max(box(d)[2] - r, l - box(d)[3]) for d in digits]
+        if gaps and min(gaps) <= rules["stroke_gap"] * row_height:
+            digits[int(np.argmin(gaps))] += group
+        elif b - t + 1 >= rules["smallest_digit"] * row_height:  # a flat bar is no digit
+            digits.append(group)
+    digits.sort(key=lambda group: box(group)[2])
+    return [(group, box(group), row_height) for group in digits]
 
-    def stacked(a, b):  # a digit broken into an upper and a lower piece looks like two rows
-        (ta, ba, _, _), (tb, bb, _, _) = box(a), box(b)
-        gap = max(tb - ba, ta - bb) - 1
-        fewer, more = (a, b) if len(a) <= len(b) else (b, a)
-        above = [[interval_overlap(left[i], right[i], left[j], right[j])
-                  >= rules["x_overlap"] * min(width[i], width[j]) for j in more] for i in fewer]
-        return gap <= rules["stack_gap"] * max(ba - ta + 1, bb - tb + 1) and all(map(any, above))
-    rows = join_groups(rows, stacked)
-    rows.sort(key=lambda row: box(row)[0])
-    for i in np.flatnonzero(keep & ~tall):  # a short piece: into the row nearest its middle
-        middle = (top[i] + bottom[i]) / 2
-        distance = [max(box(row)[0] - middle, middle - box(row)[1], 0) for row in rows]
-        rows[int(np.argmin(distance))].append(i)
 
-    result = []
-    for row in rows:
-        row_height = np.median(height[[i for i in row if tall[i]]])
-
-        def above_one_another(a, b):                                             # rule 3
-            (_, _, la, ra), (_, _, lb, rb) = box(a), box(b)
-            return interval_overlap(la, ra, lb, rb) >= rules["x_overlap"] * min(ra - la + 1, rb - lb + 1)
-        digits = join_groups([[i] for i in row], above_one_another)
-        short = [g for g in digits if not tall[g].any()]
-        digits = [g for g in digits if tall[g].any()]
-        for group in short:
-            t, b, l, r = box(group)
-            gaps = [max(box(d)[2] - r, l - box(d)[3]) for d in digits]
-            if gaps and min(gaps) <= rules["stroke_gap"] * row_height:
-                digits[int(np.argmin(gaps))] += group
-            elif b - t + 1 >= rules["smallest_digit"] * row_height:  # a flat bar is no digit
-                digits.append(group)
-        digits.sort(key=lambda group: box(group)[2])
-        result.append([(group, box(group), row_height) for group in digits])
-    return labels, chained(result, mass, pieces.shape, rules)
+def cut_into_digits(pieces, ink, rules=None):
+    """Group the pieces of ink of a picture (steps['pieces'] of image_to_mnist) into digits, by
+    rules 1-4 above: rows first (find_rows), then the digits of each row (digits_of_row).
+    Returns (labels, rows): labels from label_components, and the rows top to bottom, each a
+    list, left to right, of (members, box): the labels of the pieces that form one digit (or
+    several touching, see split_touching) and their box (top, bottom, left, right)."""
+    labels, count = label_components(pieces)
+    if count == 0:
+        return labels, []
+    top, bottom, left, right, mass = piece_boxes(labels, count, ink)
+    rows = [digits_of_row(row, top, bottom, left, right, mass, rules)
+            for row in find_rows(top, bottom, left, right, mass, rules)]
+    return labels, chained(rows, mass, pieces.shape, rules)
 
 
 def chained(rows, mass, shape, rules=None):
-    """Rule 5: the digits of a number lie close together. A digit that the picture's edge cuts
+    """Rule 4: the digits of a number lie close together. A digit that the picture's edge cuts
     and that lies wholly along it (within 0.15 of its shorter side), as what is left of the
     table a page lies on does, is kept only when it is chained to the others: within chain_gap
     times the height of a digit kept sideways (and chain_rows times it up or down), starting
@@ -2403,25 +2436,11 @@ def digit_input(ink, labels, members, box, floor, columns=None):
 
 def typical_top_logit(X, Ws, bs, activation="relu"):
     """How strongly the network answers a digit it knows: the median, over the images X
-    (m, 784), of the largest of its ten logits Z_L. Rule 4 measures every cut-out piece against
+    (m, 784), of the largest of its ten logits Z_L. Rule 5 measures every cut-out piece against
     it, so that its score means the same for a network whose logits are twice as large.
     `train` saves it with the model (measured on the validation images); about 14 for the
     default network. Needs: logits."""
     return float(np.median(logits(X, Ws, bs, activation).max(axis=1)))
-
-
-# Rule 4's judge: one whole digit, or not? The network answers "which digit?" for whatever it
-# is shown, two touching digits or a sliver cut off one as well: it has never seen anything
-# else. A 1 written into a 4 is read as a 4, and a cut through them as a 1 and a 4, both
-# confidently. A second output layer, trained on its own, answers the question rule 4 needs:
-# is this piece one whole digit? Its two units, "not" and "one digit", read what the network
-# sees in the piece (its last hidden layer's activations), as the ten digit units do; it is
-# trained with the lesson's own train_step while the network stays as it is (a hidden layer
-# of its own reads the strings no better: docs/results.md). Its examples are the candidate
-# digits that rule 4 cuts out of strings of two or three training digits, most of them
-# touching (judge_examples), labelled by how much of each digit's ink they hold
-# (one_digit_or_not). `train` makes the judge and saves it with the model. Its answer, the
-# log-odds of "one digit", is one of the features of the score.
 
 
 def glyph_of(ink, height=16):
@@ -2471,127 +2490,20 @@ def random_gaps(count, rng, touching=1 / 3):
             for _ in range(count)]
 
 
-def one_digit_or_not(held):
-    """The judge's label of candidate digits that hold the shares `held` (k, n) of the ink of
-    each of n >= 2 digits: 1 for one whole digit (85 % or more of one, 15 % or less of any
-    other), 0 for not (30 % or more of a second digit, or 60 % or less of any), -1 for neither
-    (left out: a judge need not decide what is almost a digit)."""
-    held = -np.sort(-np.asarray(held, dtype=float), axis=1)  # largest share first
-    one = (held[:, 0] >= 0.85) & (held[:, 1] <= 0.15)
-    not_one = (held[:, 1] >= 0.3) | (held[:, 0] <= 0.6)
-    return np.where(one, 1, np.where(not_one, 0, -1))
+def number_reader(Ws, bs, activation="relu"):
+    """The function rule 5 reads candidate digits with: inputs X (m, 784) -> the network's
+    logits Z_L (m, 10). Needs: logits."""
+    return lambda X: logits(X, Ws, bs, activation)
 
 
-def judge_examples(images, rng, strings=600, rules=None):
-    """The judge's examples: rule 4's candidate digits cut out of `strings` strings of two or
-    three of the digits `images` (n, 28, 28), black on white, 16 to 32 px tall, 7 of 10 gaps
-    touching. Every candidate that is one digit, and twice as many of those that are not,
-    chosen at random (a string holds far more wrong cuts than right ones). Returns X (m, 784)
-    and y (m,): 1 one digit, 0 not (one_digit_or_not).
-    Needs: image_to_mnist, cut_into_digits, candidate_segments, one_digit_or_not."""
-    X, y = [], []
-    for _ in range(strings):
-        chosen = rng.choice(len(images), int(rng.integers(2, 4)), replace=False)
-        height = int(rng.integers(16, 33))
-        glyphs = [glyph_of(images[i], height) for i in chosen]
-        gaps = [round(gap * height / 16) for gap in random_gaps(len(chosen) - 1, rng, touching=0.7)]
-        strip, boxes = number_strip(glyphs, gaps, rng)
-        x28, steps = image_to_mnist(1.0 - strip)
-        if x28 is None:
-            continue
-        share = np.zeros((len(glyphs), strip.shape[1]))  # each digit's share of its ink, by column
-        for k, (glyph, (_, _, left, right)) in enumerate(zip(glyphs, boxes)):
-            share[k, left:right + 1] = glyph.sum(axis=0) / glyph.sum()
-        labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
-        for row in rows:
-            row_height = float(np.median([box[1] - box[0] + 1 for _, box in row]))
-            for members, box in row:
-                _, cuts, segments = candidate_segments(labels, members, box, row_height, rules)
-                label = one_digit_or_not([share[:, box[2] + cuts[i]:box[2] + cuts[j]].sum(axis=1)
-                                          for i, j in segments])
-                one = np.flatnonzero(label == 1)
-                not_one = rng.permutation(np.flatnonzero(label == 0))[:2 * len(one)]
-                for s, is_one in [(s, 1) for s in one] + [(s, 0) for s in not_one]:
-                    x = segment_input(steps["ink"], labels, members, box, steps["floor"], cuts, segments[s])
-                    if x is not None:
-                        X.append(x.reshape(784))
-                        y.append(is_one)
-    return np.array(X, np.float32).reshape(-1, 784), np.array(y, int)
-
-
-# strings the judge's examples are cut from: about 14,000 pieces, 8 s; 1,500
-# strings read USPS strings no better (docs/results.md)
-JUDGE_STRINGS = 600
-
-
-def train_judge(X, y, Ws, bs, activation="relu", epochs=20, lr=0.05, seed=0):
-    """Train rule 4's judge on examples X (m, 784), y (m,) (judge_examples) for the network Ws,
-    bs: one layer from that network's last hidden layer to two outputs (0: not one digit,
-    1: one digit), with softmax and cross-entropy as for the digits, trained by train_step in
-    mini-batches of 128, the learning rate falling linearly to 0. Returns {'Ws', 'bs', 'scale'}:
-    its weights (lists of one array each, as forward takes them) and the number its inputs are
-    divided by (their standard deviation: inputs of about unit size, as pixels are). Under a
-    second for 14,000 examples. The settings are the lesson's usual ones, not tuned: what
-    counts is how many strings are read right, and neither more examples nor a hidden layer
-    read more of them (docs/results.md). Needs: forward, init_params, train_step."""
-    H = forward(X, Ws, bs, activation)[-2]
-    scale = float(H.std()) or 1.0
-    H = H / scale
-    judge_Ws, judge_bs = init_params([H.shape[1], 2], seed=seed)
-    vWs, vbs = [np.zeros_like(W) for W in judge_Ws], [np.zeros_like(b) for b in judge_bs]
-    rng = np.random.default_rng(seed + 1)
-    for epoch in range(epochs):
-        order = rng.permutation(len(H))
-        for i in range(0, len(H), 128):
-            batch = order[i:i + 128]
-            train_step(H[batch], y[batch], judge_Ws, judge_bs, vWs, vbs, lr * (1 - epoch / epochs),
-                       momentum=0.9, weight_decay=1e-4)
-    return {"Ws": judge_Ws, "bs": judge_bs, "scale": scale}
-
-
-def judge_for_saving(judge):
-    """The judge as a model's meta keeps it: plain lists of numbers, which save_model writes as
-    text with the rest of the meta (None stays None). number_reader takes either form."""
-    if judge is None:
-        return None
-    return {"Ws": [np.asarray(W).tolist() for W in judge["Ws"]],
-            "bs": [np.asarray(b).tolist() for b in judge["bs"]], "scale": float(judge["scale"])}
-
-
-def judge_says(hidden_layer, judge):
-    """The judge's answer for pieces whose last hidden layer (of the first network) is
-    `hidden_layer` (m, n): the log-odds that each is one whole digit, Z_one - Z_not, clipped to
-    [-10, 10] and divided by 10. Zero ("cannot tell") for every piece when judge is None: a
-    model saved without one. Needs: forward."""
-    if judge is None:
-        return np.zeros(len(hidden_layer))
-    Z = forward(hidden_layer / judge["scale"], judge["Ws"], judge["bs"])[-1]
-    return np.clip(Z[:, 1] - Z[:, 0], -10, 10) / 10
-
-
-def number_reader(Ws, bs, activation="relu", judge=None):
-    """The function rule 4 reads candidate digits with: inputs (m, 784) -> (Z (m, 10), the
-    network's logits, and one (m,), the judge's answer: judge_says). judge: as train_judge
-    makes it, or as it is saved in a model's meta (lists of numbers). Needs: forward."""
-    if judge is not None:
-        judge = {"Ws": [np.asarray(W, np.float32) for W in judge["Ws"]],
-                 "bs": [np.asarray(b, np.float32) for b in judge["bs"]], "scale": float(judge["scale"])}
-
-    def read(X):
-        As = forward(X, Ws, bs, activation)
-        return As[-1], judge_says(As[-2], judge)
-    return read
-
-
-# What a cut-out piece is scored on (rule 4): one number each, in the order of the weights in
+# What a cut-out piece is scored on (rule 5): one number each, in the order of the weights in
 # NUMBER_RULES["score_weights"].
-SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "one",
-                  "digit")
+SCORE_FEATURES = ("recognised", "sure", "too_wide", "too_thin", "tall", "cut_ink", "uncut", "digit")
 
 
-def piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical, alone=False,
+def piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone=False,
                    rules=None):
-    """The features of k cut-out pieces that say how much each looks like one digit, (k, 9):
+    """The features of k cut-out pieces that say how much each looks like one digit, (k, 8):
       recognised  its largest logit / the network's typical one (a pair of digits read as one
                   digit answers weakly: the network has never seen one)
       sure        log of its largest probability (how clearly it is that digit and no other)
@@ -2602,10 +2514,8 @@ def piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical
       tall        the height of its ink / the row height, at most 1 (a digit fills the row)
       cut_ink     the rows in which its cuts went through a stroke, / row height
       uncut       1 for the piece as it was found, 0 for a piece cut out of it
-      one         the judge's answer: how surely it is one whole digit (judge_says, -1 to 1)
       digit       1: every digit read costs the same, so a cutting needs evidence for each
-    Z (k, 10) its logits; one (k,) the judge's answers; widths, heights, edge_ink (k,) in
-    pixels; uncut (k,) booleans."""
+    Z (k, 10) its logits; widths, heights, edge_ink (k,) in pixels; uncut (k,) booleans."""
     rules = NUMBER_RULES if rules is None else rules
     k = len(Z)
     top = Z.max(axis=1)
@@ -2614,7 +2524,7 @@ def piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical
     too_wide = np.where(uncut & alone, 0.0, np.maximum(width - 1, 0))
     return np.stack([top / typical, log_P, too_wide,
                      np.maximum(rules["thin_from"] - width, 0), np.minimum(heights / row_height, 1),
-                     edge_ink / row_height, uncut.astype(float), one, np.ones(k)], axis=1)
+                     edge_ink / row_height, uncut.astype(float), np.ones(k)], axis=1)
 
 
 def best_cutting(scores, segments, n):
@@ -2636,7 +2546,7 @@ def best_cutting(scores, segments, n):
 
 
 def candidate_segments(labels, members, box, row_height, rules=None):
-    """Where a piece may be cut (rule 4): at candidate columns every row_height / cuts_per_height
+    """Where a piece may be cut (rule 5): at candidate columns every row_height / cuts_per_height
     pixels (every column of a 16 px digit), at least thinnest_digit row heights from either end.
     A segment between two cuts i < j, between thinnest_digit and widest_digit row heights wide,
     is a candidate digit; so is the whole piece. Returns (inside, cuts, segments): the piece's
@@ -2692,12 +2602,11 @@ def cut_candidates(ink, labels, members, box, floor, row_height, rules=None):
 
 def scored_candidates(ink, labels, members, box, floor, row_height, network, typical, alone=False,
                       rules=None):
-    """Rule 4's candidate digits of a piece (cut_candidates), read by the network at once and
+    """Rule 5's candidate digits of a piece (cut_candidates), read by the network at once and
     described by piece_features. A piece narrower than split_from row heights (lone_from for a
     piece alone in the picture, which has no row to be compared with) cannot hold two digits: its
     one candidate is itself. Returns (cuts, segments, inputs, Z, features).
-    network: a function (m, 784) -> (logits (m, 10), the judge's answers (m,)), as number_reader
-    makes it; typical: typical_top_logit of the network."""
+    network: a function (m, 784) -> logits (m, 10), as number_reader makes it; typical: typical_top_logit of the network."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, right = box
     width = right - left + 1
@@ -2709,22 +2618,22 @@ def scored_candidates(ink, labels, members, box, floor, row_height, network, typ
         cuts, segments, inputs, widths, heights, edge_ink = cut_candidates(
             ink, labels, members, box, floor, row_height, rules)
     n = len(cuts) - 1
-    Z, one = network(inputs.reshape(-1, 784))  # every candidate digit read at once
+    Z = network(inputs.reshape(-1, 784))  # every candidate digit read at once
     uncut = np.array([segment == (0, n) for segment in segments])
-    features = piece_features(Z, one, widths, heights, edge_ink, uncut, row_height, typical, alone,
+    features = piece_features(Z, widths, heights, edge_ink, uncut, row_height, typical, alone,
                               rules)
     return cuts, segments, inputs, Z, features
 
 
 def split_touching(ink, labels, members, box, floor, row_height, network, typical, alone=False,
                    rules=None):
-    """Rule 4: read a piece that may hold several touching digits ("recognition-based
+    """Rule 5: read a piece that may hold several touching digits ("recognition-based
     segmentation"). Every candidate digit (scored_candidates) gets a score = w . features (the
     weights NUMBER_RULES["score_weights"]). The cutting of the piece whose digits' scores add up
     to the most wins (best_cutting); the piece read whole is one of the cuttings. A piece alone
     in the picture (alone=True) is cut only when the cutting scores lone_margin more than the
     piece whole, so that one digit stays one digit.
-    network: as number_reader makes it (logits, judge's answers); typical: typical_top_logit.
+    network: as number_reader makes it; typical: typical_top_logit.
     Returns a list of (x28, P, box), left to right."""
     rules = NUMBER_RULES if rules is None else rules
     top, bottom, left, _ = box
@@ -2747,7 +2656,7 @@ def read_digits(steps, network, typical, rules=None):
     Returns a list of dicts {'digit', 'probabilities' (10,), 'x28' (28, 28), 'box' (top, bottom,
     left, right in the pixels of steps['gray'], inclusive), 'row' (0, 1, ...)}; an empty list
     when the picture holds one digit, which predict_image reads as it is.
-    network: as number_reader makes it (logits, judge's answers); typical: typical_top_logit.
+    network: as number_reader makes it; typical: typical_top_logit.
     """
     rules = NUMBER_RULES if rules is None else rules
     labels, rows = cut_into_digits(steps["pieces"], steps["ink"], rules)
@@ -2781,8 +2690,7 @@ def number_text(digits):
 TYPICAL_TOP_LOGIT = 14.3
 
 
-def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typical=None,
-                   judge=None):
+def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typical=None):
     """predict_image, reading every digit when the image holds more than one (MNIST models).
 
     Returns (x28, P, steps) as predict_image does, and when a digit is found also
@@ -2790,13 +2698,12 @@ def predict_number(gray, alpha, Ws, bs, activation="relu", dataset="mnist", typi
     `gray`), and steps['number'], their text (number_text). With one digit found the answer is
     predict_image's, unchanged; with several, x28 and P are those of the first digit.
     typical: the network's typical_top_logit (saved with the model as meta["typical_logit"]);
-    judge: rule 4's judge (train_judge; saved with the model, meta["judge"]).
     Needs: predict_image, read_digits, number_reader.
     """
     x28, P, steps = predict_image(gray, alpha, Ws, bs, activation, dataset)
     if x28 is None or dataset != "mnist":
         return x28, P, steps
-    digits = read_digits(steps, number_reader(Ws, bs, activation, judge),
+    digits = read_digits(steps, number_reader(Ws, bs, activation),
                          TYPICAL_TOP_LOGIT if typical is None else typical)
     if len(digits) <= 1:  # one digit: predict_image's reading, its box that of the digit's pixels
         ys, xs = np.nonzero(steps["mask"])
@@ -2998,7 +2905,7 @@ def command_predict(args):
             unreadable.append(path)
             continue
         x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset,
-                                     meta.get("typical_logit"), meta.get("judge"))
+                                     meta.get("typical_logit"))
         print(prediction_line(path, p, steps, class_names, args.json))
         read.append((path, None if p is None else int(p.argmax()), steps.get("number", ""),
                      len(steps.get("digits", [])) > 1))
@@ -4253,8 +4160,7 @@ class HTTPError(Exception):
         self.status = status
 
 
-def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None, typical=None,
-                        judge=None):
+def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_for=None, typical=None):
     """The answer of POST /predict for the bytes of a PNG or JPEG: read_image -> predict_image,
     the path of `predict` (images prepared for the model's data set).
 
@@ -4264,7 +4170,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
     Raises HTTPError(400) for bytes that are not a readable image, HTTPError(413) for an image
     with more than MAX_IMAGE_PIXELS. room_for(pixels), if given, is a context manager that
     waits until that many pixels may be decoded (the server's budget of memory for images).
-    typical, judge: the model's typical top logit and rule 4's judge (predict_number).
+    typical: the model's typical top logit (predict_number).
     """
     from PIL import Image
     too_large = HTTPError(413, f"the image has more than {MAX_IMAGE_PIXELS / 1e6:g} megapixels, "
@@ -4284,7 +4190,7 @@ def predict_image_bytes(body, Ws, bs, activation="relu", dataset="mnist", room_f
         except ValueError:
             raise HTTPError(400, "the body is not a readable PNG or JPEG image") from None
         with np.errstate(all="ignore"):    # this thread only: a 0/0 in an odd image is no log line
-            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, typical, judge)
+            x, p, steps = predict_number(gray, alpha, Ws, bs, activation, dataset, typical)
     if x is None:
         return {"digit": None, "reason": steps.get("reason", "nothing like a digit")}
     return {"digit": int(p.argmax()),
@@ -4598,7 +4504,7 @@ class DigitServer(ThreadingHTTPServer):
         """The answer of POST /predict for these bytes (predict_image_bytes), in its turn."""
         return predict_image_bytes(body, self.Ws, self.bs, self.meta["activation"],
                                    self.meta.get("dataset", "mnist"), self.turns.room_for,
-                                   self.meta.get("typical_logit"), self.meta.get("judge"))
+                                   self.meta.get("typical_logit"))
 
     def answers_for(self, name):
         """True for a Host this server answers: any on an open address; on a loopback one, this

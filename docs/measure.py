@@ -52,7 +52,7 @@ def measure_photos(model_path, per_kind=1000, no_digit_per_kind=200, kinds=MEASU
     on the same digits turned into images and brought back by read_image -> image_to_mnist ("no
     digit found" counts as wrong); then how many no-digit images wrongly give a digit.
 
-        python test_mnist_from_scratch.py --measure-photos [MODEL] [IMAGES_PER_KIND]
+        python docs/measure.py --measure-photos [MODEL] [IMAGES_PER_KIND]
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
@@ -91,7 +91,7 @@ def measure_large_photos(model_path, count=90, size_range=(1600, 4100)):
     every pixel, then shrunk by image_to_mnist. Prints the accuracy of each, how far apart their
     28x28 inputs are, and the seconds per image of each.
 
-        python test_mnist_from_scratch.py --measure-large-photos [MODEL] [IMAGES]
+        python docs/measure.py --measure-large-photos [MODEL] [IMAGES]
     """
     Ws, bs, meta = mnist.load_model(model_path)
     _, _, X_test, labels = real_mnist()
@@ -135,7 +135,7 @@ def measure_serve(model_path, threads=8, requests_per_thread=100, distinct_image
     predict_proba gives for the same bytes in this process; prints how many were, the true-digit
     accuracy, and the latency per request (p50, p99) as the clients saw it.
 
-        python test_mnist_from_scratch.py --measure-serve [MODEL] [THREADS] [REQUESTS_PER_THREAD]
+        python docs/measure.py --measure-serve [MODEL] [THREADS] [REQUESTS_PER_THREAD]
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
@@ -219,7 +219,7 @@ def measure_serve_memory(model_path, side=5000, at_once=2):
     """Peak memory of `serve` answering `at_once` RGBA PNGs of side x side pixels (25 megapixels,
     the limit) sent together, and how long a drawing sent meanwhile waited.
 
-        python test_mnist_from_scratch.py --measure-serve-memory [MODEL] [SIDE] [AT_ONCE]
+        python docs/measure.py --measure-serve-memory [MODEL] [SIDE] [AT_ONCE]
     """
     from PIL import Image
     png, drawing = rgba_png(side, side), encode(drawn_canvas(ONE), "L", "PNG")
@@ -267,7 +267,7 @@ def measure_predict_photo(model_path, width=4000, height=3000, repeats=5):
     written into a temporary folder: the whole command, and read_image + predict_image inside
     one process (the median of `repeats`).
 
-        python test_mnist_from_scratch.py --measure-predict-photo [MODEL] [WIDTH] [HEIGHT]
+        python docs/measure.py --measure-predict-photo [MODEL] [WIDTH] [HEIGHT]
     """
     from PIL import Image, ImageDraw
     rng = np.random.default_rng(12)
@@ -306,7 +306,7 @@ def measure_slow_clients(model_path, clients=200, seconds_between_bytes=1.0):
     client asks GET /health every half second: when each slow client was dropped, the slowest
     /health answer, and the most threads the server had.
 
-        python test_mnist_from_scratch.py --measure-slow-clients [MODEL] [CLIENTS]
+        python docs/measure.py --measure-slow-clients [MODEL] [CLIENTS]
     """
     import socket
     app, url = start_serve_command(model_path)
@@ -380,7 +380,7 @@ THREE = [[(140 + 55 * np.cos(a), 88 - 48 * np.sin(a)) for a in np.radians(np.ara
 def serve_screenshot(model_path, out="docs/serve.png"):
     """The README's picture of the served page: a 3 drawn with the mouse in headless Chromium.
 
-        python test_mnist_from_scratch.py --serve-screenshot [MODEL] [OUT.png]
+        python docs/measure.py --serve-screenshot [MODEL] [OUT.png]
     """
     from PIL import Image
     missing = missing_for_the_browser_test()
@@ -470,7 +470,7 @@ def measure_usps(model_paths, count=None, folder=USPS_DIR):
     (written as PNG files into a temporary folder; "no digit found" counts as wrong), beside the
     plain MNIST recipe on the same digits with the same model.
 
-        python test_mnist_from_scratch.py --measure-usps MODEL [MODEL ...] [DIGITS] [USPS_FOLDER]
+        python docs/measure.py --measure-usps MODEL [MODEL ...] [DIGITS] [USPS_FOLDER]
     """
     models = [mnist.load_model(path) for path in model_paths]
     images, labels = load_usps(folder)
@@ -519,7 +519,7 @@ def measure_ablation(model_path, digits=60, photos_per_kind=25, no_digit_per_kin
     with all steps, and with each step taken out in turn, on USPS digits (both polarities
     together), on each kind of synthetic photo, and the count of no-digit images given a digit.
 
-        python test_mnist_from_scratch.py --measure-usps MODEL [DIGITS [PHOTOS [NO_DIGIT]]] --ablation
+        python docs/measure.py --measure-usps MODEL [DIGITS [PHOTOS [NO_DIGIT]]] --ablation
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
@@ -624,7 +624,7 @@ def measure_speed(epochs=2, repeats=3):
     times `epochs` epochs each, so that a machine whose speed drifts slows both alike; the figure
     is each side's fastest epoch. Without PyTorch, this file's epochs alone.
 
-        python test_mnist_from_scratch.py --measure-speed [EPOCHS [REPEATS]]
+        python docs/measure.py --measure-speed [EPOCHS [REPEATS]]
     """
     try:
         import torch
@@ -690,13 +690,12 @@ NUMBER_PRESENTATIONS = {"p16 black": "16 px, black on white", "p16 white": "16 p
 FITTED_PRESENTATIONS = ("p16 black", "p16 white", "p64 black", "p64 white", "photo")
 
 
-def read_number_bytes(data, Ws, bs, activation, alone=False, typical=None, sure=None, judge=None):
+def read_number_bytes(data, Ws, bs, activation, alone=False, typical=None, sure=None):
     """bytes -> read_image -> predict_number: the number as predict reads it ('' for none);
     alone=True: also the digit predict_image reads in the same image (None for none).
-    typical, judge: the model's typical top logit and rule 4's judge (meta["typical_logit"],
-    meta["judge"]). sure: a list that receives each digit's probability, in reading order."""
+    typical: the model's typical top logit (meta["typical_logit"]). sure: a list that receives each digit's probability, in reading order."""
     x28, P, steps = mnist.predict_number(*read_image(io.BytesIO(data)), Ws, bs, activation,
-                                         typical=typical, judge=judge)
+                                         typical=typical)
     number = "" if x28 is None else steps["number"]
     if sure is not None:
         sure += [float(d["probabilities"].max()) for d in steps.get("digits", [])]
@@ -714,11 +713,11 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     as several: USPS digits (`singles` of them, every presentation of --measure-usps) and the
     photo kinds of --measure-photos (`singles` // 5 per kind).
 
-        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS [SINGLES]] [USPS_FOLDER]
+        python docs/measure.py --measure-numbers MODEL [STRINGS [SINGLES]] [USPS_FOLDER]
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     usps_images, usps_labels = load_usps(folder)
     sources = {"USPS": (usps_images, usps_labels)}
     if HAVE_MNIST:
@@ -742,7 +741,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
                 strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], gaps, rng)
                 truth = "".join(str(int(labels[i])) for i in chosen)
                 sure = []
-                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation, typical=typical, judge=judge,
+                read = read_number_bytes(present_number(strip, rng, how), Ws, bs, activation, typical=typical,
                                          sure=sure)
                 if source == "USPS" and not pair and len(read) == len(truth) == len(sure):
                     for read_digit, true_digit, p in zip(read, truth, sure):
@@ -771,7 +770,7 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     def singles_row(name, images_and_truths):
         several = right = right_alone = 0
         for data, truth in images_and_truths:
-            number, one = read_number_bytes(data, Ws, bs, activation, alone=True, typical=typical, judge=judge)
+            number, one = read_number_bytes(data, Ws, bs, activation, alone=True, typical=typical)
             several += len(number) > 1
             right += number == str(truth)
             right_alone += one == truth
@@ -789,45 +788,46 @@ def measure_numbers(model_path, strings=300, singles=1000, folder=USPS_DIR):
     given = 0
     for number, kind in enumerate(NO_DIGIT_KINDS):  # the streams of measure_photos
         rng = np.random.default_rng(4048 + number)
-        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation, typical=typical, judge=judge) != ""
+        given += sum(read_number_bytes(synthetic_no_digit(rng, kind), Ws, bs, activation, typical=typical) != ""
                      for _ in range(singles // 5))
     print(f"\nimages without a digit given a number or digit by predict: {given} of {len(NO_DIGIT_KINDS) * (singles // 5)}")
 
 
 # What taking out one rule of section [11b] means: the rule given a number that makes it do nothing.
 def without_score(*names):
-    """Rule 4's score with the features `names` weighing nothing."""
+    """Rule 5's score with the features `names` weighing nothing."""
     return {"score_weights": {**mnist.NUMBER_RULES["score_weights"], **{name: 0.0 for name in names}}}
 
 
 NUMBER_ABLATIONS = {
     "specks (1)": {"speck_share": 0.0},
-    "close rows above one another are one (2)": {"stack_gap": -np.inf},
+    "a piece alone at its height, close to a row, is part of it (2)": {"stack_gap": -np.inf},
     "pieces above one another are one digit (3)": {"x_overlap": np.inf},
     "a short piece beside a digit is its stroke (3)": {"stroke_gap": -np.inf},
     "a short piece on its own must be big enough (3)": {"smallest_digit": 0.0},
-    "touching digits are cut (4)": {"split_from": np.inf, "lone_from": np.inf},
-    "digits far from the others are left out (5)": {"chain_gap": np.inf, "chain_rows": np.inf},
-    "score: how strongly the network answers (4)": without_score("recognised"),
-    "score: how sure it is (4)": without_score("sure"),
-    "score: too wide, too thin (4)": without_score("too_wide", "too_thin"),
-    "score: ink filling the row's height (4)": without_score("tall"),
-    "score: ink cut through (4)": without_score("cut_ink"),
-    "score: the judge of one whole digit (4)": without_score("one"),
-    "a piece alone is cut only by a margin (4)": {"lone_margin": 0.0},
+    "touching digits are cut (5)": {"split_from": np.inf, "lone_from": np.inf},
+    "digits far from the others are left out (4)": {"chain_gap": np.inf, "chain_rows": np.inf},
+    "score: how strongly the network answers (5)": without_score("recognised"),
+    "score: how sure it is (5)": without_score("sure"),
+    "score: too wide, too thin (5)": without_score("too_wide", "too_thin"),
+    "score: ink filling the row's height (5)": without_score("tall"),
+    "score: ink cut through (5)": without_score("cut_ink"),
+    "a piece alone is cut only by a margin (5)": {"lone_margin": 0.0},
 }
 
 
-def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
+def measure_number_ablation(model_path, strings=100, singles=300, folder=USPS_DIR):
     """Print what each rule of section [11b] is worth: numbers read exactly and digits right on
-    strings of USPS digits and of MNIST test digits (made as in measure_numbers), with all rules,
-    and with each taken out in turn.
+    strings of USPS digits and of MNIST test digits (made as in measure_numbers), and single
+    digits read as several digits / read right (`singles` USPS digits in two presentations of
+    --measure-usps, `singles` // 3 of two photo kinds of --measure-photos), with all rules, and
+    with each taken out in turn.
 
-        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --ablation
+        python docs/measure.py --measure-numbers MODEL [STRINGS [SINGLES]] --ablation
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     usps = load_usps(folder)
     kinds = [("USPS", "p16 black"), ("USPS", "p64 white"), ("USPS", "photo")]
     if HAVE_MNIST:
@@ -843,37 +843,52 @@ def measure_number_ablation(model_path, strings=100, folder=USPS_DIR):
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng), rng)
             made.append((present_number(strip, rng, how), "".join(str(int(labels[i])) for i in chosen)))
         columns.append((f"{source}, {NUMBER_PRESENTATIONS[how]}", made))
-    print(f"model {model_path}; {strings} strings of 2-8 digits per column; numbers exactly right / digits right")
-    print("| taken out | " + " | ".join(name for name, _ in columns) + " |")
-    print("|---|" + "---|" * len(columns))
+    lone = []  # (name, [(image bytes, true digit)]): single digits, which a rule may split
+    chosen = np.random.default_rng(0).choice(len(usps[1]), singles, replace=False)
+    for presentation in ((1, True, 0), (4, False, 0)):
+        lone.append((f"single USPS digits, {presentation_name(*presentation)}",
+                     [(present_digit(usps[0][i], *presentation), str(int(usps[1][i]))) for i in chosen]))
+    for kind in ("photo", "photo on a table") if HAVE_MNIST else ():  # measure_photos' streams
+        rng = np.random.default_rng(2024 + MEASURED_KINDS.index(kind))
+        picked = rng.choice(len(test_labels), singles // 3, replace=False)
+        lone.append((f"single digits, {kind}", [(make_image(kind, X_test[i].reshape(28, 28), rng),
+                                                 str(int(test_labels[i]))) for i in picked]))
+    print(f"model {model_path}; {strings} strings of 2-8 digits per column; numbers exactly right / digits "
+          f"right; single digits: read as several digits / right")
+    print("| taken out | " + " | ".join(name for name, _ in columns + lone) + " |")
+    print("|---|" + "---|" * len(columns + lone))
     for name, change in [("nothing (all rules)", {})] + list(NUMBER_ABLATIONS.items()):
         cells = []
         with mock.patch.dict(mnist.NUMBER_RULES, change):
             for _, made in columns:
-                read = [read_number_bytes(data, Ws, bs, activation, typical=typical, judge=judge) for data, _ in made]
+                read = [read_number_bytes(data, Ws, bs, activation, typical=typical) for data, _ in made]
                 total = sum(len(truth) for _, truth in made)
                 right = total - sum(mnist.edit_distance(truth, r) for (_, truth), r in zip(made, read))
                 exact = sum(truth == r for (_, truth), r in zip(made, read))
                 cells.append(f"{100 * exact / len(made):.1f} % / {100 * right / total:.1f} %")
+            for _, made in lone:
+                read = [read_number_bytes(data, Ws, bs, activation, typical=typical) for data, _ in made]
+                several = sum(len(r) > 1 for r in read)
+                cells.append(f"{several} / {100 * np.mean([r == truth for (_, truth), r in zip(made, read)]):.1f} %")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 NUMBER_LOSSES = ("read exactly",
-                 "a cutting rule 4 tried reads it right; the score chose another",
+                 "a cutting rule 5 tried reads it right; the score chose another",
                  "no cutting reads it right; a digit of it is misread even alone",
                  "no cutting reads it right; every digit is read right alone")
 
 
-def number_loss(data, truth, digit_alone, Ws, bs, activation, typical, judge):
+def number_loss(data, truth, digit_alone, Ws, bs, activation, typical):
     """Which of NUMBER_LOSSES a picture of the number `truth` falls in (its index). digit_alone(k):
     the picture of its k-th digit alone, in the same presentation. Needs: piece_lattices."""
-    if read_number_bytes(data, Ws, bs, activation, typical=typical, judge=judge) == truth:
+    if read_number_bytes(data, Ws, bs, activation, typical=typical) == truth:
         return 0
-    lattices = piece_lattices(data, Ws, bs, activation, typical, judge)
+    lattices = piece_lattices(data, Ws, bs, activation, typical)
     w = np.array([mnist.NUMBER_RULES["score_weights"][name] for name in mnist.SCORE_FEATURES])
     if lattices is not None and best_right_reading(lattices, truth, w) is not None:
         return 1
-    alone = [read_number_bytes(digit_alone(k), Ws, bs, activation, alone=True, typical=typical, judge=judge)[1]
+    alone = [read_number_bytes(digit_alone(k), Ws, bs, activation, alone=True, typical=typical)[1]
              for k in range(len(truth))]
     return 2 if any(str(one) != digit for one, digit in zip(alone, truth)) else 3
 
@@ -881,17 +896,17 @@ def number_loss(data, truth, digit_alone, Ws, bs, activation, typical, judge):
 def measure_number_losses(model_path, strings=200, folder=USPS_DIR):
     """Print where the USPS strings that predict misreads are lost (NUMBER_LOSSES), per
     presentation: strings made as in measure_numbers (other random numbers). "A cutting reads it
-    right": among the ways of cutting its pieces that rule 4 tries, one reads every digit right
+    right": among the ways of cutting its pieces that rule 5 tries, one reads every digit right
     (best_right_reading), so a better score could have read it. "Misread even alone": one of its
     digits, drawn alone in the same presentation, is misread by predict, so no cutting could.
-    The rest: no straight cut separates two of its digits well enough, or rules 1-3 and 5 joined,
+    The rest: no straight cut separates two of its digits well enough, or rules 1-4 joined,
     dropped or split pieces.
 
-        python test_mnist_from_scratch.py --measure-numbers MODEL [STRINGS] --losses
+        python docs/measure.py --measure-numbers MODEL [STRINGS] --losses
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     images, labels = load_usps(folder)
     print(f"model {model_path}; {strings} strings of 2-8 USPS digits per row")
     print("| presentation | " + " | ".join(NUMBER_LOSSES) + " |")
@@ -908,13 +923,13 @@ def measure_number_losses(model_path, strings=200, folder=USPS_DIR):
             def digit_alone(k):
                 return present_number(mnist.number_strip([glyphs[k]], [], rng)[0], rng, how)
             counts[number_loss(data, "".join(str(int(labels[i])) for i in chosen), digit_alone,
-                               Ws, bs, activation, typical, judge)] += 1
+                               Ws, bs, activation, typical)] += 1
         print(f"| {name} | " + " | ".join(f"{count} ({100 * count / strings:.1f} %)" for count in counts) + " |",
               flush=True)
 
 
-def piece_lattices(data, Ws, bs, activation, typical, judge=None):
-    """The pieces of a picture of a number, as rule 4 sees them: per piece (in reading order, one
+def piece_lattices(data, Ws, bs, activation, typical):
+    """The pieces of a picture of a number, as rule 5 sees them: per piece (in reading order, one
     row expected), its candidate digits' features (piece_features), segments (i, j), last cut
     index n and the digits they are read as. None when the picture holds not exactly one row."""
     x28, _, steps = mnist.predict_image(*read_image(io.BytesIO(data)), Ws, bs, activation)
@@ -928,14 +943,14 @@ def piece_lattices(data, Ws, bs, activation, typical, judge=None):
     for members, box in rows[0]:
         cuts, segments, _, Z, features = mnist.scored_candidates(
             steps["ink"], labels, members, box, steps["floor"], row_height,
-            mnist.number_reader(Ws, bs, activation, judge), typical, alone=len(rows[0]) == 1)
+            mnist.number_reader(Ws, bs, activation), typical, alone=len(rows[0]) == 1)
         lattices.append({"features": features, "segments": segments, "n": len(cuts) - 1,
                          "read": Z.argmax(axis=1)})
     return lattices
 
 
 def best_reading(lattices, w):
-    """The cutting of every piece that rule 4 chooses with the weights w: (features summed over
+    """The cutting of every piece that rule 5 chooses with the weights w: (features summed over
     its digits, the number read)."""
     total, read = 0.0, ""
     for piece in lattices:
@@ -946,7 +961,7 @@ def best_reading(lattices, w):
 
 
 def fit_number_score(model_path, strings=200, singles=200, epochs=10):
-    """Fit the weights of rule 4's score (NUMBER_RULES["score_weights"]) and print them: a
+    """Fit the weights of rule 5's score (NUMBER_RULES["score_weights"]) and print them: a
     structured perceptron (Collins 2002) on strings of 2-8 MNIST validation digits (the last
     5,000 training images, held out from training), made as in measure_numbers in the five
     FITTED_PRESENTATIONS, as many again whose digits all touch (the hard part), and single
@@ -959,12 +974,11 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     whole so that none of `singles` lone validation digits per presentation, and per kind of
     image of the photo table (measure_photos), is cut, plus 1 (a tenth of a digit's cost).
 
-        python test_mnist_from_scratch.py --fit-number-score MODEL [STRINGS [SINGLES]]
+        python docs/measure.py --fit-number-score MODEL [STRINGS [SINGLES]]
     """
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
     typical = meta.get("typical_logit") or mnist.TYPICAL_TOP_LOGIT
-    judge = meta.get("judge")
     X_train, y_train, _, _ = real_mnist()
     images, labels = X_train[-5000:].reshape(-1, 28, 28), y_train[-5000:]
     made, lone = [], []
@@ -973,13 +987,13 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
         for _ in range(strings):
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng), rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
             if lattices is not None:
                 made.append((lattices, "".join(str(int(labels[i])) for i in chosen)))
         for _ in range(singles):
             chosen = rng.choice(len(labels), 1)
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], [], rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
             if lattices is not None and len(lattices) == 1:
                 lone.append(lattices[0])
                 made.append((lattices, str(int(labels[chosen[0]]))))
@@ -987,7 +1001,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
         for _ in range(strings):  # the hard part: strings whose digits all touch
             chosen = rng.choice(len(labels), int(rng.integers(2, 9)), replace=False)
             strip, _ = mnist.number_strip([mnist.glyph_of(images[i]) for i in chosen], mnist.random_gaps(len(chosen) - 1, rng, 1.0), rng)
-            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(present_number(strip, rng, how), Ws, bs, activation, typical)
             if lattices is not None:
                 made.append((lattices, "".join(str(int(labels[i])) for i in chosen)))
         print(f"{how}: {len(made) - len(lone)} strings, {len(lone)} single digits so far", flush=True)
@@ -1013,7 +1027,7 @@ def fit_number_score(model_path, strings=200, singles=200, epochs=10):
     for kind in MEASURED_KINDS:
         rng = np.random.default_rng(6000 + MEASURED_KINDS.index(kind))
         for i in rng.choice(len(labels), singles, replace=False):
-            lattices = piece_lattices(make_image(kind, images[i], rng), Ws, bs, activation, typical, judge)
+            lattices = piece_lattices(make_image(kind, images[i], rng), Ws, bs, activation, typical)
             if lattices is not None and len(lattices) == 1:
                 lone.append(lattices[0])
     margins = [0.0]
@@ -1035,12 +1049,12 @@ def time_number_photos(model_path, photos=5, folder=USPS_DIR):
     the JPEG (read_image), preparing it (predict_image) and cutting and reading the digits
     (read_digits), each on its own, per photo and the median.
 
-        python test_mnist_from_scratch.py --time-number-photos MODEL [PHOTOS] [USPS_FOLDER]
+        python docs/measure.py --time-number-photos MODEL [PHOTOS] [USPS_FOLDER]
     """
     from PIL import Image
     Ws, bs, meta = mnist.load_model(model_path)
     activation = meta.get("activation", "relu")
-    typical, judge = meta.get("typical_logit"), meta.get("judge")
+    typical = meta.get("typical_logit")
     images, labels = load_usps(folder)
     times = []
     with tempfile.TemporaryDirectory() as temporary:
@@ -1059,7 +1073,7 @@ def time_number_photos(model_path, photos=5, folder=USPS_DIR):
             read = time.perf_counter()
             x28, P, steps = mnist.predict_image(gray, alpha, Ws, bs, activation)
             prepared = time.perf_counter()
-            digits = mnist.read_digits(steps, mnist.number_reader(Ws, bs, activation, judge),
+            digits = mnist.read_digits(steps, mnist.number_reader(Ws, bs, activation),
                                        typical or mnist.TYPICAL_TOP_LOGIT)
             done = time.perf_counter()
             times.append((read - start, prepared - read, done - prepared))
@@ -1125,7 +1139,7 @@ MODES = [
     Mode("--measure-numbers", "", (MODEL,), ("STRINGS", "SINGLES"), True,
          "the number tables: strings of USPS and MNIST digits, single digits read as several",
          lambda files, counts, folder: measure_numbers(files[0], *counts, folder=folder)),
-    Mode("--measure-numbers", "--ablation", (MODEL,), ("STRINGS",), True,
+    Mode("--measure-numbers", "--ablation", (MODEL,), ("STRINGS", "SINGLES"), True,
          "what each rule of section [11b] is worth: each taken out in turn",
          lambda files, counts, folder: measure_number_ablation(files[0], *counts, folder=folder)),
     Mode("--measure-numbers", "--losses", (MODEL,), ("STRINGS",), True,
