@@ -1148,7 +1148,7 @@ def train_full(X, y, X_val=None, y_val=None,
 # goes through (image_to_mnist):
 #
 #   read_image            file -> gray values in [0, 1] (+ transparency, if any), a large photo
-#                         shrunk as it is read to at most WORKING_MAX_SIDE pixels (memory, speed)
+#                         shrunk as it is read to at most 640 pixels a side (memory, speed)
 #   composite_alpha       transparent background -> an ordinary background of the right colour
 #   shrink_by_block_mean  the same shrinking for an image given as an array
 #   decide_polarity       which is the background: the light or the dark? MNIST is white on black
@@ -1198,10 +1198,7 @@ UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[:
            6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T, 8: lambda a: np.rot90(a)}
 
 
-WORKING_MAX_SIDE = 640  # larger photos are shrunk first: a digit needs far fewer pixels
-
-
-def read_image(path, max_side=WORKING_MAX_SIDE):
+def read_image(path, max_side=640):  # larger photos are shrunk first: a digit needs far fewer pixels
     """Read an image file of any size and mode (RGB, RGBA, L, LA, palette, 16-bit, JPEG, ...).
 
     Returns (gray, alpha): gray is a float32 (height, width) array in [0, 1] (0 = black,
@@ -2035,7 +2032,7 @@ def find_the_digit(ink, paper, pieces_found=None):
     return mask, set_aside, floor, None
 
 
-def image_to_mnist(gray, alpha=None):
+def image_to_mnist(gray, alpha=None, max_side=640):  # read_image's 640, for arrays given directly
     """Turn any grayscale image (from read_image) into an MNIST-like (28, 28) float32 input.
 
     Returns (x28, steps). x28 is None when the image holds no digit (blank, uniform, noise).
@@ -2052,7 +2049,7 @@ def image_to_mnist(gray, alpha=None):
     """
     if alpha is not None:
         gray = composite_alpha(gray, alpha)
-    gray = shrink_by_block_mean(gray, int(np.ceil(max(gray.shape) / WORKING_MAX_SIDE)))
+    gray = shrink_by_block_mean(gray, int(np.ceil(max(gray.shape) / max_side)))
     light_background = decide_polarity(gray)
     ink = remove_background(gray, light_background)
     pieces = np.zeros(gray.shape, dtype=bool)

@@ -1495,7 +1495,7 @@ class TestPredictingOneImage(unittest.TestCase):
                 if content == "stripes":
                     pixels.flat[::7] = 20
                 gray, alpha = read_image(io.BytesIO(encode(pixels / 255.0, "L", "PNG")))
-                self.assertLessEqual(max(gray.shape), mnist.WORKING_MAX_SIDE, shape)
+                self.assertLessEqual(max(gray.shape), 640, shape)
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")                  # no RuntimeWarning either
                     x28, steps = image_to_mnist(gray, alpha)
